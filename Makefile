@@ -1,0 +1,27 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv when missing and
+# install what they need; both are safe to run again.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.dcssa-installed
+OUT    := demo-out
+# torch/torchvision pinned to the releases this project is tested with (x86_64 wheels; see README
+# for Jetson/aarch64).
+TORCH  := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check $(TORCH)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[export,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	bash examples/demo.sh $(OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(OUT) dcssa-bundle .pytest_cache
