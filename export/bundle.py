@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import platform
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -15,7 +12,7 @@ import numpy as np
 import torch
 
 from dcssa.runtime import manifest as mf
-from dcssa.runtime.errors import DcssaError
+from dcssa.runtime.atomic import refuse_existing, staged_dir
 
 from .checkpoint import LoadedCheckpoint, load_checkpoint, sha256_file
 from .graphs import PhotoEncoder, SketchEncoder, SketchProjection, StrokeHeadFull, StrokeHeadStep
@@ -137,19 +134,6 @@ def build_manifest(
     }
 
 
-def publish(tmp: Path, out: Path, force: bool) -> None:
-    """Move a finished temp folder to ``out``; the old bundle is removed only after the move."""
-    if out.exists():
-        if not force:
-            raise DcssaError("already exists", path=out, hint="pass --force to replace it, or --out another folder")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def export_bundle(
     ckpt_paths: Sequence[str | Path],
     out: str | Path = "dcssa-bundle",
@@ -161,19 +145,12 @@ def export_bundle(
 ) -> dict:
     """The whole export; leaves either a complete verified bundle at ``out`` or nothing."""
     out = Path(out)
-    if out.exists() and not force:
-        raise DcssaError("already exists", path=out, hint="pass --force to replace it, or --out another folder")
+    refuse_existing(out, force)
     say("loading checkpoint")
     ckpt = load_checkpoint(ckpt_paths, num_heads=num_heads, phase=phase)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_dir(out, force=force) as tmp:
         names = export_graphs(ckpt.model, tmp, num_heads, say)
         parity = check_parity(ckpt.model, tmp, progress=say)
         manifest = build_manifest(ckpt, tmp, names, num_heads, parity, demo=ckpt.demo)
         (tmp / mf.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        publish(tmp, out, force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest

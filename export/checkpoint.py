@@ -210,11 +210,17 @@ def load_checkpoint(
             path=where,
             hint="is this checkpoint from an Inception-v3 DC-SSA model?",
         )
-    ignored = sorted(k for k in tensors if k not in expected and _is_harmless(k))
+    # Optional buffers the model has (num_batches_tracked) are loaded when the file carries them,
+    # as the authors' strict=False loaders do, so the model holds every tensor of the file it uses.
+    optional = {
+        k for k, v in model.state_dict().items()
+        if k not in expected and k in tensors and tuple(tensors[k].shape) == tuple(v.shape)
+    }
+    ignored = sorted(k for k in tensors if k not in expected and k not in optional and _is_harmless(k))
     extra = sorted(k for k in tensors if k not in expected and not _is_harmless(k))
     if phase == 1:  # a phase-2 file exported as phase 1 carries the head: not an error
         extra = [k for k in extra if not k.startswith("attn.")]
-    model.load_state_dict({k: tensors[k] for k in expected}, strict=False)
+    model.load_state_dict({k: tensors[k] for k in [*expected, *optional]}, strict=False)
     model.eval()
     return LoadedCheckpoint(
         model=model,

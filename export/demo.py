@@ -43,12 +43,12 @@ def recalibrate_batchnorm(trunk: nn.Module, batches: list[torch.Tensor]) -> None
         m.momentum = mom
 
 
-def sketch_batches(seed: int, count: int = 4, strokes: int = 12, batch: int = 12) -> list[torch.Tensor]:
+def sketch_batches(seed: int, count: int = 3, strokes: int = 10, batch: int = 10) -> list[torch.Tensor]:
     rasters = np.concatenate([partial_sketch_rasters(seed + i, strokes) for i in range(count)])
     return [torch.from_numpy(rasters[i : i + batch]) for i in range(0, len(rasters), batch)]
 
 
-def photo_batches(seed: int, count: int = 36, batch: int = 12) -> list[torch.Tensor]:
+def photo_batches(seed: int, count: int = 30, batch: int = 10) -> list[torch.Tensor]:
     rng = np.random.default_rng(seed)
     recipe = mf.default_preprocessing()["photo"]
     images = []

@@ -1,0 +1,162 @@
+"""Reading a bundle folder: the manifest, and graph files checked against their recorded sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from . import manifest as mf
+from .errors import BundleError
+from .raster import Preprocessor
+
+BUNDLE_ENV = "DCSSA_BUNDLE"
+DEFAULT_BUNDLE = "dcssa-bundle"
+REEXPORT = "re-export it with `dcssa-export --ckpt model.pth --out {path} --force`"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def default_bundle_path() -> Path:
+    return Path(os.environ.get(BUNDLE_ENV) or DEFAULT_BUNDLE)
+
+
+class Bundle:
+    """A loaded bundle. Graph files are hashed the first time they are used, never trusted blindly."""
+
+    def __init__(self, path: Path, manifest: dict) -> None:
+        self.path = path
+        self.manifest = manifest
+        self._verified: set[str] = set()
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Bundle:
+        path = Path(path) if path is not None else default_bundle_path()
+        mpath = path / mf.MANIFEST
+        if not path.is_dir():
+            raise BundleError(
+                "no bundle folder here",
+                path=path,
+                hint="export one with `dcssa-export --ckpt model.pth` (writes ./dcssa-bundle), "
+                f"or point --bundle / ${BUNDLE_ENV} at one",
+            )
+        if not mpath.is_file():
+            raise BundleError("not a bundle: manifest.json is missing", path=path, hint=REEXPORT.format(path=path))
+        try:
+            manifest = json.loads(mpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"corrupted manifest ({exc})", path=mpath, hint=REEXPORT.format(path=path)) from None
+        if not isinstance(manifest, dict) or manifest.get("family") != mf.FAMILY:
+            raise BundleError("not a DC-SSA bundle manifest", path=mpath, hint=REEXPORT.format(path=path))
+        version = manifest.get("schema_version")
+        if not isinstance(version, int) or version > mf.SCHEMA_VERSION:
+            raise BundleError(
+                f"manifest schema version {version!r} is newer than this runtime reads ({mf.SCHEMA_VERSION})",
+                path=mpath,
+                hint="upgrade dcssa-rt",
+            )
+        for key in ("phase", "dims", "graphs", "files", "preprocessing"):
+            if key not in manifest:
+                raise BundleError(f"manifest lacks '{key}'", path=mpath, hint=REEXPORT.format(path=path))
+        return cls(path, manifest)
+
+    # -- facts -------------------------------------------------------------------------------
+    @property
+    def phase(self) -> int:
+        return int(self.manifest["phase"])
+
+    @property
+    def demo(self) -> bool:
+        return bool(self.manifest.get("demo"))
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.manifest["dims"]["feature"])
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.manifest["dims"]["embedding"])
+
+    @property
+    def heads(self) -> int:
+        return int(self.manifest["dims"]["heads"])
+
+    @property
+    def max_strokes(self) -> int:
+        return int(self.manifest.get("limits", {}).get("max_strokes", mf.DEFAULT_MAX_STROKES))
+
+    def precisions(self, name: str = mf.SKETCH_ENCODER) -> list[str]:
+        return list(self.manifest["graphs"].get(name, {}))
+
+    def sketch_preprocessor(self) -> Preprocessor:
+        return Preprocessor(self.manifest["preprocessing"]["sketch"])
+
+    def photo_recipe(self) -> dict:
+        return dict(self.manifest["preprocessing"]["photo"])
+
+    # -- files -------------------------------------------------------------------------------
+    def graph_entry(self, name: str, precision: str = "fp32") -> dict:
+        graphs = self.manifest["graphs"]
+        if name not in graphs:
+            raise BundleError(
+                f"this phase-{self.phase} bundle has no '{name}' graph (it has: {', '.join(graphs)})",
+                path=self.path,
+            )
+        if precision not in graphs[name]:
+            raise BundleError(
+                f"no {precision} version of '{name}' (available: {', '.join(graphs[name])})",
+                path=self.path,
+                hint="add it with `dcssa-export calibrate` / `--precision`, or pick an available precision",
+            )
+        return graphs[name][precision]
+
+    def graph_path(self, name: str, precision: str = "fp32") -> Path:
+        """The graph's file, after checking it exists and matches the manifest's sha256."""
+        fname = self.graph_entry(name, precision)["file"]
+        return self.verified_file(fname)
+
+    def file_sha256(self, fname: str) -> str:
+        try:
+            return self.manifest["files"][fname]["sha256"]
+        except KeyError:
+            raise BundleError(f"manifest has no hash for {fname}", path=self.path, hint=REEXPORT.format(path=self.path)) from None
+
+    def verified_file(self, fname: str) -> Path:
+        path = self.path / fname
+        if fname in self._verified:
+            return path
+        want = self.file_sha256(fname)
+        if not path.is_file():
+            raise BundleError("missing bundle file", path=path, hint=REEXPORT.format(path=self.path))
+        got = sha256_file(path)
+        if got != want:
+            raise BundleError(
+                f"corrupted: sha256 {got[:12]}... does not match the manifest's {want[:12]}...",
+                path=path,
+                hint=f"copy the bundle again or {REEXPORT.format(path=self.path)}",
+            )
+        self._verified.add(fname)
+        return path
+
+    def photo_encoder_id(self) -> str:
+        """What a gallery records to prove which photo encoder embedded it (the fp32 graph hash)."""
+        return self.file_sha256(self.graph_entry(mf.PHOTO_ENCODER, "fp32")["file"])
+
+    def describe(self) -> dict:
+        m = self.manifest
+        return {
+            "path": str(self.path),
+            "phase": self.phase,
+            "demo": self.demo,
+            "dims": m["dims"],
+            "graphs": {k: list(v) for k, v in m["graphs"].items()},
+            "created": m.get("created"),
+            "tools": m.get("tools", {}),
+        }

@@ -1,0 +1,59 @@
+"""A SYNTHETIC dataset in the authors' QMUL layout: ``ROOT/DS/photo/*.png`` + ``ROOT/DS/DS_Coordinate``.
+
+The coordinate file is a pickle of ``{"/test/<photo>_<n>": N x 3 points}``, as the authors' loaders
+read it. Photos are line drawings of random shapes and sketches are users' tracings of them, so
+retrieval has a right answer without any download.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import staged_dir
+from .strokes import strokes_to_points
+from .synthetic import line_drawing, random_shape, tracing
+
+
+def photo_name(i: int) -> str:
+    return f"shape{i:04d}"
+
+
+def write_dataset(
+    out: str | Path,
+    *,
+    name: str = "Shapes",
+    photos: int = 40,
+    sketches_per_photo: int = 1,
+    test_share: float = 0.5,
+    seed: int = 0,
+    force: bool = False,
+) -> Path:
+    """Write the dataset folder ``out/name`` atomically; returns it."""
+    rng = np.random.default_rng(seed)
+    root = Path(out) / name
+    n_test = int(round(photos * test_share))
+    with staged_dir(root, force=force) as tmp:
+        (tmp / "photo").mkdir()
+        (tmp / "strokes").mkdir()
+        coords: dict[str, np.ndarray] = {}
+        for i in range(photos):
+            shape = random_shape(rng)
+            pname = photo_name(i)
+            line_drawing(shape).save(tmp / "photo" / f"{pname}.png")
+            split = "test" if i < n_test else "train"
+            for n in range(1, sketches_per_photo + 1):
+                strokes = tracing(shape, rng)
+                coords[f"/{split}/{pname}_{n}"] = strokes_to_points(strokes).astype(np.float32)
+                doc = {"strokes": [np.round(s, 2).tolist() for s in strokes], "target": f"{pname}.png"}
+                (tmp / "strokes" / f"{pname}_{n}.json").write_text(json.dumps(doc) + "\n")
+        with open(tmp / f"{name}_Coordinate", "wb") as f:
+            pickle.dump(coords, f)
+        (tmp / "README.txt").write_text(
+            "SYNTHETIC dataset written by `dcssa-rt make-dataset` (line drawings of random shapes and\n"
+            f"jittered tracings of them), seed {seed}. Not real data.\n"
+        )
+    return root

@@ -1,0 +1,67 @@
+"""Shared, expensive fixtures: one demo checkpoint, its phase-2 and phase-1 bundles, a small
+synthetic catalogue and its gallery. Everything is generated here; nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def demo_ckpt(tmp_path_factory) -> Path:
+    from dcssa.export.demo import write_demo_checkpoint
+
+    return write_demo_checkpoint(tmp_path_factory.mktemp("ckpt") / "best_top5_model.pth", seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_state_dict(demo_ckpt):
+    import torch
+
+    return torch.load(demo_ckpt, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def ref_model(demo_ckpt):
+    from dcssa.export.checkpoint import load_checkpoint
+
+    return load_checkpoint(demo_ckpt).model
+
+
+@pytest.fixture(scope="session")
+def bundle2(demo_ckpt, tmp_path_factory) -> Path:
+    from dcssa.export.bundle import export_bundle
+
+    out = tmp_path_factory.mktemp("b2") / "bundle"
+    export_bundle([demo_ckpt], out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundle1(demo_ckpt, tmp_path_factory) -> Path:
+    """Phase-1 bundle from the same weights (the phase-2 file read as phase 1)."""
+    from dcssa.export.bundle import export_bundle
+
+    out = tmp_path_factory.mktemp("b1") / "bundle"
+    export_bundle([demo_ckpt], out, phase=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> Path:
+    from dcssa.runtime.dataset import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("data"), photos=12, seed=3)
+
+
+@pytest.fixture(scope="session")
+def gallery2(bundle2, dataset, tmp_path_factory) -> Path:
+    from dcssa.runtime import Bundle, build_gallery
+
+    out = tmp_path_factory.mktemp("g2") / "gallery"
+    build_gallery(dataset / "photo", Bundle.load(bundle2), out, progress=False)
+    return out
