@@ -74,17 +74,31 @@ def main(ctx: click.Context, ckpt: tuple[Path, ...], out: Path, num_heads: int, 
 
 @main.command("demo-checkpoint")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--phase", type=click.Choice(["1", "2"]), default="2", show_default=True)
 @click.option("--embed", type=int, default=DEFAULT_EMBED, show_default=True, help="Embedding size E.")
+@click.option("--catalogue", type=click.Path(path_type=Path), default=None,
+              help="Folder of catalogue photos to fit the projections on [default: the generated "
+                   "catalogue of `dcssa-rt make-dataset --photos SHAPES --seed CATALOGUE-SEED`].")
+@click.option("--shapes", type=click.IntRange(2), default=40, show_default=True)
+@click.option("--catalogue-seed", type=int, default=0, show_default=True)
+@click.option("--plain-random", is_flag=True, help="Independent random branches, no fitted projections "
+              "(every photo embeds nearly alike: the worst case).")
 @click.option("-q", "--quiet", is_flag=True)
-def demo_checkpoint(out: Path, seed: int, phase: str, embed: int, quiet: bool) -> None:
-    """Write a random-weight checkpoint in the authors' exact layout (rankings are meaningless)."""
+def demo_checkpoint(out: Path, seed: int, phase: str, embed: int, catalogue: Path | None, shapes: int,
+                    catalogue_seed: int, plain_random: bool, quiet: bool) -> None:
+    """Write a DEMO checkpoint in the authors' exact layout (no training involved).
+
+    By default a structured model that retrieves line drawings of the catalogue from tracings of
+    them: shared random trunk, projections fitted by PCA on the catalogue. It is no trained model:
+    it demonstrates and tests the pipeline.
+    """
     from .demo import write_demo_checkpoint
 
     say = _Steps(quiet)
     with fail_cleanly():
-        write_demo_checkpoint(out, seed=seed, phase=int(phase), embed=embed, say=say)
+        write_demo_checkpoint(out, seed=seed, phase=int(phase), embed=embed, structured=not plain_random,
+                              catalogue=catalogue, shapes=shapes, catalogue_seed=catalogue_seed, say=say)
     say(f"demo checkpoint written: {out}")
 
 

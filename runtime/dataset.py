@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,18 @@ def photo_name(i: int) -> str:
     return f"shape{i:04d}"
 
 
+def generate(photos: int, sketches_per_photo: int = 1, seed: int = 0) -> Iterator[tuple[str, list, list]]:
+    """(photo name, shape strokes, [tracings]) in a fixed random order: the one source of the catalogue.
+
+    ``make-dataset`` and the structured demo checkpoint both draw from this, so a demo model built for
+    ``--photos 40 --seed 0`` has its projections fitted on exactly the photos that dataset contains.
+    """
+    rng = np.random.default_rng(seed)
+    for i in range(photos):
+        shape = random_shape(rng)
+        yield photo_name(i), shape, [tracing(shape, rng) for _ in range(sketches_per_photo)]
+
+
 def write_dataset(
     out: str | Path,
     *,
@@ -33,20 +46,16 @@ def write_dataset(
     force: bool = False,
 ) -> Path:
     """Write the dataset folder ``out/name`` atomically; returns it."""
-    rng = np.random.default_rng(seed)
     root = Path(out) / name
     n_test = int(round(photos * test_share))
     with staged_dir(root, force=force) as tmp:
         (tmp / "photo").mkdir()
         (tmp / "strokes").mkdir()
         coords: dict[str, np.ndarray] = {}
-        for i in range(photos):
-            shape = random_shape(rng)
-            pname = photo_name(i)
+        for i, (pname, shape, tracings) in enumerate(generate(photos, sketches_per_photo, seed)):
             line_drawing(shape).save(tmp / "photo" / f"{pname}.png")
             split = "test" if i < n_test else "train"
-            for n in range(1, sketches_per_photo + 1):
-                strokes = tracing(shape, rng)
+            for n, strokes in enumerate(tracings, 1):
                 coords[f"/{split}/{pname}_{n}"] = strokes_to_points(strokes).astype(np.float32)
                 doc = {"strokes": [np.round(s, 2).tolist() for s in strokes], "target": f"{pname}.png"}
                 (tmp / "strokes" / f"{pname}_{n}.json").write_text(json.dumps(doc) + "\n")
