@@ -11,7 +11,7 @@ import numpy as np
 
 from .cli_util import DEMO_WARNING, fail_cleanly
 
-_BACKEND_HELP = "Backend: auto, ort-cpu, ort-cuda, ort-trt (auto picks the fastest available)."
+_BACKEND_HELP = "Backend: auto, ort-cpu, ort-cuda, ort-trt, tensorrt (auto picks the fastest available)."
 
 
 def _bundle_option(f):
@@ -170,6 +170,46 @@ def make_dataset(out: Path, name: str, n_photos: int, sketches_per_photo: int, t
         root = write_dataset(out, name=name, photos=n_photos, sketches_per_photo=sketches_per_photo,
                              test_share=test_share, seed=seed, force=force)
     click.echo(f"synthetic dataset written: {root}")
+
+
+@main.command()
+@_bundle_option
+@click.option("--gallery", type=click.Path(path_type=Path), default=None, help="Gallery folder [default: BUNDLE/gallery].")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True)
+@click.option("--strokes", "strokes_file", type=click.Path(path_type=Path), default=None,
+              help="Strokes JSON to replay [default: a generated 20-stroke sketch].")
+@click.option("--max-strokes", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--backend", "backends", multiple=True, help="Backends to measure [default: all available].")
+@click.option("--precision", "precisions", multiple=True, help="Precisions [default: all in the bundle].")
+@click.option("--ckpt", type=click.Path(path_type=Path), default=None,
+              help="The checkpoint the bundle was exported from: enables the PyTorch baselines (needs [export]).")
+@click.option("--threads", type=int, default=None)
+@click.option("--search-sizes", default="1000,10000,100000,1000000", show_default=True,
+              help="Gallery sizes for the search-scaling section ('' to skip).")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print bench.json on stdout.")
+def bench(bundle: Path, gallery: Path | None, out: Path, strokes_file: Path | None, max_strokes: int, repeats: int,
+          backends: tuple[str, ...], precisions: tuple[str, ...], ckpt: Path | None, threads: int | None,
+          search_sizes: str, force: bool, as_json: bool) -> None:
+    """Measure per-stroke latency (naive, torch-eager, runtime), phases, undo, cold start, memory and
+    search scaling; writes OUT/bench.json, bench.md, latency_per_stroke.png, search_scaling.png."""
+    from dcssa.benchmarks.run import run_bench
+
+    sizes = tuple(int(x) for x in search_sizes.split(",") if x.strip())
+    say = (lambda m: None) if as_json else (lambda m: click.echo(f"bench: {m}", err=True))
+    with fail_cleanly():
+        rep = run_bench(bundle, _gallery_path(bundle, gallery), out, strokes_file=strokes_file, strokes=max_strokes,
+                        repeats=repeats, backends=list(backends) or None, precisions=list(precisions) or None,
+                        ckpt=ckpt, threads=threads, search_sizes=sizes, force=force, say=say)
+    if as_json:
+        click.echo(json.dumps(rep, indent=2))
+    else:
+        click.echo((out / "bench.md").read_text())
+
+
+main.add_command(__import__("dcssa.runtime.evaluation.cli", fromlist=["eval_command"]).eval_command)  # light: click only
+main.add_command(__import__("dcssa.runtime.serve.cli", fromlist=["serve"]).serve)  # light: click only
 
 
 if __name__ == "__main__":  # pragma: no cover

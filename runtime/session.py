@@ -1,7 +1,9 @@
 """Live drawing sessions: one encoder pass and one O(t D) head update per stroke, nothing recomputed.
 
 Per stroke: draw the new stroke onto the kept canvas, preprocess, run the sketch encoder once, run
-the causal stroke-head step against the session's K/V cache, search the photo matrix. ``undo``
+the causal stroke-head step against the session's K/V cache, search the photo matrix. A server
+splits this into ``prepare_stroke`` / encoder / ``finish_stroke`` to batch encoder calls across
+sessions; ``add_stroke`` is the same two phases around one encoder call. ``undo``
 drops the last canvas stroke, cache row and result, and runs nothing.
 """
 
@@ -107,6 +109,7 @@ class StrokeSession:
         self._keys = np.zeros((retriever.max_strokes, d), np.float32)
         self._values = np.zeros((retriever.max_strokes, d), np.float32)
         self._results: list[QueryResult] = []
+        self._pending: dict[str, float] | None = None  # timings of a prepared, unfinished stroke
 
     @property
     def num_strokes(self) -> int:
@@ -118,6 +121,27 @@ class StrokeSession:
 
     def add_stroke(self, points) -> QueryResult:
         """Add one stroke ((n, 2) points in the model's 256 frame, or any stroke JSON form)."""
+        image = self.prepare_stroke(points)
+        try:
+            t0 = time.perf_counter()
+            feature = self.r.encoder.run({"images": image})["features"]
+            encode_ms = (time.perf_counter() - t0) * 1e3
+        except BaseException:
+            self.abort_stroke()  # keep canvas, cache and results in step
+            raise
+        return self.finish_stroke(feature, {"encode": encode_ms})
+
+    def prepare_stroke(self, points) -> np.ndarray:
+        """Phase 1 of a stroke: validate, draw onto the canvas, preprocess -> (1, 3, 299, 299).
+
+        Split from :meth:`add_stroke` so a server can run the encoder on rasters of many sessions as
+        one batch. Exactly one of :meth:`finish_stroke` or :meth:`abort_stroke` must follow.
+        """
+        if self._pending is not None:
+            raise SessionError(
+                "a stroke is already being processed in this session",
+                hint="finish_stroke or abort_stroke it first (serialise calls per session)",
+            )
         t = self.num_strokes
         if t >= self.r.max_strokes:
             raise SessionError(
@@ -128,15 +152,36 @@ class StrokeSession:
         xy = parse_stroke(points) if xy is None else xy
         if not np.isfinite(xy).all() or len(xy) == 0:
             xy = parse_stroke(xy.tolist())  # raises with the offending point named
-        r = self.r
-        ms: dict[str, float] = {}
         t0 = time.perf_counter()
         self.canvas.add_stroke(xy)
         t1 = time.perf_counter()
-        image = r.preprocessor(self.canvas.image)
-        t2 = time.perf_counter()
         try:
-            feature = r.encoder.run({"images": image})["features"]
+            image = self.r.preprocessor(self.canvas.image)
+        except BaseException:
+            self.canvas.undo()
+            raise
+        t2 = time.perf_counter()
+        self._pending = {"rasterise": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3}
+        return image
+
+    def abort_stroke(self) -> None:
+        """Drop the stroke :meth:`prepare_stroke` drew (the encoder failed or was cancelled)."""
+        if self._pending is not None:
+            self._pending = None
+            self.canvas.undo()
+
+    def finish_stroke(self, feature: np.ndarray, timings: dict[str, float] | None = None) -> QueryResult:
+        """Phase 2 of a stroke: the encoder's (1, D) feature -> head step, search, the new result.
+
+        ``timings`` (ms) are merged into the result's, e.g. ``encode`` or a batcher's ``queue``;
+        ``total`` is the sum of all phases. On failure the prepared stroke is dropped.
+        """
+        if self._pending is None:
+            raise SessionError("finish_stroke without prepare_stroke", hint="call prepare_stroke first")
+        r = self.r
+        t = self.num_strokes
+        feature = np.asarray(feature, np.float32).reshape(1, -1)
+        try:
             t3 = time.perf_counter()
             if r.bundle.phase == 2:
                 out = r.head.run({"feature": feature, "past_keys": self._keys[:t], "past_values": self._values[:t]})
@@ -145,25 +190,27 @@ class StrokeSession:
                 embedding = out["embedding"][0]
             else:
                 embedding = r.head.run({"features": feature})["embeddings"][0]
+            t4 = time.perf_counter()
+            if r.gallery is not None:
+                idx, scores = r.gallery.search(embedding, r.topk)
+                ids = [r.gallery.ids[i] for i in idx]
+            else:
+                idx, scores, ids = np.zeros(0, np.int64), np.zeros(0, np.float32), []
+            t5 = time.perf_counter()
         except BaseException:
-            self.canvas.undo()  # keep canvas, cache and results in step
+            self.abort_stroke()
             raise
-        t4 = time.perf_counter()
-        if r.gallery is not None:
-            idx, scores = r.gallery.search(embedding, r.topk)
-            ids = [r.gallery.ids[i] for i in idx]
-        else:
-            idx, scores, ids = np.zeros(0, np.int64), np.zeros(0, np.float32), []
-        t5 = time.perf_counter()
-        for name, a, b in zip(PHASES, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
-            ms[name] = (b - a) * 1e3
-        ms["total"] = (t5 - t0) * 1e3
+        ms = {**self._pending, **(timings or {}), "head": (t4 - t3) * 1e3, "search": (t5 - t4) * 1e3}
+        ms["total"] = float(sum(ms.values()))
+        self._pending = None
         result = QueryResult(t + 1, ids, idx, scores, embedding.copy(), feature[0].copy(), ms)
         self._results.append(result)
         return result
 
     def undo(self) -> QueryResult | None:
         """Remove the last stroke; returns the result as it was before that stroke (None if empty)."""
+        if self._pending is not None:
+            raise SessionError("a stroke is being processed: undo after it finishes")
         if not self._results:
             raise SessionError("nothing to undo: the session has no strokes")
         self.canvas.undo()
@@ -172,6 +219,7 @@ class StrokeSession:
         return self.result
 
     def reset(self) -> None:
+        self._pending = None
         self.canvas.reset()
         self._results.clear()
 

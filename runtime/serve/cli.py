@@ -1,0 +1,156 @@
+"""``dcssa-rt serve``: the drawing page and the JSON/WebSocket API on one port (loopback by default).
+
+Only click is imported at module level, so ``dcssa-rt --help`` works without the ``[serve]`` extra;
+FastAPI and uvicorn are imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import click
+
+from ..cli_util import DEMO_WARNING, fail_cleanly
+from ..errors import DcssaError
+
+DEMO_BUNDLE = Path("demo-out/bundle")  # what `make demo` writes
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _resolve_bundle(bundle: Path | None) -> Path:
+    """--bundle, else $DCSSA_BUNDLE, else ./dcssa-bundle, else the demo catalogue of `make demo`."""
+    from ..bundle import default_bundle_path
+
+    if bundle is not None:
+        return bundle
+    path = default_bundle_path()
+    if not path.exists() and not os.environ.get("DCSSA_BUNDLE") and (DEMO_BUNDLE / "manifest.json").is_file():
+        click.echo(f"note: no ./dcssa-bundle; serving the demo catalogue of `make demo` ({DEMO_BUNDLE})", err=True)
+        return DEMO_BUNDLE
+    return path
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind before starting uvicorn, so a busy port is one clear error (and --port 0 picks a free one)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise DcssaError(f"cannot resolve --host {host!r} ({exc.strerror})", hint="use an IP address such as 127.0.0.1") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise DcssaError(f"cannot listen on {host}:{port} ({exc.strerror})",
+                         hint="pick another --port (or --port 0 for any free one)") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _warm_up(retriever) -> None:
+    """One encoder pass and one head step before listening: the first user does not pay for them."""
+    import numpy as np
+
+    session = retriever.session()
+    session.add_stroke(np.array([[64.0, 64.0], [192.0, 192.0]]))
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+@click.command("serve")
+@click.option("--bundle", type=click.Path(path_type=Path), default=None,
+              help="Bundle folder [default: $DCSSA_BUNDLE, ./dcssa-bundle, or demo-out/bundle of `make demo`].")
+@click.option("--gallery", type=click.Path(path_type=Path), default=None, help="Gallery folder [default: BUNDLE/gallery].")
+@click.option("--photos", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder of the catalogue photos [default: the folder recorded at indexing].")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback: this machine only).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: any free port).")
+@click.option("--max-sessions", type=click.IntRange(1), default=256, show_default=True,
+              help="Sessions kept in memory; the least recently used is dropped beyond this.")
+@click.option("--session-ttl", type=click.FloatRange(1), default=1800.0, show_default=True,
+              help="Seconds a session may stay idle before it is dropped.")
+@click.option("--max-batch", type=click.IntRange(1), default=8, show_default=True,
+              help="Most strokes (of different sessions) per sketch-encoder call; 1 disables batching.")
+@click.option("--batch-window-ms", type=click.FloatRange(0), default=5.0, show_default=True,
+              help="How long the first waiting stroke waits for others to join its batch.")
+@click.option("--max-queue", type=click.IntRange(1), default=256, show_default=True,
+              help="Strokes waiting for the encoder before requests get 503.")
+@click.option("--max-strokes", type=click.IntRange(1), default=None, help="Strokes per session [default: the bundle's].")
+@click.option("--max-points", type=click.IntRange(1), default=4096, show_default=True, help="Points per stroke.")
+@click.option("--max-body-kb", type=click.IntRange(1), default=1024, show_default=True, help="Request body / message size.")
+@click.option("--topk", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--backend", default="auto", show_default=True, help="Backend: auto, ort-cpu, ort-cuda, ort-trt.")
+@click.option("--precision", default="fp32", show_default=True, help="Graph precision present in the bundle.")
+@click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print the startup facts (url, limits) as one JSON line.")
+@click.option("-q", "--quiet", is_flag=True, help="No access log.")
+def serve(bundle: Path | None, gallery: Path | None, photos: Path | None, host: str, port: int, max_sessions: int,
+          session_ttl: float, max_batch: int, batch_window_ms: float, max_queue: int, max_strokes: int | None,
+          max_points: int, max_body_kb: int, topk: int, backend: str, precision: str, threads: int | None,
+          as_json: bool, quiet: bool) -> None:
+    """Serve the drawing page (GET /) and the session API (/v1/..., spec at /openapi.json).
+
+    Draw on the page: after every stroke the top-K catalogue photos appear. Sessions live in
+    memory; clients hold their strokes and rebuild a lost session with POST /v1/sessions.
+    """
+    with fail_cleanly():
+        try:
+            import uvicorn
+
+            from .app import ServeConfig, create_app
+        except ImportError as exc:
+            raise DcssaError(f"the server needs the [serve] extra ({exc.name} is missing)",
+                             hint="pip install 'dcssa-rt[serve]'") from None
+        from ..bundle import Bundle
+        from ..gallery import Gallery
+        from ..session import Retriever
+        from .sessions import session_memory_bound
+
+        bundle = _resolve_bundle(bundle)
+        b = Bundle.load(bundle)
+        g = Gallery.load(gallery if gallery is not None else bundle / "gallery", b)
+        if photos is not None and not photos.is_dir():
+            raise DcssaError("not a folder", path=photos, hint="pass the folder that was indexed")
+        r = Retriever(b, g, backend=backend, precision=precision, topk=topk, threads=threads, max_strokes=max_strokes)
+        config = ServeConfig(max_sessions=max_sessions, session_ttl=session_ttl, max_batch=max_batch,
+                             batch_window_ms=batch_window_ms, max_queue=max_queue,
+                             max_body_bytes=max_body_kb * 1024, max_points=max_points)
+        _warm_up(r)
+        app = create_app(r, photos_root=photos, config=config)
+        sock = _bind(host, port)
+        mem = session_memory_bound(r)
+        url = _url(sock)
+        if b.demo:
+            click.echo(DEMO_WARNING, err=True)
+        if host not in LOOPBACK:
+            click.echo(f"warning: listening on {host}: there is no authentication; anyone who reaches it can use it", err=True)
+        if not app.state.service.photos.available:
+            click.echo("warning: the photos folder is not available; thumbnails will 404 (pass --photos DIR)", err=True)
+        facts = {"url": url, "backend": r.backend.name, "gallery": len(g), "max_sessions": max_sessions,
+                 "max_strokes": r.max_strokes, "session_memory_bound_bytes": mem["total"],
+                 "max_batch": max_batch, "batch_window_ms": batch_window_ms}
+        if as_json:
+            click.echo(json.dumps(facts))
+        else:
+            click.echo(f"serving {len(g)} photos with {r.backend.name} at {url}  (API spec {url}openapi.json, docs {url}docs)")
+            click.echo(f"sessions: at most {max_sessions}, idle TTL {session_ttl:g} s, {r.max_strokes} strokes each; "
+                       f"memory bound {mem['total'] / 2**20:.1f} MiB per session, "
+                       f"{mem['total'] * max_sessions / 2**30:.2f} GiB for all")
+        click.echo("", nl=False)  # flush before uvicorn takes over stdout/stderr
+        server = uvicorn.Server(uvicorn.Config(
+            app, log_level="warning" if quiet or as_json else "info", access_log=not (quiet or as_json),
+            ws_max_size=config.max_body_bytes, timeout_graceful_shutdown=5,
+        ))
+        try:
+            server.run(sockets=[sock])
+        finally:
+            sock.close()

@@ -1,0 +1,104 @@
+"""Request and response bodies of the API (pydantic), which also make the OpenAPI spec.
+
+Numbers are strict and finite (no strings, booleans, NaN or infinities) so malformed input is a
+422 before it reaches the runtime; the runtime's own stroke parser then maps frames and names the
+offending stroke and point for anything the schema cannot say.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, Strict
+
+Num = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Positive = Annotated[float, Strict(), Field(allow_inf_nan=False, gt=0)]
+Point = tuple[Num, Num]
+Frame = tuple[Positive, Positive]
+Stroke = Annotated[list[Point], Field(min_length=1)]
+Row = tuple[Num, Num, Num]
+Coords = Annotated[list[Num], Field(min_length=1)]
+
+_STROKE_EXAMPLE = {"stroke": [[10, 20], [120, 40], [200, 210]], "frame": [400, 300]}
+
+
+class StrokeIn(BaseModel):
+    """ONE stroke, in any of the runtime's forms (exactly one of stroke, strokes, points, drawing).
+
+    ``frame`` [w, h]: the coordinates' frame (e.g. the canvas size in CSS pixels); they are scaled
+    uniformly into the model's 256 frame and centred. Without it they are taken as 256-frame.
+    Beyond this schema (422 otherwise): exactly one form key; a drawing's x and y lists of equal
+    length; at most the server's --max-points points.
+    """
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_STROKE_EXAMPLE]})
+
+    stroke: Stroke | None = Field(None, description="[[x, y], ...]")
+    strokes: Annotated[list[Stroke], Field(min_length=1, max_length=1)] | None = Field(
+        None, description="[[[x, y], ...]] holding one stroke")
+    points: Annotated[list[Row], Field(min_length=1)] | None = Field(
+        None, description="QMUL [[x, y, pen_up], ...] of one stroke (pen_up 0 or 1)")
+    drawing: Annotated[list[tuple[Coords, Coords]], Field(min_length=1, max_length=1)] | None = Field(
+        None, description="QuickDraw [[[x, ...], [y, ...]]]")
+    frame: Frame | None = None
+
+
+class SketchIn(BaseModel):
+    """The strokes drawn so far (any whole-sketch form), to rebuild a session; empty for a new one.
+
+    Beyond this schema (422 otherwise): one form key; equal x and y lengths in a drawing; pen_up 0
+    or 1; at most the server's --max-points per stroke and its stroke bound per session.
+    """
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{}, {"strokes": [[[10, 20], [90, 90]]], "frame": [400, 300]}]})
+
+    strokes: list[Stroke] | None = None
+    points: list[Row] | None = None
+    drawing: list[tuple[Coords, Coords]] | None = None
+    frame: Frame | None = None
+
+
+class Match(BaseModel):
+    id: str
+    score: float
+    url: str = Field(description="GET it for a thumbnail (add ?size=full for the original file)")
+
+
+class SessionState(BaseModel):
+    """A session after an operation: its stroke count and the top-K of its latest stroke."""
+
+    id: str
+    stroke: int = Field(description="strokes in the session now")
+    results: list[Match]
+    timings_ms: dict[str, float] = Field(
+        default_factory=dict, description="per phase of this stroke: rasterise, preprocess, queue, encode, head, search, total"
+    )
+    batch_size: int | None = Field(None, description="strokes (of all sessions) in this stroke's encoder call")
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="kind, e.g. session_not_found, bad_stroke, invalid_request, limit_exceeded")
+    message: str
+    hint: str | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    sessions: int
+    max_sessions: int
+    gallery: int
+    backend: str
+    max_batch: int
+    batch_window_ms: float
+    session_memory_bound_bytes: int
+    photos: bool
+
+
+ERRORS = {
+    400: {"model": ErrorOut, "description": "body is not UTF-8 JSON text"},
+    404: {"model": ErrorOut, "description": "unknown or expired session"},
+    409: {"model": ErrorOut, "description": "session bound reached, or nothing to undo"},
+    413: {"model": ErrorOut, "description": "request body over the limit"},
+    422: {"model": ErrorOut, "description": "malformed strokes or JSON"},
+    503: {"model": ErrorOut, "description": "encoder queue full; retry"},
+}
