@@ -62,7 +62,7 @@ def random_shape(rng: np.random.Generator, parts: int | None = None) -> list[np.
 
 
 def tracing(
-    strokes: list[np.ndarray], rng: np.random.Generator, *, jitter: float = 2.0, shuffle: bool = True
+    strokes: list[np.ndarray], rng: np.random.Generator, *, jitter: float = 1.0, shuffle: bool = True
 ) -> list[np.ndarray]:
     """A user's tracing of a shape: the same strokes, in random order, with a little hand jitter."""
     order = rng.permutation(len(strokes)) if shuffle else np.arange(len(strokes))

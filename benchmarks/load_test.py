@@ -1,0 +1,256 @@
+"""Load test of `dcssa-rt serve`: K concurrent clients each drawing M strokes, on loopback only.
+
+For each batching setting it starts the server (`dcssa-rt serve --port 0`), runs K asyncio + httpx
+clients that each open a session and post M strokes one after another (clients overlap, so strokes
+of different sessions meet in the encoder queue), then checks isolation: every client's final top-K
+must equal an offline ``StrokeSession`` fed the same strokes. Prints and optionally saves p50/p99
+per-stroke latency (client-measured), throughput, errors and encoder batch sizes.
+
+    .venv/bin/python benchmarks/load_test.py --bundle demo-out/bundle --clients 8 --strokes 6 \\
+        --batching 1:0 --batching 8:10 --out load.json
+
+``--batching MAX_BATCH:WINDOW_MS`` may be repeated (1:0 is the unbatched baseline). ``--url`` targets
+an already running server instead (loopback addresses only). Bounded: at most --clients x --strokes
+requests per setting, each with a timeout, and the whole run stops after --time-limit seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import click
+import numpy as np
+
+from dcssa.runtime import Bundle, Gallery, Retriever
+from dcssa.runtime.cli_util import fail_cleanly
+from dcssa.runtime.errors import DcssaError
+from dcssa.runtime.strokes import parse_stroke
+from dcssa.runtime.synthetic import random_sketch
+
+FRAME = 500.0  # clients draw on a 500 x 500 canvas and send that frame
+TOL = 1e-4
+
+
+def _require_loopback(url: str) -> None:
+    host = urlparse(url).hostname or ""
+    try:
+        ok = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        ok = False
+    if not ok:
+        raise DcssaError(f"{url} is not a loopback address", hint="the load test only targets 127.0.0.0/8, ::1 or localhost")
+
+
+class Server:
+    """`dcssa-rt serve` in a subprocess on a free loopback port; stopped with SIGINT."""
+
+    def __init__(self, bundle: Path, gallery: Path, max_batch: int, window_ms: float, extra: list[str]) -> None:
+        cmd = [sys.executable, "-m", "dcssa.runtime.cli", "serve", "--bundle", str(bundle), "--gallery", str(gallery),
+               "--host", "127.0.0.1", "--port", "0", "--json", "--max-batch", str(max_batch),
+               "--batch-window-ms", str(window_ms), *extra]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line: list[str] = []
+        t = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)
+        t.start()
+        t.join(300)
+        if not line or not line[0].strip():
+            self.stop()
+            raise DcssaError(f"the server did not start: {self.proc.stderr.read()[-1500:]}")
+        self.url = json.loads(line[0])["url"]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _to_canvas(stroke: np.ndarray) -> list:
+    return (stroke * (FRAME / 256.0)).round(2).tolist()
+
+
+async def _wait_healthy(client, url: str, limit: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            if (await client.get(url + "healthz")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.2)
+    raise DcssaError(f"{url} never became healthy")
+
+
+async def _run_clients(url: str, sketches: list[list[list]], timeout: float, time_limit: float, progress) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    finals: list[dict | None] = [None] * len(sketches)
+    limits = httpx.Limits(max_connections=len(sketches) + 2)
+
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        await _wait_healthy(client, url, 120)
+
+        async def one(i: int, strokes: list[list]) -> None:
+            try:
+                r = await client.post(url + "v1/sessions")
+                r.raise_for_status()
+                sid = r.json()["id"]
+                for s in strokes:
+                    t0 = time.perf_counter()
+                    r = await client.post(f"{url}v1/sessions/{sid}/strokes", json={"stroke": s, "frame": [FRAME, FRAME]})
+                    dt = time.perf_counter() - t0
+                    if r.status_code != 200:
+                        key = f"http_{r.status_code}"
+                        errors[key] = errors.get(key, 0) + 1
+                        return
+                    latencies.append(dt * 1e3)
+                    finals[i] = r.json()
+                    progress(1)
+            except (httpx.HTTPError, KeyError, ValueError) as exc:
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+
+        start = time.perf_counter()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(one(i, s) for i, s in enumerate(sketches))), time_limit)
+        except asyncio.TimeoutError:
+            errors["time_limit"] = errors.get("time_limit", 0) + 1
+        wall = time.perf_counter() - start
+        metrics = (await client.get(url + "metrics")).text
+    return {"latencies_ms": latencies, "errors": errors, "finals": finals, "wall_s": wall, "metrics": metrics}
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return float("nan")
+
+
+def _same_topk(served: dict | None, want, gallery) -> bool:
+    """Equal top-K up to near-ties (batched and single encoder calls differ by float rounding)."""
+    if served is None or served["stroke"] != want.stroke:
+        return False
+    ids = [m["id"] for m in served["results"]]
+    scores = np.array([m["score"] for m in served["results"]])
+    if len(ids) != len(want.ids) or not np.allclose(scores, want.scores, atol=TOL):
+        return False
+    offline = gallery.scores(want.embedding)
+    pos = {pid: i for i, pid in enumerate(gallery.ids)}
+    return ids == want.ids or bool(np.allclose(offline[[pos[i] for i in ids]], want.scores, atol=TOL))
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--bundle", type=click.Path(path_type=Path), default=Path("demo-out/bundle"), show_default=True)
+@click.option("--gallery", type=click.Path(path_type=Path), default=None, help="[default: BUNDLE/gallery]")
+@click.option("--clients", type=click.IntRange(1, 256), default=8, show_default=True, help="K concurrent clients.")
+@click.option("--strokes", type=click.IntRange(1, 64), default=6, show_default=True, help="M strokes per client.")
+@click.option("--batching", multiple=True, default=("1:0", "8:10"), show_default=True,
+              help="MAX_BATCH:WINDOW_MS of a server to test; repeat to compare (1:0 = no batching).")
+@click.option("--url", default=None, help="Test this running server instead (loopback only; --batching ignored).")
+@click.option("--timeout", type=float, default=120.0, show_default=True, help="Per-request timeout, seconds.")
+@click.option("--time-limit", type=float, default=600.0, show_default=True, help="Per-setting limit, seconds.")
+@click.option("--threads", type=int, default=None, help="Server intra-op threads.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Save the results as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def main(bundle: Path, gallery: Path | None, clients: int, strokes: int, batching: tuple[str, ...], url: str | None,
+         timeout: float, time_limit: float, threads: int | None, seed: int, out: Path | None, as_json: bool,
+         quiet: bool) -> None:
+    """K clients x M strokes against `dcssa-rt serve` on loopback; checks isolation; p50/p99, throughput."""
+    from tqdm import tqdm
+
+    with fail_cleanly():
+        gallery = gallery or bundle / "gallery"
+        b = Bundle.load(bundle)
+        retriever = Retriever(b, Gallery.load(gallery, b), backend="ort-cpu", topk=10)
+        rng = np.random.default_rng(seed)
+        sketches = [[_to_canvas(s) for s in random_sketch(rng, strokes)] for _ in range(clients)]
+        settings = [("external", None, None)] if url else []
+        for spec in ([] if url else batching):
+            try:
+                mb, win = spec.split(":")
+                settings.append((f"max_batch={int(mb)} window={float(win):g}ms", int(mb), float(win)))
+            except ValueError:
+                raise click.BadParameter(f"{spec!r} is not MAX_BATCH:WINDOW_MS", param_hint="--batching") from None
+        if url:
+            url = url if url.endswith("/") else url + "/"
+            _require_loopback(url)
+
+        # the expectation, computed once: offline sessions on exactly the strokes each client sends
+        want = []
+        for sk in tqdm(sketches, desc="offline sessions", disable=quiet or as_json):
+            s = retriever.session()
+            for stroke in sk:
+                res = s.add_stroke(parse_stroke(stroke, frame=[FRAME, FRAME]))
+            want.append(res)
+
+        report = {"clients": clients, "strokes_per_client": strokes, "cpu_count": os.cpu_count(),
+                  "backend": retriever.backend.name, "gallery": len(retriever.gallery), "runs": []}
+        for name, mb, win in settings:
+            server = None
+            if url is None:
+                extra = ["--backend", "ort-cpu", "-q"] + (["--threads", str(threads)] if threads else [])
+                server = Server(bundle, gallery, mb, win, extra)
+                target = server.url
+            else:
+                target = url
+            _require_loopback(target)
+            bar = tqdm(total=clients * strokes, desc=name, unit="stroke", disable=quiet or as_json)
+            try:
+                got = asyncio.run(_run_clients(target, sketches, timeout, time_limit, bar.update))
+            finally:
+                bar.close()
+                if server is not None:
+                    server.stop()
+            lat = np.array(got["latencies_ms"]) if got["latencies_ms"] else np.array([np.nan])
+            mismatched = [i for i, (f, w) in enumerate(zip(got["finals"], want)) if not _same_topk(f, w, retriever.gallery)]
+            m = got["metrics"]
+            batches = _metric(m, "dcssa_encoder_batch_size_count")
+            run = {
+                "setting": name, "max_batch": mb, "batch_window_ms": win,
+                "strokes_ok": int(len(got["latencies_ms"])), "errors": got["errors"],
+                "p50_ms": round(float(np.percentile(lat, 50)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1),
+                "mean_ms": round(float(lat.mean()), 1), "wall_s": round(got["wall_s"], 2),
+                "throughput_strokes_per_s": round(len(got["latencies_ms"]) / got["wall_s"], 2),
+                "encoder_calls": int(batches) if batches == batches else None,
+                "mean_batch": round(_metric(m, "dcssa_encoder_batch_size_sum") / batches, 2) if batches else None,
+                "isolation_ok": not mismatched, "mismatched_clients": mismatched,
+            }
+            report["runs"].append(run)
+
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({**report, "command": " ".join(sys.argv)}, indent=2) + "\n")
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(f"{clients} clients x {strokes} strokes, {report['gallery']} photos, {report['cpu_count']} cores")
+        click.echo(f"{'setting':28s} {'p50 ms':>8s} {'p99 ms':>8s} {'strokes/s':>10s} {'mean batch':>11s} {'errors':>7s}  isolation")
+        for r in report["runs"]:
+            errs = sum(r["errors"].values())
+            click.echo(f"{r['setting']:28s} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['throughput_strokes_per_s']:10.2f} "
+                       f"{(r['mean_batch'] or 0):11.2f} {errs:7d}  {'ok' if r['isolation_ok'] else 'MISMATCH ' + str(r['mismatched_clients'])}")
+    if any(not r["isolation_ok"] or r["errors"] for r in report["runs"]):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
