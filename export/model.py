@@ -39,13 +39,13 @@ TRUNK_BLOCKS = (
 class InceptionTrunk(nn.Module):
     """Inception-v3 up to Mixed_7c (no ``transform_input``, no AuxLogits, no fc)."""
 
-    def __init__(self) -> None:
+    def __init__(self, init_weights: bool = False) -> None:
         super().__init__()
         from torchvision.models import inception_v3
 
-        # init_weights=False: the truncated-normal init is slow and every weight is overwritten
-        # by a checkpoint (or deliberately re-drawn by the demo builder).
-        full = inception_v3(weights=None, aux_logits=False, init_weights=False, transform_input=False)
+        # init_weights=False by default: the truncated-normal init is slow and a checkpoint
+        # overwrites every weight; demo models ask for it (their random features are better).
+        full = inception_v3(weights=None, aux_logits=False, init_weights=init_weights, transform_input=False)
         for name in TRUNK_BLOCKS:
             setattr(self, name, getattr(full, name))
 
