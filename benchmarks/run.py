@@ -20,7 +20,7 @@ import numpy as np
 
 from dcssa.runtime import Bundle, Gallery, Retriever
 from dcssa.runtime.atomic import staged_dir
-from dcssa.runtime.backends import available_backends
+from dcssa.runtime.backends import available_backends, execution_precisions
 from dcssa.runtime.session import PHASES
 from dcssa.runtime.strokes import load_strokes_file
 from dcssa.runtime.synthetic import random_sketch
@@ -54,10 +54,10 @@ def run_bench(
     sketch = sketch[:strokes]
     strokes = len(sketch)
     backends = backends or [b for b in available_backends() if b != "ort-trt"]
-    precisions = precisions or bundle.precisions()
     methods, skipped, runtime = [], {}, {}
     for backend in backends:
-        for precision in precisions:
+        # default: the bundle's graph precisions plus the backend's execution modes (openvino: bf16)
+        for precision in precisions or [*bundle.precisions(), *execution_precisions(backend)]:
             name = f"runtime/{backend}/{precision}"
             try:
                 r = Retriever(bundle, gallery, backend=backend, precision=precision, threads=threads)

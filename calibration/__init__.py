@@ -1,0 +1,13 @@
+"""dcssa.calibration: FP16 / INT8 graphs that keep the rankings, and TensorRT engines.
+
+- :mod:`.calibset` -- calibration and held-out sets: every stroke prefix, drawn as a session draws it
+- :mod:`.reader` -- onnxruntime ``CalibrationDataReader`` over those prefixes
+- :mod:`.int8` -- Q/DQ quantisation of a recorded :class:`~.int8.Int8Recipe`
+- :mod:`.search` -- calibration methods, per-block sensitivity, the fidelity/latency trade-off curve
+- :mod:`.fp16` -- FP16 graphs with LayerNorm, the attention scores and the normalisation in FP32
+- :mod:`.fidelity` -- cosine, top-1 agreement, top-10 overlap and latency against fp32
+- :mod:`.bundle` -- adds graphs, reports and the recipe to a bundle atomically
+- :mod:`.engines` -- strongly typed TensorRT engines (GPU box)
+
+Uses onnx, onnxruntime.quantization and numpy; never torch.
+"""

@@ -41,9 +41,13 @@ class _Steps:
 @click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+@click.option("--precision", default="fp32", show_default=True,
+              help="Comma list of fp32, fp16, int8: reduced precisions are calibrated on --calib right after export.")
+@click.option("--calib", default=None, help="Calibration/held-out sketches for --precision (see `calibrate --help`).")
+@click.option("--recipe", default="search", show_default=True, help="INT8 recipe: search, default or a JSON file.")
 @click.pass_context
 def main(ctx: click.Context, ckpt: tuple[Path, ...], out: Path, num_heads: int, phase: str | None,
-         force: bool, as_json: bool, quiet: bool) -> None:
+         force: bool, as_json: bool, quiet: bool, precision: str, calib: str | None, recipe: str) -> None:
     """Export a trained DC-SSA checkpoint to a verified ONNX bundle the runtime can serve.
 
     \b
@@ -56,12 +60,16 @@ def main(ctx: click.Context, ckpt: tuple[Path, ...], out: Path, num_heads: int, 
     if not ckpt:
         click.echo(ctx.get_help())
         ctx.exit(2)
+    from dcssa.calibration.cli import check_precision_args, export_precisions
+
     from .bundle import export_bundle
 
     say = _Steps(quiet)
     with fail_cleanly():
+        check_precision_args(precision, calib)  # before the export, not after 40 s of it
         manifest = export_bundle(list(ckpt), out, num_heads=num_heads,
                                  phase=int(phase) if phase else None, force=force, say=say)
+        manifest = export_precisions(out, precision, calib, recipe, quiet, as_json, say) or manifest
     say(f"bundle written: {out}")
     if manifest["demo"]:
         click.echo(DEMO_WARNING, err=True)
@@ -100,6 +108,16 @@ def demo_checkpoint(out: Path, seed: int, phase: str, embed: int, catalogue: Pat
         write_demo_checkpoint(out, seed=seed, phase=int(phase), embed=embed, structured=not plain_random,
                               catalogue=catalogue, shapes=shapes, catalogue_seed=catalogue_seed, say=say)
     say(f"demo checkpoint written: {out}")
+
+
+def _add_precision_commands() -> None:
+    from dcssa.calibration.cli import calibrate, engines
+
+    main.add_command(calibrate)
+    main.add_command(engines)
+
+
+_add_precision_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,7 +11,7 @@ import numpy as np
 
 from .cli_util import DEMO_WARNING, fail_cleanly
 
-_BACKEND_HELP = "Backend: auto, ort-cpu, ort-cuda, ort-trt, tensorrt (auto picks the fastest available)."
+_BACKEND_HELP = "Backend: auto, ort-cpu, ort-cuda, ort-trt, tensorrt, openvino (auto picks the fastest available)."
 
 
 def _bundle_option(f):
@@ -41,7 +41,8 @@ def main() -> None:
 @click.option("--gallery", type=click.Path(path_type=Path), default=None, help="Gallery folder [default: BUNDLE/gallery].")
 @click.option("--topk", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--backend", default="auto", show_default=True, help=_BACKEND_HELP)
-@click.option("--precision", default="fp32", show_default=True, help="Graph precision present in the bundle.")
+@click.option("--precision", default="fp32", show_default=True,
+              help="Graph precision present in the bundle, or bf16 (an openvino execution mode).")
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
 @click.option("--target", default=None, help="A gallery id to follow: prints its rank after every stroke.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per stroke on stdout.")
@@ -136,6 +137,7 @@ def info(bundle: Path, as_json: bool) -> None:
     with fail_cleanly():
         b = Bundle.load(bundle)
         doc = {**b.describe(), "parity": b.manifest.get("parity", {}), "backends_available": available_backends()}
+        doc["fidelity"] = b.manifest.get("fidelity", {})  # reduced precisions vs fp32 (dcssa-export calibrate)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return
@@ -145,6 +147,10 @@ def info(bundle: Path, as_json: bool) -> None:
         click.echo(f"  {name:18s} {', '.join(precisions)}")
     for name, rep in doc["parity"].items():
         click.echo(f"  parity {name:18s} max abs err {rep['max_abs_err']:.2e}")
+    for prec, rep in doc["fidelity"].items():
+        lat = f", encoder {rep['latency']['ratio']:.2f}x fp32" if rep.get("latency") else ""
+        click.echo(f"  fidelity {prec:16s} top-1 {rep['top1_agreement']:.1%}  top-10 {rep['top10_overlap']:.1%}  "
+                   f"cosine {rep['embedding_cosine']['mean']:.4f}{lat}")
     click.echo(f"backends available: {', '.join(doc['backends_available'])}")
 
 

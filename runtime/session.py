@@ -66,7 +66,8 @@ class Retriever:
         self.gallery = gallery
         if gallery is not None:
             gallery.check_compatible(bundle)
-        self.backend = backend if isinstance(backend, Backend) else get_backend(backend, threads=threads)
+        self.backend = backend if isinstance(backend, Backend) else get_backend(
+            backend, threads=threads, cache_dir=bundle.path / ".cache", precision=precision)
         self.precision = precision
         self.topk = topk
         self.max_strokes = max_strokes or bundle.max_strokes
@@ -81,6 +82,10 @@ class Retriever:
             self.head = self._load(mf.SKETCH_PROJECTION)
 
     def _load(self, name: str):
+        if self.precision in self.backend.execution_precisions:
+            # bf16 is an execution mode of the fp32 file; only the encoder needs the speed
+            mode = {"precision": self.precision} if name == mf.SKETCH_ENCODER else {}
+            return self.backend.load(self.bundle.graph_path(name, "fp32"), label=name, **mode)
         # A graph without a reduced-precision version (the head, say) runs in fp32.
         precision = self.precision if self.precision in self.bundle.precisions(name) else "fp32"
         if name == mf.SKETCH_ENCODER and self.precision not in self.bundle.precisions(name):

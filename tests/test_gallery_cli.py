@@ -50,7 +50,8 @@ def test_index_embeds_recursively_and_skips_unreadable(bundle2: Path, photo_dir:
     enc = get_backend("ort-cpu").load(b.graph_path("photo_encoder"))
     for pid, row in zip(g.ids, g.embeddings):
         x = preprocess_photo(Image.open(photo_dir / pid), b.photo_recipe())
-        assert np.abs(enc.run({"images": x})["embeddings"][0] - row).max() <= 1e-5
+        # `index` ran on --backend auto (openvino on Intel CPUs): cross-runtime parity, as elsewhere
+        assert np.abs(enc.run({"images": x})["embeddings"][0] - row).max() <= 1e-4
 
 
 def test_index_strict_fails_and_leaves_nothing(bundle2: Path, photo_dir: Path, tmp_path: Path):

@@ -33,6 +33,9 @@ class Backend(ABC):
     name: str
     #: precisions this backend can execute, best first
     precisions: tuple[str, ...] = ("fp32",)
+    #: precisions that are an execution mode over the fp32 graph file, not a graph of their own
+    #: (OpenVINO's bf16 on AMX): such backends take ``load(path, label=..., precision=p)``
+    execution_precisions: tuple[str, ...] = ()
 
     @classmethod
     @abstractmethod
@@ -42,6 +45,9 @@ class Backend(ABC):
     @abstractmethod
     def load(self, path: Path, *, label: str | None = None) -> Runner:
         """Load one graph file; ``label`` names it in messages and timings."""
+
+    def check_precision(self, precision: str) -> None:
+        """Raise BackendError when this machine cannot execute ``precision`` (an execution mode)."""
 
     def describe(self) -> dict:
         return {"backend": self.name}

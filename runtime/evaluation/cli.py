@@ -26,10 +26,11 @@ STEP_CHOICES = ("strokes", "points20")
 @click.option("--steps", type=click.Choice(STEP_CHOICES), default=None,
               help="Partial sketches cut at pen-up (strokes) or the authors' 20 point slices (points20) "
               "[default: strokes for causal, points20 for paper; paper needs points20].")
-@click.option("--backend", default="auto", show_default=True, help="Backend: auto, ort-cpu, ort-cuda, ort-trt.")
-@click.option("--precision", default="fp32", show_default=True, help="Graph precision present in the bundle.")
+@click.option("--backend", default="auto", show_default=True, help="Backend: auto, ort-cpu, ort-cuda, ort-trt, tensorrt, openvino.")
+@click.option("--precision", default="fp32", show_default=True,
+              help="Graph precision present in the bundle, or bf16 (an openvino execution mode).")
 @click.option("--compare", default=None, metavar="LIST",
-              help="Run several precisions side by side, e.g. fp32,int8 (an item BACKEND:PRECISION also "
+              help="Run several precisions side by side, e.g. fp32,int8,openvino:bf16 (an item BACKEND:PRECISION also "
               "picks the backend); overrides --precision. Agreement is measured against the first fp32 run.")
 @click.option("--gallery", type=click.Path(path_type=Path), default=None,
               help="Photo gallery to reuse when this bundle's photo encoder built it from the dataset's photo "

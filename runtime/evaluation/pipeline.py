@@ -162,9 +162,11 @@ def run_evaluation(
     configs = configs or [RunConfig("auto", "fp32")]
     data = load_split(dataset, split, limit=limit)
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-    backends = [get_backend(c.backend, threads=threads) for c in configs]  # fail before any work
-    for c in configs:
-        b.graph_entry(mf.SKETCH_ENCODER, c.precision)
+    backends = [get_backend(c.backend, threads=threads, cache_dir=b.path / ".cache", precision=c.precision)
+                for c in configs]  # fail before any work
+    for c, backend in zip(configs, backends):
+        if c.precision not in backend.execution_precisions:  # bf16 on openvino runs the fp32 graph
+            b.graph_entry(mf.SKETCH_ENCODER, c.precision)
     longest = max(len(points_to_strokes(s.points)) for s in data.sketches)
     with staged_dir(out, force=force) as tmp:
         full, ginfo = resolve_gallery(

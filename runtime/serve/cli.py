@@ -88,8 +88,10 @@ def _url(sock: socket.socket) -> str:
 @click.option("--max-points", type=click.IntRange(1), default=4096, show_default=True, help="Points per stroke.")
 @click.option("--max-body-kb", type=click.IntRange(1), default=1024, show_default=True, help="Request body / message size.")
 @click.option("--topk", type=click.IntRange(1), default=10, show_default=True)
-@click.option("--backend", default="auto", show_default=True, help="Backend: auto, ort-cpu, ort-cuda, ort-trt.")
-@click.option("--precision", default="fp32", show_default=True, help="Graph precision present in the bundle.")
+@click.option("--backend", default="auto", show_default=True,
+              help="Backend: auto, ort-cpu, ort-cuda, ort-trt, tensorrt, openvino.")
+@click.option("--precision", default="fp32", show_default=True,
+              help="Graph precision present in the bundle, or bf16 (an openvino execution mode).")
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print the startup facts (url, limits) as one JSON line.")
 @click.option("-q", "--quiet", is_flag=True, help="No access log.")

@@ -1,0 +1,172 @@
+"""Intel fast path: onnxruntime fp32 vs openvino fp32 / bf16 / int8, per stroke, through sessions.
+
+Every method replays the same tracings stroke by stroke in live sessions (``Retriever.session``),
+interleaved stroke by stroke (method order rotating) after a warm-up sketch, so a machine shared
+with other work slows all methods alike; the ratio to onnxruntime fp32 is the number to read.
+Fidelity is measured on every stroke prefix against the onnxruntime fp32 session with
+:func:`dcssa.calibration.fidelity.compare` (cosine, top-1 agreement, top-10 overlap), per folder of
+strokes JSON (e.g. catalogue tracings and held-out shapes of another seed).
+
+    python -m dcssa.benchmarks.openvino_fastpath --bundle B --strokes D/Shapes/strokes \\
+        --strokes H/Shapes/strokes --out fastpath.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from dcssa.runtime import Bundle, Gallery, Retriever
+from dcssa.runtime.cli_util import fail_cleanly
+from dcssa.runtime.errors import DcssaError
+from dcssa.runtime.strokes import load_strokes_file
+
+from .env import environment
+
+REFERENCE = ("ort-cpu", "fp32")
+METHODS = (REFERENCE, ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8"), ("ort-cpu", "int8"))
+MARGIN = 0.01  # top-1 agreement is also given over queries whose fp32 top-1 leads the 2nd by this much
+
+
+def _load_sketches(folder: Path) -> list[list[np.ndarray]]:
+    files = sorted(Path(folder).glob("*.json"))
+    if not files:
+        raise DcssaError("no strokes JSON files here", path=folder, hint="pass a folder like D/Shapes/strokes")
+    return [load_strokes_file(f) for f in files]
+
+
+def run_fastpath(bundle_path: Path, gallery_path: Path, folders: list[Path], *, methods=METHODS,
+                 threads: int | None = None, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    from dcssa.calibration import fidelity as fd
+
+    bundle = Bundle.load(bundle_path)
+    gallery = Gallery.load(gallery_path, bundle)
+    gm = fd.GalleryMatrix(np.asarray(gallery.embeddings, np.float32), list(gallery.ids), str(gallery_path))
+    retrievers, skipped = {}, {}
+    for backend, precision in methods:
+        name = f"{backend}/{precision}"
+        try:
+            retrievers[name] = Retriever(bundle, gallery, backend=backend, precision=precision, threads=threads)
+        except DcssaError as exc:
+            skipped[name] = exc.message
+    if "/".join(REFERENCE) not in retrievers:
+        raise DcssaError("the onnxruntime fp32 reference cannot run", hint=str(skipped))
+    sets = {Path(f).parent.parent.name + "/" + Path(f).parent.name if Path(f).name == "strokes" else str(f):
+            _load_sketches(Path(f)) for f in folders}
+    names = list(retrievers)
+    sessions = {n: r.session() for n, r in retrievers.items()}
+    warm = next(iter(sets.values()))[0]
+    for s in sessions.values():  # warm-up: first-call allocations, lazy compilations
+        for stroke in warm:
+            s.add_stroke(stroke)
+    ms = {n: [] for n in names}
+    enc = {n: [] for n in names}
+    out: dict[str, dict[str, list]] = {}
+    total = sum(len(sk) for sketches in sets.values() for sk in sketches)
+    bar = tqdm(total=total, desc="strokes", unit="stroke", disable=not progress)
+    k = 0
+    for label, sketches in sets.items():
+        out[label] = {n: [] for n in names}
+        for sk in sketches:
+            for s in sessions.values():
+                s.reset()
+            for stroke in sk:
+                order = names[k % len(names):] + names[: k % len(names)]  # rotate who goes first
+                k += 1
+                for n in order:
+                    res = sessions[n].add_stroke(stroke)
+                    ms[n].append(res.timings["total"])
+                    enc[n].append(res.timings["encode"])
+                    out[label][n].append((res.feature, res.embedding))
+                bar.update(1)
+    bar.close()
+    ref_name = "/".join(REFERENCE)
+    base = float(np.median(ms[ref_name]))
+    latency = {n: {"stroke_median_ms": float(np.median(ms[n])), "encode_median_ms": float(np.median(enc[n])),
+                   "ratio_to_ort_fp32": float(np.median(ms[n]) / base), "strokes": len(ms[n])} for n in names}
+    fidelity: dict[str, dict] = {}
+    for label, per in out.items():
+        rf = np.stack([f for f, _ in per[ref_name]])
+        re_ = np.stack([e for _, e in per[ref_name]])
+        ref = fd.Reference(rf, re_, gm.topk(re_))
+        scores = re_ @ gm.embeddings.T
+        top2 = -np.sort(-scores, axis=1)[:, :2]
+        clear = (top2[:, 0] - top2[:, 1]) >= MARGIN
+        fidelity[label] = {"prefixes": len(rf), "clear_top1_prefixes": int(clear.sum())}
+        for n in names:
+            if n == ref_name:
+                continue
+            f = np.stack([x for x, _ in per[n]])
+            e = np.stack([x for _, x in per[n]])
+            rep = fd.compare(ref, f, e, gm)
+            top = gm.topk(e)
+            rep[f"top1_agreement_margin_{MARGIN}"] = float(np.mean(top[clear, 0] == ref.top[clear, 0])) if clear.any() else None
+            fidelity[label][n] = rep
+    return {
+        "schema": "dcssa-openvino-fastpath/1",
+        "env": {**environment(threads), "load_average": os.getloadavg()},
+        "bundle": str(bundle_path),
+        "gallery_size": len(gallery),
+        "methods": names,
+        "skipped": skipped,
+        "backends": {n: r.backend.describe() for n, r in retrievers.items()},
+        "latency": latency,
+        "fidelity": fidelity,
+    }
+
+
+def markdown(rep: dict) -> str:
+    sets = list(rep["fidelity"])
+    head = ["method", "ms / stroke (median)", "encoder ms", "x ort fp32"]
+    for s in sets:
+        head += [f"{s}: cosine mean / min", f"{s}: top-1", f"{s}: top-10 overlap"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for n in rep["methods"]:
+        lat = rep["latency"][n]
+        cells = [n, f"{lat['stroke_median_ms']:.1f}", f"{lat['encode_median_ms']:.1f}", f"{lat['ratio_to_ort_fp32']:.2f}"]
+        for s in sets:
+            f = rep["fidelity"][s].get(n)
+            if f is None:
+                cells += ["reference", "-", "-"]
+            else:
+                c = f["embedding_cosine"]
+                cells += [f"{c['mean']:.4f} / {c['min']:.4f}", f"{f['top1_agreement']:.1%}", f"{f['top10_overlap']:.1%}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--bundle", type=click.Path(path_type=Path), required=True)
+@click.option("--gallery", type=click.Path(path_type=Path), default=None, help="[default: BUNDLE/gallery]")
+@click.option("--strokes", "folders", type=click.Path(path_type=Path), multiple=True, required=True,
+              help="Folder of strokes JSON tracings (repeatable: one fidelity block each).")
+@click.option("--threads", type=int, default=None)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the report JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report JSON instead of the table.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def main(bundle: Path, gallery: Path | None, folders: tuple[Path, ...], threads: int | None, out: Path | None,
+         as_json: bool, quiet: bool) -> None:
+    """Per-stroke latency and fidelity of onnxruntime fp32 vs openvino fp32 / bf16 / int8."""
+    t0 = time.time()
+    with fail_cleanly():
+        rep = run_fastpath(bundle, gallery or bundle / "gallery", list(folders), threads=threads,
+                           progress=not (quiet or as_json))
+    rep["seconds"] = round(time.time() - t0, 1)
+    if out is not None:
+        out.write_text(json.dumps(rep, indent=2) + "\n")
+    click.echo(json.dumps(rep, indent=2) if as_json else markdown(rep))
+    if not as_json:
+        for n, why in rep["skipped"].items():
+            click.echo(f"skipped {n}: {why}")
+        click.echo(f"load average {rep['env']['load_average']}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,253 @@
+"""Calibration and held-out sets built from what the runtime really sees: every stroke prefix.
+
+A live session encodes the canvas after each stroke, so quantisation ranges must come from partial
+sketches, not only finished ones. Sketches come from a QMUL coordinate pickle, a folder of strokes
+JSON files, a dataset root written by ``dcssa-rt make-dataset`` (or laid out like QMUL), or the
+synthetic generator; prefixes are drawn with :class:`dcssa.runtime.raster.Canvas` and preprocessed
+with the bundle's own recipe, the exact code path of :class:`dcssa.runtime.session.StrokeSession`.
+Canvases are kept as uint8 (160 kB each) and preprocessed on demand, so a few hundred prefixes fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dcssa.runtime.errors import DcssaError, StrokeError
+from dcssa.runtime.raster import Canvas, Preprocessor
+from dcssa.runtime.strokes import load_strokes_file, points_to_strokes
+from dcssa.runtime.synthetic import random_shape, tracing
+
+DATA_HINT = (
+    "pass --data as a QMUL *_Coordinate pickle, a folder of strokes JSON files, a dataset folder "
+    "from `dcssa-rt make-dataset`, or synthetic:N[:SEED]"
+)
+PICKLE_SUFFIXES = {".pkl", ".pickle", ".p"}
+
+
+class CalibrationDataError(DcssaError):
+    """Calibration data that cannot be read or is too small to use."""
+
+
+@dataclass
+class Sketch:
+    """One sketch: its strokes in the 256 frame, the photo it depicts (if known), its split tag."""
+
+    name: str
+    strokes: list[np.ndarray]
+    target: str | None = None  # photo stem, e.g. "shape0003"
+    split: str | None = None  # "train" / "test" from QMUL keys, None otherwise
+
+
+@dataclass
+class SketchData:
+    """Sketches plus where photos for a retrieval gallery live, if the source says."""
+
+    sketches: list[Sketch]
+    photos: Path | None = None
+    source: str = ""
+
+
+# -- reading sources -----------------------------------------------------------------------------
+
+
+def _qmul_target(key: str) -> str:
+    """``/test/shape0003_1`` -> ``shape0003`` (the sketch name minus its last ``_suffix``)."""
+    stem = key.rstrip("/").rsplit("/", 1)[-1]
+    return stem.rsplit("_", 1)[0] if "_" in stem else stem
+
+
+def read_qmul_pickle(path: Path) -> list[Sketch]:
+    """The authors' coordinate pickle: ``{"/split/name_n": N x 3 (x, y, pen_up)}``."""
+    try:
+        with open(path, "rb") as f:
+            coords = pickle.load(f)  # noqa: S301 - the user's own dataset file
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError) as exc:
+        raise CalibrationDataError(f"cannot read the coordinate pickle ({exc})", path=path, hint=DATA_HINT) from None
+    if not isinstance(coords, dict) or not coords:
+        raise CalibrationDataError("the pickle is not a non-empty {name: points} dict", path=path, hint=DATA_HINT)
+    out = []
+    for key in sorted(coords):
+        pts = np.asarray(coords[key], dtype=np.float64)
+        try:
+            strokes = points_to_strokes(pts)
+        except StrokeError as exc:
+            raise CalibrationDataError(f"sketch {key!r}: {exc.message}", path=path, hint=DATA_HINT) from None
+        parts = str(key).strip("/").split("/")
+        split = parts[0] if len(parts) > 1 else None
+        out.append(Sketch(str(key), strokes, _qmul_target(str(key)), split))
+    return out
+
+
+def read_strokes_folder(folder: Path) -> list[Sketch]:
+    """Every ``*.json`` below ``folder`` (sorted); the target is read from ``"target"`` or the name."""
+    import json
+
+    files = sorted(p for p in folder.rglob("*.json") if p.is_file())
+    out = []
+    for p in files:
+        strokes = load_strokes_file(p)  # raises StrokeError naming the file
+        target = None
+        try:
+            doc = json.loads(p.read_text(encoding="utf-8"))
+            if isinstance(doc, dict) and isinstance(doc.get("target"), str):
+                target = Path(doc["target"]).stem
+        except (OSError, ValueError):  # already parsed above; a failure here only loses the target
+            pass
+        out.append(Sketch(p.relative_to(folder).as_posix(), strokes, target or _qmul_target(p.stem), None))
+    return out
+
+
+def synthetic_sketches(count: int, seed: int = 0) -> list[Sketch]:
+    """``count`` tracings of random shapes (SYNTHETIC: for tests and demos only)."""
+    rng = np.random.default_rng(seed)
+    return [Sketch(f"synthetic{i:04d}", tracing(random_shape(rng), rng), None, None) for i in range(count)]
+
+
+def _parse_synthetic(spec: str) -> tuple[int, int]:
+    parts = spec.split(":")[1:]
+    try:
+        count = int(parts[0]) if parts and parts[0] else 24
+        seed = int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        raise CalibrationDataError(f"bad synthetic spec {spec!r}", hint="write synthetic:N or synthetic:N:SEED") from None
+    if count < 1:
+        raise CalibrationDataError(f"bad synthetic spec {spec!r}: N must be >= 1", hint="write synthetic:N[:SEED]")
+    return count, seed
+
+
+def load_sketch_data(data: str | Path) -> SketchData:
+    """Read sketches (and the photo folder, when the layout has one) from ``data``."""
+    text = str(data)
+    if text == "synthetic" or text.startswith("synthetic:"):
+        count, seed = _parse_synthetic(text)
+        return SketchData(synthetic_sketches(count, seed), None, text)
+    path = Path(data)
+    if path.is_file():
+        if path.suffix.lower() == ".json":
+            return SketchData([Sketch(path.stem, load_strokes_file(path), _qmul_target(path.stem))], None, text)
+        return SketchData(read_qmul_pickle(path), _photo_dir(path.parent), text)
+    if not path.is_dir():
+        raise CalibrationDataError("no such file or folder", path=path, hint=DATA_HINT)
+    pickles = sorted(p for p in path.glob("*_Coordinate")) + sorted(
+        p for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES
+    )
+    if pickles:
+        return SketchData(read_qmul_pickle(pickles[0]), _photo_dir(path), text)
+    folder = path / "strokes" if (path / "strokes").is_dir() else path
+    sketches = read_strokes_folder(folder)
+    if not sketches:
+        raise CalibrationDataError("no sketches found (no *_Coordinate pickle, no *.json)", path=path, hint=DATA_HINT)
+    return SketchData(sketches, _photo_dir(path), text)
+
+
+def _photo_dir(root: Path) -> Path | None:
+    for name in ("photo", "photos"):
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+# -- split ---------------------------------------------------------------------------------------
+
+
+def _stable_unit(name: str, seed: int) -> float:
+    h = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2.0**64
+
+
+def split_heldout(sketches: Sequence[Sketch], share: float = 0.5, seed: int = 0) -> tuple[list[Sketch], list[Sketch]]:
+    """(calibration, held-out), split by SKETCH so no prefix of a held-out sketch is calibrated on.
+
+    When the source has a QMUL train/test split, calibration uses train and the held-out set is
+    test (what a deployed model meets); otherwise a stable hash of the name decides.
+    """
+    splits = {s.split for s in sketches}
+    if "train" in splits and "test" in splits:
+        calib = [s for s in sketches if s.split == "train"]
+        held = [s for s in sketches if s.split == "test"]
+    else:
+        calib = [s for s in sketches if _stable_unit(s.name, seed) >= share]
+        held = [s for s in sketches if _stable_unit(s.name, seed) < share]
+        if not held and len(calib) > 1:
+            held.append(calib.pop())
+        if not calib and len(held) > 1:
+            calib.append(held.pop())
+    if not calib or not held:
+        raise CalibrationDataError(
+            f"{len(sketches)} sketch(es) cannot be split into calibration and held-out sets",
+            hint="give at least 2 sketches (a dozen or more for a meaningful report)",
+        )
+    return calib, held
+
+
+# -- prefix rasters --------------------------------------------------------------------------------
+
+
+@dataclass
+class PrefixSet:
+    """The canvas after every stroke of every sketch, with which sketch and stroke each one is."""
+
+    canvases: np.ndarray  # (N, C, C) uint8
+    sketch: np.ndarray  # (N,) index into ``sketches``
+    stroke: np.ndarray  # (N,) 1-based stroke count of the prefix
+    sketches: list[Sketch]
+    preprocessor: Preprocessor = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.canvases)
+
+    def images(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Preprocessed network inputs (n, 3, H, W) float32 for prefixes ``start:stop``."""
+        return np.concatenate([self.preprocessor(c) for c in self.canvases[start:stop]])
+
+    def batches(self, batch_size: int = 8) -> Iterator[np.ndarray]:
+        for i in range(0, len(self), batch_size):
+            yield self.images(i, i + batch_size)
+
+    def sequences(self) -> list[np.ndarray]:
+        """Indices of each sketch's prefixes, in stroke order (for the causal stroke head)."""
+        return [np.nonzero(self.sketch == k)[0] for k in range(len(self.sketches))]
+
+    def subsample(self, limit: int | None, seed: int = 0) -> PrefixSet:
+        """At most ``limit`` prefixes, spread evenly over the set (keeps early and late strokes)."""
+        if limit is None or len(self) <= limit:
+            return self
+        idx = np.unique(np.linspace(0, len(self) - 1, limit).round().astype(int))
+        return PrefixSet(self.canvases[idx], self.sketch[idx], self.stroke[idx], self.sketches, self.preprocessor)
+
+
+def prefix_set(
+    sketches: Sequence[Sketch],
+    preprocessor: Preprocessor | None = None,
+    *,
+    canvas: int = 400,
+    frame: float = 256.0,
+    max_strokes: int | None = None,
+) -> PrefixSet:
+    """Draw every stroke prefix of every sketch as a live session would (incremental canvas)."""
+    pre = preprocessor or Preprocessor.default()
+    canvases, sk, st = [], [], []
+    for k, s in enumerate(sketches):
+        c = Canvas(canvas=canvas, frame=frame)
+        for t, stroke in enumerate(s.strokes[:max_strokes]):
+            c.add_stroke(stroke)
+            canvases.append(c.image.copy())
+            sk.append(k)
+            st.append(t + 1)
+    if not canvases:
+        raise CalibrationDataError("the sketches have no strokes", hint=DATA_HINT)
+    return PrefixSet(np.stack(canvases), np.asarray(sk), np.asarray(st), list(sketches), pre)
+
+
+def bundle_prefix_set(bundle, sketches: Sequence[Sketch], **kw) -> PrefixSet:
+    """:func:`prefix_set` with the bundle's canvas, frame and preprocessing recipe."""
+    rec = bundle.manifest["preprocessing"]["sketch"]
+    return prefix_set(
+        sketches, bundle.sketch_preprocessor(), canvas=int(rec.get("canvas", 400)), frame=float(rec.get("frame", 256)), **kw
+    )

@@ -1,0 +1,143 @@
+"""``dcssa-export calibrate`` and ``dcssa-export engines`` (registered on the dcssa-export group)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from dcssa.runtime.cli_util import fail_cleanly
+
+DATA_HELP = ("Sketches: a QMUL *_Coordinate pickle, a folder of strokes JSON, a `dcssa-rt make-dataset` "
+             "folder (its photo/ folder becomes the fidelity gallery), or synthetic:N[:SEED].")
+RECIPE_HELP = ("INT8 recipe: 'search' (measure methods, per-block sensitivity and the trade-off curve, then "
+               "choose; slow), 'default' (the recipe chosen on the demo model), or a JSON file (a recipe, a "
+               "search.json, or another bundle's manifest.json).")
+
+
+def _say(quiet: bool):
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:
+        if not quiet:
+            click.echo(f"[{time.perf_counter() - t0:7.1f}s] {msg}", err=True)
+
+    return say
+
+
+def _print_fidelity(manifest: dict, precisions, as_json: bool) -> None:
+    from .fidelity import summary_line
+
+    fid = manifest.get("fidelity", {})
+    if as_json:
+        click.echo(json.dumps({"precisions": manifest["precisions"], "fidelity": fid,
+                               "calibration": manifest.get("calibration", {})}, indent=2))
+        return
+    for p in precisions:
+        for key in (p, f"{p}-tensorrt"):
+            if key in fid:
+                rep = fid[key]
+                ok = rep.get("meets_targets")
+                flag = "" if ok is None else ("  [meets targets]" if ok else "  [BELOW TARGET: see README, Precision]")
+                click.echo(summary_line(key, rep) + flag)
+
+
+def check_precision_args(precision: str, calib: str | None) -> list[str]:
+    """Validate ``--precision/--calib`` of the main export command; returns the reduced precisions."""
+    from dcssa.runtime.errors import DcssaError
+
+    from .bundle import parse_precisions
+
+    wanted = [p for p in parse_precisions(precision) if p != "fp32"]
+    if wanted and calib is None:
+        raise DcssaError(f"--precision {','.join(wanted)} needs --calib DATA (calibration and held-out sketches)",
+                         hint="e.g. --calib Shapes/ (a make-dataset folder) or --calib synthetic:24 for a quick check")
+    return wanted
+
+
+def export_precisions(out: Path, precision: str, calib: str | None, recipe: str, quiet: bool, as_json: bool,
+                      say) -> dict | None:
+    """The ``--precision/--calib`` step of the main export command, after the fp32 bundle exists."""
+    from .bundle import calibrate_bundle, load_recipe
+
+    wanted = check_precision_args(precision, calib)
+    if not wanted:
+        return None
+    manifest = calibrate_bundle(out, calib, wanted, recipe=load_recipe(recipe), quiet=quiet or as_json, say=say)
+    if not (quiet or as_json):
+        _print_fidelity(manifest, wanted, False)
+    return manifest
+
+
+@click.command("calibrate")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--data", required=True, help=DATA_HELP)
+@click.option("--precision", default="int8", show_default=True, help="Comma list of fp16, int8.")
+@click.option("--recipe", default="search", show_default=True, help=RECIPE_HELP)
+@click.option("--photos", type=click.Path(path_type=Path), default=None,
+              help="Photo folder for the fidelity gallery [default: DATA's photo/ folder, else BUNDLE/gallery].")
+@click.option("--gallery", type=click.Path(path_type=Path), default=None, help="An existing gallery folder instead.")
+@click.option("--max-calib", type=click.IntRange(1), default=96, show_default=True,
+              help="Calibration rasters (stroke prefixes), spread over the calibration sketches.")
+@click.option("--max-heldout", type=click.IntRange(1), default=None, help="Cap on held-out prefixes.")
+@click.option("--methods", default="minmax,percentile,entropy", show_default=True,
+              help="Calibration methods the search compares.")
+@click.option("--threads", type=int, default=None, help="onnxruntime threads (default: all cores).")
+@click.option("--workdir", type=click.Path(path_type=Path), default=None,
+              help="Keep range caches and the search record (search.json, curve PNG) here.")
+@click.option("--json", "as_json", is_flag=True, help="Print fidelity reports and the recipe as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or lines.")
+def calibrate(bundle: Path, data: str, precision: str, recipe: str, photos: Path | None, gallery: Path | None,
+              max_calib: int, max_heldout: int | None, methods: str, threads: int | None, workdir: Path | None,
+              as_json: bool, quiet: bool) -> None:
+    """Add FP16 / INT8 graphs to an existing BUNDLE, with a retrieval-fidelity report for each.
+
+    \b
+    dcssa-export calibrate dcssa-bundle --data Shapes/ --precision int8,fp16
+    dcssa-export calibrate dcssa-bundle --data Shapes/ --recipe default   # no search
+    """
+    from .bundle import calibrate_bundle, load_recipe, load_search_record, parse_precisions
+
+    say = _say(quiet or as_json)
+    with fail_cleanly():
+        wanted = [p for p in parse_precisions(precision, ("fp16", "int8"))]
+        manifest = calibrate_bundle(
+            bundle, data, wanted, recipe=load_recipe(recipe), search_record=load_search_record(recipe), methods=[m.strip() for m in methods.split(",") if m.strip()],
+            photos=photos, gallery=gallery, max_calib=max_calib, max_heldout=max_heldout, threads=threads,
+            workdir=workdir, quiet=quiet or as_json, say=say,
+        )
+    _print_fidelity(manifest, wanted, as_json)
+
+
+@click.command("engines")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--precision", default="fp16,int8", show_default=True, help="Comma list of fp32, fp16, int8.")
+@click.option("--max-batch", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--max-strokes", type=click.IntRange(1), default=None, help="K/V cache rows [default: the bundle's].")
+@click.option("--workspace-mib", type=click.IntRange(64), default=2048, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the engines record as JSON.")
+@click.option("-q", "--quiet", is_flag=True)
+def engines(bundle: Path, precision: str, max_batch: int, max_strokes: int | None, workspace_mib: int,
+            as_json: bool, quiet: bool) -> None:
+    """Build TensorRT engines for BUNDLE on this GPU machine (TensorRT 10.x / 11.x).
+
+    Engines are strongly typed from the bundle's fp16 / int8 graphs and recorded with this
+    machine's TensorRT version, GPU and compute capability; `--backend tensorrt` refuses them
+    anywhere else.
+    """
+    from .bundle import parse_precisions
+    from .engines import build_engines
+
+    say = _say(quiet or as_json)
+    with fail_cleanly():
+        manifest = build_engines(bundle, parse_precisions(precision), max_batch=max_batch, max_strokes=max_strokes,
+                                 workspace_mib=workspace_mib, say=say)
+    rec = manifest["engines"]
+    if as_json:
+        click.echo(json.dumps(rec, indent=2))
+    else:
+        click.echo(f"engines for TensorRT {rec['tensorrt']} on {rec['gpu']} (sm {rec['compute_capability']}):")
+        for graph, per in rec["graphs"].items():
+            click.echo(f"  {graph:18s} {', '.join(per)}")

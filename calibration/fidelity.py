@@ -1,0 +1,258 @@
+"""Retrieval fidelity of a reduced-precision graph against fp32, on held-out stroke prefixes.
+
+What matters is whether the photos a user sees change, so besides the embedding cosine to fp32 the
+report ranks a real gallery with both pipelines and counts top-1 agreement and top-10 overlap.
+Embeddings go through the bundle's own stroke head (causal step graph, prefix by prefix, as a live
+session does), so encoder errors are judged where they end up. Latency is measured interleaved
+(fp32 pass, reduced pass, fp32 pass, ...) on single rasters, so a machine shared with other work
+slows both sides alike; the ratio is the number to read, the milliseconds are context.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dcssa.runtime import manifest as mf
+from dcssa.runtime.backends import Runner, get_backend
+from dcssa.runtime.bundle import Bundle
+from dcssa.runtime.errors import DcssaError
+from dcssa.runtime.gallery import Gallery, embed_photos, list_images
+
+from .calibset import PrefixSet
+
+TOPK = 10
+TARGETS = {"top10_overlap": 0.90, "top1_agreement": 0.90, "latency_ratio": 0.50}
+
+
+@dataclass
+class GalleryMatrix:
+    """Unit-norm photo embeddings (fp32 photo encoder) and their ids (file stems)."""
+
+    embeddings: np.ndarray
+    ids: list[str]
+    source: str
+
+    def topk(self, queries: np.ndarray, k: int = TOPK) -> np.ndarray:
+        """(n, k) indices, best first; ties go to the lower index, as Gallery.search does."""
+        scores = queries.astype(np.float32) @ self.embeddings.T.astype(np.float32)
+        k = min(k, scores.shape[1])
+        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+def gallery_matrix(bundle: Bundle, *, photos: Path | None = None, gallery: Path | None = None,
+                   backend=None) -> GalleryMatrix:
+    """Photos embedded now with the fp32 photo encoder, or an existing gallery folder."""
+    if gallery is not None:
+        g = Gallery.load(gallery, bundle)
+        return GalleryMatrix(np.asarray(g.embeddings, np.float32), [Path(i).stem for i in g.ids], str(gallery))
+    if photos is None:
+        default = bundle.path / "gallery"
+        if (default / "gallery.json").is_file():
+            return gallery_matrix(bundle, gallery=default)
+        raise DcssaError(
+            "no gallery to rank against for the fidelity report",
+            path=bundle.path,
+            hint="pass --photos FOLDER (catalogue images) or --gallery GALLERY, or use --data with a photo/ folder",
+        )
+    from PIL import Image
+
+    paths = list_images(Path(photos))
+    if len(paths) < 2:
+        raise DcssaError("the fidelity gallery needs at least 2 photos", path=photos)
+    images = ((i, Image.open(p).convert("RGB")) for i, p in enumerate(paths))
+    emb = embed_photos(bundle, images, backend or get_backend("ort-cpu"))
+    return GalleryMatrix(np.stack([emb[i] for i in range(len(paths))]).astype(np.float32),
+                         [p.stem for p in paths], str(photos))
+
+
+def encode(runner: Runner, prefixes: PrefixSet, batch_size: int = 8,
+           on_batch: Callable[[int], None] = lambda _n: None) -> np.ndarray:
+    """Step features (N, D) of every prefix."""
+    out = []
+    for i in range(0, len(prefixes), batch_size):
+        x = prefixes.images(i, i + batch_size)
+        out.append(runner.run({"images": x})["features"])
+        on_batch(len(x))
+    return np.concatenate(out).astype(np.float32)
+
+
+def embed(bundle: Bundle, head: Runner, features: np.ndarray, prefixes: PrefixSet) -> np.ndarray:
+    """Embeddings (N, E): phase 2 runs the causal step head over each sketch's prefixes in order."""
+    out = np.zeros((len(features), bundle.embed_dim), np.float32)
+    if bundle.phase != 2:
+        return head.run({"features": features})["embeddings"].astype(np.float32)
+    d = bundle.feature_dim
+    for idx in prefixes.sequences():
+        keys = np.zeros((0, d), np.float32)
+        values = np.zeros((0, d), np.float32)
+        for i in idx:
+            r = head.run({"feature": features[i : i + 1], "past_keys": keys, "past_values": values})
+            keys = np.concatenate([keys, r["key"]])
+            values = np.concatenate([values, r["value"]])
+            out[i] = r["embedding"][0]
+    return out
+
+
+def load_head(bundle: Bundle, backend, precision: str = "fp32") -> Runner:
+    name = mf.HEAD_STEP if bundle.phase == 2 else mf.SKETCH_PROJECTION
+    p = precision if precision in bundle.precisions(name) else "fp32"
+    return backend.load(bundle.graph_path(name, p), label=name)
+
+
+@dataclass
+class Reference:
+    """The fp32 pipeline on the held-out set, computed once and compared with every candidate."""
+
+    features: np.ndarray
+    embeddings: np.ndarray
+    top: np.ndarray
+
+
+def reference(bundle: Bundle, prefixes: PrefixSet, gallery: GalleryMatrix, backend=None,
+              on_batch: Callable[[int], None] = lambda _n: None) -> Reference:
+    backend = backend or get_backend("ort-cpu")
+    enc = backend.load(bundle.graph_path(mf.SKETCH_ENCODER, "fp32"), label="sketch_encoder fp32")
+    f = encode(enc, prefixes, on_batch=on_batch)
+    e = embed(bundle, load_head(bundle, backend), f, prefixes)
+    return Reference(f, e, gallery.topk(e))
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    na = np.linalg.norm(a, axis=1)
+    nb = np.linalg.norm(b, axis=1)
+    return (a * b).sum(1) / np.maximum(na * nb, 1e-12)
+
+
+def compare(ref: Reference, features: np.ndarray, embeddings: np.ndarray, gallery: GalleryMatrix) -> dict:
+    """Cosines and ranking agreement of a candidate's outputs with the fp32 reference."""
+    top = gallery.topk(embeddings)
+    k = top.shape[1]
+    overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(ref.top, top)])
+    fc, ec = _cos(features, ref.features), _cos(embeddings, ref.embeddings)
+    return {
+        "feature_cosine": {"mean": float(fc.mean()), "min": float(fc.min())},
+        "embedding_cosine": {"mean": float(ec.mean()), "min": float(ec.min())},
+        "top1_agreement": float(np.mean(top[:, 0] == ref.top[:, 0])),
+        "top10_overlap": float(overlap),  # over min(10, gallery size) photos, see "topk"
+        "topk": k,
+    }
+
+
+def target_accuracy(embeddings: np.ndarray, prefixes: PrefixSet, gallery: GalleryMatrix) -> dict | None:
+    """acc@1 / acc@10 at the last stroke of each held-out sketch whose target photo is in the gallery."""
+    where = {g: i for i, g in enumerate(gallery.ids)}
+    rows, targets = [], []
+    for k, idx in enumerate(prefixes.sequences()):
+        t = prefixes.sketches[k].target
+        if t in where and len(idx):
+            rows.append(idx[-1])
+            targets.append(where[t])
+    if not rows:
+        return None
+    scores = embeddings[rows] @ gallery.embeddings.T
+    want = scores[np.arange(len(rows)), targets]
+    rank = (scores >= want[:, None]).sum(1)  # ties count against the target, as the reference's <=
+    return {"sketches": len(rows), "acc@1": float(np.mean(rank <= 1)), "acc@10": float(np.mean(rank <= 10))}
+
+
+def interleaved_latency(a: Runner, b: Runner, images: np.ndarray, repeats: int = 3, warmup: int = 2) -> dict:
+    """Median single-raster latency of ``a`` and ``b``, runs alternating; ratio = b / a."""
+    x0 = images[:1]
+    for _ in range(warmup):
+        a.run({"images": x0})
+        b.run({"images": x0})
+    ta, tb = [], []
+    for _ in range(repeats):
+        for i in range(len(images)):
+            x = images[i : i + 1]
+            t0 = time.perf_counter()
+            a.run({"images": x})
+            t1 = time.perf_counter()
+            b.run({"images": x})
+            t2 = time.perf_counter()
+            ta.append(t1 - t0)
+            tb.append(t2 - t1)
+    ma, mb = float(np.median(ta)) * 1e3, float(np.median(tb)) * 1e3
+    ratios = np.asarray(tb) / np.asarray(ta)
+    return {"fp32_ms": ma, "reduced_ms": mb, "ratio": mb / ma, "ratio_of_pairs_median": float(np.median(ratios)),
+            "runs": len(ta)}
+
+
+def fidelity_report(
+    bundle: Bundle,
+    candidate: Path,
+    precision: str,
+    prefixes: PrefixSet,
+    gallery: GalleryMatrix,
+    ref: Reference,
+    *,
+    backend=None,
+    latency_rasters: int = 8,
+    latency_repeats: int = 3,
+    on_batch: Callable[[int], None] = lambda _n: None,
+) -> dict:
+    """The full report for one reduced-precision sketch encoder file (not yet in the bundle)."""
+    backend = backend or get_backend("ort-cpu")
+    enc = backend.load(candidate, label=f"sketch_encoder {precision}")
+    f = encode(enc, prefixes, on_batch=on_batch)
+    e = embed(bundle, load_head(bundle, backend, precision), f, prefixes)
+    report = compare(ref, f, e, gallery)
+    last = [idx[-1] for idx in prefixes.sequences() if len(idx)]
+    top = gallery.topk(e[last])
+    report["finished_sketches"] = {  # the same two numbers on complete sketches only
+        "top1_agreement": float(np.mean(top[:, 0] == ref.top[last, 0])),
+        "top10_overlap": float(np.mean([len(set(a) & set(b)) / top.shape[1] for a, b in zip(ref.top[last], top)])),
+    }
+    acc_ref, acc = target_accuracy(ref.embeddings, prefixes, gallery), target_accuracy(e, prefixes, gallery)
+    if acc_ref is not None:
+        report["target_accuracy"] = {"fp32": acc_ref, precision: acc}
+    if latency_rasters:
+        fp32 = backend.load(bundle.graph_path(mf.SKETCH_ENCODER, "fp32"), label="sketch_encoder fp32")
+        pick = np.unique(np.linspace(0, len(prefixes) - 1, latency_rasters).round().astype(int))
+        imgs = np.concatenate([prefixes.images(i, i + 1) for i in pick])
+        lat = interleaved_latency(fp32, enc, imgs, repeats=latency_repeats)
+        lat.update(backend=backend.name, threads=getattr(backend, "threads", None), machine=_machine())
+        report["latency"] = lat
+    report["held_out"] = {"sketches": len(prefixes.sketches), "prefixes": len(prefixes)}
+    report["gallery"] = {"photos": len(gallery.ids), "source": gallery.source}
+    report["targets"] = dict(TARGETS)
+    report["meets_targets"] = meets_targets(report)
+    return report
+
+
+def meets_targets(report: dict) -> bool | None:
+    """True/False against TARGETS; None when latency was not measured."""
+    ok = report["top10_overlap"] >= TARGETS["top10_overlap"] and report["top1_agreement"] >= TARGETS["top1_agreement"]
+    if "latency" not in report:
+        return None if ok else False
+    return bool(ok and report["latency"]["ratio"] <= TARGETS["latency_ratio"])
+
+
+def _machine() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                import os
+
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def summary_line(precision: str, report: dict) -> str:
+    """One line for the CLI."""
+    k = report.get("topk", TOPK)
+    text = (f"{precision}: cosine to fp32 mean {report['embedding_cosine']['mean']:.4f} "
+            f"min {report['embedding_cosine']['min']:.4f}, top-1 agreement {report['top1_agreement']:.1%}, "
+            f"top-{k} overlap {report['top10_overlap']:.1%}")
+    if "latency" in report:
+        lat = report["latency"]
+        text += f", encoder {lat['reduced_ms']:.1f} ms vs fp32 {lat['fp32_ms']:.1f} ms ({lat['ratio']:.2f}x)"
+    return text

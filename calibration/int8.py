@@ -1,0 +1,244 @@
+"""INT8 by explicit Q/DQ: calibration ranges, a recorded recipe, and the quantised graph.
+
+The graph is quantised statically with per-channel weights and SYMMETRIC int8 activations (zero
+point 0) by default, because that is the only activation encoding TensorRT accepts: the same file
+then runs on onnxruntime CPU and builds a strongly typed TensorRT engine. What is quantised is a
+:class:`Int8Recipe` -- a calibration method and a set of graph blocks (Inception blocks, attention
+projections, ...) -- chosen by measurement in :mod:`dcssa.calibration.search` and stored in the
+bundle manifest so the choice can be audited and repeated.
+
+Ranges are collected once per calibration method into onnxruntime's JSON calibration cache and
+reused for every candidate recipe, so a sensitivity sweep costs one calibration pass, not dozens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import onnx
+
+from dcssa.runtime import manifest as mf
+from dcssa.runtime.errors import DcssaError
+
+from .calibset import PrefixSet
+from .reader import PrefixReader
+
+METHODS = ("minmax", "entropy", "percentile")
+# Operators whose outputs get ranges; quantising Concat/pools keeps int8 flowing between convs.
+CALIBRATED_OPS = ("Conv", "MatMul", "Concat", "MaxPool", "AveragePool", "Relu", "Add", "Mul",
+                  "Transpose", "Reshape", "Softmax", "LayerNormalization")
+QUANTISED_OPS = ("Conv", "MatMul", "Concat", "MaxPool", "AveragePool")
+# Kept in float whatever the recipe says: normalisation and the attention score path.
+ALWAYS_FLOAT_OPS = ("LayerNormalization", "Softmax")
+
+TRUNK_BLOCKS = (
+    "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+    "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
+    "Mixed_7a", "Mixed_7b", "Mixed_7c",
+)
+ATTENTION_BLOCKS = ("attention.norm", "attention.proj", "attention.scores", "attention.tail")
+STEM_POOLS = "stem_pools"
+
+
+class QuantisationError(DcssaError):
+    """Quantisation could not produce a usable graph."""
+
+
+def node_block(name: str) -> str:
+    """Which block a node of an exported encoder belongs to, from the exporter's scoped names.
+
+    ``/trunk/Mixed_6b/branch7x7_1/conv/Conv`` -> ``Mixed_6b``; the stem max-pools -> ``stem_pools``;
+    the spatial attention splits into its LayerNorm, its four projections (q, k, v, out), the score
+    path (scale, q.k^T, softmax, attention.v) and the tail (residual, pooling, L2 normalisation).
+    """
+    m = re.match(r"^/trunk/([A-Za-z0-9_]+?)(/|$)", name)
+    if m:
+        part = m.group(1)
+        return part if part in TRUNK_BLOCKS else STEM_POOLS
+    if re.match(r"^/attention/attn/norm/", name):
+        return "attention.norm"
+    if re.match(r"^/attention/attn/(q|k|v|out)/", name):
+        return "attention.proj"
+    if re.match(r"^/attention/attn/(MatMul|MatMul_1|Softmax|Mul)$", name):
+        return "attention.scores"
+    if name.startswith("/attention/"):
+        return "attention.tail"
+    if name.startswith("/linear/"):
+        return "projection"
+    return "other"
+
+
+def graph_blocks(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Block -> node names, blocks in graph order."""
+    out: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        out.setdefault(node_block(node.name), []).append(node.name)
+    return out
+
+
+def default_blocks() -> list[str]:
+    """Everything with real arithmetic except the attention score path and normalisation."""
+    return [*TRUNK_BLOCKS, STEM_POOLS, "attention.proj"]
+
+
+@dataclass
+class Int8Recipe:
+    """What gets quantised and how; stored verbatim in the manifest."""
+
+    method: str = "minmax"
+    blocks: list[str] = field(default_factory=default_blocks)
+    per_channel: bool = True
+    symmetric_activations: bool = True  # zero point 0: what TensorRT requires
+    percentile: float = 99.999
+    op_types: list[str] = field(default_factory=lambda: list(QUANTISED_OPS))
+    exclude_nodes: list[str] = field(default_factory=list)  # individual nodes kept in float
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise QuantisationError(f"unknown calibration method {self.method!r}", hint=f"use one of {', '.join(METHODS)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Int8Recipe:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    @property
+    def tensorrt_compatible(self) -> bool:
+        return self.symmetric_activations
+
+    def nodes(self, model: onnx.ModelProto) -> list[str]:
+        """Names of the nodes this recipe quantises in ``model``."""
+        blocks, ops, skip = set(self.blocks), set(self.op_types), set(self.exclude_nodes)
+        return [
+            n.name
+            for n in model.graph.node
+            if node_block(n.name) in blocks and n.op_type in ops and n.op_type not in ALWAYS_FLOAT_OPS and n.name not in skip
+        ]
+
+    def short(self) -> str:
+        return f"{self.method}, {len(self.blocks)} blocks, {'s8 sym' if self.symmetric_activations else 'u8 asym'}"
+
+
+def _method_enum(method: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[method]
+
+
+def collect_ranges(
+    fp32_path: Path,
+    prefixes: PrefixSet,
+    method: str,
+    cache_path: Path,
+    *,
+    symmetric: bool = True,
+    percentile: float = 99.999,
+    chunk: int = 8,
+    on_batch: Callable[[int], None] = lambda _n: None,
+) -> Path:
+    """Run the calibrator over ``prefixes`` in chunks (bounded memory) and save the range cache."""
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    if method not in METHODS:
+        raise QuantisationError(f"unknown calibration method {method!r}", hint=f"use one of {', '.join(METHODS)}")
+    extra = {"symmetric": symmetric} if method != "minmax" else {"symmetric": False}
+    if method == "percentile":
+        extra["percentile"] = percentile
+    reader = PrefixReader(prefixes, batch_size=1)
+    with tempfile.TemporaryDirectory(prefix="dcssa-calib-") as tmp:
+        calibrator = create_calibrator(
+            Path(fp32_path),
+            list(CALIBRATED_OPS),
+            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=_method_enum(method),
+            extra_options=extra,
+        )
+        n = len(reader)
+        for start in range(0, n, chunk):
+            reader.set_range(start, min(n, start + chunk))
+            with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print per call
+                calibrator.collect_data(reader)
+            on_batch(min(chunk, n - start))
+        with contextlib.redirect_stdout(io.StringIO()):
+            ranges = calibrator.compute_data()
+        del calibrator
+    save_tensors_data(ranges, cache_path)
+    return cache_path
+
+
+def fix_ir_version(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The lowest IR version that carries the model's opsets (onnxruntime 1.31 reads <= 13)."""
+    need = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    model.ir_version = max(mf.IR_VERSION, need)
+    return model
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, recipe: Int8Recipe, cache_path: Path) -> dict:
+    """Write the Q/DQ graph of ``recipe`` using ranges from ``cache_path``; returns a summary."""
+    import logging
+
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    model = onnx.load(str(fp32_path))
+    nodes = recipe.nodes(model)
+    if not nodes:
+        raise QuantisationError(
+            f"the recipe quantises no node of {Path(fp32_path).name} (blocks: {', '.join(recipe.blocks) or 'none'})",
+            path=fp32_path,
+            hint=f"name blocks among: {', '.join(graph_blocks(model))}",
+        )
+    act = QuantType.QInt8 if recipe.symmetric_activations else QuantType.QUInt8
+    extra = {
+        "ActivationSymmetric": recipe.symmetric_activations,
+        "WeightSymmetric": True,
+        "QDQKeepRemovableActivations": False,
+    }
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser warns about pre-processing on every call
+    try:
+        with tempfile.TemporaryDirectory(prefix="dcssa-q-") as tmp:
+            tmp_out = Path(tmp) / "q.onnx"
+            quantize_static(
+                str(fp32_path),
+                str(tmp_out),
+                None,
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(recipe.op_types),
+                per_channel=recipe.per_channel,
+                reduce_range=False,
+                activation_type=act,
+                weight_type=QuantType.QInt8,
+                nodes_to_quantize=nodes,
+                calibrate_method=_method_enum(recipe.method),
+                extra_options=extra,
+                calibration_cache_path=str(cache_path),
+            )
+            q = fix_ir_version(onnx.load(str(tmp_out)))
+    finally:
+        root.setLevel(level)
+    q.producer_name = "dcssa-calibrate"
+    q.doc_string = f"DC-SSA int8 (Q/DQ) {recipe.short()}"
+    onnx.checker.check_model(q)
+    out_path.write_bytes(q.SerializeToString())
+    counts: dict[str, int] = {}
+    for n in q.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return {"quantised_nodes": len(nodes), "qdq_nodes": counts}
+
+
+def float_nodes(model: onnx.ModelProto, recipe: Int8Recipe, ops: Sequence[str] = QUANTISED_OPS) -> list[str]:
+    """Compute nodes (of ``ops``) the recipe leaves in float: the exclusions, for the record."""
+    quantised = set(recipe.nodes(model))
+    return [n.name for n in model.graph.node if n.op_type in ops and n.name not in quantised]

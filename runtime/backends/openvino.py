@@ -1,0 +1,361 @@
+"""OpenVINO backend: the bundle's ONNX graphs compiled by OpenVINO, the fast path on Intel CPUs.
+
+Precisions (``load(path, precision=...)``):
+
+- ``fp32``: the fp32 graph with ``INFERENCE_PRECISION_HINT=f32``. This must be explicit: on CPUs
+  with AMX, OpenVINO's default inference precision is bf16.
+- ``bf16``: an *execution mode* over the fp32 graph, not a graph file: AMX / AVX512-BF16 kernels
+  everywhere except the layers measured to hurt the rankings in bf16 (:data:`BF16_PLAN`: the
+  first convolution), which run in f32. OpenVINO's per-node ``disable_fp16_compression`` marks
+  are not honoured by every CPU kernel (fully connected layers ignore them), so the graph is split
+  into segments compiled with their own precision and run back to back. Refused with a clear
+  error on CPUs without native bf16.
+- ``int8``: the bundle's Q/DQ graph (written by ``dcssa-export calibrate``); OpenVINO fuses the
+  Q/DQ pairs into int8 kernels (VNNI / AMX-INT8), float parts in f32.
+
+Compiled models are cached in ``cache_dir/openvino`` (the Retriever passes ``BUNDLE/.cache``), so
+a restart imports the compiled blobs instead of recompiling. ``openvino`` is imported lazily:
+the rest of the runtime never needs it (``pip install dcssa-rt[openvino]``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendError
+from .base import Backend, Runner
+
+DEVICE_ENV = "DCSSA_OPENVINO_DEVICE"
+#: bf16 mode, chosen by per-block measurement on the structured demo model (README, "Intel fast
+#: path"): the error of the first conv (3 -> 32 channels on the raw image) is amplified through the
+#: whole trunk -- alone in bf16 it costs as much feature cosine as bf16 everywhere -- so it stays in
+#: f32 (under 1% of the FLOPs). The spatial attention, LayerNorm, softmax and pooling tail showed no
+#: measurable difference in f32, so they run in bf16 with the trunk. Each entry: a scope whose last
+#: op ends a segment, and that segment's precision; BF16_TAIL is the precision of the rest.
+BF16_PLAN: tuple[tuple[str, str], ...] = (("/trunk/Conv2d_1a_3x3/", "fp32"),)
+BF16_TAIL = "bf16"
+HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # INFERENCE_PRECISION_HINT per precision
+
+
+def _ov():
+    try:
+        import openvino
+    except ImportError:
+        raise BackendError(
+            "the openvino backend needs the openvino package",
+            hint="pip install 'dcssa-rt[openvino]' (or pick --backend ort-cpu)",
+        ) from None
+    return openvino
+
+
+@functools.lru_cache(maxsize=1)
+def _core():
+    """One OpenVINO Core per process (device discovery is slow-ish; plugins are shared anyway)."""
+    return _ov().Core()
+
+
+def device_capabilities(device: str = "CPU") -> list[str]:
+    """OpenVINO's OPTIMIZATION_CAPABILITIES of ``device`` (e.g. BF16, INT8, FP32). Tests patch this."""
+    return [str(c) for c in _core().get_property(device, "OPTIMIZATION_CAPABILITIES")]
+
+
+def cpu_vendor() -> str:
+    """The CPU vendor id from /proc/cpuinfo (GenuineIntel, AuthenticAMD ...), '' when unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def scope_cut(model, scope: str) -> str | None:
+    """Friendly name of the last op of ``scope``, when its output is all the rest of the graph needs.
+
+    The exporter names ops by module scope (``/trunk/Conv2d_1a_3x3/...``, ``/attention/...``); the
+    last op of a scope in topological order is a valid cut when nothing after it reads an earlier
+    non-constant value (the image, say). None when the graph has no such boundary (no ops of that
+    scope, as in the stroke head, or unscoped names).
+    """
+    ops = model.get_ordered_ops()  # topological order
+    inside = [op for op in ops if op.get_friendly_name().startswith(scope) and op.get_type_name() != "Constant"]
+    if not inside or len(inside[-1].outputs()) != 1:
+        return None
+    cut = inside[-1]
+    if sum(op.get_friendly_name() == cut.get_friendly_name() for op in ops) != 1:
+        return None
+    before, stack = set(), [cut]
+    while stack:
+        node = stack.pop()
+        if node.get_name() in before:
+            continue
+        before.add(node.get_name())
+        stack.extend(v.get_node() for v in node.input_values())
+    for op in ops:
+        if op.get_name() in before:
+            continue
+        for value in op.input_values():
+            src = value.get_node()
+            if src.get_name() in before and src.get_name() != cut.get_name() and src.get_type_name() != "Constant":
+                return None
+    return cut.get_friendly_name()
+
+
+def bf16_plan(model, plan: Sequence[tuple[str, str]] = BF16_PLAN, tail: str = BF16_TAIL) -> tuple[list[str], list[str]]:
+    """(cuts, precision of each of the len(cuts) + 1 segments) for running ``model`` in bf16 mode.
+
+    Scopes the graph lacks are skipped and neighbouring segments of one precision are merged; a
+    graph with none of the scopes (unscoped names) runs in bf16 as a single segment.
+    """
+    segs = [(c, p) for c, p in ((scope_cut(model, scope), prec) for scope, prec in plan) if c is not None]
+    if not segs:  # nothing known to keep apart: what was asked for
+        return [], ["bf16"]
+    segs.append((None, tail))
+    cuts, precisions = [], []
+    for cut, prec in segs:
+        if precisions and precisions[-1] == prec:
+            cuts[-1] = cut  # extend the previous segment
+            continue
+        cuts.append(cut)
+        precisions.append(prec)
+    return [c for c in cuts if c is not None], precisions
+
+
+def split_model(model, cuts: Sequence[str]) -> list:
+    """The segments input -> cuts[0] -> cuts[1] ... -> outputs of ``model`` as separate models."""
+    ov = _ov()
+
+    def find(m, name):
+        return next(op for op in m.get_ordered_ops() if op.get_friendly_name() == name)
+
+    names = [o.get_any_name() for o in model.outputs]
+    parts, prev = [], None
+    for i in range(len(cuts) + 1):
+        m = model.clone()
+        params = m.get_parameters()
+        if prev is not None:
+            boundary = find(m, prev).output(0)
+            param = ov.opset13.parameter(boundary.get_partial_shape(), boundary.get_element_type(), name=f"cut{i}")
+            for target in list(boundary.get_target_inputs()):
+                target.replace_source_output(param.output(0))
+            params = [param]
+        if i < len(cuts):
+            parts.append(ov.Model([find(m, cuts[i]).output(0)], params, f"segment{i}"))
+            prev = cuts[i]
+        else:
+            last = ov.Model([r.input_value(0) for r in m.get_results()], params, f"segment{i}")
+            for out, name in zip(last.outputs, names):
+                out.set_names({name})
+            parts.append(last)
+    return parts
+
+
+def _static_batch1(model) -> tuple[int, ...] | None:
+    """(1, ...) for a one-input graph whose only dynamic dim is the batch (the sketch encoder)."""
+    if len(model.inputs) != 1:
+        return None
+    shape = model.inputs[0].get_partial_shape()
+    if shape.rank.is_dynamic or any(d.is_dynamic for d in list(shape)[1:]):
+        return None
+    return (1, *(d.get_length() for d in list(shape)[1:]))
+
+
+class OpenVINORunner(Runner):
+    """A chain of graph segments (one, or f32 first conv + bf16 rest), compiled per input shape.
+
+    One-input graphs are compiled for the exact shapes they are run with (OpenVINO's CPU kernels
+    are markedly faster on static shapes: the per-stroke batch-1 encoder pass is compiled at load),
+    up to ``MAX_STATIC`` shapes; other shapes and multi-input graphs (the stroke head, whose cache
+    grows every stroke) use one dynamic-shape compilation. Infer requests are not thread-safe and
+    the server calls runners from worker threads, so each thread gets its own requests.
+    """
+
+    MAX_STATIC = 2
+
+    def __init__(self, backend: OpenVINOBackend, parts: Sequence, precisions: Sequence[str], label: str,
+                 path: Path) -> None:
+        self.backend, self.parts, self.path = backend, list(parts), path
+        self.name = label
+        self.precisions = tuple(precisions)
+        self.input_names = tuple(i.get_any_name() for i in self.parts[0].inputs)
+        self.output_names = tuple(o.get_any_name() for o in self.parts[-1].outputs)
+        self.calls = 0
+        self._chains: dict[tuple | None, list] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._specialise = _static_batch1(self.parts[0]) is not None
+        self._compile_chain(_static_batch1(self.parts[0]))  # compile now what a live session runs
+
+    @property
+    def stages(self) -> list:
+        """The compiled segments of the first compilation (for inspection)."""
+        return next(iter(self._chains.values()))
+
+    def _compiled_for(self, shape: tuple) -> tuple[tuple | None, list]:
+        if self._specialise:
+            if shape in self._chains:
+                return shape, self._chains[shape]
+            if sum(k is not None for k in self._chains) < self.MAX_STATIC:
+                return shape, self._compile_chain(shape)
+        return None, self._chains[None] if None in self._chains else self._compile_chain(None)
+
+    def _compile_chain(self, shape: tuple | None) -> list:
+        """Compile the chain for input ``shape`` (None: dynamic), once."""
+        with self._lock:
+            if shape not in self._chains:
+                compiled, cur = [], shape
+                for part, prec in zip(self.parts, self.precisions):
+                    if cur is not None:
+                        part = part.clone()
+                        try:
+                            part.reshape({part.inputs[0]: list(cur)})
+                        except Exception as exc:  # noqa: BLE001 - OpenVINO's shape inference errors
+                            raise BackendError(
+                                f"{self.name}: input of shape {shape} does not fit the graph "
+                                f"({str(exc).strip().splitlines()[0][:200]})",
+                                path=self.path, hint=f"the graph takes {self.parts[0].inputs[0].get_partial_shape()}",
+                            ) from None
+                        cur = tuple(d.get_length() for d in part.outputs[0].get_partial_shape())
+                    compiled.append(self.backend._compile(part, prec, self.path))
+                self._chains[shape] = compiled
+            return self._chains[shape]
+
+    def _requests(self, key: tuple | None, chain: list) -> list:
+        per_thread = getattr(self._local, "requests", None)
+        if per_thread is None:
+            per_thread = self._local.requests = {}
+        if key not in per_thread:
+            per_thread[key] = [c.create_infer_request() for c in chain]
+        return per_thread[key]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.calls += 1
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise BackendError(f"{self.name}: missing input(s) {', '.join(missing)}",
+                               hint=f"the graph takes {', '.join(self.input_names)}")
+        data = {n: np.ascontiguousarray(feeds[n], dtype=np.float32) for n in self.input_names}
+        key, chain = self._compiled_for(tuple(data[self.input_names[0]].shape))
+        reqs = self._requests(key, chain)
+        for req in reqs[:-1]:  # segment boundary: one tensor, handed on in f32
+            out = req.infer(data)
+            data = [np.asarray(next(iter(out.values())), dtype=np.float32)]
+        out = reqs[-1].infer(data)
+        return {n: np.array(out[o], dtype=np.float32, copy=True) for n, o in zip(self.output_names, chain[-1].outputs)}
+
+
+class OpenVINOBackend(Backend):
+    """OpenVINO on ``CPU`` by default; ``device`` (or $DCSSA_OPENVINO_DEVICE) picks GPU / NPU."""
+
+    name = "openvino"
+    precisions = ("int8", "bf16", "fp32")
+    execution_precisions = ("bf16",)
+
+    def __init__(self, *, threads: int | None = None, cache_dir: Path | None = None, device: str | None = None,
+                 bf16_plan: Sequence[tuple[str, str]] = BF16_PLAN) -> None:
+        ov = _ov()
+        self.bf16_plan = tuple(bf16_plan)
+        self.core = _core()
+        self.version = ov.get_version()
+        self.device = (device or os.environ.get(DEVICE_ENV) or "CPU").upper()
+        have = self.core.available_devices
+        if not any(d == self.device or d.startswith(self.device + ".") for d in have):
+            raise BackendError(
+                f"OpenVINO has no {self.device} device here (available: {', '.join(have) or 'none'})",
+                hint=f"unset ${DEVICE_ENV} or set it to one of {', '.join(have)}",
+            )
+        self.threads = threads
+        self.cache_dir = self._cache_folder(cache_dir)
+
+    @staticmethod
+    def _cache_folder(cache_dir: Path | None) -> Path | None:
+        """``cache_dir/openvino`` if it can be created; a read-only bundle just means no cache."""
+        if cache_dir is None:
+            return None
+        folder = Path(cache_dir) / "openvino"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
+        return folder if os.access(folder, os.W_OK) else None
+
+    @classmethod
+    def available(cls) -> bool:
+        try:
+            return "CPU" in _core().available_devices
+        except Exception:  # noqa: BLE001 - not installed or broken: not available
+            return False
+
+    @staticmethod
+    def preferred() -> bool:
+        """Whether ``auto`` should pick OpenVINO over onnxruntime for every precision (Intel CPUs)."""
+        return cpu_vendor() == "GenuineIntel"
+
+    def check_precision(self, precision: str) -> None:
+        """Raise BackendError when this device cannot execute ``precision`` natively."""
+        if precision not in self.precisions:
+            raise BackendError(f"the openvino backend runs {', '.join(self.precisions)}, not {precision!r}",
+                               hint="pick one of those with --precision")
+        if precision == "bf16":
+            caps = device_capabilities(self.device)
+            if "BF16" not in caps:
+                raise BackendError(
+                    f"this {self.device} has no native bf16 (OpenVINO capabilities: {', '.join(caps)}); "
+                    "bf16 needs AMX or AVX512-BF16 (Intel Xeon 3rd gen Cooper Lake / 4th gen Sapphire Rapids or newer)",
+                    hint="use --precision fp32, or int8 if the bundle has it (`dcssa-export calibrate`)",
+                )
+
+    def config(self, precision: str) -> dict:
+        """compile_model properties for ``precision``."""
+        cfg = {"PERFORMANCE_HINT": "LATENCY"}
+        if self.device == "CPU":
+            cfg["INFERENCE_PRECISION_HINT"] = HINTS[precision]
+            if self.threads:
+                cfg["INFERENCE_NUM_THREADS"] = int(self.threads)
+        elif precision == "fp32":  # GPU/NPU default to f16 inference: fp32 means f32
+            cfg["INFERENCE_PRECISION_HINT"] = "f32"
+        if self.cache_dir is not None:
+            cfg["CACHE_DIR"] = str(self.cache_dir)
+        return cfg
+
+    def _compile(self, model, precision: str, path: Path):
+        try:
+            return self.core.compile_model(model, self.device, self.config(precision))
+        except Exception as exc:  # OpenVINO raises plain RuntimeErrors
+            raise BackendError(
+                f"OpenVINO could not compile the graph for {self.device} ({str(exc).strip().splitlines()[0][:300]})",
+                path=path,
+                hint="the file may be corrupted: re-export the bundle with dcssa-export, or use --backend ort-cpu",
+            ) from None
+
+    def load(self, path: Path, *, label: str | None = None, precision: str | None = None) -> Runner:
+        """Compile one graph file. ``precision`` is an execution mode (``bf16``) over an fp32 file;
+        None runs the file as it is (fp32, or the int8 Q/DQ graph)."""
+        path = Path(path)
+        label = label or path.stem
+        if not path.is_file():
+            raise BackendError("graph file not found", path=path, hint="re-export the bundle with dcssa-export")
+        mode = precision or "fp32"
+        self.check_precision(mode)
+        try:
+            model = self.core.read_model(str(path))
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises plain RuntimeErrors
+            raise BackendError(f"OpenVINO could not read the graph ({str(exc).strip().splitlines()[0][:300]})",
+                               path=path, hint="the file may be corrupted: re-export the bundle with dcssa-export") from None
+        if mode != "bf16":  # fp32, or the int8 Q/DQ file as it is
+            return OpenVINORunner(self, [model], [mode], label, path)
+        cuts, precisions = bf16_plan(model, self.bf16_plan)
+        parts = split_model(model, cuts) if cuts else [model]
+        return OpenVINORunner(self, parts, precisions, label, path)
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "device": self.device, "openvino": self.version, "threads": self.threads,
+                "cache": None if self.cache_dir is None else str(self.cache_dir)}

@@ -1,0 +1,305 @@
+"""Native TensorRT backend: serialized engines from the bundle, run with buffers allocated once.
+
+Engines are built on the GPU box by ``dcssa-export engines BUNDLE`` (one per graph and precision,
+from the precision-typed ONNX graphs) and recorded in ``manifest["engines"]`` with the TensorRT
+version, GPU name and compute capability they were built with. An engine only runs on the TensorRT
+build and GPU it was made for, so loading compares that record with this machine first and refuses
+a mismatch with the command that rebuilds it.
+
+The runner follows the TensorRT 10/11 named-tensor API: ``set_input_shape`` per input,
+``set_tensor_address`` once per tensor (buffers never move), ``execute_async_v3`` on one stream.
+Device buffers and pinned host buffers are sized once from the optimisation profile's maximum
+shapes (:func:`plan_buffers`). For the stroke head, the K/V cache lives on the device between
+strokes: each call checks the host cache it is given against a mirror of what the device holds
+and uploads only the rows the device lacks (none, in a live session), then appends the new
+key/value row on the device.
+
+``tensorrt`` and the CUDA bindings are imported lazily: the rest of the runtime never needs them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import manifest as mf
+from ..errors import BackendError
+from .base import Backend, Runner
+
+ALIGN = 256  # bytes; CUDA allocations and TensorRT tensor addresses
+KV_INPUTS = {"past_keys": "key", "past_values": "value"}  # cache input -> the output row appended to it
+
+
+def rebuild_hint(bundle: Path | str, precision: str | None = None) -> str:
+    prec = f" --precision {precision}" if precision and precision != "fp32" else ""
+    return f"rebuild the engines on this machine: `dcssa-export engines {bundle}{prec}`"
+
+
+# -- engine metadata -----------------------------------------------------------------------------
+
+
+def local_metadata(trt_version: str, device: Mapping[str, str]) -> dict:
+    return {"tensorrt": trt_version, "gpu": device["name"], "compute_capability": device["compute_capability"]}
+
+
+def check_engine_metadata(recorded: Mapping, local: Mapping, *, bundle: Path | str, precision: str | None = None,
+                          engine: str | None = None) -> None:
+    """Refuse an engine built with another TensorRT version, GPU model or compute capability.
+
+    TensorRT engines are not portable: a different TensorRT build cannot deserialize them, and
+    kernels tuned for one GPU may not run (other compute capability) or run slowly (other model).
+    """
+    problems = []
+    for key, what in (("tensorrt", "TensorRT"), ("compute_capability", "compute capability"), ("gpu", "GPU")):
+        want, have = recorded.get(key), local.get(key)
+        if want is None:
+            problems.append(f"the manifest does not record the {what} it was built with")
+        elif str(want) != str(have):
+            problems.append(f"built for {what} {want}, this machine has {have}")
+    if problems:
+        raise BackendError(
+            f"TensorRT engine{f' {engine}' if engine else ''} cannot run here: {'; '.join(problems)}",
+            path=bundle,
+            hint=rebuild_hint(bundle, precision),
+        )
+
+
+def find_engine(manifest: Mapping, onnx_file: str) -> tuple[str, str, dict] | None:
+    """(graph, precision, engine entry) of the engine built from bundle file ``onnx_file``."""
+    for graph, per in manifest.get("engines", {}).get("graphs", {}).items():
+        for precision, entry in per.items():
+            if onnx_file in (entry.get("graph_file"), entry.get("onnx")):
+                return graph, precision, entry
+    return None
+
+
+# -- buffer planning -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """One I/O tensor's buffer: its largest shape under the profile and the bytes reserved for it."""
+
+    name: str
+    is_input: bool
+    dtype: np.dtype
+    max_shape: tuple[int, ...]
+    nbytes: int  # rounded up to ALIGN
+
+
+def _aligned(n: int) -> int:
+    return max(ALIGN, -(-n // ALIGN) * ALIGN)
+
+
+def plan_buffers(
+    tensors: Mapping[str, tuple[bool, np.dtype, tuple[int, ...]]],
+    profile_max: Mapping[str, tuple[int, ...]],
+    output_max: Mapping[str, tuple[int, ...]],
+) -> dict[str, TensorPlan]:
+    """Size every buffer once: inputs from the profile's max shapes, outputs from the shapes the
+    engine reports for those inputs. ``tensors``: name -> (is_input, dtype, engine shape with -1)."""
+    plan = {}
+    for name, (is_input, dtype, shape) in tensors.items():
+        if is_input:
+            if name not in profile_max:
+                if any(d < 0 for d in shape):
+                    raise BackendError(f"input {name!r} has dynamic shape {shape} but no optimisation profile",
+                                       hint="rebuild the engine with `dcssa-export engines`")
+                max_shape = tuple(shape)
+            else:
+                max_shape = tuple(profile_max[name])
+        else:
+            max_shape = tuple(output_max.get(name, shape))
+            if any(d < 0 for d in max_shape):
+                raise BackendError(f"output {name!r} has no bounded shape {max_shape}", hint="rebuild the engine")
+        dt = np.dtype(dtype)
+        count = int(np.prod(max_shape, dtype=np.int64)) if max_shape else 1
+        plan[name] = TensorPlan(name, is_input, dt, max_shape, _aligned(count * dt.itemsize))
+    return plan
+
+
+def check_shape(name: str, shape: tuple[int, ...], lo: tuple[int, ...], hi: tuple[int, ...], label: str) -> None:
+    """An input shape must lie inside the engine's optimisation profile."""
+    if len(shape) != len(lo) or any(s < a or s > b for s, a, b in zip(shape, lo, hi)):
+        raise BackendError(
+            f"{label}: input {name!r} of shape {tuple(shape)} is outside the engine's profile {tuple(lo)}..{tuple(hi)}",
+            hint="rebuild the engines with larger limits (`dcssa-export engines --max-batch/--max-strokes`)",
+        )
+
+
+# -- backend -------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _probe() -> BackendError | None:
+    """Why the tensorrt backend cannot run here (None when it can); asked once per process."""
+    try:
+        TensorRTBackend.unavailable_reason()
+    except BackendError as exc:
+        return exc
+    return None
+
+
+def _trt():
+    try:
+        import tensorrt
+    except ImportError:
+        raise BackendError(
+            "the tensorrt backend needs TensorRT's Python package",
+            hint="on a GPU box: pip install tensorrt (JetPack ships it); or use --backend ort-trt / ort-cpu",
+        ) from None
+    return tensorrt
+
+
+class TensorRTBackend(Backend):
+    """Runs the engines recorded in a bundle's manifest (see :func:`find_engine`)."""
+
+    name = "tensorrt"
+    precisions = ("int8", "fp16", "fp32")
+
+    def __init__(self, *, threads: int | None = None, cache_dir: Path | None = None) -> None:
+        from .cuda_memory import cuda_api
+
+        self.trt = _trt()
+        self.cuda = cuda_api()
+        self.device = self.cuda.device()
+        self.logger = self.trt.Logger(self.trt.Logger.WARNING)
+        self.runtime = self.trt.Runtime(self.logger)
+        self.local = local_metadata(self.trt.__version__, self.device)
+
+    @classmethod
+    def available(cls) -> bool:
+        return _probe() is None
+
+    @staticmethod
+    def unavailable_reason() -> None:
+        """Raise BackendError saying why this backend cannot run here; return when it can."""
+        from .cuda_memory import cuda_api
+
+        _trt()
+        cuda_api()
+
+    def load(self, path: Path, *, label: str | None = None) -> Runner:
+        path = Path(path)
+        label = label or path.stem
+        if path.suffix in (".engine", ".plan"):
+            return TensorRTRunner(self, path.read_bytes(), label, path)
+        bundle = path.parent
+        try:
+            manifest = json.loads((bundle / mf.MANIFEST).read_text())
+        except (OSError, ValueError):
+            raise BackendError("the tensorrt backend loads engines listed in a bundle manifest; none found here",
+                               path=bundle, hint=rebuild_hint(bundle)) from None
+        found = find_engine(manifest, path.name)
+        if found is None:
+            raise BackendError(f"no TensorRT engine was built from {path.name}", path=bundle, hint=rebuild_hint(bundle))
+        graph, precision, entry = found
+        check_engine_metadata(manifest["engines"], self.local, bundle=bundle, precision=precision, engine=entry["file"])
+        from ..bundle import Bundle
+
+        engine_path = Bundle(bundle, manifest).verified_file(entry["file"])  # sha256 checked
+        return TensorRTRunner(self, engine_path.read_bytes(), label, engine_path)
+
+    def describe(self) -> dict:
+        return {"backend": self.name, **self.local, "cuda": self.cuda.name}
+
+
+class TensorRTRunner(Runner):  # pragma: no cover - needs a GPU; planning/metadata are tested
+    """One engine, one execution context, one stream, buffers sized once."""
+
+    def __init__(self, backend: TensorRTBackend, blob: bytes, label: str, path: Path):
+        trt, cuda = backend.trt, backend.cuda
+        self.name, self.cuda, self.calls = label, cuda, 0
+        self.engine = backend.runtime.deserialize_cuda_engine(blob)
+        if self.engine is None:
+            raise BackendError("TensorRT could not deserialize the engine", path=path,
+                               hint=rebuild_hint(path.parent))
+        self.context = self.engine.create_execution_context()
+        self.stream = cuda.stream()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        tensors, self.profile = {}, {}
+        for n in names:
+            is_input = self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT
+            tensors[n] = (is_input, np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))), tuple(self.engine.get_tensor_shape(n)))
+            if is_input and any(d < 0 for d in tensors[n][2]):
+                lo, _opt, hi = self.engine.get_tensor_profile_shape(n, 0)
+                self.profile[n] = (tuple(lo), tuple(hi))
+        for n, (lo, hi) in self.profile.items():
+            self.context.set_input_shape(n, hi)
+        out_max = {n: tuple(self.context.get_tensor_shape(n)) for n, t in tensors.items() if not t[0]}
+        self.plan = plan_buffers(tensors, {n: hi for n, (lo, hi) in self.profile.items()}, out_max)
+        self.input_names = tuple(n for n in names if tensors[n][0])
+        self.output_names = tuple(n for n in names if not tensors[n][0])
+        self.device = {n: cuda.malloc(p.nbytes) for n, p in self.plan.items()}
+        self.host = {n: cuda.pinned(p.nbytes) for n, p in self.plan.items()}
+        for n, ptr in self.device.items():
+            self.context.set_tensor_address(n, ptr)
+        # device-resident K/V cache for the stroke head's step graph
+        self.kv = {k: v for k, v in KV_INPUTS.items() if k in self.plan and v in self.plan}
+        self.mirror = {k: np.zeros(self.plan[k].max_shape, self.plan[k].dtype) for k in self.kv}
+        self.rows = {k: 0 for k in self.kv}
+
+    def _upload_cache(self, name: str, past: np.ndarray) -> None:
+        """Upload only the rows of ``past`` the device copy does not already hold."""
+        t = len(past)
+        held = min(self.rows[name], t)
+        mirror = self.mirror[name]
+        same = held
+        if held:
+            diff = np.nonzero(np.any(mirror[:held] != past[:held], axis=1))[0]
+            same = int(diff[0]) if len(diff) else held
+        if same < t:
+            row = past.strides[0]
+            staging = self.host[name][same * row : t * row]
+            staging[:] = np.ascontiguousarray(past[same:t]).view(np.uint8).reshape(-1)
+            self.cuda.h2d(self.device[name] + same * row, staging, self.stream)
+            mirror[same:t] = past[same:t]
+        self.rows[name] = t
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.calls += 1
+        for n in self.input_names:
+            p = self.plan[n]
+            x = np.ascontiguousarray(feeds[n], dtype=p.dtype)
+            if n in self.profile:
+                check_shape(n, x.shape, *self.profile[n], self.name)
+                self.context.set_input_shape(n, x.shape)
+            if n in self.kv:
+                self._upload_cache(n, x)
+                continue
+            view = self.host[n][: x.nbytes]
+            view[:] = x.view(np.uint8).reshape(-1)
+            self.cuda.h2d(self.device[n], view, self.stream)
+        if not self.context.execute_async_v3(self.stream):
+            raise BackendError(f"{self.name}: TensorRT execution failed", hint="see the TensorRT log above")
+        out = {}
+        shapes = {n: tuple(self.context.get_tensor_shape(n)) for n in self.output_names}
+        for n in self.output_names:
+            p = self.plan[n]
+            nbytes = int(np.prod(shapes[n], dtype=np.int64)) * p.dtype.itemsize
+            self.cuda.d2h(self.host[n][:nbytes], self.device[n], self.stream)
+        for cache, row_out in self.kv.items():  # append the new row on the device, no host round trip
+            t = self.rows[cache]
+            if t < self.plan[cache].max_shape[0]:
+                rb = self.plan[row_out].dtype.itemsize * int(np.prod(shapes[row_out]))
+                self.cuda.d2d(self.device[cache] + t * rb, self.device[row_out], rb, self.stream)
+        self.cuda.synchronize(self.stream)
+        for n in self.output_names:
+            p = self.plan[n]
+            count = int(np.prod(shapes[n], dtype=np.int64))
+            out[n] = self.host[n][: count * p.dtype.itemsize].view(p.dtype).reshape(shapes[n]).copy()
+        for cache, row_out in self.kv.items():
+            t = self.rows[cache]
+            if t < self.plan[cache].max_shape[0]:
+                self.mirror[cache][t] = out[row_out][0]
+                self.rows[cache] = t + 1
+        return out
+
+    def __del__(self) -> None:
+        for ptr in getattr(self, "device", {}).values():
+            self.cuda.free(ptr)
