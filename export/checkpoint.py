@@ -7,7 +7,6 @@ they are read with ``weights_only=True``: a file that needs arbitrary code to un
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from dcssa.runtime.bundle import sha256_file
 from dcssa.runtime.errors import DcssaError
 
 from .model import DCSSA, DEFAULT_HEADS
@@ -48,14 +48,6 @@ class LoadedCheckpoint:
     ignored_keys: list[str] = field(default_factory=list)
     unexpected_keys: list[str] = field(default_factory=list)
     demo: bool = False
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_pickle(path: Path) -> object:
