@@ -395,7 +395,8 @@ def test_eval_causal_end_to_end(causal_report, ref_model, small_dataset, torch_p
 def test_eval_paper_protocol_end_to_end(causal_report, bundle2, small_dataset, ref_model, torch_photos):
     out, _ = causal_report
     res = run("eval", "--dataset", small_dataset, "--bundle", bundle2, "--out", out, "--force", "--json",
-              "--protocol", "paper", "--limit", "1", "--compare", "fp32,ort-cpu:fp32")
+              "--protocol", "paper", "--limit", "1", "--compare", "fp32,ort-cpu:fp32",
+              "--backend", "ort-cpu")  # pinned: `auto` picks openvino on Intel CPUs where it is installed
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["gallery"]["reused"] is True  # OUT/gallery from the first run, carried over
