@@ -61,6 +61,15 @@ _INT64_SAFE_FULL = 1 << 29
 # --------------------------------------------------------------------------------------------------
 
 
+def _octant(x0: int, y0: int, x1: int, y1: int) -> tuple[int, int, bool, int, int]:
+    """Step signs, whether x is the major axis (y wins ties, as bresenham 0.2.1), major and minor lengths."""
+    dx, dy = x1 - x0, y1 - y0
+    adx, ady = abs(dx), abs(dy)
+    x_major = adx > ady
+    n, m = (adx, ady) if x_major else (ady, adx)
+    return (1 if dx > 0 else -1), (1 if dy > 0 else -1), x_major, n, m
+
+
 def bresenham_segment(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
     """All pixels of the segment, in the exact order and choice of ``bresenham.bresenham`` 0.2.1.
 
@@ -70,12 +79,7 @@ def bresenham_segment(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
     Python loop per pixel. Returns a ``(n + 1, 2)`` int64 array of ``(x, y)``.
     """
     x0, y0, x1, y1 = int(x0), int(y0), int(x1), int(y1)
-    dx, dy = x1 - x0, y1 - y0
-    sx = 1 if dx > 0 else -1
-    sy = 1 if dy > 0 else -1
-    adx, ady = abs(dx), abs(dy)
-    x_major = adx > ady
-    n, m = (adx, ady) if x_major else (ady, adx)
+    sx, sy, x_major, n, m = _octant(x0, y0, x1, y1)
     big = max(abs(x0), abs(y0), abs(x1), abs(y1)) >= _INT64_SAFE_FULL
     dtype = object if big else np.int64
     k = np.arange(n + 1, dtype=np.int64).astype(dtype)
@@ -132,12 +136,7 @@ def _segments_in_canvas(
 
 def _segment_in_canvas_exact(x0: int, y0: int, x1: int, y1: int, canvas: int) -> tuple[list, list]:
     """Python-int version of :func:`_segments_in_canvas` for one segment with huge coordinates."""
-    dx, dy = x1 - x0, y1 - y0
-    sx = 1 if dx > 0 else -1
-    sy = 1 if dy > 0 else -1
-    adx, ady = abs(dx), abs(dy)
-    x_major = adx > ady
-    n, m = (adx, ady) if x_major else (ady, adx)
+    sx, sy, x_major, n, m = _octant(x0, y0, x1, y1)
     a0, sa, b0, sb = (x0, sx, y0, sy) if x_major else (y0, sy, x0, sx)
     if sa > 0:
         k_lo, k_hi = max(0, 1 - a0), min(n, canvas - 1 - a0)
