@@ -17,6 +17,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def isa() -> str:
+    """The vector extensions that decide which kernels the backends pick (fp32 / int8 / bf16)."""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return ""
+    return " ".join(f for f in ISA_FLAGS if f in flags)
+
+
+def _torch_threads() -> int | None:
+    import sys
+
+    torch = sys.modules.get("torch")  # only if the benchmark imported it: never import torch here
+    return torch.get_num_threads() if torch is not None else None
+
+
 def gpu_name() -> str | None:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
@@ -36,8 +55,10 @@ def _version(mod: str) -> str | None:
 def environment(threads: int | None) -> dict:
     return {
         "cpu": cpu_model(),
+        "isa": isa(),
         "cores": os.cpu_count(),
         "threads": threads or os.cpu_count(),
+        "torch_threads": _torch_threads(),
         "machine": platform.machine(),
         "python": platform.python_version(),
         "numpy": _version("numpy"),

@@ -2,24 +2,30 @@
 
 bench.json schema (``schema: "dcssa-bench/1"``):
   env          machine and library versions, threads used
-  config       sketch source, strokes, repeats, bundle, gallery size, demo flag
+  config       sketch source, strokes, repeats, bundle, gallery size, demo flag, checkpoint (and how
+               it was found: given, or next to the bundle with the sha256 the manifest records)
   per_stroke   {method: {"median_ms": [per stroke], "p90_ms": [per stroke], "total_median_ms": float}}
   skipped      {method: reason} for methods not available here
   phases       {runtime method: {phase: median ms}}
-  undo_ms, cold_first_stroke_ms, peak_rss_mb   {runtime method: value}
+  undo_ms, peak_rss_mb  {runtime method: value}
+  cold_first_stroke_ms  {runtime method: {"load", "first_stroke", "total"}}: a restart (bundle
+               hash checks + gallery + graphs, compiled-model caches warm), then the first stroke
+  summary      one line per runtime method: its speed-ups, as bench.md states them
   ratios       {"vs torch-eager" | "vs naive": {method: {"stroke_1", "stroke_10", "stroke_20", "whole_sketch"}}}
-  search       [{size, dim, k, ours_ms, faiss_flat_ip_ms?, same_topk_as_faiss?}]
+  search       [{size, dim, k, ours_ms, faiss_flat_ip_ms?, faiss_flat_ip_1thread_ms?, same_topk_as_faiss?}]
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 from dcssa.runtime import Bundle, Gallery, Retriever
 from dcssa.runtime.atomic import staged_dir
+from dcssa.runtime.bundle import sha256_file
 from dcssa.runtime.backends import available_backends, execution_precisions
 from dcssa.runtime.session import PHASES
 from dcssa.runtime.strokes import load_strokes_file
@@ -32,6 +38,22 @@ from .search_scaling import DEFAULT_SIZES, search_scaling
 SCHEMA = "dcssa-bench/1"
 
 
+def find_source_checkpoint(bundle: Bundle, where: list[Path] | None = None) -> list[Path] | None:
+    """The checkpoint files the bundle was exported from, if they lie beside it (or in ``where``).
+
+    The manifest records their names and sha256; a file of that name whose hash differs is not it.
+    """
+    wanted = bundle.manifest.get("source", {}).get("checkpoints", [])
+    if not wanted:
+        return None
+    for folder in where or [bundle.path.parent, bundle.path, Path.cwd()]:
+        paths = [folder / c["name"] for c in wanted]
+        if all(p.is_file() and p.stat().st_size == c.get("bytes", p.stat().st_size) for p, c in zip(paths, wanted)) \
+                and all(sha256_file(p) == c["sha256"] for p, c in zip(paths, wanted)):
+            return paths
+    return None
+
+
 def run_bench(
     bundle_path: Path,
     gallery_path: Path,
@@ -42,12 +64,13 @@ def run_bench(
     repeats: int = 5,
     backends: list[str] | None = None,
     precisions: list[str] | None = None,
-    ckpt: Path | None = None,
+    ckpt: Path | list[Path] | None = None,
     threads: int | None = None,
     search_sizes=DEFAULT_SIZES,
     force: bool = False,
     say=lambda _m: None,
 ) -> dict:
+    load_before = os.getloadavg()[0]
     bundle = Bundle.load(bundle_path)
     gallery = Gallery.load(gallery_path, bundle)
     sketch = load_strokes_file(strokes_file) if strokes_file else random_sketch(np.random.default_rng(0), strokes)
@@ -66,9 +89,17 @@ def run_bench(
                 continue
             runtime[name] = (r, backend, precision)
             methods.append(sl.runtime_method(r, sketch, name))
+    ckpt_found = "given (--ckpt)"
+    if ckpt is None:
+        ckpt = find_source_checkpoint(bundle)
+        ckpt_found = "found beside the bundle (sha256 as recorded in its manifest)"
+        if ckpt:
+            say(f"PyTorch baselines from {', '.join(map(str, ckpt))} ({ckpt_found})")
     try:
-        if ckpt is None:
-            raise RuntimeError("no checkpoint given (--ckpt): the PyTorch baselines need the original weights")
+        if not ckpt:
+            names = ", ".join(c["name"] for c in bundle.manifest.get("source", {}).get("checkpoints", [])) or "?"
+            raise RuntimeError(f"the checkpoint the bundle was exported from ({names}) is not beside the bundle: "
+                               "pass it with --ckpt to get the PyTorch baselines")
         methods = sl.torch_methods(bundle, ckpt, gallery, sketch, threads) + methods
     except Exception as exc:  # noqa: BLE001 - torch absent or no checkpoint: say so in the report
         for name in ("naive", "torch-eager"):
@@ -101,10 +132,12 @@ def run_bench(
                      for s in (1, 10, 20) if s <= strokes}
             picks["whole_sketch"] = per_stroke[base]["total_median_ms"] / v["total_median_ms"]
             ratios[f"vs {base}"][name] = {k: round(x, 2) for k, x in picks.items()}
+    summary = [_summary(name, ratios, strokes) for name in per_stroke if name.startswith("runtime/")]
     search = search_scaling(search_sizes, dim=bundle.embed_dim, progress=say) if search_sizes else []
     report = {
         "schema": SCHEMA,
-        "env": environment(threads),
+        "env": {**environment(threads), "load_average_before": round(load_before, 2),
+                "load_average_after": round(os.getloadavg()[0], 2)},
         "config": {
             "sketch": str(strokes_file) if strokes_file else "generated (random_sketch, seed 0)",
             "strokes": strokes,
@@ -112,7 +145,10 @@ def run_bench(
             "bundle": str(bundle_path),
             "gallery_size": len(gallery),
             "demo": bundle.demo,
+            "checkpoint": [str(p) for p in ckpt] if isinstance(ckpt, list) else (str(ckpt) if ckpt else None),
+            "checkpoint_found": ckpt_found if ckpt else None,
         },
+        "summary": summary,
         "per_stroke": per_stroke,
         "skipped": skipped,
         "phases": phases,
@@ -129,6 +165,17 @@ def run_bench(
     return report
 
 
+def _summary(name: str, ratios: dict, strokes: int) -> str:
+    parts = []
+    if name in ratios.get("vs torch-eager", {}):
+        parts.append(f"{ratios['vs torch-eager'][name]['whole_sketch']:.2f}x faster than torch-eager over the whole sketch")
+    if name in ratios.get("vs naive", {}):
+        last = f"stroke_{strokes}" if f"stroke_{strokes}" in ratios["vs naive"][name] else "whole_sketch"
+        r = ratios["vs naive"][name]
+        parts.append(f"{r[last]:.1f}x faster than naive at {last.replace('_', ' ')}, {r['whole_sketch']:.1f}x over the sketch")
+    return f"{name}: " + ("; ".join(parts) if parts else "no PyTorch baseline measured")
+
+
 def _row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
@@ -138,11 +185,15 @@ def markdown(rep: dict) -> str:
     lines = [
         "# dcssa-rt benchmark",
         "",
-        f"Machine: {env['cpu']}, {env['cores']} cores, {env['threads']} threads; GPU: {env['gpu'] or 'none'}. "
+        f"Machine: {env['cpu']} ({env.get('isa') or 'no AVX-512'}), {env['cores']} cores, "
+        f"{env['threads']} threads (torch: {env.get('torch_threads')}); GPU: {env['gpu'] or 'none'}. "
         f"onnxruntime {env['onnxruntime']}, numpy {env['numpy']}, torch {env['torch']}, "
-        f"openvino {env['openvino']}, TensorRT {env['tensorrt']}.",
+        f"openvino {env['openvino']}, TensorRT {env['tensorrt']}, FAISS {env.get('faiss')}. "
+        f"Load average (1 min) {env.get('load_average_before')} before, {env.get('load_average_after')} after.",
         f"Sketch: {cfg['sketch']}, {cfg['strokes']} strokes, {cfg['repeats']} repeats (medians), "
         f"gallery of {cfg['gallery_size']} photos{' (DEMO bundle)' if cfg['demo'] else ''}.",
+        "",
+        *[f"- {line}" for line in rep.get("summary", [])],
         "",
         "## Per-stroke latency (ms, median [p90])",
         "",
@@ -167,19 +218,24 @@ def markdown(rep: dict) -> str:
     if rep["phases"]:
         lines += ["", "## Runtime phases (ms, median over all strokes)", ""]
         cols = [*PHASES, "total"]
-        lines.append(_row(["method", *cols, "undo", "cold first stroke", "peak RSS MB"]))
+        lines.append(_row(["method", *cols, "undo", "restart: load + first stroke", "peak RSS MB"]))
         lines.append(_row(["---"] * (len(cols) + 4)))
         for name, ph in rep["phases"].items():
             rss = rep["peak_rss_mb"].get(name)
+            cold = rep["cold_first_stroke_ms"][name]
             lines.append(_row([name, *[f"{ph[c]:.2f}" for c in cols], f"{rep['undo_ms'][name]:.3f}",
-                               f"{rep['cold_first_stroke_ms'][name]:.0f}", f"{rss:.0f}" if rss else "n/a"]))
+                               f"{cold['load']:.0f} + {cold['first_stroke']:.0f}", f"{rss:.0f}" if rss else "n/a"]))
+        lines += ["", "Peak RSS: a fresh process (no torch) serving one session of the sketch. Restart: bundle "
+                  "hash checks, gallery and graph loading with compiled-model caches warm, then the first stroke."]
     if rep["search"]:
         lines += ["", "## Gallery search (top-10, ms, median)", ""]
         has_faiss = "faiss_flat_ip_ms" in rep["search"][0]
-        lines.append(_row(["photos", "dcssa-rt exact", *(["FAISS IndexFlatIP", "same top-10"] if has_faiss else [])]))
-        lines.append(_row(["---"] * (4 if has_faiss else 2)))
+        lines.append(_row(["photos", "dcssa-rt exact",
+                           *(["FAISS IndexFlatIP", "FAISS, 1 thread", "same top-10"] if has_faiss else [])]))
+        lines.append(_row(["---"] * (5 if has_faiss else 2)))
         for r in rep["search"]:
-            extra = [f"{r['faiss_flat_ip_ms']:.3f}", r["same_topk_as_faiss"]] if has_faiss else []
+            extra = [f"{r['faiss_flat_ip_ms']:.3f}", f"{r['faiss_flat_ip_1thread_ms']:.3f}",
+                     r["same_topk_as_faiss"]] if has_faiss else []
             lines.append(_row([f"{r['size']:,}", f"{r['ours_ms']:.3f}", *extra]))
         if not has_faiss:
             lines.append("\nFAISS not installed (`pip install faiss-cpu` to compare).")
@@ -211,6 +267,8 @@ def plots(rep: dict, folder: Path) -> None:
         ax.plot(sizes, [r["ours_ms"] for r in rep["search"]], marker="o", label="dcssa-rt exact (numpy)")
         if "faiss_flat_ip_ms" in rep["search"][0]:
             ax.plot(sizes, [r["faiss_flat_ip_ms"] for r in rep["search"]], marker="s", label="FAISS IndexFlatIP")
+            ax.plot(sizes, [r["faiss_flat_ip_1thread_ms"] for r in rep["search"]], marker="^",
+                    label="FAISS IndexFlatIP, 1 thread")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("gallery size (photos)")

@@ -26,6 +26,7 @@ from dcssa.runtime.raster import Canvas, rasterize
 from dcssa.runtime.strokes import strokes_to_points
 
 Say = Callable[[str], None]
+SETTLE_S = 0.2
 
 
 @dataclass
@@ -107,6 +108,9 @@ def measure(methods: list[Method], strokes: int, repeats: int, say: Say) -> dict
         order = methods[r % len(methods) :] + methods[: r % len(methods)]
         for m in order:
             say(f"repeat {r + 1}/{repeats}: {m.name}")
+            # let the previous method's thread pools stop spin-waiting, so its idle workers do not
+            # take the cores from this method's first stroke (a drawing user pauses between strokes)
+            time.sleep(SETTLE_S)
             m.start()
             for t in range(strokes):
                 t0 = time.perf_counter()
@@ -128,29 +132,55 @@ def undo_ms(retriever: Retriever, sketch: list[np.ndarray], repeats: int) -> flo
     return float(np.median(times))
 
 
-def cold_ms(bundle_path, gallery_path, backend: str, precision: str, sketch, threads, repeats: int) -> float:
-    """Loading the bundle (hash checks), the gallery and the graphs, through the first result."""
-    times = []
+def cold_ms(bundle_path, gallery_path, backend: str, precision: str, sketch, threads, repeats: int) -> dict:
+    """A restart: loading the bundle (hash checks), the gallery and the graphs, then the first result.
+
+    Medians in ms of ``load``, ``first_stroke`` (a new session's first stroke on just-loaded graphs)
+    and their ``total``.
+    """
+    load, first = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         b = Bundle.load(bundle_path)
         r = Retriever(b, Gallery.load(gallery_path, b), backend=backend, precision=precision, threads=threads)
+        t1 = time.perf_counter()
         r.session().add_stroke(sketch[0])
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
+        t2 = time.perf_counter()
+        load.append((t1 - t0) * 1e3)
+        first.append((t2 - t1) * 1e3)
+        del r
+    total = [a + b for a, b in zip(load, first)]
+    return {"load": float(np.median(load)), "first_stroke": float(np.median(first)), "total": float(np.median(total))}
+
+
+#: Run in the child after the session: its own peak. ``ru_maxrss`` is no good here: Linux carries the
+#: forking parent's high-water mark across fork + exec, so it reported the benchmark process's
+#: (torch + every backend: 6 GB) instead of the child's (0.5 GB). VmHWM is per address space.
+_PEAK_RSS_MB = """
+def _peak_rss_mb():
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource, sys
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
+"""
 
 
 def peak_rss_mb(bundle_path, gallery_path, backend: str, precision: str, sketch, threads) -> float | None:
     """Peak RSS of a fresh process that serves one session of the sketch (runtime only, no torch)."""
     doc = json.dumps([s.tolist() for s in sketch])
     code = (
-        "import json, resource, sys, numpy as np\n"
+        "import json, sys, numpy as np\n"
+        f"{_PEAK_RSS_MB}\n"
         "from dcssa.runtime import Bundle, Gallery, Retriever\n"
         f"b = Bundle.load({str(bundle_path)!r}); g = Gallery.load({str(gallery_path)!r}, b)\n"
         f"r = Retriever(b, g, backend={backend!r}, precision={precision!r}, threads={threads!r})\n"
         "s = r.session()\n"
         "for st in json.loads(sys.stdin.read()): s.add_stroke(np.array(st))\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+        "print(_peak_rss_mb())\n"
     )
     out = subprocess.run([sys.executable, "-c", code], input=doc, capture_output=True, text=True)
     return float(out.stdout.strip()) if out.returncode == 0 else None

@@ -189,7 +189,8 @@ def make_dataset(out: Path, name: str, n_photos: int, sketches_per_photo: int, t
 @click.option("--backend", "backends", multiple=True, help="Backends to measure [default: all available].")
 @click.option("--precision", "precisions", multiple=True, help="Precisions [default: all in the bundle].")
 @click.option("--ckpt", type=click.Path(path_type=Path), default=None,
-              help="The checkpoint the bundle was exported from: enables the PyTorch baselines (needs [export]).")
+              help="The checkpoint the bundle was exported from, for the PyTorch baselines (needs [export]) "
+                   "[default: the file the manifest names, if it lies beside the bundle with the recorded sha256].")
 @click.option("--threads", type=int, default=None)
 @click.option("--search-sizes", default="1000,10000,100000,1000000", show_default=True,
               help="Gallery sizes for the search-scaling section ('' to skip).")

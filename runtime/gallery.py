@@ -102,17 +102,40 @@ class Gallery:
 
     def search(self, query: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Indices and scores of the ``k`` best photos, best first (ties: lower index first)."""
-        s = self.scores(query)
-        k = min(k, len(s))
-        if k <= 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        if k < len(s):
-            part = np.argpartition(-s, k - 1)[:k]
-        else:
-            part = np.arange(len(s))
-        order = np.lexsort((part, -s[part]))
-        idx = part[order]
-        return idx, s[idx]
+        return top_k(self.scores(query), k)
+
+
+#: Every SAMPLE_STRIDE-th score is a sample; galleries smaller than SAMPLE_MIN are sorted directly.
+SAMPLE_STRIDE = 256
+SAMPLE_MIN = 1 << 15
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` of ``scores``: best first, equal scores in index order.
+
+    A partition of a million scores costs more than the scoring GEMV (measured 12 ms vs 8 ms), so
+    large galleries first pick a threshold: the k-th best of every 256th score cannot exceed the
+    k-th best of all, so every photo of the true top-k scores at least that much. Only the few
+    photos at or above it are then ordered; ties at the cut are all candidates, so the result is
+    exact and deterministic, never an approximation.
+    """
+    n = len(scores)
+    k = min(int(k), n)
+    if k <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    if n >= SAMPLE_MIN and k * SAMPLE_STRIDE * 4 <= n:
+        sample = scores[::SAMPLE_STRIDE]
+        cut = np.partition(sample, len(sample) - k)[len(sample) - k]
+        cand = np.flatnonzero(scores >= cut)
+    else:
+        cand = np.arange(n)
+    if len(cand) > 4 * k:
+        # keep every candidate that ties with the k-th best, so index order decides among them
+        kth = np.partition(scores[cand], len(cand) - k)[len(cand) - k]
+        cand = cand[scores[cand] >= kth]
+    order = np.lexsort((cand, -scores[cand]))[:k]
+    idx = cand[order]
+    return idx, scores[idx]
 
 
 def list_images(root: Path) -> list[Path]:
