@@ -165,14 +165,19 @@ def run_bench(
     return report
 
 
+def _faster(x: float, than: str) -> str:
+    return f"{x:.2f}x faster than {than}" if x >= 1 else f"{1 / x:.2f}x SLOWER than {than}"
+
+
 def _summary(name: str, ratios: dict, strokes: int) -> str:
     parts = []
     if name in ratios.get("vs torch-eager", {}):
-        parts.append(f"{ratios['vs torch-eager'][name]['whole_sketch']:.2f}x faster than torch-eager over the whole sketch")
+        parts.append(_faster(ratios["vs torch-eager"][name]["whole_sketch"], "torch-eager") + " over the whole sketch")
     if name in ratios.get("vs naive", {}):
-        last = f"stroke_{strokes}" if f"stroke_{strokes}" in ratios["vs naive"][name] else "whole_sketch"
         r = ratios["vs naive"][name]
-        parts.append(f"{r[last]:.1f}x faster than naive at {last.replace('_', ' ')}, {r['whole_sketch']:.1f}x over the sketch")
+        last = f"stroke_{strokes}" if f"stroke_{strokes}" in r else "whole_sketch"
+        parts.append(_faster(r[last], "naive") + f" at {last.replace('_', ' ')}, "
+                     + _faster(r["whole_sketch"], "naive") + " over the sketch")
     return f"{name}: " + ("; ".join(parts) if parts else "no PyTorch baseline measured")
 
 
@@ -248,14 +253,20 @@ def plots(rep: dict, folder: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    from matplotlib.ticker import MaxNLocator
+
+    env = rep["env"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for name, v in rep["per_stroke"].items():
         x = np.arange(1, len(v["median_ms"]) + 1)
-        ax.plot(x, v["median_ms"], marker="o", ms=3, label=name)
+        (line,) = ax.plot(x, v["median_ms"], marker="o", ms=3, label=name)
+        ax.fill_between(x, v["median_ms"], v["p90_ms"], color=line.get_color(), alpha=0.12, lw=0)
     ax.set_yscale("log")
-    ax.set_xlabel("stroke index")
-    ax.set_ylabel("ms per stroke (median)")
-    ax.set_title(f"Per-stroke latency, {rep['env']['cpu']}", fontsize=9)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("stroke index (the sketch so far has this many strokes)")
+    ax.set_ylabel("ms per stroke: median, band to p90")
+    ax.set_title(f"Per-stroke latency, {env['cpu']}, {env['cores']} cores, {env['threads']} threads, "
+                 f"GPU: {env['gpu'] or 'none'}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -271,8 +282,9 @@ def plots(rep: dict, folder: Path) -> None:
                     label="FAISS IndexFlatIP, 1 thread")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("gallery size (photos)")
+        ax.set_xlabel("gallery size (photos, random unit vectors)")
         ax.set_ylabel("ms per top-10 query (median)")
+        ax.set_title(f"Exact gallery search, dim {rep['search'][0]['dim']}, {env['cpu']}", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()

@@ -140,3 +140,23 @@ def test_cuda_backend_runs_tiny_graph(tiny_graph):
     runner = backend.load(tiny_graph)
     assert "CUDAExecutionProvider" in runner.session.get_providers()
     _check_runs(runner)
+
+
+def test_only_the_encoders_spin(tiny_graph, tmp_path):
+    """Idle pools of the small graphs must block, or they take the cores from the next encoder run."""
+    import shutil
+
+    backend = get_backend("ort-cpu")
+    runners = {}
+    for name in ("sketch_encoder", "photo_encoder", "stroke_head_step", "sketch_projection"):
+        path = tmp_path / f"{name}.onnx"
+        shutil.copy(tiny_graph, path)
+        runners[name] = backend.load(path)  # no label: named by the file
+    runners["labelled"] = backend.load(tiny_graph, label="sketch_encoder int8")
+    spin = {n: r.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+            for n, r in runners.items()}
+    assert spin == {"sketch_encoder": "1", "photo_encoder": "1", "stroke_head_step": "0",
+                    "sketch_projection": "0", "labelled": "1"}
+    # the policy changes scheduling only, never the numbers
+    for r in runners.values():
+        np.testing.assert_allclose(r.run({"x": X})["y"], Y)
