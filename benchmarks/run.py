@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from dcssa.runtime import Bundle, Gallery, Retriever
-from dcssa.runtime.atomic import staged_dir
+from dcssa.runtime.atomic import refuse_existing, staged_dir
 from dcssa.runtime.bundle import sha256_file
 from dcssa.runtime.backends import available_backends, execution_precisions
 from dcssa.runtime.session import PHASES
@@ -70,6 +70,7 @@ def run_bench(
     force: bool = False,
     say=lambda _m: None,
 ) -> dict:
+    refuse_existing(Path(out), force)  # before minutes of measuring, not after
     load_before = os.getloadavg()[0]
     bundle = Bundle.load(bundle_path)
     gallery = Gallery.load(gallery_path, bundle)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -115,3 +116,16 @@ def test_top_k_is_exact_with_ties_on_both_paths():
             np.testing.assert_array_equal(got, scores[want])
     flat = np.zeros(200_000, np.float32)  # every photo ties: the threshold keeps them all, index order wins
     assert list(top_k(flat, 5)[0]) == [0, 1, 2, 3, 4]
+
+
+def test_bench_refuses_an_existing_output_before_measuring(bundle2: Path, gallery2: Path, tmp_path: Path, monkeypatch):
+    from dcssa.benchmarks import stroke_latency
+
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    monkeypatch.setattr(stroke_latency, "measure", lambda *a, **k: pytest.fail("measured before refusing"))
+    res = CliRunner().invoke(rt, ["bench", "--bundle", str(bundle2), "--gallery", str(gallery2), "--out", str(out)])
+    assert res.exit_code == 2
+    assert str(out) in res.output and "--force" in res.output
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
