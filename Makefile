@@ -9,7 +9,7 @@ OUT    := demo-out
 # for Jetson/aarch64).
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test clean
+.PHONY: demo test bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,12 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	bash examples/demo.sh $(OUT)
 
+# README "Performance": demo bundle + its int8 graphs, then `dcssa-rt bench` (about 7 minutes here).
+bench: $(STAMP)
+	bash examples/bench.sh $(OUT) bench-out
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(OUT) dcssa-bundle .pytest_cache
+	rm -rf $(OUT) dcssa-bundle bench-out .pytest_cache

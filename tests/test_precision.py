@@ -554,3 +554,28 @@ def test_tensorrt_engines_match_onnxruntime(calibrated, tmp_path):  # pragma: no
         for stroke in sketch:
             a, c = s_trt.add_stroke(stroke).embedding, s_cpu.add_stroke(stroke).embedding
             assert float(a @ c) > tol
+
+
+def test_interleaved_latency_times_blocks_and_skips_each_hand_over(monkeypatch):
+    """Fake clock: a run costs 10 (a) or 4 (b) units, plus 50 when it follows the other graph's run
+    (the other pool still spinning); the scheme must time neither warm-up nor hand-over runs."""
+    from dcssa.calibration import fidelity
+
+    clock = {"t": 0.0, "last": None}
+    order = []
+
+    class Fake:
+        def __init__(self, name, cost):
+            self.name, self.cost = name, cost
+
+        def run(self, feeds):
+            order.append(self.name)
+            clock["t"] += self.cost + (50 if clock["last"] not in (None, self.name) else 0)
+            clock["last"] = self.name
+
+    monkeypatch.setattr(fidelity.time, "perf_counter", lambda: clock["t"])
+    images = np.zeros((3, 3, 299, 299), np.float32)
+    lat = fidelity.interleaved_latency(Fake("a", 10.0), Fake("b", 4.0), images, repeats=2, warmup=1)
+    assert lat["fp32_ms"] == 10_000.0 and lat["reduced_ms"] == 4_000.0  # perf_counter units are seconds
+    assert lat["ratio"] == 0.4 and lat["runs"] == 6
+    assert order == ["a", "b"] + (["a"] * 4 + ["b"] * 4) * 2
