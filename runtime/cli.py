@@ -195,16 +195,17 @@ def make_dataset(out: Path, name: str, n_photos: int, sketches_per_photo: int, t
 @click.option("--search-sizes", default="1000,10000,100000,1000000", show_default=True,
               help="Gallery sizes for the search-scaling section ('' to skip).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
-@click.option("--json", "as_json", is_flag=True, help="Print bench.json on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="Print bench.json on stdout (progress stays on stderr).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
 def bench(bundle: Path, gallery: Path | None, out: Path, strokes_file: Path | None, max_strokes: int, repeats: int,
           backends: tuple[str, ...], precisions: tuple[str, ...], ckpt: Path | None, threads: int | None,
-          search_sizes: str, force: bool, as_json: bool) -> None:
+          search_sizes: str, force: bool, as_json: bool, quiet: bool) -> None:
     """Measure per-stroke latency (naive, torch-eager, runtime), phases, undo, cold start, memory and
     search scaling; writes OUT/bench.json, bench.md, latency_per_stroke.png, search_scaling.png."""
     from dcssa.benchmarks.run import run_bench
 
     sizes = tuple(int(x) for x in search_sizes.split(",") if x.strip())
-    say = (lambda m: None) if as_json else (lambda m: click.echo(f"bench: {m}", err=True))
+    say = (lambda m: None) if quiet else (lambda m: click.echo(f"bench: {m}", err=True))
     with fail_cleanly():
         rep = run_bench(bundle, _gallery_path(bundle, gallery), out, strokes_file=strokes_file, strokes=max_strokes,
                         repeats=repeats, backends=list(backends) or None, precisions=list(precisions) or None,
