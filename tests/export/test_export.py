@@ -20,7 +20,7 @@ from dcssa.export.parity import ParityError, check_parity
 from dcssa.runtime import manifest as mf
 from dcssa.runtime.bundle import sha256_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_manifest_records_the_contract(bundle2: Path):

@@ -90,7 +90,7 @@ def test_gallery_from_another_model_is_refused(bundle2: Path, gallery2: Path, tm
     (g / "gallery.json").write_text(json.dumps(meta))
     with pytest.raises(GalleryError, match="another photo encoder"):
         Gallery.load(g, Bundle.load(bundle2))
-    res = run("query", Path(__file__).parents[1] / "examples" / "strokes.json", "--bundle", bundle2, "--gallery", g)
+    res = run("query", Path(__file__).parents[2] / "examples" / "strokes.json", "--bundle", bundle2, "--gallery", g)
     assert res.exit_code != 0 and "dcssa-rt index" in res.output
 
 
@@ -149,7 +149,7 @@ def test_query_cli_rejects_malformed_strokes(bundle2: Path, gallery2: Path, tmp_
 
 
 def test_query_cli_missing_bundle_and_backend(tmp_path: Path, bundle2: Path, gallery2: Path):
-    strokes = Path(__file__).parents[1] / "examples" / "strokes.json"
+    strokes = Path(__file__).parents[2] / "examples" / "strokes.json"
     res = run("query", strokes, "--bundle", tmp_path / "none")
     assert res.exit_code != 0 and "dcssa-export" in res.output
     res = run("query", strokes, "--bundle", bundle2, "--gallery", gallery2, "--backend", "tensorflow")

@@ -22,7 +22,7 @@ ALL_NAMES = ("ort-cpu", "ort-cuda", "ort-trt")
 ORT_HERE = [n for n, p in (("ort-cpu", "CPUExecutionProvider"), ("ort-cuda", "CUDAExecutionProvider"),
                            ("ort-trt", "TensorrtExecutionProvider")) if p in HAVE]
 AVAILABLE_HERE = list(ORT_HERE)
-try:  # the openvino backend (tests/test_openvino.py) counts when OpenVINO sees a CPU
+try:  # the openvino backend (tests/runtime/backends/test_openvino.py) counts when OpenVINO sees a CPU
     import openvino
 
     HAVE_OPENVINO = "CPU" in openvino.Core().available_devices
