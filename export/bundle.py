@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +13,15 @@ import torch
 
 from dcssa.runtime import manifest as mf
 from dcssa.runtime.atomic import refuse_existing, staged_dir
+from dcssa.runtime.bundle import sha256_file
+from dcssa.runtime.progress import Say, silent
+from dcssa.runtime.recipes import default_preprocessing
 
-from .checkpoint import LoadedCheckpoint, load_checkpoint, sha256_file
+from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .graphs import PhotoEncoder, SketchEncoder, SketchProjection, StrokeHeadFull, StrokeHeadStep
 from .model import D, DCSSA, DEFAULT_HEADS
 from .onnx_io import export_onnx
 from .parity import check_parity
-
-Say = Callable[[str], None]
-
 
 def _version(dist: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
@@ -48,57 +48,36 @@ def tool_versions() -> dict:
     }
 
 
-def export_graphs(model: DCSSA, folder: Path, heads: int, say: Say = lambda _m: None) -> list[str]:
-    """Write the phase's graphs into ``folder``; returns their names."""
+def _graph_modules(model: DCSSA, heads: int) -> list[tuple[str, torch.nn.Module, tuple, dict]]:
+    """(graph name, module, example inputs, dynamic axes) of every graph of the model's phase."""
     d = D
-    names = []
-    torch.manual_seed(0)
-    say("export: sketch encoder")
-    export_onnx(
-        SketchEncoder(model, heads),
-        (torch.randn(2, 3, 299, 299),),
-        folder / f"{mf.SKETCH_ENCODER}.onnx",
-        name=mf.SKETCH_ENCODER,
-        dynamic_axes={"images": {0: "N"}, "features": {0: "N"}},
-    )
-    names.append(mf.SKETCH_ENCODER)
-    say("export: photo encoder")
-    export_onnx(
-        PhotoEncoder(model, heads),
-        (torch.randn(2, 3, 299, 320),),
-        folder / f"{mf.PHOTO_ENCODER}.onnx",
-        name=mf.PHOTO_ENCODER,
-        dynamic_axes={"images": {0: "N", 2: "H", 3: "W"}, "embeddings": {0: "N"}},
-    )
-    names.append(mf.PHOTO_ENCODER)
+    unit = lambda n: torch.nn.functional.normalize(torch.rand(n, d), dim=-1)  # noqa: E731
+    graphs = [
+        (mf.SKETCH_ENCODER, SketchEncoder(model, heads), (torch.randn(2, 3, 299, 299),),
+         {mf.IMAGES: {0: "N"}, mf.FEATURES: {0: "N"}}),
+        (mf.PHOTO_ENCODER, PhotoEncoder(model, heads), (torch.randn(2, 3, 299, 320),),
+         {mf.IMAGES: {0: "N", 2: "H", 3: "W"}, mf.EMBEDDINGS: {0: "N"}}),
+    ]
     if model.phase == 2:
-        say("export: stroke head (step and full)")
-        feat = torch.nn.functional.normalize(torch.rand(1, d), dim=-1)
-        export_onnx(
-            StrokeHeadStep(model.attn, heads),
-            (feat, torch.randn(3, d), torch.randn(3, d)),
-            folder / f"{mf.HEAD_STEP}.onnx",
-            name=mf.HEAD_STEP,
-            dynamic_axes={"past_keys": {0: "T"}, "past_values": {0: "T"}},
-        )
-        export_onnx(
-            StrokeHeadFull(model.attn, heads),
-            (torch.nn.functional.normalize(torch.rand(5, d), dim=-1),),
-            folder / f"{mf.HEAD_FULL}.onnx",
-            name=mf.HEAD_FULL,
-            dynamic_axes={"features": {0: "T"}, "embeddings": {0: "T"}},
-        )
-        names += [mf.HEAD_STEP, mf.HEAD_FULL]
+        graphs += [
+            (mf.HEAD_STEP, StrokeHeadStep(model.attn, heads), (unit(1), torch.randn(3, d), torch.randn(3, d)),
+             {mf.PAST_KEYS: {0: "T"}, mf.PAST_VALUES: {0: "T"}}),
+            (mf.HEAD_FULL, StrokeHeadFull(model.attn, heads), (unit(5),), {mf.FEATURES: {0: "T"}, mf.EMBEDDINGS: {0: "T"}}),
+        ]
     else:
-        say("export: sketch projection")
-        export_onnx(
-            SketchProjection(model),
-            (torch.nn.functional.normalize(torch.rand(2, d), dim=-1),),
-            folder / f"{mf.SKETCH_PROJECTION}.onnx",
-            name=mf.SKETCH_PROJECTION,
-            dynamic_axes={"features": {0: "N"}, "embeddings": {0: "N"}},
-        )
-        names.append(mf.SKETCH_PROJECTION)
+        graphs.append((mf.SKETCH_PROJECTION, SketchProjection(model), (unit(2),),
+                       {mf.FEATURES: {0: "N"}, mf.EMBEDDINGS: {0: "N"}}))
+    return graphs
+
+
+def export_graphs(model: DCSSA, folder: Path, heads: int, say: Say = silent) -> list[str]:
+    """Write the phase's graphs into ``folder``; returns their names."""
+    torch.manual_seed(0)
+    names = []
+    for name, module, args, axes in _graph_modules(model, heads):
+        say(f"export: {name}")
+        export_onnx(module, args, folder / f"{name}.onnx", name=name, dynamic_axes=axes)
+        names.append(name)
     return names
 
 
@@ -118,7 +97,7 @@ def build_manifest(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "dims": {"feature": D, "embedding": ckpt.embed, "heads": heads, "head_dim": D // heads},
         "limits": {"max_strokes": mf.DEFAULT_MAX_STROKES},
-        "preprocessing": mf.default_preprocessing(),
+        "preprocessing": default_preprocessing(),
         "graphs": graphs,
         "precisions": ["fp32"],
         "files": files,
@@ -141,7 +120,7 @@ def export_bundle(
     num_heads: int = DEFAULT_HEADS,
     phase: int | None = None,
     force: bool = False,
-    say: Say = lambda _m: None,
+    say: Say = silent,
 ) -> dict:
     """The whole export; leaves either a complete verified bundle at ``out`` or nothing."""
     out = Path(out)

@@ -17,7 +17,6 @@ BatchNorm's running statistics on realistic inputs brings them back to a trained
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
@@ -26,18 +25,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from dcssa.runtime import manifest as mf
-from dcssa.runtime.raster import preprocess_photo
 from dcssa.runtime.dataset import generate
 from dcssa.runtime.errors import DcssaError
 from dcssa.runtime.gallery import list_images
+from dcssa.runtime.pipeline import PhotoPipeline
+from dcssa.runtime.progress import Say, silent
 from dcssa.runtime.synthetic import line_drawing, random_shape, textured_photo
 
 from .checkpoint import DEMO_MARKER_KEY
 from .model import DCSSA, DEFAULT_EMBED, DEFAULT_HEADS, InceptionTrunk
 from .parity import partial_sketch_rasters
 
-Say = Callable[[str], None]
 
 
 @torch.no_grad()
@@ -63,17 +61,17 @@ def sketch_batches(seed: int, count: int = 3, strokes: int = 10, batch: int = 10
 
 def photo_batches(seed: int, count: int = 30, batch: int = 10) -> list[torch.Tensor]:
     rng = np.random.default_rng(seed)
-    recipe = mf.default_preprocessing()["photo"]
+    pipeline = PhotoPipeline()
     images = []
     for i in range(count):
         img = textured_photo(rng, 299, 299) if i % 2 else line_drawing(random_shape(rng)).resize((299, 299))
-        images.append(preprocess_photo(img, recipe)[0])
+        images.append(pipeline.preprocess(img)[0])
     stack = np.stack(images)
     return [torch.from_numpy(stack[i : i + batch]) for i in range(0, len(stack), batch)]
 
 
 def plain_random_model(
-    *, seed: int = 0, phase: int = 2, embed: int = DEFAULT_EMBED, num_heads: int = DEFAULT_HEADS, say: Say = lambda _m: None
+    *, seed: int = 0, phase: int = 2, embed: int = DEFAULT_EMBED, num_heads: int = DEFAULT_HEADS, say: Say = silent
 ) -> DCSSA:
     torch.manual_seed(seed)
     model = DCSSA(embed=embed, num_heads=num_heads, phase=phase)
@@ -115,10 +113,10 @@ def photo_features(model: DCSSA, images: list[Image.Image], batch: int = 10) -> 
     """2048-d unit-norm features (trunk + spatial attention) of catalogue photos, (n, D) float64."""
     if model.training:
         raise ValueError("photo_features needs the model in eval mode (BatchNorm running statistics)")
-    recipe = mf.default_preprocessing()["photo"]
+    pipeline = PhotoPipeline()
     feats = []
     for i in range(0, len(images), batch):
-        arrs = [preprocess_photo(im, recipe) for im in images[i : i + batch]]
+        arrs = [pipeline.preprocess(im) for im in images[i : i + batch]]
         if len({a.shape for a in arrs}) == 1:
             feats.append(model.attention(model.sample_embedding_network(torch.from_numpy(np.concatenate(arrs)))))
         else:
@@ -149,7 +147,7 @@ def structured_model(
     catalogue: str | Path | None = None,
     shapes: int = 40,
     catalogue_seed: int = 0,
-    say: Say = lambda _m: None,
+    say: Say = silent,
 ) -> DCSSA:
     torch.manual_seed(seed)
     model = DCSSA(embed=embed, num_heads=num_heads, phase=phase)
@@ -160,8 +158,8 @@ def structured_model(
     say(f"demo: recalibrating BatchNorm of the shared trunk ({len(images)} catalogue photos)")
     # Line drawings only (partial sketches + catalogue): colourful photos in the mix shift the
     # statistics away from the line-drawing regime and retrieval falls to chance (measured).
-    recipe = mf.default_preprocessing()["photo"]
-    cat = np.concatenate([preprocess_photo(im.resize((299, 299)), recipe) for im in images])
+    pipeline = PhotoPipeline()
+    cat = np.concatenate([pipeline.preprocess(im.resize((299, 299))) for im in images])
     recal = sketch_batches(seed) + [torch.from_numpy(cat[i : i + 10]) for i in range(0, len(cat), 10)]
     recalibrate_batchnorm(model.sketch_embedding_network, recal)
     # one trunk and one spatial attention for both branches
@@ -188,7 +186,7 @@ def write_demo_checkpoint(
     catalogue: str | Path | None = None,
     shapes: int = 40,
     catalogue_seed: int = 0,
-    say: Say = lambda _m: None,
+    say: Say = silent,
 ) -> Path:
     if structured:
         model = structured_model(seed=seed, phase=phase, embed=embed, catalogue=catalogue, shapes=shapes,

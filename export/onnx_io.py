@@ -26,7 +26,7 @@ def export_onnx(
     explicit attention to plain core operators with fully dynamic batch/spatial axes in ~2 s,
     where the dynamo exporter needs per-axis range guesses.
     """
-    inputs, outputs = mf.SIGNATURES[name]
+    spec = mf.graph_spec(name)
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # deprecation and tracer chatter about constant shapes
@@ -35,8 +35,8 @@ def export_onnx(
             args,
             buf,
             dynamo=False,
-            input_names=list(inputs),
-            output_names=list(outputs),
+            input_names=list(spec.input_names),
+            output_names=list(spec.output_names),
             dynamic_axes=dynamic_axes,
             opset_version=mf.OPSET,
             do_constant_folding=True,

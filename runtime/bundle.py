@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from functools import cached_property
 from pathlib import Path
 
 from . import manifest as mf
 from .errors import BundleError
-from .raster import Preprocessor
+from .pipeline import PhotoPipeline, SketchPipeline
+from .recipes import PhotoRecipe, SketchRecipe
 
 BUNDLE_ENV = "DCSSA_BUNDLE"
 DEFAULT_BUNDLE = "dcssa-bundle"
@@ -56,16 +58,20 @@ class Bundle:
         if not isinstance(manifest, dict) or manifest.get("family") != mf.FAMILY:
             raise BundleError("not a DC-SSA bundle manifest", path=mpath, hint=REEXPORT.format(path=path))
         version = manifest.get("schema_version")
-        if not isinstance(version, int) or version > mf.SCHEMA_VERSION:
+        if version not in mf.READABLE_SCHEMAS:
+            newer = isinstance(version, int) and version > mf.SCHEMA_VERSION
             raise BundleError(
-                f"manifest schema version {version!r} is newer than this runtime reads ({mf.SCHEMA_VERSION})",
+                f"manifest schema version {version!r} is not one this runtime reads "
+                f"({', '.join(map(str, mf.READABLE_SCHEMAS))})",
                 path=mpath,
-                hint="upgrade dcssa-rt",
+                hint="upgrade dcssa-rt" if newer else REEXPORT.format(path=path),
             )
         for key in ("phase", "dims", "graphs", "files", "preprocessing"):
             if key not in manifest:
                 raise BundleError(f"manifest lacks '{key}'", path=mpath, hint=REEXPORT.format(path=path))
-        return cls(path, manifest)
+        bundle = cls(path, mf.upgrade(manifest))
+        bundle.sketch_pipeline, bundle.photo_pipeline  # noqa: B018 - validate the recipes at load time
+        return bundle
 
     # -- facts -------------------------------------------------------------------------------
     @property
@@ -95,11 +101,20 @@ class Bundle:
     def precisions(self, name: str = mf.SKETCH_ENCODER) -> list[str]:
         return list(self.manifest["graphs"].get(name, {}))
 
-    def sketch_preprocessor(self) -> Preprocessor:
-        return Preprocessor(self.manifest["preprocessing"]["sketch"])
+    @cached_property
+    def sketch_pipeline(self) -> SketchPipeline:
+        """Strokes -> encoder input, as this bundle's recipe says (validated strictly)."""
+        doc = self.manifest["preprocessing"].get("sketch")
+        return SketchPipeline(SketchRecipe.from_dict(doc, path=self.path / mf.MANIFEST))
 
-    def photo_recipe(self) -> dict:
-        return dict(self.manifest["preprocessing"]["photo"])
+    @cached_property
+    def photo_pipeline(self) -> PhotoPipeline:
+        doc = self.manifest["preprocessing"].get("photo")
+        return PhotoPipeline(PhotoRecipe.from_dict(doc, path=self.path / mf.MANIFEST))
+
+    def graph_spec(self, name: str, precision: str = "fp32") -> mf.GraphSpec:
+        """What a backend may know about graph ``name`` (from its manifest entry)."""
+        return mf.GraphSpec.from_dict(name, self.graph_entry(name, precision))
 
     # -- files -------------------------------------------------------------------------------
     def graph_entry(self, name: str, precision: str = "fp32") -> dict:
@@ -153,6 +168,8 @@ class Bundle:
         m = self.manifest
         return {
             "path": str(self.path),
+            "schema_version": m["schema_version"],
+            "upgraded_from": m.get("upgraded_from"),
             "phase": self.phase,
             "demo": self.demo,
             "dims": m["dims"],

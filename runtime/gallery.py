@@ -15,7 +15,6 @@ from .atomic import refuse_existing, staged_dir
 from .backends import Backend, get_backend
 from .bundle import Bundle
 from .errors import GalleryError
-from .raster import preprocess_photo
 
 GALLERY_META = "gallery.json"
 EMBEDDINGS = "embeddings.npy"
@@ -154,20 +153,21 @@ def embed_photos(
     on_done: Callable[[int], None] = lambda _n: None,
 ) -> dict[int, np.ndarray]:
     """Embed (index, image) pairs, batching photos whose preprocessed sizes agree."""
-    runner = backend.load(bundle.graph_path(mf.PHOTO_ENCODER, "fp32"), label="photo_encoder")
-    recipe = bundle.photo_recipe()
+    path = backend.artifact(bundle, mf.PHOTO_ENCODER, "fp32")
+    runner = backend.load(path, bundle.graph_spec(mf.PHOTO_ENCODER))
+    pipeline = bundle.photo_pipeline
     buckets: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
     out: dict[int, np.ndarray] = {}
 
     def flush(key: tuple[int, int]) -> None:
         items = buckets.pop(key)
-        emb = runner.run({"images": np.concatenate([a for _, a in items])})["embeddings"]
+        emb = runner.run({mf.IMAGES: np.concatenate([a for _, a in items])})[mf.EMBEDDINGS]
         for (i, _), e in zip(items, emb):
             out[i] = e
         on_done(len(items))
 
     for i, img in images:
-        arr = preprocess_photo(img, recipe)
+        arr = pipeline.preprocess(img)
         key = arr.shape[2:]
         buckets.setdefault(key, []).append((i, arr))
         if len(buckets[key]) >= batch_size:

@@ -1,53 +1,27 @@
-"""Pixel-exact sketch rasteriser and input preprocessing.
+"""Pixel-exact sketch rasteriser.
 
 The model was trained on sketches drawn by the DC-SSA authors' reference rasteriser (float32 scaling
 to a 400 x 400 canvas, ``bresenham==0.2.1`` lines, one 4-neighbour binary dilation, PIL bilinear
 resize to 299, ImageNet normalisation). Any deviation, even a pixel, shifts the embedding, so this
-module reproduces that pipeline exactly -- with numpy instead of per-pixel Python loops, and with an
-incremental :class:`Canvas` so a live session only draws the newest stroke.
+module reproduces the drawing exactly -- with numpy instead of per-pixel Python loops, and with an
+incremental :class:`Canvas` so a live session only draws the newest stroke. Turning a raster into a
+network input is :mod:`dcssa.runtime.pipeline`'s job. Strokes reach this module already validated
+(:mod:`dcssa.runtime.strokes`); only whole-sketch entry points check their ``N x 3`` points.
 
 Only numpy, Pillow and the standard library are imported here: this runs on the serving box.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
 import numpy as np
-from PIL import Image
 
-from dcssa.runtime.errors import BundleError, SessionError, StrokeError
+from .errors import StrokeError
+from .recipes import SketchRecipe
+from .strokes import check_points
 
-__all__ = [
-    "DEFAULT_RECIPE",
-    "Canvas",
-    "Preprocessor",
-    "bresenham_segment",
-    "preprocess_photo",
-    "rasterize",
-    "rasterize_steps",
-    "scale_points",
-]
+__all__ = ["Canvas", "bresenham_segment", "rasterize", "rasterize_steps", "scale_points"]
 
-DEFAULT_FRAME = 256
-DEFAULT_CANVAS = 400
-
-DEFAULT_RECIPE: dict[str, Any] = {
-    "size": [299, 299],
-    "mean": [0.485, 0.456, 0.406],
-    "std": [0.229, 0.224, 0.225],
-    "resample": "bilinear",
-}
-
-_RESAMPLE = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
-}
+_DEFAULT = SketchRecipe()  # the one place the frame and canvas defaults come from
 
 # Coordinates (after scaling) up to this magnitude are handled in int64 without overflow:
 # 2*m*k + n stays below 2**43. Larger ones (absurd but legal input) take an exact Python-int path.
@@ -158,7 +132,7 @@ def _segment_in_canvas_exact(x0: int, y0: int, x1: int, y1: int, canvas: int) ->
 # --------------------------------------------------------------------------------------------------
 
 
-def scale_points(points: np.ndarray, frame: float = DEFAULT_FRAME, canvas: int = DEFAULT_CANVAS) -> np.ndarray:
+def scale_points(points: np.ndarray, frame: float = _DEFAULT.frame, canvas: int = _DEFAULT.canvas) -> np.ndarray:
     """Map ``N x 3`` points from the ``frame`` square to integer canvas coordinates, as float32.
 
     Mirrors the reference literally: the array is float32; ``x / frame`` is computed (in float64,
@@ -167,13 +141,8 @@ def scale_points(points: np.ndarray, frame: float = DEFAULT_FRAME, canvas: int =
     is unchanged). Doing the product in float64 instead flips a few ``.5`` cases, e.g. 155.84.
     """
     if not (frame > 0 and canvas > 0):
-        raise ValueError(f"frame and canvas must be positive, got frame={frame}, canvas={canvas}")
+        raise StrokeError(f"frame and canvas must be positive, got frame={frame}, canvas={canvas}")
     pts = np.array(points, dtype=np.float32, copy=True)
-    if pts.ndim != 2 or pts.shape[1] < 3:
-        raise StrokeError(f"points must be an N x 3 array (x, y, pen), got shape {pts.shape}")
-    if not np.isfinite(pts[:, :2]).all():
-        bad = int(np.nonzero(~np.isfinite(pts[:, :2]).all(axis=1))[0][0])
-        raise StrokeError(f"point {bad}: coordinate is not a finite number")
     pts[:, :2] = pts[:, :2].astype(np.float64) / float(frame)
     pts[:, :2] = pts[:, :2] * np.float32(canvas)
     return np.round(pts)
@@ -233,16 +202,16 @@ def _to_uint8(mask: np.ndarray) -> np.ndarray:
     return mask.astype(np.uint8) * np.uint8(255)
 
 
-def rasterize(points: np.ndarray, *, frame: float = DEFAULT_FRAME, canvas: int = DEFAULT_CANVAS) -> np.ndarray:
+def rasterize(points: np.ndarray, *, frame: float = _DEFAULT.frame, canvas: int = _DEFAULT.canvas) -> np.ndarray:
     """Whole ``N x 3`` sketch -> dilated ``canvas x canvas`` uint8 raster, strokes 255 on 0."""
-    pts = scale_points(points, frame, canvas)
+    pts = scale_points(check_points(points), frame, canvas)
     img = np.zeros((canvas, canvas), dtype=bool)
     _draw_points(img, pts, 0, len(pts))
     return _to_uint8(_dilate(img))
 
 
 def rasterize_steps(
-    points: np.ndarray, steps: int = 20, *, frame: float = DEFAULT_FRAME, canvas: int = DEFAULT_CANVAS
+    points: np.ndarray, steps: int = 20, *, frame: float = _DEFAULT.frame, canvas: int = _DEFAULT.canvas
 ) -> list[np.ndarray]:
     """Partial rasters the way the authors evaluate on-the-fly retrieval.
 
@@ -250,7 +219,7 @@ def rasterize_steps(
     ``round(linspace(0, N, steps + 1)[1:])`` (each index at most once; ``N`` itself is never hit),
     and the full sketch is always appended last -- so the count can be below ``steps + 1``.
     """
-    pts = scale_points(points, frame, canvas)
+    pts = scale_points(check_points(points), frame, canvas)
     n = len(pts)
     marks = np.round(np.linspace(0, n, steps + 1)[1:])
     keep = sorted({int(v) for v in marks if v < n})
@@ -279,7 +248,7 @@ class Canvas:
     is the flat indices the stroke turned on, a few hundred ints instead of a canvas copy.
     """
 
-    def __init__(self, canvas: int = DEFAULT_CANVAS, frame: float = DEFAULT_FRAME):
+    def __init__(self, canvas: int = _DEFAULT.canvas, frame: float = _DEFAULT.frame):
         self.canvas = int(canvas)
         self.frame = frame
         self._img = np.zeros((self.canvas, self.canvas), dtype=np.uint8)
@@ -297,13 +266,9 @@ class Canvas:
         return len(self._history)
 
     def add_stroke(self, xy: np.ndarray) -> int:
-        """Draw one stroke (``(n, 2)`` points in the frame); returns how many pixels it turned on."""
+        """Draw one checked stroke (``(n, 2)`` finite points in the frame, see
+        :func:`~dcssa.runtime.strokes.as_stroke`); returns how many pixels it turned on."""
         arr = np.asarray(xy, dtype=np.float64)
-        if arr.ndim != 2 or arr.shape[1] != 2 or arr.shape[0] < 1:
-            raise StrokeError(f"a stroke must be an (n, 2) array with n >= 1, got shape {arr.shape}")
-        if not np.isfinite(arr).all():
-            bad = int(np.nonzero(~np.isfinite(arr).all(axis=1))[0][0])
-            raise StrokeError(f"point {bad}: coordinate is not a finite number")
         pts = np.zeros((arr.shape[0], 3), dtype=np.float64)
         pts[:, :2] = arr
         pts[-1, 2] = 1.0
@@ -323,7 +288,7 @@ class Canvas:
     def undo(self) -> int:
         """Remove the last stroke exactly; returns how many pixels went back to 0."""
         if not self._history:
-            raise SessionError("nothing to undo: the canvas has no strokes")
+            raise StrokeError("nothing to undo: the canvas has no strokes")
         new = self._history.pop()
         self._img.reshape(-1)[new] = 0
         return int(new.size)
@@ -332,112 +297,3 @@ class Canvas:
         """Clear the canvas and the undo history."""
         self._img.fill(0)
         self._history.clear()
-
-
-# --------------------------------------------------------------------------------------------------
-# Raster / photo -> network input
-# --------------------------------------------------------------------------------------------------
-
-
-def _check_recipe(recipe: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate a preprocessing recipe; a bad one is a bundle problem, so BundleError."""
-    if not isinstance(recipe, Mapping):
-        raise BundleError(f"preprocessing recipe must be an object, got {type(recipe).__name__}")
-    merged = {**DEFAULT_RECIPE, **dict(recipe)}
-    size, mean, std, resample = merged["size"], merged["mean"], merged["std"], merged["resample"]
-
-    def numbers(v: Any, count: int) -> bool:
-        return (
-            isinstance(v, Sequence)
-            and not isinstance(v, str)
-            and len(v) == count
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
-        )
-
-    if not numbers(size, 2) or any(int(s) != s or s <= 0 for s in size):
-        raise BundleError(f"preprocessing 'size' must be two positive integers [H, W], got {size!r}")
-    if not numbers(mean, 3):
-        raise BundleError(f"preprocessing 'mean' must be three numbers, got {mean!r}")
-    if not numbers(std, 3) or any(not s > 0 for s in std):
-        raise BundleError(f"preprocessing 'std' must be three positive numbers, got {std!r}")
-    if resample not in _RESAMPLE:
-        raise BundleError(
-            f"preprocessing 'resample' {resample!r} is not supported", hint=f"use one of {sorted(_RESAMPLE)}"
-        )
-    return {
-        "size": [int(size[0]), int(size[1])],
-        "mean": [float(x) for x in mean],
-        "std": [float(x) for x in std],
-        "resample": resample,
-    }
-
-
-def _normalise_lut(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """``(3, 256)`` float32 table of ``(v / 255 - mean) / std``.
-
-    Each entry is computed with the same float32 operations as ToTensor + Normalize, so a table
-    lookup is bit-identical to doing the arithmetic per pixel, and much cheaper.
-    """
-    v = np.arange(256, dtype=np.float32) / np.float32(255)
-    m = np.asarray(mean, dtype=np.float32)[:, None]
-    s = np.asarray(std, dtype=np.float32)[:, None]
-    return ((v[None, :] - m) / s).astype(np.float32)
-
-
-class Preprocessor:
-    """Sketch raster -> normalised ``(1, 3, H, W)`` float32, as the authors' torchvision transform.
-
-    The raster is grey, so the resize runs once on the single band (Pillow resamples RGB bands
-    independently with the same kernel, so this is identical and 3x cheaper) and the channels come
-    from per-channel lookup tables.
-    """
-
-    def __init__(self, recipe: Mapping[str, Any] | None = None):
-        self.recipe = _check_recipe(DEFAULT_RECIPE if recipe is None else recipe)
-        self.height, self.width = self.recipe["size"]
-        self.resample = _RESAMPLE[self.recipe["resample"]]
-        self.lut = _normalise_lut(self.recipe["mean"], self.recipe["std"])
-
-    @classmethod
-    def default(cls) -> Preprocessor:
-        """The DC-SSA recipe: 299 x 299, bilinear, ImageNet mean/std."""
-        return cls(DEFAULT_RECIPE)
-
-    def __call__(self, canvas_uint8_gray: np.ndarray) -> np.ndarray:
-        gray = np.ascontiguousarray(canvas_uint8_gray, dtype=np.uint8)
-        if gray.ndim != 2:
-            raise ValueError(f"expected a 2-D grey raster, got shape {gray.shape}")
-        if gray.shape != (self.height, self.width):
-            gray = np.asarray(Image.fromarray(gray).resize((self.width, self.height), self.resample))
-        out = np.empty((1, 3, self.height, self.width), dtype=np.float32)
-        for c in range(3):
-            np.take(self.lut[c], gray, out=out[0, c])
-        return out
-
-
-def _photo_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """``(new_w, new_h)`` exactly as torchvision's ``Resize(short_side)`` (no max_size) computes."""
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = short_side, int(short_side * long / short)
-    return (new_short, new_long) if width <= height else (new_long, new_short)
-
-
-def preprocess_photo(pil_image: Image.Image, recipe: Mapping[str, Any] | Preprocessor | None = None) -> np.ndarray:
-    """Photo -> ``(1, 3, h, w)`` float32 like ``Resize(299) + ToTensor + Normalize``.
-
-    The shorter side becomes ``min(recipe size)`` (299) and the aspect ratio is kept, as the
-    authors' test-time transform does for gallery photos; no crop.
-    """
-    prep = recipe if isinstance(recipe, Preprocessor) else Preprocessor(recipe)
-    img = pil_image.convert("RGB")
-    short_side = min(prep.height, prep.width)
-    if isinstance(recipe, Mapping) and "resize_shorter_side" in recipe:  # the manifest's photo recipe
-        short_side = int(recipe["resize_shorter_side"])
-    new_w, new_h = _photo_size(img.width, img.height, short_side)
-    if (new_w, new_h) != img.size:
-        img = img.resize((new_w, new_h), prep.resample)
-    rgb = np.asarray(img, dtype=np.uint8)
-    out = np.empty((1, 3, new_h, new_w), dtype=np.float32)
-    for c in range(3):
-        np.take(prep.lut[c], rgb[:, :, c], out=out[0, c])
-    return out

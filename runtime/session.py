@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import manifest as mf
-from .backends import Backend, get_backend
+from .backends import Backend, Runner, get_backend, thread_safe
 from .bundle import Bundle
 from .errors import SessionError
 from .gallery import Gallery
-from .raster import Canvas
-from .strokes import parse_stroke
+from .head import CausalHead
+from .strokes import as_stroke
 
 PHASES = ("rasterise", "preprocess", "encode", "head", "search")
 
@@ -48,7 +48,9 @@ class QueryResult:
 class Retriever:
     """A bundle's graphs loaded on one backend, plus the photo matrix; hands out sessions.
 
-    Graphs are loaded once here and shared by every session, so opening a session is free.
+    Graphs are loaded once here and shared by every session, so opening a session is free. Runners
+    that are not thread-safe (native TensorRT) are serialised here, so a server's threads may share
+    them.
     """
 
     def __init__(
@@ -71,26 +73,26 @@ class Retriever:
         self.precision = precision
         self.topk = topk
         self.max_strokes = max_strokes or bundle.max_strokes
-        self.preprocessor = bundle.sketch_preprocessor()
-        sketch = bundle.manifest["preprocessing"]["sketch"]
-        self.canvas_size = int(sketch.get("canvas", 400))
-        self.frame = float(sketch.get("frame", 256))
-        self.encoder = self._load(mf.SKETCH_ENCODER)
-        if bundle.phase == 2:
-            self.head = self._load(mf.HEAD_STEP)
-        else:
-            self.head = self._load(mf.SKETCH_PROJECTION)
+        self.pipeline = bundle.sketch_pipeline
+        self.encoder = self.load(mf.SKETCH_ENCODER)
+        self.head = self.load(mf.HEAD_STEP if bundle.phase == 2 else mf.SKETCH_PROJECTION)
 
-    def _load(self, name: str):
+    def load(self, name: str) -> Runner:
+        """Graph ``name`` at this retriever's precision on its backend.
+
+        bf16 (an execution mode over the fp32 file) applies to the heavy graphs only; a graph with
+        no file of the precision (the head, say) runs in fp32, but the sketch encoder must have it.
+        """
+        mode = None
         if self.precision in self.backend.execution_precisions:
-            # bf16 is an execution mode of the fp32 file; only the encoder needs the speed
-            mode = {"precision": self.precision} if name == mf.SKETCH_ENCODER else {}
-            return self.backend.load(self.bundle.graph_path(name, "fp32"), label=name, **mode)
-        # A graph without a reduced-precision version (the head, say) runs in fp32.
-        precision = self.precision if self.precision in self.bundle.precisions(name) else "fp32"
-        if name == mf.SKETCH_ENCODER and self.precision not in self.bundle.precisions(name):
-            self.bundle.graph_entry(name, self.precision)  # raises: names what is available
-        return self.backend.load(self.bundle.graph_path(name, precision), label=name)
+            file_precision = "fp32"
+            mode = self.precision if self.bundle.graph_spec(name).heavy else None
+        elif self.precision in self.bundle.precisions(name) or name == mf.SKETCH_ENCODER:
+            file_precision = self.precision  # graph_entry raises, naming what is available
+        else:
+            file_precision = "fp32"
+        path = self.backend.artifact(self.bundle, name, file_precision)
+        return thread_safe(self.backend.load(path, self.bundle.graph_spec(name, file_precision), precision=mode))
 
     def session(self) -> StrokeSession:
         return StrokeSession(self)
@@ -109,10 +111,8 @@ class StrokeSession:
 
     def __init__(self, retriever: Retriever) -> None:
         self.r = retriever
-        d = retriever.bundle.feature_dim
-        self.canvas = Canvas(canvas=retriever.canvas_size, frame=retriever.frame)
-        self._keys = np.zeros((retriever.max_strokes, d), np.float32)
-        self._values = np.zeros((retriever.max_strokes, d), np.float32)
+        self.canvas = retriever.pipeline.canvas()
+        self.head = CausalHead(retriever.head, retriever.bundle.feature_dim, retriever.max_strokes)
         self._results: list[QueryResult] = []
         self._pending: dict[str, float] | None = None  # timings of a prepared, unfinished stroke
 
@@ -129,7 +129,7 @@ class StrokeSession:
         image = self.prepare_stroke(points)
         try:
             t0 = time.perf_counter()
-            feature = self.r.encoder.run({"images": image})["features"]
+            feature = self.r.encoder.run({mf.IMAGES: image})[mf.FEATURES]
             encode_ms = (time.perf_counter() - t0) * 1e3
         except BaseException:
             self.abort_stroke()  # keep canvas, cache and results in step
@@ -137,7 +137,7 @@ class StrokeSession:
         return self.finish_stroke(feature, {"encode": encode_ms})
 
     def prepare_stroke(self, points) -> np.ndarray:
-        """Phase 1 of a stroke: validate, draw onto the canvas, preprocess -> (1, 3, 299, 299).
+        """Phase 1 of a stroke: validate, draw onto the canvas, preprocess -> (1, 3, H, W).
 
         Split from :meth:`add_stroke` so a server can run the encoder on rasters of many sessions as
         one batch. Exactly one of :meth:`finish_stroke` or :meth:`abort_stroke` must follow.
@@ -147,26 +147,21 @@ class StrokeSession:
                 "a stroke is already being processed in this session",
                 hint="finish_stroke or abort_stroke it first (serialise calls per session)",
             )
-        t = self.num_strokes
-        if t >= self.r.max_strokes:
+        if self.num_strokes >= self.r.max_strokes:
             raise SessionError(
-                f"the session holds {t} strokes, its bound",
+                f"the session holds {self.num_strokes} strokes, its bound",
                 hint="undo or reset, or raise max_strokes (memory grows by 2 x 2048 floats per stroke)",
             )
-        xy = points if isinstance(points, np.ndarray) and points.ndim == 2 and points.shape[1] == 2 else None
-        xy = parse_stroke(points) if xy is None else xy
-        if not np.isfinite(xy).all() or len(xy) == 0:
-            xy = parse_stroke(xy.tolist())  # raises with the offending point named
+        xy = as_stroke(points)  # the one validation; the canvas trusts it
         t0 = time.perf_counter()
         self.canvas.add_stroke(xy)
         t1 = time.perf_counter()
         try:
-            image = self.r.preprocessor(self.canvas.image)
+            image = self.r.pipeline.preprocess(self.canvas.image)
         except BaseException:
             self.canvas.undo()
             raise
-        t2 = time.perf_counter()
-        self._pending = {"rasterise": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3}
+        self._pending = {"rasterise": (t1 - t0) * 1e3, "preprocess": (time.perf_counter() - t1) * 1e3}
         return image
 
     def abort_stroke(self) -> None:
@@ -174,6 +169,13 @@ class StrokeSession:
         if self._pending is not None:
             self._pending = None
             self.canvas.undo()
+
+    def _search(self, embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        gallery = self.r.gallery
+        if gallery is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32), []
+        idx, scores = gallery.search(embedding, self.r.topk)
+        return idx, scores, [gallery.ids[i] for i in idx]
 
     def finish_stroke(self, feature: np.ndarray, timings: dict[str, float] | None = None) -> QueryResult:
         """Phase 2 of a stroke: the encoder's (1, D) feature -> head step, search, the new result.
@@ -183,32 +185,21 @@ class StrokeSession:
         """
         if self._pending is None:
             raise SessionError("finish_stroke without prepare_stroke", hint="call prepare_stroke first")
-        r = self.r
-        t = self.num_strokes
         feature = np.asarray(feature, np.float32).reshape(1, -1)
         try:
-            t3 = time.perf_counter()
-            if r.bundle.phase == 2:
-                out = r.head.run({"feature": feature, "past_keys": self._keys[:t], "past_values": self._values[:t]})
-                self._keys[t] = out["key"][0]
-                self._values[t] = out["value"][0]
-                embedding = out["embedding"][0]
-            else:
-                embedding = r.head.run({"features": feature})["embeddings"][0]
-            t4 = time.perf_counter()
-            if r.gallery is not None:
-                idx, scores = r.gallery.search(embedding, r.topk)
-                ids = [r.gallery.ids[i] for i in idx]
-            else:
-                idx, scores, ids = np.zeros(0, np.int64), np.zeros(0, np.float32), []
-            t5 = time.perf_counter()
+            t0 = time.perf_counter()
+            self.head.length = self.num_strokes  # cache rows past the kept strokes are dropped (undo)
+            embedding = self.head.step(feature)
+            t1 = time.perf_counter()
+            idx, scores, ids = self._search(embedding)
+            t2 = time.perf_counter()
         except BaseException:
             self.abort_stroke()
             raise
-        ms = {**self._pending, **(timings or {}), "head": (t4 - t3) * 1e3, "search": (t5 - t4) * 1e3}
+        ms = {**self._pending, **(timings or {}), "head": (t1 - t0) * 1e3, "search": (t2 - t1) * 1e3}
         ms["total"] = float(sum(ms.values()))
         self._pending = None
-        result = QueryResult(t + 1, ids, idx, scores, embedding.copy(), feature[0].copy(), ms)
+        result = QueryResult(self.num_strokes + 1, ids, idx, scores, embedding.copy(), feature[0].copy(), ms)
         self._results.append(result)
         return result
 
@@ -220,14 +211,17 @@ class StrokeSession:
             raise SessionError("nothing to undo: the session has no strokes")
         self.canvas.undo()
         self._results.pop()
-        # the K/V rows past num_strokes are simply ignored and overwritten by the next stroke
+        self.head.pop()
         return self.result
 
     def reset(self) -> None:
         self._pending = None
         self.canvas.reset()
+        self.head.reset()
         self._results.clear()
 
     def features(self) -> np.ndarray:
         """Step features of every partial sketch so far (t, D), oldest first."""
-        return np.stack([r.feature for r in self._results]) if self._results else np.zeros((0, self.r.bundle.feature_dim), np.float32)
+        if not self._results:
+            return np.zeros((0, self.r.bundle.feature_dim), np.float32)
+        return np.stack([r.feature for r in self._results])

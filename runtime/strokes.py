@@ -21,6 +21,8 @@ from dcssa.runtime.errors import StrokeError
 
 __all__ = [
     "MODEL_FRAME",
+    "as_stroke",
+    "check_points",
     "load_strokes_file",
     "parse_stroke",
     "parse_strokes",
@@ -211,6 +213,37 @@ def parse_stroke(obj: Any, frame: Any = None, source: str | Path | None = None) 
     return _to_model_frame(_pair_stroke(obj, "stroke", src), _parse_frame(frame, src))
 
 
+def _first_bad_row(arr: np.ndarray) -> int | None:
+    bad = ~np.isfinite(arr).all(axis=1)
+    return int(np.nonzero(bad)[0][0]) if bad.any() else None
+
+
+def as_stroke(stroke: Any, source: str | Path | None = None) -> np.ndarray:
+    """The one check every stroke passes before drawing: ``(n, 2)`` finite float64, ``n >= 1``.
+
+    An ndarray of that shape is checked in bulk (the fast path of a live session); anything else is
+    parsed as a JSON stroke ``[[x, y], ...]``, with the offending point named on error.
+    """
+    if not (isinstance(stroke, np.ndarray) and stroke.ndim == 2 and stroke.shape[1] == 2 and len(stroke)):
+        return parse_stroke(stroke.tolist() if isinstance(stroke, np.ndarray) else stroke, source=source)
+    arr = np.ascontiguousarray(stroke, dtype=np.float64)
+    bad = _first_bad_row(arr)
+    if bad is not None:
+        return parse_stroke(arr.tolist(), source=source)  # raises, naming the point and coordinate
+    return arr
+
+
+def check_points(points: Any) -> np.ndarray:
+    """A whole sketch as ``N x 3`` (x, y, pen_up) rows with finite coordinates (float64)."""
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] < 3:
+        raise StrokeError(f"points must be an N x 3 array (x, y, pen_up), got shape {pts.shape}")
+    bad = _first_bad_row(pts[:, :2])
+    if bad is not None:
+        raise StrokeError(f"point {bad}: coordinate is not a finite number")
+    return pts
+
+
 def strokes_to_points(strokes: list[np.ndarray]) -> np.ndarray:
     """Strokes -> ``N x 3`` (x, y, pen_up) rows, pen_up = 1 on each stroke's last point."""
     parts = []
@@ -226,10 +259,8 @@ def strokes_to_points(strokes: list[np.ndarray]) -> np.ndarray:
 
 
 def points_to_strokes(points: np.ndarray) -> list[np.ndarray]:
-    """``N x 3`` rows -> strokes, split after each pen_up; a trailing open stroke still counts."""
-    pts = np.asarray(points, dtype=np.float64)
-    if pts.ndim != 2 or pts.shape[1] < 3:
-        raise StrokeError(f"points must be an N x 3 array (x, y, pen_up), got shape {pts.shape}")
+    """``N x 3`` rows -> checked strokes, split after each pen_up; a trailing open stroke still counts."""
+    pts = check_points(points)
     ends = np.nonzero(pts[:, 2] == 1)[0] + 1
     return [part[:, :2].copy() for part in np.split(pts, ends) if len(part)]
 

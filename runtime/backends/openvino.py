@@ -5,8 +5,8 @@ Precisions (``load(path, precision=...)``):
 - ``fp32``: the fp32 graph with ``INFERENCE_PRECISION_HINT=f32``. This must be explicit: on CPUs
   with AMX, OpenVINO's default inference precision is bf16.
 - ``bf16``: an *execution mode* over the fp32 graph, not a graph file: AMX / AVX512-BF16 kernels
-  everywhere except the layers measured to hurt the rankings in bf16 (:data:`BF16_PLAN`: the
-  first convolution), which run in f32. OpenVINO's per-node ``disable_fp16_compression`` marks
+  everywhere except the op scopes the graph's spec lists in ``f32_scopes`` (for DC-SSA the first
+  convolution, measured to hurt the rankings in bf16), which run in f32. OpenVINO's per-node ``disable_fp16_compression`` marks
   are not honoured by every CPU kernel (fully connected layers ignore them), so the graph is split
   into segments compiled with their own precision and run back to back. Refused with a clear
   error on CPUs without native bf16.
@@ -28,30 +28,18 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import manifest as mf
 from ..errors import BackendError
-from .base import Backend, Runner
+from .base import REEXPORT_HINT, Backend, Runner, backend_error, spec_for
+from .optional import optional_import
 
 DEVICE_ENV = "DCSSA_OPENVINO_DEVICE"
-#: bf16 mode, chosen by per-block measurement on the structured demo model (README, "Intel fast
-#: path"): the error of the first conv (3 -> 32 channels on the raw image) is amplified through the
-#: whole trunk -- alone in bf16 it costs as much feature cosine as bf16 everywhere -- so it stays in
-#: f32 (under 1% of the FLOPs). The spatial attention, LayerNorm, softmax and pooling tail showed no
-#: measurable difference in f32, so they run in bf16 with the trunk. Each entry: a scope whose last
-#: op ends a segment, and that segment's precision; BF16_TAIL is the precision of the rest.
-BF16_PLAN: tuple[tuple[str, str], ...] = (("/trunk/Conv2d_1a_3x3/", "fp32"),)
-BF16_TAIL = "bf16"
 HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # INFERENCE_PRECISION_HINT per precision
 
 
 def _ov():
-    try:
-        import openvino
-    except ImportError:
-        raise BackendError(
-            "the openvino backend needs the openvino package",
-            hint="pip install 'dcssa-rt[openvino]' (or pick --backend ort-cpu)",
-        ) from None
-    return openvino
+    return optional_import("openvino", needed_for="the openvino backend",
+                           install="pip install 'dcssa-rt[openvino]' (or pick --backend ort-cpu)")
 
 
 @functools.lru_cache(maxsize=1)
@@ -109,13 +97,14 @@ def scope_cut(model, scope: str) -> str | None:
     return cut.get_friendly_name()
 
 
-def bf16_plan(model, plan: Sequence[tuple[str, str]] = BF16_PLAN, tail: str = BF16_TAIL) -> tuple[list[str], list[str]]:
+def bf16_plan(model, f32_scopes: Sequence[str], tail: str = "bf16") -> tuple[list[str], list[str]]:
     """(cuts, precision of each of the len(cuts) + 1 segments) for running ``model`` in bf16 mode.
 
-    Scopes the graph lacks are skipped and neighbouring segments of one precision are merged; a
-    graph with none of the scopes (unscoped names) runs in bf16 as a single segment.
+    Each scope in ``f32_scopes`` (graph order) ends an f32 segment at its last op; the rest runs in
+    ``tail``. Scopes the graph lacks are skipped and neighbouring segments of one precision are
+    merged; a graph with none of the scopes runs in bf16 as a single segment.
     """
-    segs = [(c, p) for c, p in ((scope_cut(model, scope), prec) for scope, prec in plan) if c is not None]
+    segs = [(c, "fp32") for c in (scope_cut(model, scope) for scope in f32_scopes) if c is not None]
     if not segs:  # nothing known to keep apart: what was asked for
         return [], ["bf16"]
     segs.append((None, tail))
@@ -180,14 +169,13 @@ class OpenVINORunner(Runner):
 
     MAX_STATIC = 2
 
-    def __init__(self, backend: OpenVINOBackend, parts: Sequence, precisions: Sequence[str], label: str,
+    def __init__(self, backend: OpenVINOBackend, parts: Sequence, precisions: Sequence[str], spec: mf.GraphSpec,
                  path: Path) -> None:
         self.backend, self.parts, self.path = backend, list(parts), path
-        self.name = label
+        self.spec = spec
         self.precisions = tuple(precisions)
         self.input_names = tuple(i.get_any_name() for i in self.parts[0].inputs)
         self.output_names = tuple(o.get_any_name() for o in self.parts[-1].outputs)
-        self.calls = 0
         self._chains: dict[tuple | None, list] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -236,12 +224,7 @@ class OpenVINORunner(Runner):
             per_thread[key] = [c.create_infer_request() for c in chain]
         return per_thread[key]
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.calls += 1
-        missing = [n for n in self.input_names if n not in feeds]
-        if missing:
-            raise BackendError(f"{self.name}: missing input(s) {', '.join(missing)}",
-                               hint=f"the graph takes {', '.join(self.input_names)}")
+    def _run_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         data = {n: np.ascontiguousarray(feeds[n], dtype=np.float32) for n in self.input_names}
         key, chain = self._compiled_for(tuple(data[self.input_names[0]].shape))
         reqs = self._requests(key, chain)
@@ -260,9 +243,10 @@ class OpenVINOBackend(Backend):
     execution_precisions = ("bf16",)
 
     def __init__(self, *, threads: int | None = None, cache_dir: Path | None = None, device: str | None = None,
-                 bf16_plan: Sequence[tuple[str, str]] = BF16_PLAN) -> None:
+                 bf16_f32_scopes: Sequence[str] | None = None) -> None:
+        """``bf16_f32_scopes`` overrides the f32 scopes the graphs' specs list for bf16 mode."""
         ov = _ov()
-        self.bf16_plan = tuple(bf16_plan)
+        self.bf16_f32_scopes = None if bf16_f32_scopes is None else tuple(bf16_f32_scopes)
         self.core = _core()
         self.version = ov.get_version()
         self.device = (device or os.environ.get(DEVICE_ENV) or "CPU").upper()
@@ -329,18 +313,14 @@ class OpenVINOBackend(Backend):
     def _compile(self, model, precision: str, path: Path):
         try:
             return self.core.compile_model(model, self.device, self.config(precision))
-        except Exception as exc:  # OpenVINO raises plain RuntimeErrors
-            raise BackendError(
-                f"OpenVINO could not compile the graph for {self.device} ({str(exc).strip().splitlines()[0][:300]})",
-                path=path,
-                hint="the file may be corrupted: re-export the bundle with dcssa-export, or use --backend ort-cpu",
-            ) from None
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises plain RuntimeErrors
+            raise backend_error(f"OpenVINO could not compile the graph for {self.device}", exc, path=path,
+                                hint=f"{REEXPORT_HINT}, or use --backend ort-cpu") from None
 
-    def load(self, path: Path, *, label: str | None = None, precision: str | None = None) -> Runner:
+    def load(self, path: Path, spec: mf.GraphSpec | None = None, *, precision: str | None = None) -> Runner:
         """Compile one graph file. ``precision`` is an execution mode (``bf16``) over an fp32 file;
         None runs the file as it is (fp32, or the int8 Q/DQ graph)."""
-        path = Path(path)
-        label = label or path.stem
+        path, spec = Path(path), spec_for(path, spec)
         if not path.is_file():
             raise BackendError("graph file not found", path=path, hint="re-export the bundle with dcssa-export")
         mode = precision or "fp32"
@@ -348,13 +328,13 @@ class OpenVINOBackend(Backend):
         try:
             model = self.core.read_model(str(path))
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises plain RuntimeErrors
-            raise BackendError(f"OpenVINO could not read the graph ({str(exc).strip().splitlines()[0][:300]})",
-                               path=path, hint="the file may be corrupted: re-export the bundle with dcssa-export") from None
+            raise backend_error("OpenVINO could not read the graph", exc, path=path, hint=REEXPORT_HINT) from None
         if mode != "bf16":  # fp32, or the int8 Q/DQ file as it is
-            return OpenVINORunner(self, [model], [mode], label, path)
-        cuts, precisions = bf16_plan(model, self.bf16_plan)
+            return OpenVINORunner(self, [model], [mode], spec, path)
+        scopes = spec.f32_scopes if self.bf16_f32_scopes is None else self.bf16_f32_scopes
+        cuts, precisions = bf16_plan(model, scopes)
         parts = split_model(model, cuts) if cuts else [model]
-        return OpenVINORunner(self, parts, precisions, label, path)
+        return OpenVINORunner(self, parts, precisions, spec, path)
 
     def describe(self) -> dict:
         return {"backend": self.name, "device": self.device, "openvino": self.version, "threads": self.threads,

@@ -8,16 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import manifest as mf
 from ..errors import BackendError
-from .base import Backend, Runner
-
-#: Graphs whose thread pool may spin-wait between runs. Every onnxruntime session owns a thread
-#: pool whose workers, by default, keep spinning after a run. A stroke runs the encoder and then the
-#: small head step: with both pools spinning, the head's idle workers take the cores from the next
-#: encoder run (measured on a 2-core EPYC: 116 -> 76 ms per fp32 encoder pass, 91 -> 49 ms int8,
-#: once only the encoders spin). Spinning still pays for the encoder's own op-to-op hand-offs
-#: (~5 ms of 80), so the encoders keep it and every other graph blocks when idle.
-SPINNING_GRAPHS = ("sketch_encoder", "photo_encoder")
+from .base import REEXPORT_HINT, Backend, Runner, backend_error, spec_for
+from .optional import optional_import
 
 PROVIDERS = {
     "ort-cpu": "CPUExecutionProvider",
@@ -27,23 +21,19 @@ PROVIDERS = {
 
 
 def _ort():
-    try:
-        import onnxruntime
-    except ImportError as exc:  # pragma: no cover - onnxruntime is a base dependency
-        raise BackendError(f"onnxruntime is not installed ({exc})", hint="pip install onnxruntime") from None
-    return onnxruntime
+    return optional_import("onnxruntime", needed_for="the onnxruntime backends", install="pip install onnxruntime")
 
 
 class OrtRunner(Runner):
-    def __init__(self, session, label: str) -> None:
+    """``InferenceSession.run`` is thread-safe, so the server's threads may share one runner."""
+
+    def __init__(self, session, spec: mf.GraphSpec) -> None:
         self.session = session
-        self.name = label
+        self.spec = spec
         self.input_names = tuple(i.name for i in session.get_inputs())
         self.output_names = tuple(o.name for o in session.get_outputs())
-        self.calls = 0
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.calls += 1
+    def _run_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self.session.run(self.output_names, dict(feeds))
         return dict(zip(self.output_names, outs))
 
@@ -51,23 +41,13 @@ class OrtRunner(Runner):
 class OrtBackend(Backend):
     """One onnxruntime execution provider (CPU fallback kept last, as onnxruntime requires)."""
 
-    def __init__(
-        self,
-        name: str = "ort-cpu",
-        *,
-        threads: int | None = None,
-        cache_dir: Path | None = None,
-        fp16: bool = False,
-        spinning_graphs: tuple[str, ...] = SPINNING_GRAPHS,
-    ) -> None:
+    def __init__(self, name: str = "ort-cpu", *, threads: int | None = None, cache_dir: Path | None = None) -> None:
         if name not in PROVIDERS:
             raise BackendError(f"unknown onnxruntime backend {name!r}", hint=f"use one of {', '.join(PROVIDERS)}")
         self.name = name
         self.provider = PROVIDERS[name]
         self.threads = threads
         self.cache_dir = cache_dir
-        self.fp16 = fp16
-        self.spinning_graphs = tuple(spinning_graphs)
         if not self.available_for(name):
             have = [n for n, p in PROVIDERS.items() if p in _ort().get_available_providers()]
             raise BackendError(
@@ -84,11 +64,16 @@ class OrtBackend(Backend):
     def available(cls) -> bool:
         return True
 
-    def spins(self, label: str | None) -> bool:
-        """Whether the graph called ``label`` (its manifest name, maybe followed by words) may spin."""
-        return bool(label) and label.split()[0] in self.spinning_graphs
-
     def session_options(self, *, spin: bool = True):
+        """Options of one InferenceSession; ``spin``: may its thread pool spin-wait between runs.
+
+        Every session owns a thread pool whose workers, by default, keep spinning after a run. A
+        stroke runs the encoder and then the small head step: with both pools spinning, the head's
+        idle workers take the cores from the next encoder run (measured on a 2-core EPYC: 116 -> 76
+        ms per fp32 encoder pass, 91 -> 49 ms int8, once only the encoders spin). Spinning still
+        pays for an encoder's own op-to-op hand-offs, so heavy graphs (``GraphSpec.heavy``) spin
+        and every other graph blocks when idle.
+        """
         ort = _ort()
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -105,7 +90,7 @@ class OrtBackend(Backend):
             return ["CPUExecutionProvider"]
         if self.name == "ort-cuda":
             return [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}), "CPUExecutionProvider"]
-        opts: dict = {"trt_fp16_enable": self.fp16}
+        opts: dict = {}
         if self.cache_dir is not None:
             os.makedirs(self.cache_dir, exist_ok=True)
             opts.update(
@@ -116,17 +101,16 @@ class OrtBackend(Backend):
             )
         return [("TensorrtExecutionProvider", opts), "CUDAExecutionProvider", "CPUExecutionProvider"]
 
-    def load(self, path: Path, *, label: str | None = None) -> Runner:
+    def load(self, path: Path, spec: mf.GraphSpec | None = None, *, precision: str | None = None) -> Runner:
+        if precision not in (None, "fp32"):
+            raise BackendError(f"{self.name} has no {precision} execution mode", hint="load the graph file of that precision")
         ort = _ort()
-        options = self.session_options(spin=self.spins(label or Path(path).stem))
+        spec = spec_for(path, spec)
+        options = self.session_options(spin=spec.heavy)
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=self.provider_list())
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise BackendError(
-                f"onnxruntime could not load the graph ({str(exc).splitlines()[0]})",
-                path=path,
-                hint="the file may be corrupted: re-export the bundle with dcssa-export",
-            ) from None
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+            raise backend_error("onnxruntime could not load the graph", exc, path=path, hint=REEXPORT_HINT) from None
         # onnxruntime-gpu on a machine without a usable GPU silently falls back to the CPU.
         if self.provider not in session.get_providers():
             raise BackendError(
@@ -134,7 +118,7 @@ class OrtBackend(Backend):
                 path=path,
                 hint="check the CUDA/TensorRT libraries and the driver, or use --backend ort-cpu",
             )
-        return OrtRunner(session, label or Path(path).stem)
+        return OrtRunner(session, spec)
 
     def describe(self) -> dict:
         return {"backend": self.name, "provider": self.provider, "onnxruntime": _ort().__version__, "threads": self.threads}

@@ -20,19 +20,22 @@ key/value row on the device.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import manifest as mf
 from ..errors import BackendError
-from .base import Backend, Runner
+from .base import Backend, Runner, spec_for
+from .optional import optional_import
+
+if TYPE_CHECKING:
+    from ..bundle import Bundle
 
 ALIGN = 256  # bytes; CUDA allocations and TensorRT tensor addresses
-KV_INPUTS = {"past_keys": "key", "past_values": "value"}  # cache input -> the output row appended to it
 
 
 def rebuild_hint(bundle: Path | str, precision: str | None = None) -> str:
@@ -146,14 +149,8 @@ def _probe() -> BackendError | None:
 
 
 def _trt():
-    try:
-        import tensorrt
-    except ImportError:
-        raise BackendError(
-            "the tensorrt backend needs TensorRT's Python package",
-            hint="on a GPU box: pip install tensorrt (JetPack ships it); or use --backend ort-trt / ort-cpu",
-        ) from None
-    return tensorrt
+    return optional_import("tensorrt", needed_for="the tensorrt backend",
+                           install="on a GPU box: pip install tensorrt (JetPack ships it); or use --backend ort-trt / ort-cpu")
 
 
 class TensorRTBackend(Backend):
@@ -162,7 +159,7 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     precisions = ("int8", "fp16", "fp32")
 
-    def __init__(self, *, threads: int | None = None, cache_dir: Path | None = None) -> None:
+    def __init__(self) -> None:
         from .cuda_memory import cuda_api
 
         self.trt = _trt()
@@ -184,37 +181,45 @@ class TensorRTBackend(Backend):
         _trt()
         cuda_api()
 
-    def load(self, path: Path, *, label: str | None = None) -> Runner:
-        path = Path(path)
-        label = label or path.stem
-        if path.suffix in (".engine", ".plan"):
-            return TensorRTRunner(self, path.read_bytes(), label, path)
-        bundle = path.parent
-        try:
-            manifest = json.loads((bundle / mf.MANIFEST).read_text())
-        except (OSError, ValueError):
-            raise BackendError("the tensorrt backend loads engines listed in a bundle manifest; none found here",
-                               path=bundle, hint=rebuild_hint(bundle)) from None
-        found = find_engine(manifest, path.name)
+    def artifact(self, bundle: Bundle, name: str, precision: str) -> Path:
+        """The engine built from the bundle's ``name``/``precision`` graph, checked for this GPU."""
+        graph_file = bundle.graph_entry(name, precision)["file"]
+        found = find_engine(bundle.manifest, graph_file)
         if found is None:
-            raise BackendError(f"no TensorRT engine was built from {path.name}", path=bundle, hint=rebuild_hint(bundle))
-        graph, precision, entry = found
-        check_engine_metadata(manifest["engines"], self.local, bundle=bundle, precision=precision, engine=entry["file"])
-        from ..bundle import Bundle
+            raise BackendError(f"no TensorRT engine was built from {graph_file}", path=bundle.path,
+                               hint=rebuild_hint(bundle.path, precision))
+        _graph, built_precision, entry = found
+        check_engine_metadata(bundle.manifest["engines"], self.local, bundle=bundle.path, precision=built_precision,
+                              engine=entry["file"])
+        return bundle.verified_file(entry["file"])  # sha256 checked
 
-        engine_path = Bundle(bundle, manifest).verified_file(entry["file"])  # sha256 checked
-        return TensorRTRunner(self, engine_path.read_bytes(), label, engine_path)
+    def load(self, path: Path, spec: mf.GraphSpec | None = None, *, precision: str | None = None) -> Runner:
+        """Deserialize an engine file (``artifact`` finds a bundle's); ONNX files are not engines."""
+        path, spec = Path(path), spec_for(path, spec)
+        if path.suffix not in (".engine", ".plan"):
+            raise BackendError("the tensorrt backend loads serialized engines, not ONNX graphs", path=path,
+                               hint=rebuild_hint(path.parent))
+        if precision not in (None, "fp32"):
+            raise BackendError(f"tensorrt has no {precision} execution mode: the engine's own types decide", path=path)
+        return TensorRTRunner(self, path.read_bytes(), spec, path)
 
     def describe(self) -> dict:
         return {"backend": self.name, **self.local, "cuda": self.cuda.name}
 
 
 class TensorRTRunner(Runner):  # pragma: no cover - needs a GPU; planning/metadata are tested
-    """One engine, one execution context, one stream, buffers sized once."""
+    """One engine, one execution context, one stream, buffers sized once: one call at a time.
 
-    def __init__(self, backend: TensorRTBackend, blob: bytes, label: str, path: Path):
+    TensorRT allows concurrent inference only with one execution context per thread, and the
+    staging buffers and the device K/V mirror are shared, so the runner declares itself not
+    thread-safe and the Retriever serialises it.
+    """
+
+    thread_safe = False
+
+    def __init__(self, backend: TensorRTBackend, blob: bytes, spec: mf.GraphSpec, path: Path):
         trt, cuda = backend.trt, backend.cuda
-        self.name, self.cuda, self.calls = label, cuda, 0
+        self.spec, self.cuda = spec, cuda
         self.engine = backend.runtime.deserialize_cuda_engine(blob)
         if self.engine is None:
             raise BackendError("TensorRT could not deserialize the engine", path=path,
@@ -239,8 +244,8 @@ class TensorRTRunner(Runner):  # pragma: no cover - needs a GPU; planning/metada
         self.host = {n: cuda.pinned(p.nbytes) for n, p in self.plan.items()}
         for n, ptr in self.device.items():
             self.context.set_tensor_address(n, ptr)
-        # device-resident K/V cache for the stroke head's step graph
-        self.kv = {k: v for k, v in KV_INPUTS.items() if k in self.plan and v in self.plan}
+        # device-resident caches (the stroke head's K/V): the spec names each cache input and its row
+        self.kv = {k: v for k, v in spec.state.items() if k in self.plan and v in self.plan}
         self.mirror = {k: np.zeros(self.plan[k].max_shape, self.plan[k].dtype) for k in self.kv}
         self.rows = {k: 0 for k in self.kv}
 
@@ -261,8 +266,7 @@ class TensorRTRunner(Runner):  # pragma: no cover - needs a GPU; planning/metada
             mirror[same:t] = past[same:t]
         self.rows[name] = t
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.calls += 1
+    def _run_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         for n in self.input_names:
             p = self.plan[n]
             x = np.ascontiguousarray(feeds[n], dtype=p.dtype)

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import manifest as mf
 from ..errors import BackendError
-from ..raster import rasterize_steps
+from ..head import CausalHead
 from ..session import Retriever
 from ..strokes import points_to_strokes
 from .metrics import step_ranks
@@ -79,13 +79,13 @@ class SketchEvaluator:
         self.steps = steps
         self.phase = retriever.bundle.phase
         # the non-causal head exists only for phase 2; phase-1 steps are independent anyway
-        self.full_head = retriever._load(mf.HEAD_FULL) if protocol == "paper" and self.phase == 2 else None
+        self.full_head = retriever.load(mf.HEAD_FULL) if protocol == "paper" and self.phase == 2 else None
 
     def __call__(self, sketch: Sketch, target: int) -> SketchOutcome:
         if self.protocol == "causal" and self.steps == "strokes":
             emb, top = self._session(sketch)
         else:
-            rasters = rasterize_steps(sketch.points, PAPER_STEPS, frame=self.r.frame, canvas=self.r.canvas_size)
+            rasters = self.r.pipeline.point_steps(sketch.points, PAPER_STEPS)
             feats = self._features(rasters)
             emb = self._causal(feats) if self.protocol == "causal" else self._paper(feats)
             top = np.stack([self.r.gallery.search(e, self.r.topk)[0] for e in emb])
@@ -106,24 +106,14 @@ class SketchEvaluator:
 
     def _features(self, rasters: list[np.ndarray]) -> np.ndarray:
         """Sketch-encoder features, one raster per call as a session runs it."""
-        pre, enc = self.r.preprocessor, self.r.encoder
-        return np.concatenate([enc.run({"images": pre(raster)})["features"] for raster in rasters])
+        pre, enc = self.r.pipeline.preprocess, self.r.encoder
+        return np.concatenate([enc.run({mf.IMAGES: pre(raster)})[mf.FEATURES] for raster in rasters])
 
     def _causal(self, feats: np.ndarray) -> np.ndarray:
-        """The session's head-step recurrence over step features (K/V cache, last row)."""
-        if self.phase != 2:
-            return self.r.head.run({"features": feats})["embeddings"]
-        keys = np.zeros_like(feats)
-        values = np.zeros_like(feats)
-        out = []
-        for t in range(len(feats)):
-            step = self.r.head.run({"feature": feats[t : t + 1], "past_keys": keys[:t], "past_values": values[:t]})
-            keys[t], values[t] = step["key"][0], step["value"][0]
-            out.append(step["embedding"][0])
-        return np.stack(out)
+        """The session's head recurrence over step features (K/V cache, last row)."""
+        return CausalHead.embed_sequence(self.r.head, feats)
 
     def _paper(self, feats: np.ndarray) -> np.ndarray:
         """The authors' evaluation: the full (non-causal) head over every step at once."""
-        if self.full_head is None:
-            return self.r.head.run({"features": feats})["embeddings"]
-        return self.full_head.run({"features": feats})["embeddings"]
+        head = self.r.head if self.full_head is None else self.full_head
+        return head.run({mf.FEATURES: feats})[mf.EMBEDDINGS]

@@ -1,0 +1,51 @@
+"""The sketch head run causally: one step per partial sketch against a growing K/V cache.
+
+Sessions, the evaluator, calibration fidelity reports and export parity all turn step features into
+embeddings the way a live user gets them; this is the one place that does it. Phase-1 bundles have
+no stroke head: their projection maps each step feature alone, and the cache stays empty.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import manifest as mf
+from .backends import Runner
+
+
+class CausalHead:
+    """A head runner plus a preallocated ``(capacity, D)`` key and value cache; ``pop`` is undo."""
+
+    def __init__(self, runner: Runner, feature_dim: int, capacity: int) -> None:
+        self.runner = runner
+        self.stateful = bool(runner.spec.state)  # the step graph; a projection has no state
+        self.keys = np.zeros((capacity, feature_dim), np.float32)
+        self.values = np.zeros((capacity, feature_dim), np.float32)
+        self.length = 0
+
+    def step(self, feature: np.ndarray) -> np.ndarray:
+        """The embedding ``(E,)`` of the newest partial sketch, whose ``(1, D)`` feature is given."""
+        if not self.stateful:
+            return self.runner.run({mf.FEATURES: feature})[mf.EMBEDDINGS][0]
+        t = self.length
+        out = self.runner.run({mf.FEATURE: feature, mf.PAST_KEYS: self.keys[:t], mf.PAST_VALUES: self.values[:t]})
+        self.keys[t] = out[mf.KEY][0]
+        self.values[t] = out[mf.VALUE][0]
+        self.length = t + 1
+        return out[mf.EMBEDDING][0]
+
+    def pop(self) -> None:
+        """Forget the newest row (its slot is overwritten by the next step)."""
+        self.length = max(0, self.length - 1)
+
+    def reset(self) -> None:
+        self.length = 0
+
+    @classmethod
+    def embed_sequence(cls, runner: Runner, features: np.ndarray) -> np.ndarray:
+        """``(T, E)`` embeddings of one sketch's ``(T, D)`` step features, oldest first, causally."""
+        feats = np.asarray(features, np.float32)
+        head = cls(runner, feats.shape[1], max(len(feats), 1))
+        if not head.stateful:
+            return runner.run({mf.FEATURES: feats})[mf.EMBEDDINGS]
+        return np.stack([head.step(feats[t : t + 1]) for t in range(len(feats))])
