@@ -65,3 +65,27 @@ def gallery2(bundle2, dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("g2") / "gallery"
     build_gallery(dataset / "photo", Bundle.load(bundle2), out, progress=False)
     return out
+
+
+class _CountingRunner:
+    """Wraps a runner and counts its calls: call counts are a test concern, not the Runner interface."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.spec, self.input_names, self.output_names = inner.spec, inner.input_names, inner.output_names
+        self.thread_safe = inner.thread_safe
+        self.calls = 0
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def run(self, feeds):
+        self.calls += 1
+        return self.inner.run(feeds)
+
+
+@pytest.fixture
+def counting():
+    """``counting(runner)`` -> a wrapper with a ``calls`` counter (patch it onto a Retriever)."""
+    return _CountingRunner

@@ -8,9 +8,8 @@ import torch
 
 from dcssa.export.demo import catalogue_images
 from dcssa.runtime import Bundle, Retriever, build_gallery
-from dcssa.runtime import manifest as mf
 from dcssa.runtime.dataset import write_dataset
-from dcssa.runtime.raster import preprocess_photo
+from dcssa.runtime.pipeline import PhotoPipeline
 from dcssa.runtime.strokes import load_strokes_file
 
 
@@ -30,8 +29,7 @@ def test_branches_share_one_trunk_and_attention(demo_state_dict):
 def test_projection_is_the_centred_pca_of_the_catalogue(demo_state_dict, ref_model):
     """Independent PCA (eigenvectors of the covariance) of features computed here from the photos."""
     images = catalogue_images(None, shapes=40, seed=0)
-    recipe = mf.default_preprocessing()["photo"]
-    x = torch.from_numpy(np.concatenate([preprocess_photo(im, recipe) for im in images]))
+    x = torch.from_numpy(np.concatenate([PhotoPipeline().preprocess(im) for im in images]))
     with torch.no_grad():
         feats = ref_model.attention(ref_model.sample_embedding_network(x)).double().numpy()
     mean = feats.mean(0)

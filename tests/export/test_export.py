@@ -55,9 +55,9 @@ def test_graphs_load_in_our_onnxruntime(bundle2: Path, name: str):
     assert model.ir_version == mf.IR_VERSION <= 13
     assert {o.domain: o.version for o in model.opset_import}[""] == mf.OPSET
     sess = ort.InferenceSession(str(bundle2 / f"{name}.onnx"), providers=["CPUExecutionProvider"])
-    inputs, outputs = mf.SIGNATURES[name]
-    assert [i.name for i in sess.get_inputs()] == list(inputs)
-    assert [o.name for o in sess.get_outputs()] == list(outputs)
+    spec = mf.graph_spec(name)
+    assert [i.name for i in sess.get_inputs()] == list(spec.input_names)
+    assert [o.name for o in sess.get_outputs()] == list(spec.output_names)
 
 
 def test_photo_encoder_takes_any_size(bundle2: Path, ref_model):

@@ -44,12 +44,11 @@ def test_index_embeds_recursively_and_skips_unreadable(bundle2: Path, photo_dir:
     assert g.embeddings.dtype == np.float32 and isinstance(g.embeddings, np.memmap)
     # second path: embed each photo alone through the photo graph and compare
     from dcssa.runtime.backends import get_backend
-    from dcssa.runtime.raster import preprocess_photo
 
     b = Bundle.load(bundle2)
     enc = get_backend("ort-cpu").load(b.graph_path("photo_encoder"))
     for pid, row in zip(g.ids, g.embeddings):
-        x = preprocess_photo(Image.open(photo_dir / pid), b.photo_recipe())
+        x = b.photo_pipeline.preprocess(Image.open(photo_dir / pid))
         # `index` ran on --backend auto (openvino on Intel CPUs): cross-runtime parity, as elsewhere
         assert np.abs(enc.run({"images": x})["embeddings"][0] - row).max() <= 1e-4
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from dcssa.runtime import Bundle, Gallery, Retriever, SessionError, StrokeError
-from dcssa.runtime.raster import Preprocessor, rasterize
+from dcssa.runtime.pipeline import SketchPipeline
+from dcssa.runtime.raster import rasterize
 from dcssa.runtime.strokes import strokes_to_points
 from dcssa.runtime.synthetic import random_sketch
 
@@ -28,7 +29,7 @@ def retriever2(bundle2, gallery2):
 @pytest.fixture(scope="module")
 def reference_embeddings(ref_model, sketch):
     """PyTorch: rasterise each prefix from scratch, encode, full head on the prefix, last row."""
-    pre = Preprocessor.default()
+    pre = SketchPipeline().preprocess
     rasters = np.concatenate([pre(rasterize(strokes_to_points(sketch[: t + 1]))) for t in range(len(sketch))])
     with torch.no_grad():
         feats = ref_model.sketch_feature(torch.from_numpy(rasters))
@@ -50,9 +51,11 @@ def test_session_matches_reference_stroke_by_stroke(retriever2, sketch, referenc
         assert np.abs(res.embedding - last).max() <= 1e-4
 
 
-def test_one_encoder_pass_per_stroke_and_undo_runs_nothing(retriever2, sketch):
-    session = retriever2.session()
-    enc, head = retriever2.encoder, retriever2.head
+def test_one_encoder_pass_per_stroke_and_undo_runs_nothing(bundle2, gallery2, sketch, counting):
+    b = Bundle.load(bundle2)
+    r = Retriever(b, Gallery.load(gallery2, b), backend="ort-cpu", topk=5)
+    enc, head = r.encoder, r.head = counting(r.encoder), counting(r.head)
+    session = r.session()
     before_enc, before_head = enc.calls, head.calls
     results = [session.add_stroke(s) for s in sketch[:6]]
     assert enc.calls - before_enc == 6 and head.calls - before_head == 6
@@ -106,7 +109,7 @@ def test_bad_stroke_is_rejected_and_leaves_session_intact(retriever2, sketch):
 def test_phase1_bundle_through_the_same_api(bundle1, ref_model, sketch):
     r = Retriever(Bundle.load(bundle1), backend="ort-cpu")
     session = r.session()
-    pre = Preprocessor.default()
+    pre = SketchPipeline().preprocess
     for t in range(3):
         res = session.add_stroke(sketch[t])
         x = torch.from_numpy(pre(rasterize(strokes_to_points(sketch[: t + 1]))))

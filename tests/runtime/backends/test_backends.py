@@ -11,7 +11,8 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, checker, helper, numpy_helper, save_model
 
-from dcssa.runtime.backends import available_backends, get_backend
+from dcssa.runtime import manifest as mf
+from dcssa.runtime.backends import available_backends, backend_names, get_backend
 from dcssa.runtime.errors import BackendError
 
 HAVE = set(onnxruntime.get_available_providers())
@@ -60,14 +61,16 @@ def tiny_graph(tmp_path_factory):
 def _check_runs(runner) -> None:
     assert runner.input_names == ("x",)
     assert runner.output_names == ("y",)
-    assert runner.calls == 0
     out = runner.run({"x": X})
     assert set(out) == {"y"}
     assert out["y"].dtype == np.float32
     np.testing.assert_array_equal(out["y"], Y)
     out = runner.run({"x": np.full((1, 3), -0.5, dtype=np.float32)})
     np.testing.assert_array_equal(out["y"], np.zeros((1, 3), dtype=np.float32))
-    assert runner.calls == 2
+    with pytest.raises(BackendError, match="missing x"):
+        runner.run({})
+    with pytest.raises(BackendError, match="unknown images"):
+        runner.run({"x": X, "images": X})
 
 
 def test_cpu_backend_runs_tiny_graph(tiny_graph):
@@ -109,6 +112,11 @@ def test_gpu_backend_absent_is_a_clear_error(name, provider):
     assert "ort-cpu" in msg
 
 
+def test_registry_names_every_backend_once():
+    assert backend_names() == ("ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "openvino")
+    assert set(available_backends()) <= set(backend_names())
+
+
 def test_unknown_backend_names_the_choices():
     with pytest.raises(BackendError) as err:
         get_backend("nope")
@@ -142,21 +150,20 @@ def test_cuda_backend_runs_tiny_graph(tiny_graph):
     _check_runs(runner)
 
 
-def test_only_the_encoders_spin(tiny_graph, tmp_path):
-    """Idle pools of the small graphs must block, or they take the cores from the next encoder run."""
-    import shutil
+def test_only_the_encoders_spin(tiny_graph):
+    """Idle pools of the small graphs must block, or they take the cores from the next encoder run.
 
+    Which graphs spin is the spec's ``heavy`` flag (from the manifest), never a name the backend knows.
+    """
     backend = get_backend("ort-cpu")
-    runners = {}
-    for name in ("sketch_encoder", "photo_encoder", "stroke_head_step", "sketch_projection"):
-        path = tmp_path / f"{name}.onnx"
-        shutil.copy(tiny_graph, path)
-        runners[name] = backend.load(path)  # no label: named by the file
-    runners["labelled"] = backend.load(tiny_graph, label="sketch_encoder int8")
+    names = (mf.SKETCH_ENCODER, mf.PHOTO_ENCODER, mf.HEAD_STEP, mf.SKETCH_PROJECTION)
+    runners = {name: backend.load(tiny_graph, mf.graph_spec(name)) for name in names}
+    runners["loose file"] = backend.load(tiny_graph)  # no spec: a plain graph, not heavy
     spin = {n: r.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
             for n, r in runners.items()}
-    assert spin == {"sketch_encoder": "1", "photo_encoder": "1", "stroke_head_step": "0",
-                    "sketch_projection": "0", "labelled": "1"}
+    assert spin == {mf.SKETCH_ENCODER: "1", mf.PHOTO_ENCODER: "1", mf.HEAD_STEP: "0",
+                    mf.SKETCH_PROJECTION: "0", "loose file": "0"}
+    assert runners[mf.SKETCH_ENCODER].name == mf.SKETCH_ENCODER and runners["loose file"].name == "tiny"
     # the policy changes scheduling only, never the numbers
     for r in runners.values():
         np.testing.assert_allclose(r.run({"x": X})["y"], Y)

@@ -22,7 +22,6 @@ from dcssa.runtime import manifest as mf  # noqa: E402
 from dcssa.runtime.backends import available_backends, get_backend  # noqa: E402
 from dcssa.runtime.backends import openvino as ovb  # noqa: E402
 from dcssa.runtime.errors import BackendError  # noqa: E402
-from dcssa.runtime.raster import Canvas  # noqa: E402
 from dcssa.runtime.strokes import load_strokes_file  # noqa: E402
 
 GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(onnxruntime.get_available_providers())
@@ -73,10 +72,10 @@ def sketches(dataset):
 @pytest.fixture(scope="module")
 def rasters(bundle, sketches):
     """Preprocessed partial sketches (the canvas after strokes 1, 2 and all) of two sketches."""
-    pre = bundle.sketch_preprocessor()
+    pre = bundle.sketch_pipeline.preprocess
     out = []
     for sk in sketches[:2]:
-        c = Canvas()
+        c = bundle.sketch_pipeline.canvas()
         for t, stroke in enumerate(sk):
             c.add_stroke(stroke)
             if t in (0, 1, len(sk) - 1):
@@ -122,7 +121,7 @@ def test_fp32_matches_onnxruntime_on_every_graph(bundle, backend, rasters):
     }
     for name, feeds_list in cases.items():
         path = bundle.graph_path(name)
-        runner = backend.load(path, label=name)
+        runner = backend.load(path, bundle.graph_spec(name))
         assert runner.precisions == ("fp32",)
         for feeds in feeds_list:
             want = _ort_run(path, feeds)
@@ -131,7 +130,6 @@ def test_fp32_matches_onnxruntime_on_every_graph(bundle, backend, rasters):
             for k in want:
                 assert got[k].shape == want[k].shape and got[k].dtype == np.float32
                 assert np.abs(got[k] - want[k]).max() <= 1e-4, (name, k)
-        assert runner.calls == len(feeds_list)
 
 
 def test_fp32_session_equals_onnxruntime_session(bundle, gallery2, sketches, fp32_run):
@@ -173,9 +171,9 @@ def test_split_graph_in_f32_equals_the_whole_graph(bundle, backend, rasters, ort
     """The segment chain bf16 mode runs is exact: compiled all in f32 it reproduces onnxruntime."""
     path = bundle.graph_path(mf.SKETCH_ENCODER)
     model = ovb._core().read_model(str(path))
-    cuts, precisions = ovb.bf16_plan(model)
+    cuts, precisions = ovb.bf16_plan(model, bundle.graph_spec(mf.SKETCH_ENCODER).f32_scopes)
     assert cuts == ["/trunk/Conv2d_1a_3x3/Relu"] and len(precisions) == 2
-    runner = ovb.OpenVINORunner(backend, ovb.split_model(model, cuts), ["fp32"] * 2, "chain", path)
+    runner = ovb.OpenVINORunner(backend, ovb.split_model(model, cuts), ["fp32"] * 2, mf.GraphSpec("chain", {}, {}), path)
     assert np.abs(runner.run({"images": rasters[:3]})["features"] - ort_features[:3]).max() <= 1e-4
 
 
@@ -201,9 +199,10 @@ def _replay(r, sketches):
 
 
 @needs_bf16
-def test_bf16_session_keeps_the_rankings(bundle, gallery2, sketches, fp32_run):
+def test_bf16_session_keeps_the_rankings(bundle, gallery2, sketches, fp32_run, counting):
     r = Retriever(bundle, Gallery.load(gallery2, bundle), backend="openvino", precision="bf16", topk=len(fp32_run[0].ids))
     assert r.encoder.precisions == ("fp32", "bf16") and r.head.precisions == ("fp32",)
+    r.encoder = counting(r.encoder)
     got = _replay(r, sketches)
     assert r.encoder.calls == len(fp32_run)  # one encoder pass per stroke
     feat = _cos(np.stack([x.feature for x in got]), np.stack([x.feature for x in fp32_run]))
@@ -219,7 +218,7 @@ def test_keeping_the_first_conv_in_f32_is_what_helps(bundle, backend, rasters, o
     path = bundle.graph_path(mf.SKETCH_ENCODER)
     want = ort_features
     plan = bf16_runner.run({"images": rasters})["features"]
-    whole = ovb.OpenVINORunner(backend, [ovb._core().read_model(str(path))], ["bf16"], "all-bf16", path)
+    whole = ovb.OpenVINORunner(backend, [ovb._core().read_model(str(path))], ["bf16"], mf.GraphSpec("all-bf16", {}, {}), path)
     everywhere = whole.run({"images": rasters})["features"]
     assert 1 - _cos(plan, want).mean() < 0.5 * (1 - _cos(everywhere, want).mean())
 

@@ -24,7 +24,8 @@ from dcssa.runtime.evaluation import cli as ecli
 from dcssa.runtime.evaluation import metrics as M
 from dcssa.runtime.evaluation.protocols import PROTOCOLS, STEP_KINDS, completion, points20_marks
 from dcssa.runtime.evaluation.qmul import DatasetError, load_coordinates, load_split
-from dcssa.runtime.raster import Preprocessor, preprocess_photo, rasterize, rasterize_steps
+from dcssa.runtime.pipeline import PhotoPipeline, SketchPipeline
+from dcssa.runtime.raster import rasterize, rasterize_steps
 from dcssa.runtime.strokes import points_to_strokes, strokes_to_points
 
 
@@ -333,10 +334,10 @@ def test_cli_registration_is_light_and_consistent():
 @pytest.fixture(scope="module")
 def torch_photos(ref_model, small_dataset, bundle2):
     """Reference photo embeddings of the split's photos (names shape0000..shape0005, in order)."""
-    recipe = Bundle.load(bundle2).photo_recipe()
+    photos = Bundle.load(bundle2).photo_pipeline
     with torch.no_grad():
         return torch.cat([
-            ref_model.photo_embedding(torch.from_numpy(preprocess_photo(Image.open(p), recipe)))
+            ref_model.photo_embedding(torch.from_numpy(photos.preprocess(Image.open(p))))
             for p in sorted((small_dataset / "photo").glob("*.png"))
         ])
 
@@ -371,7 +372,7 @@ def test_eval_causal_end_to_end(causal_report, ref_model, small_dataset, torch_p
     (run_,) = doc["runs"]
     coords = _coords(small_dataset)
     # second code path: PyTorch, every stroke prefix re-rasterised from scratch, head on the prefix
-    pre = Preprocessor.default()
+    pre = SketchPipeline().preprocess
     for sk in run_["sketches"][:2]:
         strokes = points_to_strokes(coords[sk["key"]])
         x = np.concatenate([pre(rasterize(strokes_to_points(strokes[: t + 1]))) for t in range(len(strokes))])
@@ -406,7 +407,7 @@ def test_eval_paper_protocol_end_to_end(causal_report, bundle2, small_dataset, r
     assert a["metrics"] == b["metrics"] and b["agreement"]["top1_identical"] == 1.0
     assert b["agreement"]["top10_overlap"] == 1.0
     coords = _coords(small_dataset)
-    pre = Preprocessor.default()
+    pre = SketchPipeline().preprocess
     for sk in a["sketches"]:
         x = np.concatenate([pre(r) for r in rasterize_steps(coords[sk["key"]], 20)])
         with torch.no_grad():
