@@ -150,6 +150,32 @@ def _is_harmless(key: str) -> bool:
     return key.endswith(HARMLESS_SUFFIXES) or any(p in f".{key}" for p in HARMLESS_PARTS)
 
 
+def _check_keys(model: DCSSA, tensors: Mapping[str, torch.Tensor], where: Path, *, phase_hint: bool) -> dict:
+    """The model's required tensors; missing keys or wrong shapes are a CheckpointError naming them."""
+    expected = {k: v for k, v in model.state_dict().items() if not _is_harmless(k)}
+    missing = sorted(k for k in expected if k not in tensors)
+    if missing:
+        shown = ", ".join(missing[:12]) + (f" ... ({len(missing)} in all)" if len(missing) > 12 else "")
+        hint = (
+            "this looks like a phase-1 checkpoint; drop --phase 2"
+            if phase_hint
+            else "the file does not match the DC-SSA layout of SPEC section 1"
+        )
+        raise CheckpointError(f"missing keys: {shown}", path=where, hint=hint)
+    wrong = [
+        f"{k} {tuple(tensors[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in expected.items()
+        if tuple(tensors[k].shape) != tuple(v.shape)
+    ]
+    if wrong:
+        raise CheckpointError(
+            "tensor shapes do not match the model: " + "; ".join(wrong[:6]),
+            path=where,
+            hint="is this checkpoint from an Inception-v3 DC-SSA model?",
+        )
+    return expected
+
+
 def load_checkpoint(
     paths: str | Path | Sequence[str | Path],
     *,
@@ -181,27 +207,7 @@ def load_checkpoint(
             hint="expected keys such as sample_embedding_network.*, attention.*, linear.head_layer.*",
         ) from None
     model = DCSSA(embed=embed, num_heads=num_heads, phase=phase)
-    expected = {k: v for k, v in model.state_dict().items() if not _is_harmless(k)}
-    missing = sorted(k for k in expected if k not in tensors)
-    if missing:
-        shown = ", ".join(missing[:12]) + (f" ... ({len(missing)} in all)" if len(missing) > 12 else "")
-        hint = (
-            "this looks like a phase-1 checkpoint; drop --phase 2"
-            if phase == 2 and detected == 1
-            else "the file does not match the DC-SSA layout of SPEC section 1"
-        )
-        raise CheckpointError(f"missing keys: {shown}", path=where, hint=hint)
-    wrong = [
-        f"{k} {tuple(tensors[k].shape)} (expected {tuple(v.shape)})"
-        for k, v in expected.items()
-        if tuple(tensors[k].shape) != tuple(v.shape)
-    ]
-    if wrong:
-        raise CheckpointError(
-            "tensor shapes do not match the model: " + "; ".join(wrong[:6]),
-            path=where,
-            hint="is this checkpoint from an Inception-v3 DC-SSA model?",
-        )
+    expected = _check_keys(model, tensors, where, phase_hint=phase == 2 and detected == 1)
     # Optional buffers the model has (num_batches_tracked) are loaded when the file carries them,
     # as the authors' strict=False loaders do, so the model holds every tensor of the file it uses.
     optional = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -177,6 +177,39 @@ def embed_photos(
     return out
 
 
+def read_images(paths: list[Path], *, strict: bool = False,
+                on_skip: Callable[[Path, Exception], None] = lambda _p, _e: None) -> Iterator[tuple[int, Image.Image]]:
+    """(index, RGB image) of every readable file; an unreadable one is skipped (``on_skip``) or,
+    with ``strict``, a GalleryError naming it."""
+    for i, p in enumerate(paths):
+        try:
+            with Image.open(p) as im:
+                im.load()
+                img = im.convert("RGB")
+            if min(img.size) < 1:
+                raise OSError("empty image")
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+            if strict:
+                raise GalleryError(f"unreadable image ({exc})", path=p, hint="fix or remove it, or drop --strict") from None
+            on_skip(p, exc)
+            continue
+        yield i, img
+
+
+def _gallery_meta(bundle: Bundle, emb: np.ndarray, ids: list[str], photos: Path, skipped: list[str]) -> dict:
+    return {
+        "photo_encoder_sha256": bundle.photo_encoder_id(),
+        "bundle_created": bundle.manifest.get("created"),
+        "demo": bundle.demo,
+        "count": len(ids),
+        "dim": int(emb.shape[1]),
+        "dtype": str(emb.dtype),
+        "photos_root": str(photos.resolve()),
+        "skipped": skipped,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 def build_gallery(
     photos: str | Path,
     bundle: Bundle,
@@ -202,25 +235,14 @@ def build_gallery(
     skipped: list[str] = []
     bar = tqdm(total=len(paths), desc="embedding photos", unit="photo", disable=not progress)
 
-    def readable() -> Iterable[tuple[int, Image.Image]]:
-        for i, p in enumerate(paths):
-            try:
-                with Image.open(p) as im:
-                    im.load()
-                    img = im.convert("RGB")
-                if min(img.size) < 1:
-                    raise OSError("empty image")
-            except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
-                if strict:
-                    raise GalleryError(f"unreadable image ({exc})", path=p, hint="fix or remove it, or drop --strict") from None
-                warn(f"skipping unreadable image {p}: {exc}")
-                skipped.append(str(p.relative_to(photos)))
-                bar.update(1)
-                continue
-            yield i, img
+    def skip(path: Path, exc: Exception) -> None:
+        warn(f"skipping unreadable image {path}: {exc}")
+        skipped.append(str(path.relative_to(photos)))
+        bar.update(1)
 
     try:
-        embedded = embed_photos(bundle, readable(), backend, batch_size=batch_size, on_done=bar.update)
+        images = read_images(paths, strict=strict, on_skip=skip)
+        embedded = embed_photos(bundle, images, backend, batch_size=batch_size, on_done=bar.update)
     finally:
         bar.close()
     if not embedded:
@@ -228,19 +250,8 @@ def build_gallery(
     keep = sorted(embedded)
     emb = np.stack([embedded[i] for i in keep]).astype(np.float16 if float16 else np.float32)
     ids = [paths[i].relative_to(photos).as_posix() for i in keep]
-    meta = {
-        "photo_encoder_sha256": bundle.photo_encoder_id(),
-        "bundle_created": bundle.manifest.get("created"),
-        "demo": bundle.demo,
-        "count": len(ids),
-        "dim": int(emb.shape[1]),
-        "dtype": str(emb.dtype),
-        "photos_root": str(photos.resolve()),
-        "skipped": skipped,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
     with staged_dir(out, force=force) as tmp:
         np.save(tmp / EMBEDDINGS, emb)
         (tmp / IDS).write_text(json.dumps(ids, indent=0) + "\n")
-        (tmp / GALLERY_META).write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / GALLERY_META).write_text(json.dumps(_gallery_meta(bundle, emb, ids, photos, skipped), indent=2) + "\n")
     return Gallery.load(out, bundle)

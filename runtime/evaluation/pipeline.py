@@ -138,6 +138,66 @@ def _label(backend: Backend, precision: str, seen: set[str]) -> str:
     return label
 
 
+def _backends(configs: list[RunConfig], bundle: Bundle, threads: int | None) -> list[Backend]:
+    """One backend per configuration, checked before any work (precision present, or a mode)."""
+    backends = [get_backend(c.backend, threads=threads, cache_dir=bundle.path / ".cache", precision=c.precision)
+                for c in configs]
+    for c, backend in zip(configs, backends):
+        if c.precision not in backend.execution_precisions:  # bf16 on openvino runs the fp32 graph
+            bundle.graph_entry(mf.SKETCH_ENCODER, c.precision)
+    return backends
+
+
+def _run_one(evaluate: SketchEvaluator, label: str, data: QmulSplit, photos: Gallery, protocol: str,
+             progress: bool) -> tuple[dict, list[SketchOutcome]]:
+    """Every sketch through one backend/precision: metrics, published values, curve, per-sketch ranks."""
+    from tqdm import tqdm
+
+    target = {Path(pid).stem: i for i, pid in enumerate(photos.ids)}
+    t0 = time.perf_counter()
+    res = [evaluate(s, target[s.photo]) for s in tqdm(data.sketches, desc=label, unit="sketch", disable=not progress)]
+    ranks = [o.ranks for o in res]
+    r = evaluate.r
+    run = {"label": label, "backend": r.backend.name, "precision": r.precision,
+           "seconds": round(time.perf_counter() - t0, 2), "metrics": M.summarize(ranks, len(photos))}
+    if protocol == "paper":
+        values, notes = M.summarize_published(ranks, len(photos))
+        run["published"] = {"metrics": values, "notes": notes}
+    run["curve"] = M.progress_curve(ranks, [o.completion for o in res], len(photos))
+    run["sketches"] = [o.to_dict() for o in res]
+    return run, res
+
+
+def _add_agreement(runs: list[dict], outcomes: list[list[SketchOutcome]], configs: list[RunConfig]) -> None:
+    """Top-1 / top-k agreement of every run with the first fp32 run (None without one)."""
+    ref = next((i for i, c in enumerate(configs) if c.precision == "fp32"), None)
+    for run, res in zip(runs, outcomes):
+        if ref is None:
+            run["agreement"] = None
+            continue
+        agree = M.agreement([o.top for o in res], [o.top for o in outcomes[ref]])
+        run["agreement"] = {"reference": runs[ref]["label"], "top1_identical": agree["top1_identical"],
+                            f"top{TOPK}_overlap": agree["topk_overlap"]}
+
+
+def _document(data: QmulSplit, photos: Gallery, b: Bundle, protocol: str, steps: str, ginfo: dict,
+              runs: list[dict]) -> dict:
+    return {
+        "tool": "dcssa-rt eval",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "dataset": {"path": str(data.root), "name": data.name, "split": data.split,
+                    "coordinate_file": str(data.coordinate_file), "sketches": len(data.sketches),
+                    "gallery_photos": len(photos), "synthetic": _synthetic(data.root)},
+        "bundle": {"path": str(b.path), "phase": b.phase, "demo": b.demo, "created": b.manifest.get("created")},
+        "protocol": protocol,
+        "steps": steps,
+        "topk": TOPK,
+        "gallery": ginfo,
+        "notes": [PROTOCOL_NOTES[protocol], CURVE_NOTE],
+        "runs": runs,
+    }
+
+
 def run_evaluation(
     dataset: str | Path,
     bundle: str | Path | Bundle,
@@ -155,18 +215,12 @@ def run_evaluation(
     warn: Callable[[str], None] = lambda _m: None,
 ) -> dict:
     """Evaluate every configuration and write ``out`` (eval.json, eval.md, plot, gallery); returns eval.json."""
-    from tqdm import tqdm
-
     steps = steps or ("points20" if protocol == "paper" else "strokes")
     out = Path(out)
     configs = configs or [RunConfig("auto", "fp32")]
     data = load_split(dataset, split, limit=limit)
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-    backends = [get_backend(c.backend, threads=threads, cache_dir=b.path / ".cache", precision=c.precision)
-                for c in configs]  # fail before any work
-    for c, backend in zip(configs, backends):
-        if c.precision not in backend.execution_precisions:  # bf16 on openvino runs the fp32 graph
-            b.graph_entry(mf.SKETCH_ENCODER, c.precision)
+    backends = _backends(configs, b, threads)  # fail before any work
     longest = max(len(points_to_strokes(s.points)) for s in data.sketches)
     with staged_dir(out, force=force) as tmp:
         full, ginfo = resolve_gallery(
@@ -174,62 +228,16 @@ def run_evaluation(
             backend=backends[0], progress=progress, warn=warn,
         )
         photos = _eval_gallery(full, data)
-        target = {Path(pid).stem: i for i, pid in enumerate(photos.ids)}
         runs, outcomes, seen = [], [], set()
         for cfg, backend in zip(configs, backends):
-            label = _label(backend, cfg.precision, seen)
             r = Retriever(b, photos, backend=backend, precision=cfg.precision, topk=TOPK,
                           max_strokes=max(b.max_strokes, longest))
-            evaluate = SketchEvaluator(r, protocol, steps)
-            t0 = time.perf_counter()
-            res: list[SketchOutcome] = [
-                evaluate(s, target[s.photo])
-                for s in tqdm(data.sketches, desc=label, unit="sketch", disable=not progress)
-            ]
-            seconds = time.perf_counter() - t0
-            ranks = [o.ranks for o in res]
-            run = {
-                "label": label,
-                "backend": backend.name,
-                "precision": cfg.precision,
-                "seconds": round(seconds, 2),
-                "metrics": M.summarize(ranks, len(photos)),
-            }
-            if protocol == "paper":
-                values, notes = M.summarize_published(ranks, len(photos))
-                run["published"] = {"metrics": values, "notes": notes}
-            run["curve"] = M.progress_curve(ranks, [o.completion for o in res], len(photos))
-            run["sketches"] = [o.to_dict() for o in res]
+            run, res = _run_one(SketchEvaluator(r, protocol, steps), _label(backend, cfg.precision, seen), data,
+                                photos, protocol, progress)
             runs.append(run)
             outcomes.append(res)
-        ref = next((i for i, c in enumerate(configs) if c.precision == "fp32"), None)
-        for run, res in zip(runs, outcomes):
-            if ref is None:
-                run["agreement"] = None
-                continue
-            agree = M.agreement([o.top for o in res], [o.top for o in outcomes[ref]])
-            run["agreement"] = {"reference": runs[ref]["label"], "top1_identical": agree["top1_identical"],
-                                f"top{TOPK}_overlap": agree["topk_overlap"]}
-        doc = {
-            "tool": "dcssa-rt eval",
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "dataset": {
-                "path": str(data.root),
-                "name": data.name,
-                "split": data.split,
-                "coordinate_file": str(data.coordinate_file),
-                "sketches": len(data.sketches),
-                "gallery_photos": len(photos),
-                "synthetic": _synthetic(data.root),
-            },
-            "bundle": {"path": str(b.path), "phase": b.phase, "demo": b.demo, "created": b.manifest.get("created")},
-            "protocol": protocol,
-            "steps": steps,
-            "topk": TOPK,
-            "gallery": ginfo,
-            "notes": [PROTOCOL_NOTES[protocol], CURVE_NOTE],
-            "runs": runs,
-        }
+        _add_agreement(runs, outcomes, configs)
+        doc = _document(data, photos, b, protocol, steps, ginfo, runs)
         doc["files"] = write_report(tmp, doc, warn=warn)
     return doc
 
