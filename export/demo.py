@@ -17,6 +17,7 @@ BatchNorm's running statistics on realistic inputs brings them back to a trained
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -138,23 +139,27 @@ def centred_pca(features: np.ndarray, embed: int) -> tuple[np.ndarray, np.ndarra
     return weight, -weight @ mean
 
 
-def structured_model(
-    *,
-    seed: int = 0,
-    phase: int = 2,
-    embed: int = DEFAULT_EMBED,
-    num_heads: int = DEFAULT_HEADS,
-    catalogue: str | Path | None = None,
-    shapes: int = 40,
-    catalogue_seed: int = 0,
-    say: Say = silent,
-) -> DCSSA:
+@dataclass(frozen=True)
+class DemoSpec:
+    """What a structured demo model is made of: its seeds, sizes and the catalogue it is fitted on."""
+
+    seed: int = 0
+    phase: int = 2
+    embed: int = DEFAULT_EMBED
+    num_heads: int = DEFAULT_HEADS
+    catalogue: str | Path | None = None  # a folder of photos; None: the generated line drawings
+    shapes: int = 40
+    catalogue_seed: int = 0
+
+
+def structured_model(spec: DemoSpec = DemoSpec(), say: Say = silent) -> DCSSA:
+    seed, embed, phase = spec.seed, spec.embed, spec.phase
     torch.manual_seed(seed)
-    model = DCSSA(embed=embed, num_heads=num_heads, phase=phase)
+    model = DCSSA(embed=embed, num_heads=spec.num_heads, phase=phase)
     # torchvision's truncated-normal init gives more discriminative random features than PyTorch's
     # default (measured on the 40-shape catalogue: last-stroke acc@1 0.68 vs 0.50, phase-1 path)
     model.sketch_embedding_network = InceptionTrunk(init_weights=True)
-    images = catalogue_images(catalogue, shapes, catalogue_seed)
+    images = catalogue_images(spec.catalogue, spec.shapes, spec.catalogue_seed)
     say(f"demo: recalibrating BatchNorm of the shared trunk ({len(images)} catalogue photos)")
     # Line drawings only (partial sketches + catalogue): colourful photos in the mix shift the
     # statistics away from the line-drawing regime and retrieval falls to chance (measured).
@@ -176,21 +181,12 @@ def structured_model(
     return model.eval()
 
 
-def write_demo_checkpoint(
-    out: str | Path,
-    *,
-    seed: int = 0,
-    phase: int = 2,
-    embed: int = DEFAULT_EMBED,
-    structured: bool = True,
-    catalogue: str | Path | None = None,
-    shapes: int = 40,
-    catalogue_seed: int = 0,
-    say: Say = silent,
-) -> Path:
+def write_demo_checkpoint(out: str | Path, *, structured: bool = True, say: Say = silent, **spec: object) -> Path:
+    """A demo checkpoint at ``out``; ``spec`` are :class:`DemoSpec` fields (``plain-random`` uses
+    seed, phase and embed only)."""
+    demo = DemoSpec(**spec)  # type: ignore[arg-type]
     if structured:
-        model = structured_model(seed=seed, phase=phase, embed=embed, catalogue=catalogue, shapes=shapes,
-                                 catalogue_seed=catalogue_seed, say=say)
+        model = structured_model(demo, say)
     else:
-        model = plain_random_model(seed=seed, phase=phase, embed=embed, say=say)
-    return save_checkpoint(model, out, seed=seed)
+        model = plain_random_model(seed=demo.seed, phase=demo.phase, embed=demo.embed, say=say)
+    return save_checkpoint(model, out, seed=demo.seed)
