@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from dcssa.runtime.errors import StrokeError
+from dcssa.runtime.recipes import SketchRecipe
 
 __all__ = [
     "MODEL_FRAME",
@@ -30,7 +31,8 @@ __all__ = [
     "strokes_to_points",
 ]
 
-MODEL_FRAME = 256.0
+#: the square frame strokes are normalised into: the sketch recipe's (DC-SSA: 256)
+MODEL_FRAME = SketchRecipe().frame
 
 _FORMS_HINT = (
     'use one of: {"strokes": [[[x, y], ...], ...], "frame": [w, h]} (frame optional), '

@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-FRAME = 256.0
+from .recipes import SketchRecipe
+
+FRAME = SketchRecipe().frame
 
 
 def _polyline(points: np.ndarray) -> np.ndarray:
@@ -85,7 +87,7 @@ def random_sketch(rng: np.random.Generator, strokes: int) -> list[np.ndarray]:
     return base
 
 
-def line_drawing(strokes: list[np.ndarray], size: int = 400) -> Image.Image:
+def line_drawing(strokes: list[np.ndarray], size: int = SketchRecipe().canvas) -> Image.Image:
     """The 'photo' of a shape: its clean line drawing, white on black, RGB."""
     from .raster import rasterize
     from .strokes import strokes_to_points
