@@ -232,3 +232,22 @@ def test_load_strokes_file(tmp_path):
 
     with pytest.raises(StrokeError, match="cannot read"):
         load_strokes_file(tmp_path)  # a directory
+
+
+def test_as_stroke_is_the_one_check_before_drawing():
+    from dcssa.runtime.strokes import as_stroke, check_points
+
+    arr = np.array([[1.0, 2.0], [3.5, 4.0]], dtype=np.float32)
+    out = as_stroke(arr)
+    assert out.dtype == np.float64 and out.flags.c_contiguous and np.array_equal(out, arr)
+    assert np.array_equal(as_stroke([[1, 2], [3.5, 4]]), arr)  # JSON-like input is parsed
+    with pytest.raises(StrokeError, match="point 1: y is NaN"):
+        as_stroke(np.array([[0.0, 0.0], [1.0, np.nan]]))
+    with pytest.raises(StrokeError, match="empty stroke"):
+        as_stroke(np.zeros((0, 2)))
+    with pytest.raises(StrokeError, match=r"point 0: expected a pair"):
+        as_stroke(np.zeros((2, 3)))
+    with pytest.raises(StrokeError, match="point 2: coordinate is not a finite number"):
+        check_points(np.array([[0, 0, 0], [1, 1, 1], [np.inf, 2, 1]]))
+    with pytest.raises(StrokeError, match="N x 3"):
+        check_points(np.zeros((4, 2)))
