@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import manifest as mf
 from ..backends import Runner
 from .errors import ServerBusy
 
@@ -129,7 +130,7 @@ class DynamicBatcher:
             start = time.perf_counter()
             try:
                 x = np.concatenate([it.image for it in batch]) if len(batch) > 1 else batch[0].image
-                features = self.runner.run({"images": x})["features"]
+                features = self.runner.run({mf.IMAGES: x})[mf.FEATURES]
             except BaseException as exc:  # noqa: BLE001 - handed to every waiting client
                 for it in batch:
                     it.future.set_exception(exc)

@@ -112,18 +112,18 @@ def session_memory_bound(retriever: Retriever, max_strokes: int | None = None) -
       pages are not resident until strokes fill them);
     - per stroke kept for undo: the (D,) feature and (E,) embedding (float32), top-K indices
       (int64) and scores (float32);
-    - in flight: one preprocessed (1, 3, 299, 299) float32 raster while a stroke is encoded.
+    - in flight: one preprocessed (1, 3, H, W) float32 raster while a stroke is encoded.
     """
     t = int(max_strokes or retriever.max_strokes)
     d, e, k = retriever.bundle.feature_dim, retriever.bundle.embed_dim, retriever.topk
-    c = retriever.canvas_size
-    pre = retriever.preprocessor
+    pipeline = retriever.pipeline
+    c = pipeline.recipe.canvas
     parts = {
         "canvas": c * c,
         "undo_history": 4 * c * c,
         "kv_cache": 2 * t * d * 4,
         "per_stroke_results": t * (d * 4 + e * 4 + k * 8 + k * 4),
-        "in_flight_raster": 3 * pre.height * pre.width * 4,
+        "in_flight_raster": 3 * pipeline.height * pipeline.width * 4,
     }
     parts["total"] = sum(parts.values())
     return parts
