@@ -14,7 +14,7 @@ from typing import Any
 __all__ = ["ServeConfig", "create_app", "DynamicBatcher", "SessionStore", "session_memory_bound"]
 
 _WHERE = {
-    "ServeConfig": ".app",
+    "ServeConfig": ".config",
     "create_app": ".app",
     "DynamicBatcher": ".batcher",
     "SessionStore": ".sessions",

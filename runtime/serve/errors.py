@@ -1,12 +1,20 @@
-"""Server-side failures and the HTTP status each user-facing error maps to.
+"""Server-side failures and the HTTP status each error maps to.
 
-Every error a client can cause becomes a 4xx JSON body ``{"error": kind, "message": ..., "hint": ...}``;
-the kinds are also the ``kind`` label of the ``dcssa_errors_total`` metric.
+Errors a client can cause are 4xx; the server's own faults are 5xx, so a GPU failure never looks
+like bad input. Every error is a JSON body ``{"error": kind, "message": ..., "hint": ...}``; the
+kinds are also the ``kind`` label of the ``dcssa_errors_total`` metric.
+
+- 4xx: the request (bad stroke, unknown session or photo, over a limit, wrong session state);
+- 503 ``busy`` / ``backend_unavailable``: the encoder queue is full, or the backend failed to run
+  (device lost, broken runtime); both are worth a retry;
+- 500 ``server_error``: any other :class:`DcssaError` while serving (a corrupted bundle or gallery
+  file): the operator's problem, reported with its message and hint;
+- 500 ``internal``: a bug; the client gets no details, the log gets the traceback.
 """
 
 from __future__ import annotations
 
-from ..errors import DcssaError, SessionError, StrokeError
+from ..errors import BackendError, DcssaError, SessionError, StrokeError
 
 
 class SessionNotFound(DcssaError):
@@ -29,17 +37,23 @@ class ServerBusy(DcssaError):
     """The encoder queue is full: the client should retry shortly."""
 
 
-# (exception class, HTTP status, error kind); the first matching class wins.
+# (exception class, HTTP status, error kind); the first matching class wins, so the catch-all
+# DcssaError (a server fault) comes last.
 STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (SessionNotFound, 404, "session_not_found"),
     (PhotoNotFound, 404, "photo_not_found"),
     (LimitExceeded, 413, "limit_exceeded"),
     (BadRequest, 422, "bad_request"),
-    (ServerBusy, 503, "busy"),
     (StrokeError, 422, "bad_stroke"),
     (SessionError, 409, "session_state"),
-    (DcssaError, 400, "bad_request"),
+    (ServerBusy, 503, "busy"),
+    (BackendError, 503, "backend_unavailable"),
+    (DcssaError, 500, "server_error"),
 )
+
+#: statuses a client may retry after a moment (sent with a Retry-After header)
+RETRYABLE = frozenset({503})
+RETRY_AFTER_S = 1
 
 
 def classify(exc: BaseException) -> tuple[int, str]:
@@ -51,8 +65,14 @@ def classify(exc: BaseException) -> tuple[int, str]:
 
 
 def error_body(exc: BaseException) -> dict:
-    """The JSON a client sees: never a traceback."""
-    status, kind = classify(exc)
+    """The JSON a client sees: never a traceback, and nothing of an unexpected exception."""
+    _status, kind = classify(exc)
     if isinstance(exc, DcssaError):
         return {"error": kind, "message": exc.message, "hint": exc.hint}
     return {"error": kind, "message": "internal server error", "hint": "see the server log"}
+
+
+def body_too_large(max_bytes: int, what: str = "request body") -> dict:
+    """The 413 body, whether the limit is hit by a declared length, a streamed body or a ws message."""
+    return {"error": "limit_exceeded", "message": f"{what} over {max_bytes} bytes",
+            "hint": "send one stroke per request, or simplify strokes"}

@@ -77,7 +77,8 @@ class SessionState(BaseModel):
 
 
 class ErrorOut(BaseModel):
-    error: str = Field(description="kind, e.g. session_not_found, bad_stroke, invalid_request, limit_exceeded")
+    error: str = Field(description="kind, e.g. session_not_found, bad_stroke, invalid_request, limit_exceeded "
+                                   "(4xx: the request); busy, backend_unavailable, server_error, internal (5xx: the server)")
     message: str
     hint: str | None = None
 
@@ -100,5 +101,8 @@ ERRORS = {
     409: {"model": ErrorOut, "description": "session bound reached, or nothing to undo"},
     413: {"model": ErrorOut, "description": "request body over the limit"},
     422: {"model": ErrorOut, "description": "malformed strokes or JSON"},
-    503: {"model": ErrorOut, "description": "encoder queue full; retry"},
+    500: {"model": ErrorOut, "description": "server fault: server_error (a corrupted bundle or gallery file: the "
+                                            "operator's to fix, see hint) or internal (a bug; see the server log)"},
+    503: {"model": ErrorOut, "description": "retry shortly (Retry-After): busy (encoder queue full) or "
+                                            "backend_unavailable (the encoder backend failed, e.g. a GPU fault)"},
 }

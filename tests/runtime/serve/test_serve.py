@@ -171,7 +171,7 @@ def test_websocket_carries_the_same_messages(client, retriever, sketches):
         assert getattr(exc.value, "code", None) == 4404
 
 
-# -- errors: 4xx JSON with a message, and the server keeps serving ------------------------------------
+# -- client errors: 4xx JSON with a message, and the server keeps serving (server faults: test_serve_faults.py) ------------------------------------
 
 STROKE = [[10.0, 10.0], [60.0, 40.0]]
 
@@ -228,31 +228,6 @@ def test_session_errors(client, retriever, sketches):
     assert client.post("/v1/sessions", json={"strokes": [STROKE, []]}).status_code == 422
 
 
-def test_encoder_failure_rolls_the_stroke_back(retriever, sketches):
-    from dcssa.runtime.raster import rasterize
-    from dcssa.runtime.strokes import strokes_to_points
-
-    app = create_app(retriever)
-    with TestClient(app, raise_server_exceptions=False) as c:
-        sid = new_session(c)
-        batcher = app.state.service.batcher
-        real = batcher.runner
-
-        class Broken:
-            def run(self, feeds):
-                raise RuntimeError("device lost")
-
-        batcher.runner = Broken()
-        r = c.post(f"/v1/sessions/{sid}/strokes", json={"stroke": sketches[0][0].tolist()})
-        assert r.status_code == 500 and r.json() == {"error": "internal", "message": "internal server error",
-                                                      "hint": "see the server log"}
-        batcher.runner = real
-        r = c.post(f"/v1/sessions/{sid}/strokes", json={"stroke": sketches[0][1].tolist()})
-        assert r.status_code == 200 and r.json()["stroke"] == 1
-        session = app.state.service.store.get(sid).session
-        assert np.array_equal(session.canvas.image, rasterize(strokes_to_points([sketches[0][1]])))
-
-
 def test_two_phase_stroke_api_guards_its_order(retriever, sketches):
     s = retriever.session()
     s.prepare_stroke(sketches[0][0])
@@ -304,7 +279,7 @@ def test_session_memory_bound_covers_a_full_session(bundle2, sketches):
     s = r.session()
     for x in sketches[0][:3]:
         s.add_stroke(x)
-    held = (s.canvas._img.nbytes + s._keys.nbytes + s._values.nbytes
+    held = (s.canvas._img.nbytes + s.head.keys.nbytes + s.head.values.nbytes
             + sum(h.nbytes for h in s.canvas._history)
             + sum(q.feature.nbytes + q.embedding.nbytes + q.indices.nbytes + q.scores.nbytes for q in s._results))
     bound = session_memory_bound(r)

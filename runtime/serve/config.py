@@ -1,0 +1,18 @@
+"""The server's limits and batching settings (one field per ``dcssa-rt serve`` flag)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ServeConfig:
+    """Server limits and batching; the CLI flags of ``dcssa-rt serve`` map one to one."""
+
+    max_sessions: int = 256
+    session_ttl: float = 1800.0  # seconds idle before a session is dropped
+    max_batch: int = 8
+    batch_window_ms: float = 5.0
+    max_queue: int = 256  # strokes waiting for the encoder before 503
+    max_body_bytes: int = 1 << 20
+    max_points: int = 4096  # per stroke

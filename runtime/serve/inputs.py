@@ -1,0 +1,68 @@
+"""Request bodies -> strokes in the model frame, checked against the server's limits.
+
+This is the server's boundary: the schema (pydantic) has already refused malformed JSON; here the
+runtime's stroke parser maps frames, and the per-stroke point limit and the float32 coordinate
+range are enforced, so the layers below trust what they get.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import StrokeError
+from ..strokes import parse_stroke, parse_strokes
+from .errors import BadRequest
+from .schemas import SketchIn, StrokeIn
+
+FORMS = ("stroke", "strokes", "points", "drawing")
+
+# The rasteriser scales in float32 like the reference; beyond this a coordinate would overflow.
+MAX_COORD = 1e30
+
+
+def check_points(strokes: list[np.ndarray], limit: int) -> None:
+    """Refuse a stroke over ``limit`` points, or with a coordinate outside the float32-safe range."""
+    for i, s in enumerate(strokes):
+        where = "the stroke" if len(strokes) == 1 else f"stroke {i}"
+        if len(s) > limit:
+            raise StrokeError(f"{where} has {len(s)} points, over the server's limit of {limit}",
+                              hint="simplify the stroke on the client (drop points closer than a pixel)")
+        with np.errstate(all="ignore"):
+            big = ~(np.abs(s) <= MAX_COORD)  # also catches inf from an extreme frame's scaling
+        if big.any():
+            j = int(np.nonzero(big.any(axis=1))[0][0])
+            raise StrokeError(f"{where}, point {j}: out of range once mapped into the 256 model frame "
+                              f"(|coordinate| must stay below {MAX_COORD:g})",
+                              hint='send canvas coordinates with "frame": [canvas width, canvas height]')
+
+
+def stroke_from(body: StrokeIn, max_points: int) -> np.ndarray:
+    """The single stroke of a request body, as (n, 2) in the 256 frame."""
+    doc = body.model_dump(exclude_none=True)
+    forms = [k for k in FORMS if k in doc]
+    if len(forms) != 1:
+        what = "no stroke" if not forms else f"both {forms[0]!r} and {forms[1]!r}"
+        raise BadRequest(f"the body has {what}", hint='send exactly one of "stroke", "strokes", "points", "drawing" '
+                         '(e.g. {"stroke": [[x, y], ...], "frame": [w, h]})')
+    with np.errstate(over="ignore", invalid="ignore"):  # extreme frames: caught by check_points
+        if forms[0] == "stroke":
+            strokes = [parse_stroke(doc["stroke"], frame=doc.get("frame"))]
+        else:
+            strokes = parse_strokes(doc)
+        if len(strokes) != 1:
+            raise BadRequest(f"the body holds {len(strokes)} strokes; this endpoint takes one",
+                             hint="send strokes one request at a time, or rebuild a session with POST /v1/sessions")
+    check_points(strokes, max_points)
+    return strokes[0]
+
+
+def sketch_from(body: SketchIn | None, max_points: int) -> list[np.ndarray]:
+    """All strokes of a session-creation body (none for an empty body)."""
+    doc = {} if body is None else body.model_dump(exclude_none=True)
+    forms = [k for k in FORMS if k in doc]
+    if not forms or (len(forms) == 1 and len(doc[forms[0]]) == 0):
+        return []
+    with np.errstate(over="ignore", invalid="ignore"):
+        strokes = parse_strokes(doc)
+    check_points(strokes, max_points)
+    return strokes

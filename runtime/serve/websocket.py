@@ -1,0 +1,81 @@
+"""The per-session WebSocket: the HTTP operations as messages, errors as messages with a status.
+
+Messages: ``{"op": "stroke", <StrokeIn fields>} | {"op": "undo"} | {"op": "reset"} | {"op": "state"}``.
+Each gets a SessionState (plus ``op``) or an ErrorOut (plus ``op`` and ``status``, the HTTP status
+the same error gets over HTTP); errors keep the socket open, except an unknown session (closed with
+code 4404).
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
+
+from .errors import BadRequest, LimitExceeded, SessionNotFound
+from .handlers import invalid_request, report
+from .inputs import stroke_from
+from .schemas import StrokeIn
+from .service import Service
+
+CLOSE_UNKNOWN_SESSION = 4404
+
+
+def _decode(text: str, max_bytes: int) -> dict:
+    if len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise LimitExceeded(f"message over {max_bytes} bytes", hint="send one stroke per message, or simplify strokes")
+    try:
+        msg = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"invalid JSON ({exc.msg})") from None
+    if not isinstance(msg, dict):
+        raise BadRequest("a message must be a JSON object with an \"op\"")
+    return msg
+
+
+async def _dispatch(service: Service, sid: str, op: object, msg: dict) -> dict:
+    if op == "stroke":
+        return await service.stroke(sid, stroke_from(StrokeIn.model_validate(msg), service.config.max_points))
+    if op == "undo":
+        return await service.undo(sid)
+    if op == "reset":
+        return await service.reset(sid)
+    if op == "state":
+        return await service.get(sid)
+    raise BadRequest(f"unknown op {op!r}", hint='use "stroke", "undo", "reset" or "state"')
+
+
+async def reply(service: Service, sid: str, text: str) -> dict:
+    """The answer to one message; never raises for anything the message or the server did wrong."""
+    op = None
+    try:
+        msg = _decode(text, service.config.max_body_bytes)
+        op = msg.pop("op", None)
+        return {"op": op, **await _dispatch(service, sid, op, msg)}
+    except ValidationError as exc:
+        status, body = 422, invalid_request(exc.errors())
+        service.metrics.errors.labels(body["error"]).inc()
+    except Exception as exc:  # noqa: BLE001 - the socket stays open; the error is reported to the client
+        status, body = report(exc, service.metrics, "a websocket message")
+    return {"op": op if isinstance(op, str) else None, "status": status, **body}
+
+
+def add_websocket(app: FastAPI, service: Service) -> None:
+    @app.websocket("/v1/sessions/{session_id}/ws")
+    async def session_ws(ws: WebSocket, session_id: str) -> None:
+        """One session's operations as messages (see the module docstring)."""
+        await ws.accept()
+        try:
+            service.store.get(session_id)
+        except SessionNotFound as exc:
+            status, body = report(exc, service.metrics, "a websocket connect")
+            await ws.send_json({"op": None, "status": status, **body})
+            await ws.close(code=CLOSE_UNKNOWN_SESSION)
+            return
+        try:
+            while True:
+                await ws.send_json(await reply(service, session_id, await ws.receive_text()))
+        except WebSocketDisconnect:
+            return
+
