@@ -18,7 +18,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from dcssa.runtime import manifest as mf
-from dcssa.runtime.bundle import sha256_file
+from dcssa.runtime.backends import get_backend
+from dcssa.runtime.bundle import Bundle, sha256_file
+from dcssa.runtime.gallery import Gallery, build_gallery
 from dcssa.runtime.recipes import default_preprocessing
 from dcssa.runtime.synthetic import textured_photo
 
@@ -216,6 +218,13 @@ def write_tiny_photos(folder: str | Path, count: int = 6, seed: int = 0) -> Path
         w, h = (int(v) for v in rng.integers(40, 80, 2))  # textured_photo needs sides > 30
         textured_photo(rng, w, h).save(folder / f"photo{i:02d}.png")
     return folder
+
+
+def write_tiny_gallery(bundle: str | Path, out: str | Path, *, photos: int = 6, seed: int = 1) -> Gallery:
+    """A gallery at ``out`` of :func:`write_tiny_photos` (kept beside it) embedded by ``bundle`` on ort-cpu."""
+    out = Path(out)
+    folder = write_tiny_photos(out.parent / f"{out.name}-photos", count=photos, seed=seed)
+    return build_gallery(folder, Bundle.load(bundle), out, backend=get_backend("ort-cpu"), progress=False)
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:

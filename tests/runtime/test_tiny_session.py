@@ -21,13 +21,12 @@ import pytest
 
 pytest.importorskip("onnx", reason="the tiny bundle is written with onnx.helper")
 
-from tiny_bundle import TinyReference, write_tiny_bundle, write_tiny_photos  # noqa: E402
+from tiny_bundle import TinyReference, write_tiny_bundle, write_tiny_gallery  # noqa: E402
 
 from dcssa.runtime import manifest as mf  # noqa: E402
 from dcssa.runtime.backends import get_backend  # noqa: E402
 from dcssa.runtime.bundle import Bundle  # noqa: E402
 from dcssa.runtime.errors import BundleError  # noqa: E402
-from dcssa.runtime.gallery import build_gallery  # noqa: E402
 from dcssa.runtime.session import Retriever  # noqa: E402
 from dcssa.runtime.synthetic import random_sketch  # noqa: E402
 
@@ -58,13 +57,8 @@ def ref(tiny) -> TinyReference:
 
 
 @pytest.fixture(scope="module")
-def photos(root) -> Path:
-    return write_tiny_photos(root / "photos", count=6, seed=1)
-
-
-@pytest.fixture(scope="module")
-def gallery(tiny, photos, root):
-    return build_gallery(photos, Bundle.load(tiny), root / "gallery", backend=get_backend("ort-cpu"), progress=False)
+def gallery(tiny, root):
+    return write_tiny_gallery(tiny, root / "gallery")
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +113,11 @@ def test_graphs_equal_the_numpy_reference(tiny, ref):
             np.testing.assert_allclose(got, want, atol=ATOL)
 
 
-def test_gallery_rows_are_the_reference_photo_embeddings(tiny, ref, gallery, photos):
+def test_gallery_rows_are_the_reference_photo_embeddings(tiny, ref, gallery):
     from PIL import Image
 
+    photos = Path(gallery.meta["photos_root"])
+    assert len(gallery) == 6
     pipeline = Bundle.load(tiny).photo_pipeline
     for row, pid in zip(gallery.embeddings, gallery.ids):
         with Image.open(photos / pid) as im:

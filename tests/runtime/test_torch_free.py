@@ -113,17 +113,13 @@ print(json.dumps({"exit_code": result.exit_code, "stdout": result.stdout,
 
 def test_a_query_run_never_loads_torch_export_or_calibration(tmp_path):
     pytest.importorskip("onnx", reason="the tiny bundle is written with onnx.helper")
-    from tiny_bundle import write_tiny_bundle, write_tiny_photos
+    from tiny_bundle import write_tiny_bundle, write_tiny_gallery
 
-    from dcssa.runtime.backends import get_backend
-    from dcssa.runtime.bundle import Bundle
-    from dcssa.runtime.gallery import build_gallery
     from dcssa.runtime.synthetic import random_sketch
 
     bundle = write_tiny_bundle(tmp_path / "bundle")
     gallery = tmp_path / "gallery"
-    build_gallery(write_tiny_photos(tmp_path / "photos", count=4), Bundle.load(bundle), gallery,
-                  backend=get_backend("ort-cpu"), progress=False)
+    write_tiny_gallery(bundle, gallery, photos=4)
     strokes = tmp_path / "sketch.json"
     strokes.write_text(json.dumps({"strokes": [s.tolist() for s in random_sketch(np.random.default_rng(2), 3)]}))
     proc = _python(["-c", _QUERY, "query", str(strokes), "--bundle", str(bundle), "--gallery", str(gallery),
