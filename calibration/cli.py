@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import click
 
-from dcssa.runtime.cli_util import fail_cleanly
+from dcssa.runtime.cli_options import output_options, threads_option
+from dcssa.runtime.cli_util import fail_cleanly, stdout_for_json
+from dcssa.runtime.progress import Progress
 
 DATA_HELP = ("Sketches: a QMUL *_Coordinate pickle, a folder of strokes JSON, a `dcssa-rt make-dataset` "
              "folder (its photo/ folder becomes the fidelity gallery), or synthetic:N[:SEED].")
@@ -17,14 +18,8 @@ RECIPE_HELP = ("INT8 recipe: 'search' (measure methods, per-block sensitivity an
                "search.json, or another bundle's manifest.json).")
 
 
-def _say(quiet: bool):
-    t0 = time.perf_counter()
-
-    def say(msg: str) -> None:
-        if not quiet:
-            click.echo(f"[{time.perf_counter() - t0:7.1f}s] {msg}", err=True)
-
-    return say
+#: ``--recipe``, the same on ``dcssa-export`` (with ``--precision``) and ``dcssa-export calibrate``
+recipe_option = click.option("--recipe", default="search", show_default=True, help=RECIPE_HELP)
 
 
 def _print_fidelity(manifest: dict, precisions, as_json: bool) -> None:
@@ -57,16 +52,15 @@ def check_precision_args(precision: str, calib: str | None) -> list[str]:
     return wanted
 
 
-def export_precisions(out: Path, precision: str, calib: str | None, recipe: str, quiet: bool, as_json: bool,
-                      say) -> dict | None:
+def export_precisions(out: Path, precision: str, calib: str | None, recipe: str, say: Progress) -> dict | None:
     """The ``--precision/--calib`` step of the main export command, after the fp32 bundle exists."""
     from .bundle import calibrate_bundle, load_recipe
 
     wanted = check_precision_args(precision, calib)
     if not wanted:
         return None
-    manifest = calibrate_bundle(out, calib, wanted, recipe=load_recipe(recipe), quiet=quiet or as_json, say=say)
-    if not (quiet or as_json):
+    manifest = calibrate_bundle(out, calib, wanted, recipe=load_recipe(recipe), quiet=say.quiet, say=say)
+    if not say.quiet:
         _print_fidelity(manifest, wanted, False)
     return manifest
 
@@ -75,7 +69,7 @@ def export_precisions(out: Path, precision: str, calib: str | None, recipe: str,
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--data", required=True, help=DATA_HELP)
 @click.option("--precision", default="int8", show_default=True, help="Comma list of fp16, int8.")
-@click.option("--recipe", default="search", show_default=True, help=RECIPE_HELP)
+@recipe_option
 @click.option("--photos", type=click.Path(path_type=Path), default=None,
               help="Photo folder for the fidelity gallery [default: DATA's photo/ folder, else BUNDLE/gallery].")
 @click.option("--gallery", type=click.Path(path_type=Path), default=None, help="An existing gallery folder instead.")
@@ -84,11 +78,10 @@ def export_precisions(out: Path, precision: str, calib: str | None, recipe: str,
 @click.option("--max-heldout", type=click.IntRange(1), default=None, help="Cap on held-out prefixes.")
 @click.option("--methods", default="minmax,percentile,entropy", show_default=True,
               help="Calibration methods the search compares.")
-@click.option("--threads", type=int, default=None, help="onnxruntime threads (default: all cores).")
+@threads_option()
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
               help="Keep range caches and the search record (search.json, curve PNG) here.")
-@click.option("--json", "as_json", is_flag=True, help="Print fidelity reports and the recipe as JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars or lines.")
+@output_options(json="the fidelity reports and the recipe")
 def calibrate(bundle: Path, data: str, precision: str, recipe: str, photos: Path | None, gallery: Path | None,
               max_calib: int, max_heldout: int | None, methods: str, threads: int | None, workdir: Path | None,
               as_json: bool, quiet: bool) -> None:
@@ -98,15 +91,15 @@ def calibrate(bundle: Path, data: str, precision: str, recipe: str, photos: Path
     dcssa-export calibrate dcssa-bundle --data Shapes/ --precision int8,fp16
     dcssa-export calibrate dcssa-bundle --data Shapes/ --recipe default   # no search
     """
-    from .bundle import calibrate_bundle, load_recipe, load_search_record, parse_precisions
+    from .bundle import PRECISIONS, calibrate_bundle, load_recipe, load_search_record, parse_precisions
 
-    say = _say(quiet or as_json)
-    with fail_cleanly():
-        wanted = [p for p in parse_precisions(precision, ("fp16", "int8"))]
+    say = Progress(quiet or as_json)
+    with fail_cleanly(), stdout_for_json(as_json):  # onnxruntime's calibrators print to stdout
+        wanted = parse_precisions(precision, PRECISIONS)
         manifest = calibrate_bundle(
-            bundle, data, wanted, recipe=load_recipe(recipe), search_record=load_search_record(recipe), methods=[m.strip() for m in methods.split(",") if m.strip()],
-            photos=photos, gallery=gallery, max_calib=max_calib, max_heldout=max_heldout, threads=threads,
-            workdir=workdir, quiet=quiet or as_json, say=say,
+            bundle, data, wanted, recipe=load_recipe(recipe), search_record=load_search_record(recipe),
+            methods=[m.strip() for m in methods.split(",") if m.strip()], photos=photos, gallery=gallery,
+            max_calib=max_calib, max_heldout=max_heldout, threads=threads, workdir=workdir, quiet=say.quiet, say=say,
         )
     _print_fidelity(manifest, wanted, as_json)
 
@@ -117,8 +110,7 @@ def calibrate(bundle: Path, data: str, precision: str, recipe: str, photos: Path
 @click.option("--max-batch", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--max-strokes", type=click.IntRange(1), default=None, help="K/V cache rows [default: the bundle's].")
 @click.option("--workspace-mib", type=click.IntRange(64), default=2048, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the engines record as JSON.")
-@click.option("-q", "--quiet", is_flag=True)
+@output_options(json="the engines record")
 def engines(bundle: Path, precision: str, max_batch: int, max_strokes: int | None, workspace_mib: int,
             as_json: bool, quiet: bool) -> None:
     """Build TensorRT engines for BUNDLE on this GPU machine (TensorRT 10.x / 11.x).
@@ -130,8 +122,8 @@ def engines(bundle: Path, precision: str, max_batch: int, max_strokes: int | Non
     from .bundle import parse_precisions
     from .engines import build_engines
 
-    say = _say(quiet or as_json)
-    with fail_cleanly():
+    say = Progress(quiet or as_json)
+    with fail_cleanly(), stdout_for_json(as_json):
         manifest = build_engines(bundle, parse_precisions(precision), max_batch=max_batch, max_strokes=max_strokes,
                                  workspace_mib=workspace_mib, say=say)
     rec = manifest["engines"]

@@ -1,31 +1,23 @@
-"""``dcssa-export``: checkpoint -> verified bundle, and demo checkpoints."""
+"""``dcssa-export``: checkpoint -> verified bundle, and demo checkpoints.
+
+The group itself exports (``--ckpt``); its subcommands are standalone ``click.command``s registered
+from :data:`COMMANDS`, with the option groups of :mod:`dcssa.runtime.cli_options`.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import click
 
-from dcssa.runtime.cli_util import DEMO_WARNING, fail_cleanly
+from dcssa.calibration.cli import DATA_HELP, calibrate, engines, recipe_option
+from dcssa.runtime.cli_options import output_options
+from dcssa.runtime.cli_util import DEMO_WARNING, fail_cleanly, stdout_for_json
+from dcssa.runtime.progress import Progress
 
 from .model import DEFAULT_EMBED, DEFAULT_HEADS
-
-
-class _Steps:
-    """Progress for a job of a few long steps: one line per step with the time it took."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.t0 = self.last = time.perf_counter()
-
-    def __call__(self, msg: str) -> None:
-        now = time.perf_counter()
-        if not self.quiet:
-            click.echo(f"[{now - self.t0:6.1f}s] {msg}", err=True)
-        self.last = now
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,16 +30,14 @@ class _Steps:
               help="Attention heads the model was trained with (cannot be read from the weights).")
 @click.option("--phase", type=click.Choice(["1", "2"]), default=None,
               help="Force phase 1 (no stroke head) or 2; default: detected from the keys.")
-@click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+@output_options(json="the manifest", force="bundle folder")
 @click.option("--precision", default="fp32", show_default=True,
               help="Comma list of fp32, fp16, int8: reduced precisions are calibrated on --calib right after export.")
-@click.option("--calib", default=None, help="Calibration/held-out sketches for --precision (see `calibrate --help`).")
-@click.option("--recipe", default="search", show_default=True, help="INT8 recipe: search, default or a JSON file.")
+@click.option("--calib", default=None, help=f"Data for --precision. {DATA_HELP}")
+@recipe_option
 @click.pass_context
 def main(ctx: click.Context, ckpt: tuple[Path, ...], out: Path, num_heads: int, phase: str | None,
-         force: bool, as_json: bool, quiet: bool, precision: str, calib: str | None, recipe: str) -> None:
+         as_json: bool, quiet: bool, force: bool, precision: str, calib: str | None, recipe: str) -> None:
     """Export a trained DC-SSA checkpoint to a verified ONNX bundle the runtime can serve.
 
     \b
@@ -64,12 +54,12 @@ def main(ctx: click.Context, ckpt: tuple[Path, ...], out: Path, num_heads: int, 
 
     from .bundle import export_bundle
 
-    say = _Steps(quiet)
-    with fail_cleanly():
+    say = Progress(quiet or as_json)
+    with fail_cleanly(), stdout_for_json(as_json):
         check_precision_args(precision, calib)  # before the export, not after 40 s of it
         manifest = export_bundle(list(ckpt), out, num_heads=num_heads,
                                  phase=int(phase) if phase else None, force=force, say=say)
-        manifest = export_precisions(out, precision, calib, recipe, quiet, as_json, say) or manifest
+        manifest = export_precisions(out, precision, calib, recipe, say) or manifest
     say(f"bundle written: {out}")
     if manifest["demo"]:
         click.echo(DEMO_WARNING, err=True)
@@ -80,7 +70,7 @@ def main(ctx: click.Context, ckpt: tuple[Path, ...], out: Path, num_heads: int, 
             click.echo(f"  parity {name:18s} max abs err {rep['max_abs_err']:.2e} (<= {rep['tolerance']:.0e})")
 
 
-@main.command("demo-checkpoint")
+@click.command("demo-checkpoint")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--phase", type=click.Choice(["1", "2"]), default="2", show_default=True)
@@ -92,9 +82,9 @@ def main(ctx: click.Context, ckpt: tuple[Path, ...], out: Path, num_heads: int, 
 @click.option("--catalogue-seed", type=int, default=0, show_default=True)
 @click.option("--plain-random", is_flag=True, help="Independent random branches, no fitted projections "
               "(every photo embeds nearly alike: the worst case).")
-@click.option("-q", "--quiet", is_flag=True)
+@output_options(json="the checkpoint path")
 def demo_checkpoint(out: Path, seed: int, phase: str, embed: int, catalogue: Path | None, shapes: int,
-                    catalogue_seed: int, plain_random: bool, quiet: bool) -> None:
+                    catalogue_seed: int, plain_random: bool, as_json: bool, quiet: bool) -> None:
     """Write a DEMO checkpoint in the authors' exact layout (no training involved).
 
     By default a structured model that retrieves line drawings of the catalogue from tracings of
@@ -103,21 +93,19 @@ def demo_checkpoint(out: Path, seed: int, phase: str, embed: int, catalogue: Pat
     """
     from .demo import write_demo_checkpoint
 
-    say = _Steps(quiet)
-    with fail_cleanly():
-        write_demo_checkpoint(out, seed=seed, phase=int(phase), embed=embed, structured=not plain_random,
-                              catalogue=catalogue, shapes=shapes, catalogue_seed=catalogue_seed, say=say)
-    say(f"demo checkpoint written: {out}")
+    say = Progress(quiet or as_json)
+    with fail_cleanly(), stdout_for_json(as_json):
+        path = write_demo_checkpoint(out, seed=seed, phase=int(phase), embed=embed, structured=not plain_random,
+                                     catalogue=catalogue, shapes=shapes, catalogue_seed=catalogue_seed, say=say)
+    say(f"demo checkpoint written: {path}")
+    if as_json:
+        click.echo(json.dumps({"path": str(path)}))
 
 
-def _add_precision_commands() -> None:
-    from dcssa.calibration.cli import calibrate, engines
-
-    main.add_command(calibrate)
-    main.add_command(engines)
-
-
-_add_precision_commands()
+#: every ``dcssa-export`` subcommand, registered the one way below
+COMMANDS: tuple[click.Command, ...] = (demo_checkpoint, calibrate, engines)
+for _command in COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

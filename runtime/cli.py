@@ -1,4 +1,9 @@
-"""``dcssa-rt``: query, index and inspect bundles from the command line."""
+"""``dcssa-rt``: query, index and inspect bundles from the command line.
+
+Every subcommand is a standalone ``click.command`` (``eval`` and ``serve`` live beside their code)
+registered in :data:`COMMANDS`; options come from :mod:`.cli_options`. Heavy modules are imported
+when a command runs, so ``dcssa-rt --help`` needs neither FastAPI nor matplotlib.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +12,14 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
-from .cli_util import DEMO_WARNING, fail_cleanly
+from .cli_options import bundle_option, default_gallery, gallery_option, output_options, runtime_options
+from .cli_util import DEMO_WARNING, fail_cleanly, warn
+from .evaluation.cli import eval_command
+from .progress import Progress
+from .serve.cli import serve
 
-_BACKEND_HELP = "Backend: auto, ort-cpu, ort-cuda, ort-trt, tensorrt, openvino (auto picks the fastest available)."
-
-
-def _bundle_option(f):
-    return click.option(
-        "--bundle",
-        type=click.Path(path_type=Path),
-        envvar="DCSSA_BUNDLE",
-        default=Path("dcssa-bundle"),
-        show_default=True,
-        help="Bundle folder (or $DCSSA_BUNDLE).",
-    )(f)
-
-
-def _gallery_path(bundle: Path, gallery: Path | None) -> Path:
-    return gallery if gallery is not None else bundle / "gallery"
+STAGES = ("rasterise", "preprocess", "encode", "head", "search")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,42 +28,56 @@ def main() -> None:
     """Serve exported DC-SSA bundles: per-stroke sketch retrieval over a photo catalogue."""
 
 
-@main.command()
+def _print_result(res, sketch_len: int, rank: int | None, gallery_len: int, target: str | None) -> None:
+    t = res.timings
+    split = "  ".join(f"{k} {t[k]:.1f}" for k in STAGES)
+    extra = f"  target rank {rank}/{gallery_len}" if rank is not None else ""
+    click.echo(f"stroke {res.stroke:3d}/{sketch_len}  [{split}  = {t['total']:.1f} ms]{extra}")
+    for i, (pid, score) in enumerate(zip(res.ids, res.scores), 1):
+        mark = " <- target" if pid == target else ""
+        click.echo(f"    {i:2d}. {score:+.4f}  {pid}{mark}")
+
+
+def _target_index(gallery, target: str | None) -> int | None:
+    if target is None:
+        return None
+    if target not in gallery.ids:
+        raise click.BadParameter(f"{target!r} is not an id of the gallery", param_hint="--target")
+    return gallery.ids.index(target)
+
+
+@click.command()
 @click.argument("strokes", type=click.Path(path_type=Path))
-@_bundle_option
-@click.option("--gallery", type=click.Path(path_type=Path), default=None, help="Gallery folder [default: BUNDLE/gallery].")
+@bundle_option()
+@gallery_option
 @click.option("--topk", type=click.IntRange(1), default=10, show_default=True)
-@click.option("--backend", default="auto", show_default=True, help=_BACKEND_HELP)
-@click.option("--precision", default="fp32", show_default=True,
-              help="Graph precision present in the bundle, or bf16 (an openvino execution mode).")
-@click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
+@runtime_options()
 @click.option("--target", default=None, help="A gallery id to follow: prints its rank after every stroke.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per stroke on stdout.")
-def query(strokes: Path, bundle: Path, gallery: Path | None, topk: int, backend: str, precision: str,
-          threads: int | None, target: str | None, as_json: bool) -> None:
+@output_options(json="one object per stroke")
+def query(strokes: Path, bundle: Path, gallery: Path, topk: int, backend: str, precision: str,
+          threads: int | None, target: str | None, as_json: bool, quiet: bool) -> None:
     """Replay STROKES.json stroke by stroke and print the top-K photos after each stroke.
 
     STROKES.json: {"strokes": [[[x, y], ...], ...], "frame": [w, h]} or the QMUL
     {"points": [[x, y, pen_up], ...]} or QuickDraw {"drawing": [[[x...], [y...]], ...]} form.
     """
+    import numpy as np
+
     from .bundle import Bundle
     from .gallery import Gallery
     from .session import Retriever
     from .strokes import load_strokes_file
 
+    say = Progress(quiet or as_json)
     with fail_cleanly():
-        sketch = load_strokes_file(strokes)
         b = Bundle.load(bundle)
-        g = Gallery.load(_gallery_path(bundle, gallery), b)
-        target_idx = None
-        if target is not None:
-            if target not in g.ids:
-                raise click.BadParameter(f"{target!r} is not an id of the gallery", param_hint="--target")
-            target_idx = g.ids.index(target)
+        sketch = load_strokes_file(strokes)
+        g = Gallery.load(gallery, b)
+        target_idx = _target_index(g, target)
         r = Retriever(b, g, backend=backend, precision=precision, topk=topk, threads=threads)
         if b.demo:
             click.echo(DEMO_WARNING, err=True)
-        click.echo(f"backend {r.backend.name}, precision {precision}, {len(g)} photos, {len(sketch)} strokes", err=True)
+        say(f"backend {r.backend.name}, precision {precision}, {len(g)} photos, {len(sketch)} strokes")
         session = r.session()
         for stroke in sketch:
             res = session.add_stroke(stroke)
@@ -79,45 +86,33 @@ def query(strokes: Path, bundle: Path, gallery: Path | None, topk: int, backend:
                 s = g.scores(res.embedding)
                 rank = int(np.sum(s >= s[target_idx]))  # ties count against the target, as the reference's <=
             if as_json:
-                doc = res.to_dict()
-                if rank is not None:
-                    doc["target_rank"] = rank
-                click.echo(json.dumps(doc))
-                continue
-            t = res.timings
-            split = "  ".join(f"{k} {t[k]:.1f}" for k in ("rasterise", "preprocess", "encode", "head", "search"))
-            extra = f"  target rank {rank}/{len(g)}" if rank is not None else ""
-            click.echo(f"stroke {res.stroke:3d}/{len(sketch)}  [{split}  = {t['total']:.1f} ms]{extra}")
-            for i, (pid, score) in enumerate(zip(res.ids, res.scores), 1):
-                mark = " <- target" if pid == target else ""
-                click.echo(f"    {i:2d}. {score:+.4f}  {pid}{mark}")
+                click.echo(json.dumps({**res.to_dict(), **({} if rank is None else {"target_rank": rank})}))
+            else:
+                _print_result(res, len(sketch), rank, len(g), target)
 
 
-@main.command()
+@click.command()
 @click.argument("photos", type=click.Path(path_type=Path))
-@_bundle_option
+@bundle_option()
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Gallery folder [default: BUNDLE/gallery].")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--backend", default="auto", show_default=True, help=_BACKEND_HELP)
-@click.option("--threads", type=int, default=None)
+@runtime_options(precision=False)
 @click.option("--strict", is_flag=True, help="Fail on an unreadable image instead of skipping it.")
 @click.option("--fp16-storage", is_flag=True, help="Store embeddings as float16 (half the memory).")
-@click.option("--force", is_flag=True, help="Replace an existing gallery.")
-@click.option("--json", "as_json", is_flag=True, help="Print the gallery metadata as JSON.")
+@output_options(json="the gallery metadata", force="gallery")
 def index(photos: Path, bundle: Path, out: Path | None, batch_size: int, backend: str, threads: int | None,
-          strict: bool, fp16_storage: bool, force: bool, as_json: bool) -> None:
+          strict: bool, fp16_storage: bool, as_json: bool, quiet: bool, force: bool) -> None:
     """Embed every image under PHOTOS (recursively) into a gallery for `query`."""
     from .backends import get_backend
     from .bundle import Bundle
     from .gallery import build_gallery
 
+    out = out if out is not None else default_gallery(bundle)
     with fail_cleanly():
         b = Bundle.load(bundle)
-        out = _gallery_path(bundle, out)
         g = build_gallery(
             photos, b, out, backend=get_backend(backend, threads=threads), batch_size=batch_size,
-            strict=strict, float16=fp16_storage, force=force, progress=not as_json,
-            warn=lambda m: click.echo(f"warning: {m}", err=True),
+            strict=strict, float16=fp16_storage, force=force, progress=not (quiet or as_json), warn=warn,
         )
     if as_json:
         click.echo(json.dumps({"path": str(out), **g.meta}, indent=2))
@@ -126,21 +121,7 @@ def index(photos: Path, bundle: Path, out: Path | None, batch_size: int, backend
         click.echo(f"gallery written: {out} ({len(g)} photos, dim {g.dim}, {skipped} skipped)")
 
 
-@main.command()
-@_bundle_option
-@click.option("--json", "as_json", is_flag=True)
-def info(bundle: Path, as_json: bool) -> None:
-    """Describe a bundle and the backends available on this machine."""
-    from .backends import available_backends
-    from .bundle import Bundle
-
-    with fail_cleanly():
-        b = Bundle.load(bundle)
-        doc = {**b.describe(), "parity": b.manifest.get("parity", {}), "backends_available": available_backends()}
-        doc["fidelity"] = b.manifest.get("fidelity", {})  # reduced precisions vs fp32 (dcssa-export calibrate)
-    if as_json:
-        click.echo(json.dumps(doc, indent=2))
-        return
+def _print_info(doc: dict) -> None:
     click.echo(f"bundle {doc['path']}  phase {doc['phase']}  demo {doc['demo']}  created {doc['created']}")
     click.echo(f"dims {doc['dims']}")
     for name, precisions in doc["graphs"].items():
@@ -154,7 +135,25 @@ def info(bundle: Path, as_json: bool) -> None:
     click.echo(f"backends available: {', '.join(doc['backends_available'])}")
 
 
-@main.command("make-dataset")
+@click.command()
+@bundle_option()
+@output_options(json="the bundle description", quiet=False)
+def info(bundle: Path, as_json: bool) -> None:
+    """Describe a bundle and the backends available on this machine."""
+    from .backends import available_backends
+    from .bundle import Bundle
+
+    with fail_cleanly():
+        b = Bundle.load(bundle)
+        doc = {**b.describe(), "parity": b.manifest.get("parity", {}), "backends_available": available_backends()}
+        doc["fidelity"] = b.manifest.get("fidelity", {})  # reduced precisions vs fp32 (dcssa-export calibrate)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        _print_info(doc)
+
+
+@click.command("make-dataset")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--name", default="Shapes", show_default=True, help="Dataset name DS (folder OUT/DS).")
 @click.option("--photos", "n_photos", type=click.IntRange(1), default=40, show_default=True)
@@ -162,8 +161,9 @@ def info(bundle: Path, as_json: bool) -> None:
 @click.option("--test-share", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Share of photos whose sketches go to the test split.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--force", is_flag=True)
-def make_dataset(out: Path, name: str, n_photos: int, sketches_per_photo: int, test_share: float, seed: int, force: bool) -> None:
+@output_options(json="the dataset folder", quiet=False, force="dataset folder")
+def make_dataset(out: Path, name: str, n_photos: int, sketches_per_photo: int, test_share: float, seed: int,
+                 as_json: bool, force: bool) -> None:
     """Write a SYNTHETIC dataset in the authors' QMUL layout (for tests and demos).
 
     Photos are line drawings of random outlined shapes; sketches are jittered tracings of them, with
@@ -175,49 +175,46 @@ def make_dataset(out: Path, name: str, n_photos: int, sketches_per_photo: int, t
     with fail_cleanly():
         root = write_dataset(out, name=name, photos=n_photos, sketches_per_photo=sketches_per_photo,
                              test_share=test_share, seed=seed, force=force)
-    click.echo(f"synthetic dataset written: {root}")
+    click.echo(json.dumps({"path": str(root)}) if as_json else f"synthetic dataset written: {root}")
 
 
-@main.command()
-@_bundle_option
-@click.option("--gallery", type=click.Path(path_type=Path), default=None, help="Gallery folder [default: BUNDLE/gallery].")
+@click.command()
+@bundle_option()
+@gallery_option
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True)
 @click.option("--strokes", "strokes_file", type=click.Path(path_type=Path), default=None,
               help="Strokes JSON to replay [default: a generated 20-stroke sketch].")
 @click.option("--max-strokes", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--repeats", type=click.IntRange(1), default=5, show_default=True)
-@click.option("--backend", "backends", multiple=True, help="Backends to measure [default: all available].")
-@click.option("--precision", "precisions", multiple=True, help="Precisions [default: all in the bundle].")
+@runtime_options(multiple=True)
 @click.option("--ckpt", type=click.Path(path_type=Path), default=None,
               help="The checkpoint the bundle was exported from, for the PyTorch baselines (needs [export]) "
                    "[default: the file the manifest names, if it lies beside the bundle with the recorded sha256].")
-@click.option("--threads", type=int, default=None)
 @click.option("--search-sizes", default="1000,10000,100000,1000000", show_default=True,
               help="Gallery sizes for the search-scaling section ('' to skip).")
-@click.option("--force", is_flag=True, help="Replace an existing output folder.")
-@click.option("--json", "as_json", is_flag=True, help="Print bench.json on stdout (progress stays on stderr).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
-def bench(bundle: Path, gallery: Path | None, out: Path, strokes_file: Path | None, max_strokes: int, repeats: int,
-          backends: tuple[str, ...], precisions: tuple[str, ...], ckpt: Path | None, threads: int | None,
-          search_sizes: str, force: bool, as_json: bool, quiet: bool) -> None:
+@output_options(json="bench.json", force="output folder")
+def bench(bundle: Path, gallery: Path, out: Path, strokes_file: Path | None, max_strokes: int, repeats: int,
+          backends: tuple[str, ...], precisions: tuple[str, ...], threads: int | None, ckpt: Path | None,
+          search_sizes: str, as_json: bool, quiet: bool, force: bool) -> None:
     """Measure per-stroke latency (naive, torch-eager, runtime), phases, undo, cold start, memory and
     search scaling; writes OUT/bench.json, bench.md, latency_per_stroke.png, search_scaling.png."""
     from dcssa.benchmarks.run import run_bench
 
     sizes = tuple(int(x) for x in search_sizes.split(",") if x.strip())
-    say = (lambda m: None) if quiet else (lambda m: click.echo(f"bench: {m}", err=True))
     with fail_cleanly():
-        rep = run_bench(bundle, _gallery_path(bundle, gallery), out, strokes_file=strokes_file, strokes=max_strokes,
+        rep = run_bench(bundle, gallery, out, strokes_file=strokes_file, strokes=max_strokes,
                         repeats=repeats, backends=list(backends) or None, precisions=list(precisions) or None,
-                        ckpt=ckpt, threads=threads, search_sizes=sizes, force=force, say=say)
+                        ckpt=ckpt, threads=threads, search_sizes=sizes, force=force, say=Progress(quiet or as_json))
     if as_json:
         click.echo(json.dumps(rep, indent=2))
     else:
         click.echo((out / "bench.md").read_text())
 
 
-main.add_command(__import__("dcssa.runtime.evaluation.cli", fromlist=["eval_command"]).eval_command)  # light: click only
-main.add_command(__import__("dcssa.runtime.serve.cli", fromlist=["serve"]).serve)  # light: click only
+#: every ``dcssa-rt`` subcommand, registered the one way below
+COMMANDS: tuple[click.Command, ...] = (query, index, info, make_dataset, bench, eval_command, serve)
+for _command in COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,30 +7,16 @@ FastAPI and uvicorn are imported when the command runs.
 from __future__ import annotations
 
 import json
-import os
 import socket
 from pathlib import Path
 
 import click
 
-from ..cli_util import DEMO_WARNING, fail_cleanly
+from ..cli_options import bundle_option, gallery_option, output_options, runtime_options
+from ..cli_util import DEMO_WARNING, fail_cleanly, warn
 from ..errors import DcssaError
 
-DEMO_BUNDLE = Path("demo-out/bundle")  # what `make demo` writes
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
-
-def _resolve_bundle(bundle: Path | None) -> Path:
-    """--bundle, else $DCSSA_BUNDLE, else ./dcssa-bundle, else the demo catalogue of `make demo`."""
-    from ..bundle import default_bundle_path
-
-    if bundle is not None:
-        return bundle
-    path = default_bundle_path()
-    if not path.exists() and not os.environ.get("DCSSA_BUNDLE") and (DEMO_BUNDLE / "manifest.json").is_file():
-        click.echo(f"note: no ./dcssa-bundle; serving the demo catalogue of `make demo` ({DEMO_BUNDLE})", err=True)
-        return DEMO_BUNDLE
-    return path
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -66,10 +52,58 @@ def _url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
+def _server_modules():
+    """uvicorn, ServeConfig and create_app: imported when serving, so the command loads without [serve]."""
+    try:
+        import uvicorn
+
+        from .app import ServeConfig, create_app
+    except ImportError as exc:
+        raise DcssaError(f"the server needs the [serve] extra ({exc.name} is missing)",
+                         hint="pip install 'dcssa-rt[serve]'") from None
+    return uvicorn, ServeConfig, create_app
+
+
+def _retriever(bundle: Path, gallery: Path, photos: Path | None, **options):
+    from ..bundle import Bundle
+    from ..gallery import Gallery
+    from ..session import Retriever
+
+    b = Bundle.load(bundle)
+    g = Gallery.load(gallery, b)
+    if photos is not None and not photos.is_dir():
+        raise DcssaError("not a folder", path=photos, hint="pass the folder that was indexed")
+    return Retriever(b, g, **options)
+
+
+def _announce(r, config, *, url: str, host: str, photos_available: bool, as_json: bool) -> None:
+    """Warnings on stderr, then the startup facts on stdout (one JSON line under --json)."""
+    from .sessions import session_memory_bound
+
+    mem = session_memory_bound(r)["total"]
+    if r.bundle.demo:
+        click.echo(DEMO_WARNING, err=True)
+    if host not in LOOPBACK:
+        warn(f"listening on {host}: there is no authentication; anyone who reaches it can use it")
+    if not photos_available:
+        warn("the photos folder is not available; thumbnails will 404 (pass --photos DIR)")
+    facts = {"url": url, "backend": r.backend.name, "gallery": len(r.gallery), "max_sessions": config.max_sessions,
+             "max_strokes": r.max_strokes, "session_memory_bound_bytes": mem,
+             "max_batch": config.max_batch, "batch_window_ms": config.batch_window_ms}
+    if as_json:
+        click.echo(json.dumps(facts))
+    else:
+        click.echo(f"serving {len(r.gallery)} photos with {r.backend.name} at {url}  "
+                   f"(API spec {url}openapi.json, docs {url}docs)")
+        click.echo(f"sessions: at most {config.max_sessions}, idle TTL {config.session_ttl:g} s, "
+                   f"{r.max_strokes} strokes each; memory bound {mem / 2**20:.1f} MiB per session, "
+                   f"{mem * config.max_sessions / 2**30:.2f} GiB for all")
+    click.echo("", nl=False)  # flush before uvicorn takes over stdout/stderr
+
+
 @click.command("serve")
-@click.option("--bundle", type=click.Path(path_type=Path), default=None,
-              help="Bundle folder [default: $DCSSA_BUNDLE, ./dcssa-bundle, or demo-out/bundle of `make demo`].")
-@click.option("--gallery", type=click.Path(path_type=Path), default=None, help="Gallery folder [default: BUNDLE/gallery].")
+@bundle_option(demo_fallback=True)
+@gallery_option
 @click.option("--photos", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder of the catalogue photos [default: the folder recorded at indexing].")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback: this machine only).")
@@ -88,14 +122,9 @@ def _url(sock: socket.socket) -> str:
 @click.option("--max-points", type=click.IntRange(1), default=4096, show_default=True, help="Points per stroke.")
 @click.option("--max-body-kb", type=click.IntRange(1), default=1024, show_default=True, help="Request body / message size.")
 @click.option("--topk", type=click.IntRange(1), default=10, show_default=True)
-@click.option("--backend", default="auto", show_default=True,
-              help="Backend: auto, ort-cpu, ort-cuda, ort-trt, tensorrt, openvino.")
-@click.option("--precision", default="fp32", show_default=True,
-              help="Graph precision present in the bundle, or bf16 (an openvino execution mode).")
-@click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
-@click.option("--json", "as_json", is_flag=True, help="Print the startup facts (url, limits) as one JSON line.")
-@click.option("-q", "--quiet", is_flag=True, help="No access log.")
-def serve(bundle: Path | None, gallery: Path | None, photos: Path | None, host: str, port: int, max_sessions: int,
+@runtime_options()
+@output_options(json="the startup facts (url, limits)")
+def serve(bundle: Path, gallery: Path, photos: Path | None, host: str, port: int, max_sessions: int,
           session_ttl: float, max_batch: int, batch_window_ms: float, max_queue: int, max_strokes: int | None,
           max_points: int, max_body_kb: int, topk: int, backend: str, precision: str, threads: int | None,
           as_json: bool, quiet: bool) -> None:
@@ -105,49 +134,17 @@ def serve(bundle: Path | None, gallery: Path | None, photos: Path | None, host: 
     memory; clients hold their strokes and rebuild a lost session with POST /v1/sessions.
     """
     with fail_cleanly():
-        try:
-            import uvicorn
-
-            from .app import ServeConfig, create_app
-        except ImportError as exc:
-            raise DcssaError(f"the server needs the [serve] extra ({exc.name} is missing)",
-                             hint="pip install 'dcssa-rt[serve]'") from None
-        from ..bundle import Bundle
-        from ..gallery import Gallery
-        from ..session import Retriever
-        from .sessions import session_memory_bound
-
-        bundle = _resolve_bundle(bundle)
-        b = Bundle.load(bundle)
-        g = Gallery.load(gallery if gallery is not None else bundle / "gallery", b)
-        if photos is not None and not photos.is_dir():
-            raise DcssaError("not a folder", path=photos, hint="pass the folder that was indexed")
-        r = Retriever(b, g, backend=backend, precision=precision, topk=topk, threads=threads, max_strokes=max_strokes)
-        config = ServeConfig(max_sessions=max_sessions, session_ttl=session_ttl, max_batch=max_batch,
-                             batch_window_ms=batch_window_ms, max_queue=max_queue,
-                             max_body_bytes=max_body_kb * 1024, max_points=max_points)
+        uvicorn, serve_config, create_app = _server_modules()
+        r = _retriever(bundle, gallery, photos, backend=backend, precision=precision, topk=topk, threads=threads,
+                       max_strokes=max_strokes)
+        config = serve_config(max_sessions=max_sessions, session_ttl=session_ttl, max_batch=max_batch,
+                              batch_window_ms=batch_window_ms, max_queue=max_queue,
+                              max_body_bytes=max_body_kb * 1024, max_points=max_points)
         _warm_up(r)
         app = create_app(r, photos_root=photos, config=config)
         sock = _bind(host, port)
-        mem = session_memory_bound(r)
-        url = _url(sock)
-        if b.demo:
-            click.echo(DEMO_WARNING, err=True)
-        if host not in LOOPBACK:
-            click.echo(f"warning: listening on {host}: there is no authentication; anyone who reaches it can use it", err=True)
-        if not app.state.service.photos.available:
-            click.echo("warning: the photos folder is not available; thumbnails will 404 (pass --photos DIR)", err=True)
-        facts = {"url": url, "backend": r.backend.name, "gallery": len(g), "max_sessions": max_sessions,
-                 "max_strokes": r.max_strokes, "session_memory_bound_bytes": mem["total"],
-                 "max_batch": max_batch, "batch_window_ms": batch_window_ms}
-        if as_json:
-            click.echo(json.dumps(facts))
-        else:
-            click.echo(f"serving {len(g)} photos with {r.backend.name} at {url}  (API spec {url}openapi.json, docs {url}docs)")
-            click.echo(f"sessions: at most {max_sessions}, idle TTL {session_ttl:g} s, {r.max_strokes} strokes each; "
-                       f"memory bound {mem['total'] / 2**20:.1f} MiB per session, "
-                       f"{mem['total'] * max_sessions / 2**30:.2f} GiB for all")
-        click.echo("", nl=False)  # flush before uvicorn takes over stdout/stderr
+        _announce(r, config, url=_url(sock), host=host, photos_available=app.state.service.photos.available,
+                  as_json=as_json)
         server = uvicorn.Server(uvicorn.Config(
             app, log_level="warning" if quiet or as_json else "info", access_log=not (quiet or as_json),
             ws_max_size=config.max_body_bytes, timeout_graceful_shutdown=5,
