@@ -20,7 +20,7 @@ FORMS = ("stroke", "strokes", "points", "drawing")
 MAX_COORD = 1e30
 
 
-def check_points(strokes: list[np.ndarray], limit: int) -> None:
+def check_limits(strokes: list[np.ndarray], limit: int) -> None:
     """Refuse a stroke over ``limit`` points, or with a coordinate outside the float32-safe range."""
     for i, s in enumerate(strokes):
         where = "the stroke" if len(strokes) == 1 else f"stroke {i}"
@@ -44,7 +44,7 @@ def stroke_from(body: StrokeIn, max_points: int) -> np.ndarray:
         what = "no stroke" if not forms else f"both {forms[0]!r} and {forms[1]!r}"
         raise BadRequest(f"the body has {what}", hint='send exactly one of "stroke", "strokes", "points", "drawing" '
                          '(e.g. {"stroke": [[x, y], ...], "frame": [w, h]})')
-    with np.errstate(over="ignore", invalid="ignore"):  # extreme frames: caught by check_points
+    with np.errstate(over="ignore", invalid="ignore"):  # extreme frames: caught by check_limits
         if forms[0] == "stroke":
             strokes = [parse_stroke(doc["stroke"], frame=doc.get("frame"))]
         else:
@@ -52,7 +52,7 @@ def stroke_from(body: StrokeIn, max_points: int) -> np.ndarray:
         if len(strokes) != 1:
             raise BadRequest(f"the body holds {len(strokes)} strokes; this endpoint takes one",
                              hint="send strokes one request at a time, or rebuild a session with POST /v1/sessions")
-    check_points(strokes, max_points)
+    check_limits(strokes, max_points)
     return strokes[0]
 
 
@@ -64,5 +64,5 @@ def sketch_from(body: SketchIn | None, max_points: int) -> list[np.ndarray]:
         return []
     with np.errstate(over="ignore", invalid="ignore"):
         strokes = parse_strokes(doc)
-    check_points(strokes, max_points)
+    check_limits(strokes, max_points)
     return strokes
