@@ -194,6 +194,7 @@ class StrokeSession:
             idx, scores, ids = self._search(embedding)
             t2 = time.perf_counter()
         except BaseException:
+            self.head.length = self.num_strokes  # a failed search drops the row the step appended
             self.abort_stroke()
             raise
         ms = {**self._pending, **(timings or {}), "head": (t1 - t0) * 1e3, "search": (t2 - t1) * 1e3}
