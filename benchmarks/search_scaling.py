@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 from dcssa.runtime.gallery import Gallery
+from dcssa.runtime.progress import Say, silent
 
 DEFAULT_SIZES = (1_000, 10_000, 100_000, 1_000_000)
 
@@ -23,7 +24,7 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
 
 
 def search_scaling(sizes=DEFAULT_SIZES, dim: int = 64, k: int = 10, repeats: int = 9, seed: int = 0,
-                   progress: Callable[[str], None] = lambda _m: None) -> list[dict]:
+                   progress: Say = silent) -> list[dict]:
     rng = np.random.default_rng(seed)
     try:
         import faiss
