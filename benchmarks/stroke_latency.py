@@ -16,17 +16,24 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from dcssa.runtime import Bundle, Gallery, Retriever
-from dcssa.runtime.raster import Canvas, rasterize
+from dcssa.runtime.progress import Say, silent
 from dcssa.runtime.strokes import strokes_to_points
 
-Say = Callable[[str], None]
 SETTLE_S = 0.2
+T = TypeVar("T")
+
+
+def rotated(items: Sequence[T], k: int) -> list[T]:
+    """``items`` starting at ``k`` (mod len): who goes first changes every round, so drift hits all alike."""
+    k %= len(items)
+    return [*items[k:], *items[:k]]
 
 
 @dataclass
@@ -62,7 +69,7 @@ def torch_methods(bundle: Bundle, ckpt, gallery: Gallery, sketch: list[np.ndarra
     if threads:
         torch.set_num_threads(threads)
     model = load_checkpoint(ckpt, num_heads=bundle.heads).model.eval()
-    pre = bundle.sketch_preprocessor()
+    pipe = bundle.sketch_pipeline  # the runtime's own canvas and preprocessing: only the model differs
     photos = torch.from_numpy(np.array(gallery.embeddings, np.float32))  # a copy: the gallery is a read-only memmap
     state: dict = {}
 
@@ -77,25 +84,26 @@ def torch_methods(bundle: Bundle, ckpt, gallery: Gallery, sketch: list[np.ndarra
 
     def naive_stroke(t: int) -> object:
         with torch.inference_mode():
-            rasters = np.concatenate([pre(rasterize(strokes_to_points(sketch[: i + 1]))) for i in range(t + 1)])
+            rasters = np.concatenate([pipe.preprocess(pipe.rasterize(strokes_to_points(sketch[: i + 1])))
+                                      for i in range(t + 1)])
             feats = model.sketch_feature(torch.from_numpy(rasters))
             return search(head(feats)[-1])
 
     def eager_start() -> None:
-        state["canvas"] = Canvas()
+        state["canvas"] = pipe.canvas()
         state["feats"] = []
 
     def eager_stroke(t: int) -> object:
         with torch.inference_mode():
             state["canvas"].add_stroke(sketch[t])
-            f = model.sketch_feature(torch.from_numpy(pre(state["canvas"].image)))
+            f = model.sketch_feature(torch.from_numpy(pipe.preprocess(state["canvas"].image)))
             state["feats"].append(f)
             return search(head(torch.cat(state["feats"]))[-1])
 
     return [Method("naive", naive_start, naive_stroke), Method("torch-eager", eager_start, eager_stroke)]
 
 
-def measure(methods: list[Method], strokes: int, repeats: int, say: Say) -> dict[str, np.ndarray]:
+def measure(methods: list[Method], strokes: int, repeats: int, say: Say = silent) -> dict[str, np.ndarray]:
     """ms[method] = (repeats, strokes), interleaved; one untimed warm-up sketch per method first."""
     for m in methods:
         say(f"warm-up: {m.name}")
@@ -105,8 +113,7 @@ def measure(methods: list[Method], strokes: int, repeats: int, say: Say) -> dict
         m.phases.clear()
     out = {m.name: np.zeros((repeats, strokes)) for m in methods}
     for r in range(repeats):
-        order = methods[r % len(methods) :] + methods[: r % len(methods)]
-        for m in order:
+        for m in rotated(methods, r):
             say(f"repeat {r + 1}/{repeats}: {m.name}")
             # let the previous method's thread pools stop spin-waiting, so its idle workers do not
             # take the cores from this method's first stroke (a drawing user pauses between strokes)
