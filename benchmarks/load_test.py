@@ -34,7 +34,8 @@ import numpy as np
 from dcssa.runtime import Bundle, Gallery, Retriever
 from dcssa.runtime.cli_util import fail_cleanly
 from dcssa.runtime.errors import DcssaError
-from dcssa.runtime.strokes import parse_stroke
+from dcssa.runtime.progress import Progress
+from dcssa.runtime.strokes import MODEL_FRAME, parse_stroke
 from dcssa.runtime.synthetic import random_sketch
 
 FRAME = 500.0  # clients draw on a 500 x 500 canvas and send that frame
@@ -78,8 +79,9 @@ class Server:
                 self.proc.wait()
 
 
-def _to_canvas(stroke: np.ndarray) -> list:
-    return (stroke * (FRAME / 256.0)).round(2).tolist()
+def _to_client(stroke: np.ndarray) -> list:
+    """A model-frame stroke as a client on a FRAME x FRAME canvas posts it."""
+    return (stroke * (FRAME / MODEL_FRAME)).round(2).tolist()
 
 
 async def _wait_healthy(client, url: str, limit: float) -> None:
@@ -156,6 +158,63 @@ def _same_topk(served: dict | None, want, gallery) -> bool:
     return ids == want.ids or bool(np.allclose(offline[[pos[i] for i in ids]], want.scores, atol=TOL))
 
 
+def _settings(batching: tuple[str, ...], url: str | None) -> list[tuple[str, int | None, float | None]]:
+    """(label, max_batch, window_ms) per server to start; one "external" entry for --url."""
+    if url:
+        return [("external", None, None)]
+    settings = []
+    for spec in batching:
+        try:
+            mb, win = spec.split(":")
+            settings.append((f"max_batch={int(mb)} window={float(win):g}ms", int(mb), float(win)))
+        except ValueError:
+            raise click.BadParameter(f"{spec!r} is not MAX_BATCH:WINDOW_MS", param_hint="--batching") from None
+    return settings
+
+
+def _offline(retriever: Retriever, sketches: list[list[list]], bar) -> list:
+    """The expectation: an offline session's last result on exactly the strokes each client sends."""
+    want = []
+    for sk in sketches:
+        s = retriever.session()
+        for stroke in sk:
+            res = s.add_stroke(parse_stroke(stroke, frame=[FRAME, FRAME]))
+        want.append(res)
+        bar.update(1)
+    return want
+
+
+def _summary(setting: tuple[str, int | None, float | None], got: dict, want: list, gallery) -> dict:
+    """One setting's row: latency percentiles, throughput, encoder batching, isolation."""
+    name, mb, win = setting
+    lat = np.array(got["latencies_ms"]) if got["latencies_ms"] else np.array([np.nan])
+    mismatched = [i for i, (f, w) in enumerate(zip(got["finals"], want)) if not _same_topk(f, w, gallery)]
+    m = got["metrics"]
+    batches = _metric(m, "dcssa_encoder_batch_size_count")
+    return {
+        "setting": name, "max_batch": mb, "batch_window_ms": win,
+        "strokes_ok": int(len(got["latencies_ms"])), "errors": got["errors"],
+        "p50_ms": round(float(np.percentile(lat, 50)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1),
+        "mean_ms": round(float(lat.mean()), 1), "wall_s": round(got["wall_s"], 2),
+        "throughput_strokes_per_s": round(len(got["latencies_ms"]) / got["wall_s"], 2),
+        "encoder_calls": int(batches) if batches == batches else None,
+        "mean_batch": round(_metric(m, "dcssa_encoder_batch_size_sum") / batches, 2) if batches else None,
+        "isolation_ok": not mismatched, "mismatched_clients": mismatched,
+    }
+
+
+def _table(report: dict) -> list[str]:
+    lines = [f"{report['clients']} clients x {report['strokes_per_client']} strokes, {report['gallery']} photos, "
+             f"{report['cpu_count']} cores",
+             f"{'setting':28s} {'p50 ms':>8s} {'p99 ms':>8s} {'strokes/s':>10s} {'mean batch':>11s} {'errors':>7s}  isolation"]
+    for r in report["runs"]:
+        errs = sum(r["errors"].values())
+        lines.append(f"{r['setting']:28s} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['throughput_strokes_per_s']:10.2f} "
+                     f"{(r['mean_batch'] or 0):11.2f} {errs:7d}  "
+                     f"{'ok' if r['isolation_ok'] else 'MISMATCH ' + str(r['mismatched_clients'])}")
+    return lines
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--bundle", type=click.Path(path_type=Path), default=Path("demo-out/bundle"), show_default=True)
 @click.option("--gallery", type=click.Path(path_type=Path), default=None, help="[default: BUNDLE/gallery]")
@@ -175,79 +234,40 @@ def main(bundle: Path, gallery: Path | None, clients: int, strokes: int, batchin
          timeout: float, time_limit: float, threads: int | None, seed: int, out: Path | None, as_json: bool,
          quiet: bool) -> None:
     """K clients x M strokes against `dcssa-rt serve` on loopback; checks isolation; p50/p99, throughput."""
-    from tqdm import tqdm
-
+    progress = Progress(quiet=quiet or as_json)
     with fail_cleanly():
         gallery = gallery or bundle / "gallery"
         b = Bundle.load(bundle)
         retriever = Retriever(b, Gallery.load(gallery, b), backend="ort-cpu", topk=10)
         rng = np.random.default_rng(seed)
-        sketches = [[_to_canvas(s) for s in random_sketch(rng, strokes)] for _ in range(clients)]
-        settings = [("external", None, None)] if url else []
-        for spec in ([] if url else batching):
-            try:
-                mb, win = spec.split(":")
-                settings.append((f"max_batch={int(mb)} window={float(win):g}ms", int(mb), float(win)))
-            except ValueError:
-                raise click.BadParameter(f"{spec!r} is not MAX_BATCH:WINDOW_MS", param_hint="--batching") from None
+        sketches = [[_to_client(s) for s in random_sketch(rng, strokes)] for _ in range(clients)]
+        settings = _settings(batching, url)
         if url:
             url = url if url.endswith("/") else url + "/"
             _require_loopback(url)
-
-        # the expectation, computed once: offline sessions on exactly the strokes each client sends
-        want = []
-        for sk in tqdm(sketches, desc="offline sessions", disable=quiet or as_json):
-            s = retriever.session()
-            for stroke in sk:
-                res = s.add_stroke(parse_stroke(stroke, frame=[FRAME, FRAME]))
-            want.append(res)
-
+        with progress.bar(clients, "offline sessions") as bar:
+            want = _offline(retriever, sketches, bar)
         report = {"clients": clients, "strokes_per_client": strokes, "cpu_count": os.cpu_count(),
                   "backend": retriever.backend.name, "gallery": len(retriever.gallery), "runs": []}
-        for name, mb, win in settings:
+        for setting in settings:
             server = None
             if url is None:
                 extra = ["--backend", "ort-cpu", "-q"] + (["--threads", str(threads)] if threads else [])
-                server = Server(bundle, gallery, mb, win, extra)
-                target = server.url
-            else:
-                target = url
+                server = Server(bundle, gallery, setting[1], setting[2], extra)
+            target = url or server.url
             _require_loopback(target)
-            bar = tqdm(total=clients * strokes, desc=name, unit="stroke", disable=quiet or as_json)
             try:
-                got = asyncio.run(_run_clients(target, sketches, timeout, time_limit, bar.update))
+                with progress.bar(clients * strokes, setting[0], "stroke") as bar:
+                    got = asyncio.run(_run_clients(target, sketches, timeout, time_limit, bar.update))
             finally:
-                bar.close()
                 if server is not None:
                     server.stop()
-            lat = np.array(got["latencies_ms"]) if got["latencies_ms"] else np.array([np.nan])
-            mismatched = [i for i, (f, w) in enumerate(zip(got["finals"], want)) if not _same_topk(f, w, retriever.gallery)]
-            m = got["metrics"]
-            batches = _metric(m, "dcssa_encoder_batch_size_count")
-            run = {
-                "setting": name, "max_batch": mb, "batch_window_ms": win,
-                "strokes_ok": int(len(got["latencies_ms"])), "errors": got["errors"],
-                "p50_ms": round(float(np.percentile(lat, 50)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1),
-                "mean_ms": round(float(lat.mean()), 1), "wall_s": round(got["wall_s"], 2),
-                "throughput_strokes_per_s": round(len(got["latencies_ms"]) / got["wall_s"], 2),
-                "encoder_calls": int(batches) if batches == batches else None,
-                "mean_batch": round(_metric(m, "dcssa_encoder_batch_size_sum") / batches, 2) if batches else None,
-                "isolation_ok": not mismatched, "mismatched_clients": mismatched,
-            }
-            report["runs"].append(run)
+            report["runs"].append(_summary(setting, got, want, retriever.gallery))
 
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({**report, "command": " ".join(sys.argv)}, indent=2) + "\n")
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-    else:
-        click.echo(f"{clients} clients x {strokes} strokes, {report['gallery']} photos, {report['cpu_count']} cores")
-        click.echo(f"{'setting':28s} {'p50 ms':>8s} {'p99 ms':>8s} {'strokes/s':>10s} {'mean batch':>11s} {'errors':>7s}  isolation")
-        for r in report["runs"]:
-            errs = sum(r["errors"].values())
-            click.echo(f"{r['setting']:28s} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['throughput_strokes_per_s']:10.2f} "
-                       f"{(r['mean_batch'] or 0):11.2f} {errs:7d}  {'ok' if r['isolation_ok'] else 'MISMATCH ' + str(r['mismatched_clients'])}")
+    click.echo(json.dumps(report, indent=2) if as_json else "\n".join(_table(report)))
     if any(not r["isolation_ok"] or r["errors"] for r in report["runs"]):
         sys.exit(1)
 

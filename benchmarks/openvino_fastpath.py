@@ -24,11 +24,15 @@ import numpy as np
 from dcssa.runtime import Bundle, Gallery, Retriever
 from dcssa.runtime.cli_util import fail_cleanly
 from dcssa.runtime.errors import DcssaError
+from dcssa.runtime.progress import Progress
 from dcssa.runtime.strokes import load_strokes_file
 
 from .env import environment
+from .markdown import row, rule
+from .stroke_latency import rotated
 
 REFERENCE = ("ort-cpu", "fp32")
+REFERENCE_NAME = "/".join(REFERENCE)
 METHODS = (REFERENCE, ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8"), ("ort-cpu", "int8"))
 MARGIN = 0.01  # top-1 agreement is also given over queries whose fp32 top-1 leads the 2nd by this much
 
@@ -40,15 +44,17 @@ def _load_sketches(folder: Path) -> list[list[np.ndarray]]:
     return [load_strokes_file(f) for f in files]
 
 
-def run_fastpath(bundle_path: Path, gallery_path: Path, folders: list[Path], *, methods=METHODS,
-                 threads: int | None = None, progress: bool = True) -> dict:
-    from tqdm import tqdm
+Outputs = dict[str, list[tuple[np.ndarray, np.ndarray]]]  # method -> (feature, embedding) per prefix
 
-    from dcssa.calibration import fidelity as fd
 
-    bundle = Bundle.load(bundle_path)
-    gallery = Gallery.load(gallery_path, bundle)
-    gm = fd.GalleryMatrix(np.asarray(gallery.embeddings, np.float32), list(gallery.ids), str(gallery_path))
+def _set_label(folder: Path) -> str:
+    """``D/Shapes/strokes`` -> ``D/Shapes``; any other folder by its path."""
+    folder = Path(folder)
+    return f"{folder.parent.parent.name}/{folder.parent.name}" if folder.name == "strokes" else str(folder)
+
+
+def _retrievers(bundle: Bundle, gallery: Gallery, methods, threads: int | None) -> tuple[dict[str, Retriever], dict]:
+    """A Retriever per (backend, precision) that runs here; the reference must, the others may be skipped."""
     retrievers, skipped = {}, {}
     for backend, precision in methods:
         name = f"{backend}/{precision}"
@@ -56,21 +62,24 @@ def run_fastpath(bundle_path: Path, gallery_path: Path, folders: list[Path], *, 
             retrievers[name] = Retriever(bundle, gallery, backend=backend, precision=precision, threads=threads)
         except DcssaError as exc:
             skipped[name] = exc.message
-    if "/".join(REFERENCE) not in retrievers:
+    if REFERENCE_NAME not in retrievers:
         raise DcssaError("the onnxruntime fp32 reference cannot run", hint=str(skipped))
-    sets = {Path(f).parent.parent.name + "/" + Path(f).parent.name if Path(f).name == "strokes" else str(f):
-            _load_sketches(Path(f)) for f in folders}
+    return retrievers, skipped
+
+
+def _replay(retrievers: dict[str, Retriever], sets: dict[str, list], bar) -> tuple[dict, dict, dict[str, Outputs]]:
+    """Every sketch stroke by stroke in one live session per method, method order rotating per stroke.
+
+    Returns total ms and encoder ms per stroke per method, and each set's outputs per method.
+    """
     names = list(retrievers)
     sessions = {n: r.session() for n, r in retrievers.items()}
-    warm = next(iter(sets.values()))[0]
     for s in sessions.values():  # warm-up: first-call allocations, lazy compilations
-        for stroke in warm:
+        for stroke in next(iter(sets.values()))[0]:
             s.add_stroke(stroke)
-    ms = {n: [] for n in names}
-    enc = {n: [] for n in names}
-    out: dict[str, dict[str, list]] = {}
-    total = sum(len(sk) for sketches in sets.values() for sk in sketches)
-    bar = tqdm(total=total, desc="strokes", unit="stroke", disable=not progress)
+    ms: dict[str, list[float]] = {n: [] for n in names}
+    enc: dict[str, list[float]] = {n: [] for n in names}
+    out: dict[str, Outputs] = {}
     k = 0
     for label, sketches in sets.items():
         out[label] = {n: [] for n in names}
@@ -78,47 +87,64 @@ def run_fastpath(bundle_path: Path, gallery_path: Path, folders: list[Path], *, 
             for s in sessions.values():
                 s.reset()
             for stroke in sk:
-                order = names[k % len(names):] + names[: k % len(names)]  # rotate who goes first
-                k += 1
-                for n in order:
+                for n in rotated(names, k):
                     res = sessions[n].add_stroke(stroke)
                     ms[n].append(res.timings["total"])
                     enc[n].append(res.timings["encode"])
                     out[label][n].append((res.feature, res.embedding))
+                k += 1
                 bar.update(1)
-    bar.close()
-    ref_name = "/".join(REFERENCE)
-    base = float(np.median(ms[ref_name]))
+    return ms, enc, out
+
+
+def _fidelity(per: Outputs, gm) -> dict:
+    """One set's fidelity of every method against the onnxruntime fp32 outputs on the same prefixes."""
+    from dcssa.calibration import fidelity as fd
+
+    def stacked(n: str) -> tuple[np.ndarray, np.ndarray]:
+        return np.stack([f for f, _ in per[n]]), np.stack([e for _, e in per[n]])
+
+    rf, re_ = stacked(REFERENCE_NAME)
+    ref = fd.Reference(rf, re_, gm.topk(re_))
+    top2 = -np.sort(-(re_ @ gm.embeddings.T), axis=1)[:, :2]
+    clear = (top2[:, 0] - top2[:, 1]) >= MARGIN
+    block: dict = {"prefixes": len(rf), "clear_top1_prefixes": int(clear.sum())}
+    for n in per:
+        if n == REFERENCE_NAME:
+            continue
+        f, e = stacked(n)
+        rep = fd.compare(ref, f, e, gm)
+        top = gm.topk(e)
+        rep[f"top1_agreement_margin_{MARGIN}"] = float(np.mean(top[clear, 0] == ref.top[clear, 0])) if clear.any() else None
+        block[n] = rep
+    return block
+
+
+def run_fastpath(bundle_path: Path, gallery_path: Path, folders: list[Path], *, methods=METHODS,
+                 threads: int | None = None, progress: bool = True) -> dict:
+    from dcssa.calibration import fidelity as fd
+
+    bundle = Bundle.load(bundle_path)
+    gallery = Gallery.load(gallery_path, bundle)
+    gm = fd.GalleryMatrix(np.asarray(gallery.embeddings, np.float32), list(gallery.ids), str(gallery_path))
+    retrievers, skipped = _retrievers(bundle, gallery, methods, threads)
+    sets = {_set_label(f): _load_sketches(Path(f)) for f in folders}
+    total = sum(len(sk) for sketches in sets.values() for sk in sketches)
+    with Progress(quiet=not progress).bar(total, "strokes", "stroke", leave=True) as bar:
+        ms, enc, out = _replay(retrievers, sets, bar)
+    base = float(np.median(ms[REFERENCE_NAME]))
     latency = {n: {"stroke_median_ms": float(np.median(ms[n])), "encode_median_ms": float(np.median(enc[n])),
-                   "ratio_to_ort_fp32": float(np.median(ms[n]) / base), "strokes": len(ms[n])} for n in names}
-    fidelity: dict[str, dict] = {}
-    for label, per in out.items():
-        rf = np.stack([f for f, _ in per[ref_name]])
-        re_ = np.stack([e for _, e in per[ref_name]])
-        ref = fd.Reference(rf, re_, gm.topk(re_))
-        scores = re_ @ gm.embeddings.T
-        top2 = -np.sort(-scores, axis=1)[:, :2]
-        clear = (top2[:, 0] - top2[:, 1]) >= MARGIN
-        fidelity[label] = {"prefixes": len(rf), "clear_top1_prefixes": int(clear.sum())}
-        for n in names:
-            if n == ref_name:
-                continue
-            f = np.stack([x for x, _ in per[n]])
-            e = np.stack([x for _, x in per[n]])
-            rep = fd.compare(ref, f, e, gm)
-            top = gm.topk(e)
-            rep[f"top1_agreement_margin_{MARGIN}"] = float(np.mean(top[clear, 0] == ref.top[clear, 0])) if clear.any() else None
-            fidelity[label][n] = rep
+                   "ratio_to_ort_fp32": float(np.median(ms[n]) / base), "strokes": len(ms[n])} for n in retrievers}
     return {
         "schema": "dcssa-openvino-fastpath/1",
         "env": {**environment(threads), "load_average": os.getloadavg()},
         "bundle": str(bundle_path),
         "gallery_size": len(gallery),
-        "methods": names,
+        "methods": list(retrievers),
         "skipped": skipped,
         "backends": {n: r.backend.describe() for n, r in retrievers.items()},
         "latency": latency,
-        "fidelity": fidelity,
+        "fidelity": {label: _fidelity(per, gm) for label, per in out.items()},
     }
 
 
@@ -127,7 +153,7 @@ def markdown(rep: dict) -> str:
     head = ["method", "ms / stroke (median)", "encoder ms", "x ort fp32"]
     for s in sets:
         head += [f"{s}: cosine mean / min", f"{s}: top-1", f"{s}: top-10 overlap"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [row(head), rule(len(head))]
     for n in rep["methods"]:
         lat = rep["latency"][n]
         cells = [n, f"{lat['stroke_median_ms']:.1f}", f"{lat['encode_median_ms']:.1f}", f"{lat['ratio_to_ort_fp32']:.2f}"]
@@ -138,7 +164,7 @@ def markdown(rep: dict) -> str:
             else:
                 c = f["embedding_cosine"]
                 cells += [f"{c['mean']:.4f} / {c['min']:.4f}", f"{f['top1_agreement']:.1%}", f"{f['top10_overlap']:.1%}"]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(row(cells))
     return "\n".join(lines) + "\n"
 
 

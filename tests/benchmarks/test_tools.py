@@ -1,0 +1,62 @@
+"""The stand-alone harnesses' pieces: fast-path replay and fidelity on a tiny run, load-test inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import numpy as np
+import pytest
+
+from dcssa.benchmarks.load_test import FRAME, _settings, _to_client
+from dcssa.benchmarks.stroke_latency import rotated
+from dcssa.runtime.strokes import parse_stroke
+from dcssa.runtime.synthetic import random_sketch
+
+
+def test_rotated_gives_every_item_the_first_turn():
+    assert [rotated("abc", k) for k in range(4)] == [list("abc"), list("bca"), list("cab"), list("abc")]
+
+
+def test_load_test_client_strokes_come_back_to_the_model_frame():
+    for stroke in random_sketch(np.random.default_rng(3), 4):
+        sent = _to_client(stroke)
+        assert max(max(p) for p in sent) <= FRAME
+        # rounding to 0.01 in a 500 frame moves a point by at most 0.005 * 256 / 500 in the model frame
+        np.testing.assert_allclose(parse_stroke(sent, frame=[FRAME, FRAME]), stroke, atol=0.005 * 256 / 500 + 1e-9)
+
+
+def test_load_test_settings():
+    assert _settings(("1:0", "8:10"), None) == [("max_batch=1 window=0ms", 1, 0.0), ("max_batch=8 window=10ms", 8, 10.0)]
+    assert _settings(("1:0",), "http://127.0.0.1:8000/") == [("external", None, None)]
+    with pytest.raises(click.BadParameter, match="MAX_BATCH:WINDOW_MS"):
+        _settings(("8",), None)
+
+
+def test_fastpath_replays_sessions_and_scores_fidelity(bundle2: Path, gallery2: Path, tmp_path: Path):
+    from dcssa.benchmarks.openvino_fastpath import MARGIN, REFERENCE, markdown, run_fastpath
+    from dcssa.runtime.backends import available_backends
+
+    other = ("openvino", "fp32") if "openvino" in available_backends() else ("auto", "fp32")
+    folder = tmp_path / "D" / "Shapes" / "strokes"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    for i, n in enumerate((2, 3)):
+        (folder / f"{i}.json").write_text(json.dumps({"strokes": [s.tolist() for s in random_sketch(rng, n)]}))
+    rep = run_fastpath(bundle2, gallery2, [folder], methods=(REFERENCE, other, ("no-such-backend", "fp32")),
+                       threads=1, progress=False)
+    ref, cand = "/".join(REFERENCE), "/".join(other)
+    assert rep["methods"] == [ref, cand] and list(rep["skipped"]) == ["no-such-backend/fp32"]
+    assert {n: rep["latency"][n]["strokes"] for n in rep["methods"]} == {ref: 5, cand: 5}
+    assert rep["latency"][ref]["ratio_to_ort_fp32"] == 1.0
+    assert list(rep["fidelity"]) == ["D/Shapes"]  # a set is named by its dataset and category
+    block = rep["fidelity"]["D/Shapes"]
+    assert block["prefixes"] == 5 and ref not in block
+    # fp32 on another engine: the same embeddings up to float rounding, so the same rankings
+    assert block[cand]["embedding_cosine"]["min"] > 0.999
+    clear = block[cand][f"top1_agreement_margin_{MARGIN}"]
+    assert clear == 1.0 if block["clear_top1_prefixes"] else clear is None
+    table = markdown(rep).splitlines()
+    assert table[0].startswith("| method | ms / stroke (median) | encoder ms | x ort fp32 |")
+    assert table[2].startswith(f"| {ref} |") and table[2].endswith("| reference | - | - |")
