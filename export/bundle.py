@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import platform
 from collections.abc import Sequence
@@ -13,9 +12,8 @@ import torch
 
 from dcssa.runtime import manifest as mf
 from dcssa.runtime.atomic import refuse_existing, staged_dir
-from dcssa.runtime.bundle import sha256_file
+from dcssa.runtime.bundle import new_manifest
 from dcssa.runtime.progress import Say, silent
-from dcssa.runtime.recipes import default_preprocessing
 
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .graphs import PhotoEncoder, SketchEncoder, SketchProjection, StrokeHeadFull, StrokeHeadStep
@@ -84,33 +82,10 @@ def export_graphs(model: DCSSA, folder: Path, heads: int, say: Say = silent) -> 
 def build_manifest(
     ckpt: LoadedCheckpoint, folder: Path, names: Sequence[str], heads: int, parity: dict, demo: bool
 ) -> dict:
-    files, graphs = {}, {}
-    for name in names:
-        fname = f"{name}.onnx"
-        files[fname] = {"sha256": sha256_file(folder / fname), "bytes": (folder / fname).stat().st_size}
-        graphs[name] = {"fp32": {"file": fname, "precision": "fp32", **mf.signature(name, D, ckpt.embed)}}
-    return {
-        "schema_version": mf.SCHEMA_VERSION,
-        "family": mf.FAMILY,
-        "phase": ckpt.phase,
-        "demo": demo,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "dims": {"feature": D, "embedding": ckpt.embed, "heads": heads, "head_dim": D // heads},
-        "limits": {"max_strokes": mf.DEFAULT_MAX_STROKES},
-        "preprocessing": default_preprocessing(),
-        "graphs": graphs,
-        "precisions": ["fp32"],
-        "files": files,
-        "onnx": {"opset": mf.OPSET, "ir_version": mf.IR_VERSION},
-        "tools": tool_versions(),
-        "source": {
-            "layout": ckpt.layout,
-            "checkpoints": ckpt.files,
-            "ignored_keys": len(ckpt.ignored_keys),
-            "unexpected_keys": ckpt.unexpected_keys,
-        },
-        "parity": parity,
-    }
+    source = {"layout": ckpt.layout, "checkpoints": ckpt.files, "ignored_keys": len(ckpt.ignored_keys),
+              "unexpected_keys": ckpt.unexpected_keys}
+    return new_manifest(folder, names, phase=ckpt.phase, feature_dim=D, embed_dim=ckpt.embed, heads=heads, demo=demo,
+                        tools=tool_versions(), source=source, parity=parity)
 
 
 def export_bundle(

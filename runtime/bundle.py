@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 from . import manifest as mf
 from .errors import BundleError
 from .pipeline import PhotoPipeline, SketchPipeline
-from .recipes import PhotoRecipe, SketchRecipe
+from .recipes import PhotoRecipe, SketchRecipe, default_preprocessing
 
 BUNDLE_ENV = "DCSSA_BUNDLE"
 DEFAULT_BUNDLE = "dcssa-bundle"
@@ -24,6 +25,34 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def new_manifest(folder: Path, names: list[str] | tuple[str, ...], *, phase: int, feature_dim: int, embed_dim: int,
+                 heads: int, demo: bool = False, tools: dict | None = None, source: dict | None = None,
+                 parity: dict | None = None) -> dict:
+    """The manifest of a freshly exported fp32 bundle whose graphs ``<name>.onnx`` lie in ``folder``."""
+    files, graphs = {}, {}
+    for name in names:
+        fname = f"{name}.onnx"
+        files[fname] = {"sha256": sha256_file(folder / fname), "bytes": (folder / fname).stat().st_size}
+        graphs[name] = {"fp32": {"file": fname, "precision": "fp32", **mf.signature(name, feature_dim, embed_dim)}}
+    return {
+        "schema_version": mf.SCHEMA_VERSION,
+        "family": mf.FAMILY,
+        "phase": phase,
+        "demo": demo,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "dims": {"feature": feature_dim, "embedding": embed_dim, "heads": heads, "head_dim": feature_dim // heads},
+        "limits": {"max_strokes": mf.DEFAULT_MAX_STROKES},
+        "preprocessing": default_preprocessing(),
+        "graphs": graphs,
+        "precisions": ["fp32"],
+        "files": files,
+        "onnx": {"opset": mf.OPSET, "ir_version": mf.IR_VERSION},
+        "tools": tools or {},
+        "source": source or {},
+        "parity": parity or {},
+    }
 
 
 def default_bundle_path() -> Path:

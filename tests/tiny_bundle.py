@@ -8,7 +8,6 @@ independently; the stroke heads are SPEC section 2's head in full, causal step a
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
 from pathlib import Path
@@ -19,9 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from dcssa.runtime import manifest as mf
 from dcssa.runtime.backends import get_backend
-from dcssa.runtime.bundle import Bundle, sha256_file
+from dcssa.runtime.bundle import Bundle, new_manifest
 from dcssa.runtime.gallery import Gallery, build_gallery
-from dcssa.runtime.recipes import default_preprocessing
 from dcssa.runtime.synthetic import textured_photo
 
 #: the sketch encoder's pool: 299 = 13 cells of 23 pixels a side. Small cells keep float32 sums of
@@ -162,31 +160,14 @@ _BODIES = {
 
 def _manifest(folder: Path, schema: int, dims: tuple[int, int, int]) -> dict:
     d, e, heads = dims
-    files, graphs = {}, {}
-    for name in mf.PHASE_GRAPHS[2]:
-        fname = f"{name}.onnx"
-        files[fname] = {"sha256": sha256_file(folder / fname), "bytes": (folder / fname).stat().st_size}
-        sig = mf.signature(name, d, e)
-        if schema == 1:  # what the first exporter wrote: the I/O signature only
-            sig = {"inputs": sig["inputs"], "outputs": sig["outputs"]}
-        graphs[name] = {"fp32": {"file": fname, "precision": "fp32", **sig}}
-    return {
-        "schema_version": schema,
-        "family": mf.FAMILY,
-        "phase": 2,
-        "demo": False,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "dims": {"feature": d, "embedding": e, "heads": heads, "head_dim": d // heads},
-        "limits": {"max_strokes": mf.DEFAULT_MAX_STROKES},
-        "preprocessing": default_preprocessing(),
-        "graphs": graphs,
-        "precisions": ["fp32"],
-        "files": files,
-        "onnx": {"opset": mf.OPSET, "ir_version": mf.IR_VERSION},
-        "tools": {},
-        "source": {},
-        "parity": {},
-    }
+    manifest = new_manifest(folder, mf.PHASE_GRAPHS[2], phase=2, feature_dim=d, embed_dim=e, heads=heads)
+    if schema == 1:  # what the first exporter wrote: the I/O signature only
+        manifest["schema_version"] = 1
+        for per in manifest["graphs"].values():
+            for entry in per.values():
+                for key in ("state", "heavy", "f32_scopes"):
+                    entry.pop(key, None)
+    return manifest
 
 
 def write_tiny_bundle(folder: str | Path, *, schema: int = 2, seed: int = 0, feature_dim: int = 16,
