@@ -35,7 +35,7 @@ class Service:
     def __init__(self, retriever: Retriever, config: ServeConfig, photos_root: str | Path | None = None) -> None:
         self.retriever = retriever
         self.config = config
-        self.store = SessionStore(retriever, max_sessions=config.max_sessions, ttl=config.session_ttl,
+        self.store = SessionStore(retriever, config,
                                   on_drop=lambda reason: self.metrics.dropped.labels(reason).inc())
         self.batcher: DynamicBatcher | None = None
         self.metrics = Metrics(max_batch=config.max_batch, active_sessions=lambda: len(self.store),

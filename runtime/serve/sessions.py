@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..session import Retriever, StrokeSession
+from .config import ServeConfig
 from .errors import SessionNotFound
 
 ID_BYTES = 18  # 144 random bits, 24 url-safe characters
@@ -35,20 +36,11 @@ class Entry:
 class SessionStore:
     """Sessions by id, least recently used first. Used from the event loop thread only."""
 
-    def __init__(
-        self,
-        retriever: Retriever,
-        *,
-        max_sessions: int = 256,
-        ttl: float = 1800.0,
-        clock: Callable[[], float] = time.monotonic,
-        on_drop: Callable[[str], None] | None = None,
-    ) -> None:
-        if max_sessions < 1:
-            raise ValueError("max_sessions must be >= 1")
+    def __init__(self, retriever: Retriever, config: ServeConfig, *, clock: Callable[[], float] = time.monotonic,
+                 on_drop: Callable[[str], None] | None = None) -> None:
         self.retriever = retriever
-        self.max_sessions = int(max_sessions)
-        self.ttl = float(ttl)
+        self.max_sessions = int(config.max_sessions)
+        self.ttl = float(config.session_ttl)
         self.clock = clock
         self._on_drop = on_drop or (lambda _reason: None)
         self._entries: OrderedDict[str, Entry] = OrderedDict()

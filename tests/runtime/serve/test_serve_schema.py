@@ -110,3 +110,13 @@ def test_any_finite_stroke_is_served_or_refused_cleanly(served):
 
     check()
     assert outcomes.get(200, 0) > EXAMPLES // 2, outcomes  # most finite strokes are simply drawn
+
+
+@pytest.mark.parametrize("bad", [{"max_sessions": 0}, {"max_batch": 0}, {"max_queue": 0}, {"session_ttl": 0},
+                                 {"batch_window_ms": -1}, {"max_points": 0}])
+def test_serve_config_refuses_limits_out_of_range(bad):
+    from dcssa.runtime.serve.config import ServeConfig
+
+    with pytest.raises(ValueError, match="out of range"):
+        ServeConfig(**bad)
+    ServeConfig()  # the defaults are valid
