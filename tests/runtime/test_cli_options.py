@@ -13,6 +13,8 @@ from click.testing import CliRunner
 
 from dcssa.runtime.backends import backend_names
 from dcssa.runtime.cli import main as rt
+from dcssa.runtime.cli_options import output_options
+from dcssa.runtime.cli_util import stdout_for_json
 
 WIDE = {"terminal_width": 10_000, "max_content_width": 10_000}  # one help entry per line
 
@@ -164,3 +166,17 @@ def test_calibrate_json_keeps_stdout_one_document(bundle2, dataset, gallery2, tm
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["precisions"] == ["fp32", "int8"] and "int8" in doc["fidelity"]
+
+
+def test_json_mode_sends_what_the_work_prints_to_stderr():
+    @click.command()
+    @output_options(json="a document")
+    def cmd(as_json: bool, quiet: bool) -> None:
+        with stdout_for_json(as_json):
+            print("chatter from a library")  # as onnxruntime's calibrators do
+        click.echo(json.dumps({"ok": True}))
+
+    res = invoke(cmd, ["--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout) == {"ok": True} and "chatter" in res.stderr
+    res = invoke(cmd, [])
+    assert res.stdout.startswith("chatter from a library\n") and res.stderr == ""
