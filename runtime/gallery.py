@@ -15,6 +15,7 @@ from .atomic import refuse_existing, staged_dir
 from .backends import Backend, get_backend
 from .bundle import Bundle
 from .errors import GalleryError
+from .progress import Progress
 
 GALLERY_META = "gallery.json"
 EMBEDDINGS = "embeddings.npy"
@@ -224,8 +225,6 @@ def build_gallery(
     warn: Callable[[str], None] = lambda _m: None,
 ) -> Gallery:
     """Embed every image under ``photos``; the gallery appears at ``out`` only when complete."""
-    from tqdm import tqdm
-
     photos, out = Path(photos), Path(out)
     refuse_existing(out, force)
     backend = backend or get_backend("ort-cpu")
@@ -233,7 +232,7 @@ def build_gallery(
     if not paths:
         raise GalleryError("no images found (png, jpg, jpeg, bmp, gif, webp, tif)", path=photos)
     skipped: list[str] = []
-    bar = tqdm(total=len(paths), desc="embedding photos", unit="photo", disable=not progress)
+    bar = Progress(quiet=not progress).bar(len(paths), "embedding photos", "photo", leave=True)
 
     def skip(path: Path, exc: Exception) -> None:
         warn(f"skipping unreadable image {path}: {exc}")

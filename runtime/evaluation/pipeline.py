@@ -23,6 +23,7 @@ from ..backends import Backend, get_backend
 from ..bundle import Bundle
 from ..errors import DcssaError, GalleryError
 from ..gallery import Gallery, build_gallery
+from ..progress import Progress
 from ..session import Retriever
 from ..strokes import points_to_strokes
 from . import metrics as M
@@ -151,11 +152,13 @@ def _backends(configs: list[RunConfig], bundle: Bundle, threads: int | None) -> 
 def _run_one(evaluate: SketchEvaluator, label: str, data: QmulSplit, photos: Gallery, protocol: str,
              progress: bool) -> tuple[dict, list[SketchOutcome]]:
     """Every sketch through one backend/precision: metrics, published values, curve, per-sketch ranks."""
-    from tqdm import tqdm
-
     target = {Path(pid).stem: i for i, pid in enumerate(photos.ids)}
     t0 = time.perf_counter()
-    res = [evaluate(s, target[s.photo]) for s in tqdm(data.sketches, desc=label, unit="sketch", disable=not progress)]
+    with Progress(quiet=not progress).bar(len(data.sketches), label, "sketch", leave=True) as bar:
+        res = []
+        for s in data.sketches:
+            res.append(evaluate(s, target[s.photo]))
+            bar.update(1)
     ranks = [o.ranks for o in res]
     r = evaluate.r
     run = {"label": label, "backend": r.backend.name, "precision": r.precision,
