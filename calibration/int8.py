@@ -1,11 +1,12 @@
 """INT8 by explicit Q/DQ: calibration ranges, a recorded recipe, and the quantised graph.
 
-The graph is quantised statically with per-channel weights and SYMMETRIC int8 activations (zero
-point 0) by default, because that is the only activation encoding TensorRT accepts: the same file
-then runs on onnxruntime CPU and builds a strongly typed TensorRT engine. What is quantised is a
-:class:`Int8Recipe` -- a calibration method and a set of graph blocks (Inception blocks, attention
-projections, ...) -- chosen by measurement in :mod:`dcssa.calibration.search` and stored in the
-bundle manifest so the choice can be audited and repeated.
+What is quantised is an :class:`Int8Recipe` -- a calibration method and a set of graph blocks
+(Inception blocks, attention projections, ...) -- chosen by measurement in
+:mod:`dcssa.calibration.search` and stored in the bundle manifest so the choice can be audited and
+repeated. How activations are encoded is not part of the recipe: it follows the target. Weights are
+per-channel symmetric int8 everywhere; activations are uint8 ASYMMETRIC for onnxruntime CPU (its
+fast integer kernels; a symmetric graph ran slower than fp32 there) and int8 SYMMETRIC (zero point
+0) for TensorRT, the only encoding it accepts. One recipe therefore ships as two files.
 
 Ranges are collected once per calibration method into onnxruntime's JSON calibration cache and
 reused for every candidate recipe, so a sensitivity sweep costs one calibration pass, not dozens.
@@ -14,10 +15,11 @@ reused for every candidate recipe, so a sensitivity sweep costs one calibration 
 from __future__ import annotations
 
 import contextlib
-import io
+import logging
 import re
 import tempfile
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -44,6 +46,10 @@ TRUNK_BLOCKS = (
 )
 ATTENTION_BLOCKS = ("attention.norm", "attention.proj", "attention.scores", "attention.tail")
 STEM_POOLS = "stem_pools"
+
+#: activation encoding per target (see the module docstring); the manifest's ``activations`` labels
+CPU_ACTIVATIONS = "uint8 asymmetric (onnxruntime CPU)"
+TENSORRT_ACTIVATIONS = "int8 symmetric (zero point 0)"
 
 
 class QuantisationError(DcssaError):
@@ -87,14 +93,18 @@ def default_blocks() -> list[str]:
     return [*TRUNK_BLOCKS, STEM_POOLS, "attention.proj"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Int8Recipe:
-    """What gets quantised and how; stored verbatim in the manifest."""
+    """What gets quantised and how its ranges are calibrated; stored in the manifest.
+
+    The activation encoding is the target's (``symmetric`` arguments below), so one recipe yields
+    both the CPU and the TensorRT graph. Frozen: a recipe is a record, derive variants with
+    :func:`dataclasses.replace`.
+    """
 
     method: str = "minmax"
     blocks: list[str] = field(default_factory=default_blocks)
     per_channel: bool = True
-    symmetric_activations: bool = True  # zero point 0: what TensorRT requires
     percentile: float = 99.999
     op_types: list[str] = field(default_factory=lambda: list(QUANTISED_OPS))
     exclude_nodes: list[str] = field(default_factory=list)  # individual nodes kept in float
@@ -106,14 +116,15 @@ class Int8Recipe:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def record(self, *, symmetric: bool) -> dict:
+        """The recipe as written to manifests and search records: with the encoding of its graph."""
+        return {**self.to_dict(), "symmetric_activations": symmetric}
+
     @classmethod
     def from_dict(cls, d: dict) -> Int8Recipe:
+        """Unknown keys are ignored, among them ``symmetric_activations`` (either value) of records."""
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
-
-    @property
-    def tensorrt_compatible(self) -> bool:
-        return self.symmetric_activations
 
     def nodes(self, model: onnx.ModelProto) -> list[str]:
         """Names of the nodes this recipe quantises in ``model``."""
@@ -124,8 +135,9 @@ class Int8Recipe:
             if node_block(n.name) in blocks and n.op_type in ops and n.op_type not in ALWAYS_FLOAT_OPS and n.name not in skip
         ]
 
-    def short(self) -> str:
-        return f"{self.method}, {len(self.blocks)} blocks, {'s8 sym' if self.symmetric_activations else 'u8 asym'}"
+    def short(self, *, symmetric: bool | None = None) -> str:
+        text = f"{self.method}, {len(self.blocks)} blocks"
+        return text if symmetric is None else f"{text}, {'s8 sym' if symmetric else 'u8 asym'}"
 
 
 def _method_enum(method: str):
@@ -141,12 +153,16 @@ def collect_ranges(
     method: str,
     cache_path: Path,
     *,
-    symmetric: bool = True,
+    symmetric: bool = False,
     percentile: float = 99.999,
     chunk: int = 8,
     on_batch: Callable[[int], None] = lambda _n: None,
 ) -> Path:
-    """Run the calibrator over ``prefixes`` in chunks (bounded memory) and save the range cache."""
+    """Run the calibrator over ``prefixes`` in chunks (bounded memory) and save the range cache.
+
+    onnxruntime's histogram calibrators (entropy, percentile) print progress lines to stdout; that
+    is left to the caller (a CLI with ``--json`` sends stdout elsewhere while it works).
+    """
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
     if method not in METHODS:
@@ -166,14 +182,44 @@ def collect_ranges(
         n = len(reader)
         for start in range(0, n, chunk):
             reader.set_range(start, min(n, start + chunk))
-            with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print per call
-                calibrator.collect_data(reader)
+            calibrator.collect_data(reader)
             on_batch(min(chunk, n - start))
-        with contextlib.redirect_stdout(io.StringIO()):
-            ranges = calibrator.compute_data()
+        ranges = calibrator.compute_data()
         del calibrator
     save_tensors_data(ranges, cache_path)
     return cache_path
+
+
+class _QuantiserNotices(logging.Filter):
+    """Drops what onnxruntime.quantization logs below ERROR on ONE thread.
+
+    The quantiser logs through the root logger (``logging.warning``), e.g. "Please consider to run
+    pre-processing before quantization" twice per call. Matching the records by source file and
+    thread leaves every other record -- other libraries, other threads -- and the root level alone.
+    """
+
+    def __init__(self, thread: int) -> None:
+        super().__init__()
+        import onnxruntime.quantization as q
+
+        self.thread = thread
+        self.source = str(Path(q.__file__).parent)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        own = record.thread == self.thread and record.pathname.startswith(self.source)
+        return not own or record.levelno >= logging.ERROR
+
+
+@contextlib.contextmanager
+def quantiser_notices_hidden() -> Iterator[None]:
+    """Within the block, the calling thread's quantiser notices are not emitted."""
+    root = logging.getLogger()
+    notices = _QuantiserNotices(threading.get_ident())
+    root.addFilter(notices)
+    try:
+        yield
+    finally:
+        root.removeFilter(notices)
 
 
 def fix_ir_version(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -183,10 +229,12 @@ def fix_ir_version(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, recipe: Int8Recipe, cache_path: Path) -> dict:
-    """Write the Q/DQ graph of ``recipe`` using ranges from ``cache_path``; returns a summary."""
-    import logging
+def quantize_int8(fp32_path: Path, out_path: Path, recipe: Int8Recipe, cache_path: Path, *,
+                  symmetric: bool = False) -> dict:
+    """Write the Q/DQ graph of ``recipe`` using ranges from ``cache_path``; returns a summary.
 
+    ``symmetric``: int8 activations with zero point 0 (TensorRT) instead of uint8 (onnxruntime CPU).
+    """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     model = onnx.load(str(fp32_path))
@@ -197,38 +245,27 @@ def quantize_int8(fp32_path: Path, out_path: Path, recipe: Int8Recipe, cache_pat
             path=fp32_path,
             hint=f"name blocks among: {', '.join(graph_blocks(model))}",
         )
-    act = QuantType.QInt8 if recipe.symmetric_activations else QuantType.QUInt8
-    extra = {
-        "ActivationSymmetric": recipe.symmetric_activations,
-        "WeightSymmetric": True,
-        "QDQKeepRemovableActivations": False,
-    }
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantiser warns about pre-processing on every call
-    try:
-        with tempfile.TemporaryDirectory(prefix="dcssa-q-") as tmp:
-            tmp_out = Path(tmp) / "q.onnx"
-            quantize_static(
-                str(fp32_path),
-                str(tmp_out),
-                None,
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(recipe.op_types),
-                per_channel=recipe.per_channel,
-                reduce_range=False,
-                activation_type=act,
-                weight_type=QuantType.QInt8,
-                nodes_to_quantize=nodes,
-                calibrate_method=_method_enum(recipe.method),
-                extra_options=extra,
-                calibration_cache_path=str(cache_path),
-            )
-            q = fix_ir_version(onnx.load(str(tmp_out)))
-    finally:
-        root.setLevel(level)
+    extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QDQKeepRemovableActivations": False}
+    with tempfile.TemporaryDirectory(prefix="dcssa-q-") as tmp, quantiser_notices_hidden():
+        tmp_out = Path(tmp) / "q.onnx"
+        quantize_static(
+            str(fp32_path),
+            str(tmp_out),
+            None,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(recipe.op_types),
+            per_channel=recipe.per_channel,
+            reduce_range=False,
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_quantize=nodes,
+            calibrate_method=_method_enum(recipe.method),
+            extra_options=extra,
+            calibration_cache_path=str(cache_path),
+        )
+        q = fix_ir_version(onnx.load(str(tmp_out)))
     q.producer_name = "dcssa-calibrate"
-    q.doc_string = f"DC-SSA int8 (Q/DQ) {recipe.short()}"
+    q.doc_string = f"DC-SSA int8 (Q/DQ) {recipe.short(symmetric=symmetric)}"
     onnx.checker.check_model(q)
     out_path.write_bytes(q.SerializeToString())
     counts: dict[str, int] = {}

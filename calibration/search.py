@@ -19,18 +19,21 @@ from pathlib import Path
 
 from dcssa.runtime import manifest as mf
 from dcssa.runtime.bundle import Bundle
+from dcssa.runtime.progress import Say, silent
 
 from . import fidelity as fd
 from .calibset import PrefixSet
 from .int8 import ATTENTION_BLOCKS, STEM_POOLS, TRUNK_BLOCKS, Int8Recipe, collect_ranges, quantize_int8
 
-Say = Callable[[str], None]
 SEARCH_BLOCKS = (*TRUNK_BLOCKS, STEM_POOLS, "attention.proj")
 
 
 @dataclass
 class SearchContext:
-    """Everything one recipe evaluation needs; range caches are computed once per method."""
+    """Everything one recipe evaluation needs; range caches are computed once per method.
+
+    ``symmetric`` is the activation encoding of the target (False: onnxruntime CPU, True: TensorRT).
+    """
 
     bundle: Bundle
     calib: PrefixSet
@@ -39,10 +42,10 @@ class SearchContext:
     ref: fd.Reference
     workdir: Path
     backend: object
-    symmetric: bool = True
+    symmetric: bool = False
     latency_rasters: int = 6
     latency_repeats: int = 2
-    say: Say = lambda _m: None
+    say: Say = silent
     on_batch: Callable[[int], None] = lambda _n: None
     caches: dict[str, Path] = field(default_factory=dict)
 
@@ -64,13 +67,13 @@ class SearchContext:
     def evaluate(self, recipe: Int8Recipe, *, latency: bool = True, keep: Path | None = None) -> dict:
         """Quantise with ``recipe`` and report its fidelity (and latency) against fp32."""
         out = keep or self.workdir / "candidate.onnx"
-        summary = quantize_int8(self.fp32, out, recipe, self.cache(recipe.method))
+        summary = quantize_int8(self.fp32, out, recipe, self.cache(recipe.method), symmetric=self.symmetric)
         report = fd.fidelity_report(
             self.bundle, out, "int8", self.held, self.gallery, self.ref, backend=self.backend,
             latency_rasters=self.latency_rasters if latency else 0, latency_repeats=self.latency_repeats,
             on_batch=self.on_batch,
         )
-        report["recipe"] = recipe.to_dict()
+        report["recipe"] = recipe.record(symmetric=self.symmetric)
         report["quantisation"] = summary
         return report
 
@@ -92,7 +95,7 @@ def _point(label: str, report: dict) -> dict:
 def compare_methods(ctx: SearchContext, methods: Sequence[str], blocks: Sequence[str] = SEARCH_BLOCKS) -> list[dict]:
     out = []
     for m in methods:
-        r = ctx.evaluate(Int8Recipe(method=m, blocks=list(blocks), symmetric_activations=ctx.symmetric), latency=False)
+        r = ctx.evaluate(Int8Recipe(method=m, blocks=list(blocks)), latency=False)
         out.append({"method": m, **_point(m, r)})
         ctx.say(f"  method {m:10s} top-1 {r['top1_agreement']:.1%} top-10 {r['top10_overlap']:.1%} "
                 f"cosine {r['embedding_cosine']['mean']:.4f}")
@@ -103,7 +106,7 @@ def block_sensitivity(ctx: SearchContext, method: str, blocks: Sequence[str] = S
     """Fidelity with only one block quantised, for each block."""
     out = []
     for b in blocks:
-        r = ctx.evaluate(Int8Recipe(method=method, blocks=[b], symmetric_activations=ctx.symmetric), latency=False)
+        r = ctx.evaluate(Int8Recipe(method=method, blocks=[b]), latency=False)
         out.append({"block": b, **_point(b, r)})
         ctx.say(f"  only {b:16s} top-1 {r['top1_agreement']:.1%} top-10 {r['top10_overlap']:.1%} "
                 f"cosine {r['embedding_cosine']['mean']:.4f}")
@@ -119,7 +122,7 @@ def trade_off_curve(ctx: SearchContext, method: str, order: Sequence[str]) -> li
     """Quantise the first k blocks of ``order`` for k = 1..len(order): fidelity and latency each time."""
     curve = []
     for k in range(1, len(order) + 1):
-        recipe = Int8Recipe(method=method, blocks=list(order[:k]), symmetric_activations=ctx.symmetric)
+        recipe = Int8Recipe(method=method, blocks=list(order[:k]))
         r = ctx.evaluate(recipe)
         p = {"blocks": k, "added": order[k - 1], **_point(f"{k} blocks", r)}
         curve.append(p)
@@ -154,13 +157,13 @@ def run_search(ctx: SearchContext, methods: Sequence[str] = ("minmax", "percenti
     ctx.say("recipe search: trade-off curve (least sensitive blocks first)")
     curve = trade_off_curve(ctx, best, order)
     point, ok = choose(curve)
-    recipe = Int8Recipe(method=best, blocks=list(order[: point["blocks"]]), symmetric_activations=ctx.symmetric)
+    recipe = Int8Recipe(method=best, blocks=list(order[: point["blocks"]]))
     record = {
         "methods": by_method,
         "sensitivity": sens,
         "order": order,
         "curve": curve,
-        "chosen": {"blocks": point["blocks"], "meets_targets": ok, "recipe": recipe.to_dict()},
+        "chosen": {"blocks": point["blocks"], "meets_targets": ok, "recipe": recipe.record(symmetric=ctx.symmetric)},
         "float_blocks": [b for b in (*SEARCH_BLOCKS, *ATTENTION_BLOCKS) if b not in recipe.blocks],
     }
     (ctx.workdir / "search.json").write_text(json.dumps(record, indent=2) + "\n")
