@@ -1,5 +1,10 @@
 """Add FP16 / INT8 graphs, their fidelity reports and the chosen recipe to an existing bundle.
 
+Calibration runs in stages: :func:`prepare` reads the data and computes what every precision is
+compared against (the fp32 reference on held-out prefixes), :func:`fp16_stage` and
+:func:`int8_stage` each write graphs and reports into the work folder, and :func:`commit_stages`
+puts them into the bundle in one manifest swap.
+
 The bundle is never half-updated: new graphs are written under content-addressed names
 (``sketch_encoder.int8-<sha8>.onnx``) that no current manifest entry uses, then ``manifest.json`` is
 replaced atomically (temp file + ``os.replace``), and only then are files the new manifest no longer
@@ -13,29 +18,31 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dcssa.runtime import manifest as mf
-from dcssa.runtime.backends import get_backend
+from dcssa.runtime.backends import Backend, get_backend
 from dcssa.runtime.bundle import Bundle, sha256_file
 from dcssa.runtime.errors import DcssaError
+from dcssa.runtime.progress import Progress, Say, silent
 
 from . import fidelity as fd
-from .calibset import bundle_prefix_set, load_sketch_data, split_heldout
+from .calibset import PrefixSet, bundle_prefix_set, load_sketch_data, split_heldout
 from .fp16 import convert_fp16
-from .int8 import Int8Recipe
+from .int8 import CPU_ACTIVATIONS, TENSORRT_ACTIVATIONS, Int8Recipe
 from .search import SearchContext, plot_curve, run_search
 
-Say = Callable[[str], None]
 PRECISIONS = ("fp16", "int8")
 FP16_GRAPHS = (mf.SKETCH_ENCODER, mf.PHOTO_ENCODER)
+CURVE_PNG = "int8-tradeoff.png"
 # The recipe the search chose on the structured demo model (see README, "Precision"): used when
 # no search is asked for. A trained checkpoint deserves its own search (--recipe search).
 DEFAULT_RECIPE = Int8Recipe(
     method="entropy",
     blocks=["stem_pools", "attention.proj", "Mixed_7a", "Mixed_7c", "Mixed_7b", "Mixed_6e", "Mixed_6d", "Mixed_6c"],
-    symmetric_activations=False,
 )
 
 
@@ -55,7 +62,7 @@ def load_recipe(spec: str | Path | None) -> Int8Recipe | None:
     if spec is None or str(spec) == "search":
         return None
     if str(spec) == "default":
-        return Int8Recipe.from_dict(DEFAULT_RECIPE.to_dict())
+        return Int8Recipe.from_dict(DEFAULT_RECIPE.to_dict())  # a copy: its lists are the caller's
     path = Path(spec)
     try:
         doc = json.loads(path.read_text())
@@ -132,10 +139,164 @@ def _hashed_name(graph: str, tag: str, tmp: Path) -> str:
     return f"{graph}.{tag}-{sha256_file(tmp)[:8]}.onnx"
 
 
-def _progress(total: int, desc: str, quiet: bool):
-    from tqdm import tqdm
+@dataclass
+class Prepared:
+    """What every precision stage works from: the prefix sets, the gallery and the fp32 reference."""
 
-    return tqdm(total=total, desc=desc, unit="raster", disable=quiet, leave=False)
+    bundle: Bundle
+    data: str
+    calib: PrefixSet
+    held: PrefixSet
+    gallery: fd.GalleryMatrix
+    ref: fd.Reference
+    backend: Backend
+    work: Path
+    quiet: bool = False
+    say: Say = silent
+
+    def bar(self, total: int, desc: str):
+        return Progress(self.quiet).bar(total, desc, "raster")
+
+
+@dataclass
+class StageOutput:
+    """What one precision stage adds: staged files (final name -> temp file), entries, reports."""
+
+    files: dict[str, Path] = field(default_factory=dict)
+    entries: dict[tuple[str, str], dict] = field(default_factory=dict)
+    reports: dict[str, dict] = field(default_factory=dict)
+    int8: dict | None = None  # the manifest's calibration.int8 record
+
+
+def prepare(bundle: Bundle, data: str | Path, work: Path, *, photos: Path | None = None,
+            gallery: Path | None = None, max_calib: int = 96, max_heldout: int | None = None,
+            heldout_share: float = 0.5, threads: int | None = None, quiet: bool = False,
+            say: Say = silent) -> Prepared:
+    """Read the sketches, split them by sketch, rank the gallery and run the fp32 reference once."""
+    backend = get_backend("ort-cpu", threads=threads)
+    say(f"reading calibration data: {data}")
+    sk = load_sketch_data(data)
+    calib_sketches, held_sketches = split_heldout(sk.sketches, heldout_share)
+    calib = bundle_prefix_set(bundle, calib_sketches).subsample(max_calib)
+    held = bundle_prefix_set(bundle, held_sketches).subsample(max_heldout)
+    say(f"{len(calib)} calibration prefixes ({len(calib_sketches)} sketches), "
+        f"{len(held)} held-out prefixes ({len(held_sketches)} sketches)")
+    gal = fd.gallery_matrix(bundle, photos=photos or (None if gallery else sk.photos), gallery=gallery, backend=backend)
+    with Progress(quiet).bar(len(held), "fp32 reference", "raster") as bar:
+        ref = fd.reference(bundle, held, gal, backend, on_batch=bar.update)
+    return Prepared(bundle, str(data), calib, held, gal, ref, backend, work, quiet, say)
+
+
+def fp16_stage(prep: Prepared) -> StageOutput:
+    """FP16 sketch and photo encoders, and the sketch encoder's fidelity report."""
+    out = StageOutput()
+    for name in FP16_GRAPHS:
+        prep.say(f"fp16: converting {name}")
+        tmp = prep.work / f"{name}.fp16.onnx"
+        typing = convert_fp16(prep.bundle.graph_path(name, "fp32"), tmp)
+        fname = _hashed_name(name, "fp16", tmp)
+        out.files[fname] = tmp
+        out.entries[(name, "fp16")] = {"file": fname, "precision": "fp16", "fp32_nodes": typing["fp32_nodes"]}
+    with prep.bar(len(prep.held), "fp16 fidelity") as bar:
+        rep = fd.fidelity_report(prep.bundle, prep.work / f"{mf.SKETCH_ENCODER}.fp16.onnx", "fp16", prep.held,
+                                 prep.gallery, prep.ref, backend=prep.backend, latency_rasters=0, on_batch=bar.update)
+    rep["note"] = "fp16 targets GPU backends; onnxruntime CPU runs it through casts, so no CPU latency is reported"
+    out.reports["fp16"] = rep
+    prep.say(fd.summary_line("fp16", rep))
+    return out
+
+
+def _context(prep: Prepared, *, symmetric: bool, latency_rasters: int = 6) -> SearchContext:
+    return SearchContext(prep.bundle, prep.calib, prep.held, prep.gallery, prep.ref, prep.work, prep.backend,
+                         symmetric=symmetric, say=prep.say, latency_rasters=latency_rasters)
+
+
+def _quantised(prep: Prepared, ctx: SearchContext, recipe: Int8Recipe, out: Path, what: str, *,
+               latency: bool) -> dict:
+    """Calibrate (cached per method) and write ``recipe``'s graph for ``ctx``'s target; its report."""
+    tag = ", symmetric" if ctx.symmetric else ""
+    with prep.bar(len(prep.calib), f"calibrating ({recipe.method}{tag})") as bar:
+        ctx.on_batch = bar.update
+        ctx.cache(recipe.method)
+    with prep.bar(len(prep.held), f"{what} fidelity") as bar:
+        ctx.on_batch = bar.update
+        return ctx.evaluate(recipe, latency=latency, keep=out)
+
+
+def int8_stage(prep: Prepared, recipe: Int8Recipe | None = None, *, search_record: dict | None = None,
+               methods: Sequence[str] = ("minmax", "percentile", "entropy"), latency_rasters: int = 8) -> StageOutput:
+    """The int8 sketch encoder twice from one recipe: uint8 asymmetric activations for onnxruntime
+    CPU (with latency) and int8 symmetric ones for TensorRT. ``recipe=None`` searches for it."""
+    out = StageOutput()
+    ctx = _context(prep, symmetric=False, latency_rasters=latency_rasters)
+    search = search_record
+    if recipe is None:
+        search = run_search(ctx, methods)
+        recipe = Int8Recipe.from_dict(search["chosen"]["recipe"])
+    png = plot_curve(search, prep.work / "int8-curve.png") if search is not None else None
+    if png is not None:
+        out.files[CURVE_PNG] = png
+    prep.say(f"int8: quantising with {recipe.short(symmetric=False)}")
+    cpu, sym = prep.work / f"{mf.SKETCH_ENCODER}.int8.onnx", prep.work / f"{mf.SKETCH_ENCODER}.int8sym.onnx"
+    out.reports["int8"] = _quantised(prep, ctx, recipe, cpu, "int8", latency=True)
+    prep.say(fd.summary_line("int8", out.reports["int8"]))
+    rep_sym = _quantised(prep, _context(prep, symmetric=True), recipe, sym, "int8 (TensorRT graph)", latency=False)
+    rep_sym["note"] = "symmetric-activation Q/DQ graph for TensorRT, measured on onnxruntime CPU"
+    out.reports["int8-tensorrt"] = rep_sym
+    prep.say(fd.summary_line("int8 (TensorRT graph)", rep_sym))
+    fname, sname = _hashed_name(mf.SKETCH_ENCODER, "int8", cpu), _hashed_name(mf.SKETCH_ENCODER, "int8sym", sym)
+    out.files[fname], out.files[sname] = cpu, sym
+    out.entries[(mf.SKETCH_ENCODER, "int8")] = {"file": fname, "precision": "int8", "activations": CPU_ACTIVATIONS,
+                                                "tensorrt_file": sname, "tensorrt_activations": TENSORRT_ACTIVATIONS}
+    out.int8 = {
+        "recipe": recipe.record(symmetric=False),
+        "tensorrt_recipe": recipe.record(symmetric=True),
+        "search": None if search is None else {k: search[k] for k in ("methods", "sensitivity", "order", "curve", "chosen", "float_blocks")},
+    }
+    if png is not None:
+        out.int8["curve_png"] = CURVE_PNG
+    return out
+
+
+def _precision_order(p: str) -> tuple[int, str]:
+    known = ("fp32", "fp16", "int8")
+    return (known.index(p) if p in known else len(known), p)
+
+
+def commit_stages(prep: Prepared, stages: Sequence[StageOutput]) -> dict:
+    """Every stage's files, entries and reports into the bundle in one manifest swap."""
+    bundle = prep.bundle
+    stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    files = {name: tmp for st in stages for name, tmp in st.files.items()}
+    int8 = next((st.int8 for st in stages if st.int8 is not None), None)
+
+    def update(m: dict) -> None:
+        for st in stages:
+            for (name, prec), entry in st.entries.items():
+                m["graphs"][name][prec] = {**entry, **mf.signature(name, bundle.feature_dim, bundle.embed_dim)}
+            m.setdefault("fidelity", {}).update(st.reports)
+        m["precisions"] = sorted({p for per in m["graphs"].values() for p in per}, key=_precision_order)
+        info = m.setdefault("calibration", {})
+        info.update({"data": prep.data, "calibration_prefixes": len(prep.calib), "heldout_prefixes": len(prep.held),
+                     "heldout_sketches": len(prep.held.sketches), "gallery": prep.gallery.source, "created": stamp})
+        if int8 is not None:
+            info["int8"] = int8
+
+    return commit(bundle.path, files, update)
+
+
+@contextmanager
+def _workdir(bundle_path: Path, workdir: Path | None) -> Iterator[Path]:
+    """``workdir`` (kept), else a temporary folder inside the bundle (same file system; removed)."""
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        yield Path(workdir)
+        return
+    work = Path(tempfile.mkdtemp(prefix=".calibrate-", dir=bundle_path))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def calibrate_bundle(
@@ -155,112 +316,22 @@ def calibrate_bundle(
     latency_rasters: int = 8,
     workdir: Path | None = None,
     quiet: bool = False,
-    say: Say = lambda _m: None,
+    say: Say = silent,
 ) -> dict:
     """Add ``precisions`` to the bundle; returns the new manifest. ``recipe=None`` runs the search."""
     bundle_path = Path(bundle_path)
-    bundle = Bundle.load(bundle_path)
     precisions = [p for p in precisions if p != "fp32"]
     for p in precisions:
         if p not in PRECISIONS:
             raise DcssaError(f"cannot calibrate precision {p!r}", hint=f"choose among {', '.join(PRECISIONS)}")
-    backend = get_backend("ort-cpu", threads=threads)
-    say(f"reading calibration data: {data}")
-    sk = load_sketch_data(data)
-    calib_sketches, held_sketches = split_heldout(sk.sketches, heldout_share)
-    calib = bundle_prefix_set(bundle, calib_sketches).subsample(max_calib)
-    held = bundle_prefix_set(bundle, held_sketches).subsample(max_heldout)
-    say(f"{len(calib)} calibration prefixes ({len(calib_sketches)} sketches), "
-        f"{len(held)} held-out prefixes ({len(held_sketches)} sketches)")
-    gal = fd.gallery_matrix(bundle, photos=photos or (None if gallery else sk.photos), gallery=gallery, backend=backend)
-    with _progress(len(held), "fp32 reference", quiet) as bar:
-        ref = fd.reference(bundle, held, gal, backend, on_batch=bar.update)
-    staged: dict[str, Path] = {}
-    entries: dict[tuple[str, str], dict] = {}
-    reports: dict[str, dict] = {}
-    calibration: dict = {}
-    own_tmp = workdir is None
-    work = Path(tempfile.mkdtemp(prefix=".calibrate-", dir=bundle_path)) if own_tmp else Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    bundle = Bundle.load(bundle_path)
+    with _workdir(bundle_path, workdir) as work:
+        prep = prepare(bundle, data, work, photos=photos, gallery=gallery, max_calib=max_calib,
+                       max_heldout=max_heldout, heldout_share=heldout_share, threads=threads, quiet=quiet, say=say)
+        stages = []
         if "fp16" in precisions:
-            typing = {}
-            for name in FP16_GRAPHS:
-                say(f"fp16: converting {name}")
-                tmp = work / f"{name}.fp16.onnx"
-                typing[name] = convert_fp16(bundle.graph_path(name, "fp32"), tmp)
-                fname = _hashed_name(name, "fp16", tmp)
-                staged[fname] = tmp
-                entries[(name, "fp16")] = {"file": fname, "precision": "fp16", "fp32_nodes": typing[name]["fp32_nodes"]}
-            with _progress(len(held), "fp16 fidelity", quiet) as bar:
-                rep = fd.fidelity_report(bundle, work / f"{mf.SKETCH_ENCODER}.fp16.onnx", "fp16", held, gal, ref,
-                                         backend=backend, latency_rasters=0, on_batch=bar.update)
-            rep["note"] = "fp16 targets GPU backends; onnxruntime CPU runs it through casts, so no CPU latency is reported"
-            reports["fp16"] = rep
-            say(fd.summary_line("fp16", rep))
+            stages.append(fp16_stage(prep))
         if "int8" in precisions:
-            ctx = SearchContext(bundle, calib, held, gal, ref, work, backend, symmetric=False, say=say,
-                                latency_rasters=latency_rasters)
-            search = search_record
-            if recipe is None:
-                search = run_search(ctx, methods)
-                recipe = Int8Recipe.from_dict(search["chosen"]["recipe"])
-            if search is not None:
-                png = plot_curve(search, work / "int8-curve.png")
-                if png is not None:
-                    staged["int8-tradeoff.png"] = png
-            recipe.symmetric_activations = False
-            say(f"int8: quantising with {recipe.short()}")
-            with _progress(len(calib), f"calibrating ({recipe.method})", quiet) as bar:
-                ctx.on_batch = bar.update
-                ctx.cache(recipe.method)
-            cpu = work / f"{mf.SKETCH_ENCODER}.int8.onnx"
-            with _progress(len(held), "int8 fidelity", quiet) as bar:
-                ctx.on_batch = bar.update
-                rep = ctx.evaluate(recipe, keep=cpu)
-            reports["int8"] = rep
-            say(fd.summary_line("int8", rep))
-            # the TensorRT graph: same recipe and data, symmetric int8 activations (zero point 0)
-            trt_recipe = Int8Recipe.from_dict({**recipe.to_dict(), "symmetric_activations": True})
-            ctx_sym = SearchContext(bundle, calib, held, gal, ref, work, backend, symmetric=True, say=say)
-            sym = work / f"{mf.SKETCH_ENCODER}.int8sym.onnx"
-            with _progress(len(calib), f"calibrating ({recipe.method}, symmetric)", quiet) as bar:
-                ctx_sym.on_batch = bar.update
-                ctx_sym.cache(recipe.method)
-            with _progress(len(held), "int8 (TensorRT graph) fidelity", quiet) as bar:
-                ctx_sym.on_batch = bar.update
-                rep_sym = ctx_sym.evaluate(trt_recipe, latency=False, keep=sym)
-            rep_sym["note"] = "symmetric-activation Q/DQ graph for TensorRT, measured on onnxruntime CPU"
-            reports["int8-tensorrt"] = rep_sym
-            say(fd.summary_line("int8 (TensorRT graph)", rep_sym))
-            fname, sname = _hashed_name(mf.SKETCH_ENCODER, "int8", cpu), _hashed_name(mf.SKETCH_ENCODER, "int8sym", sym)
-            staged[fname], staged[sname] = cpu, sym
-            entries[(mf.SKETCH_ENCODER, "int8")] = {
-                "file": fname, "precision": "int8", "activations": "uint8 asymmetric (onnxruntime CPU)",
-                "tensorrt_file": sname, "tensorrt_activations": "int8 symmetric (zero point 0)",
-            }
-            calibration = {
-                "recipe": recipe.to_dict(),
-                "tensorrt_recipe": trt_recipe.to_dict(),
-                "search": None if search is None else {k: search[k] for k in ("methods", "sensitivity", "order", "curve", "chosen", "float_blocks")},
-            }
-        stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-        def update(m: dict) -> None:
-            for (name, prec), entry in entries.items():
-                m["graphs"][name][prec] = {**entry, **mf.signature(name, bundle.feature_dim, bundle.embed_dim)}
-            m["precisions"] = sorted({p for per in m["graphs"].values() for p in per},
-                                     key=lambda p: ("fp32", "fp16", "int8").index(p) if p in ("fp32", "fp16", "int8") else 9)
-            m.setdefault("fidelity", {}).update(reports)
-            info = m.setdefault("calibration", {})
-            info.update({"data": str(data), "calibration_prefixes": len(calib), "heldout_prefixes": len(held),
-                         "heldout_sketches": len(held_sketches), "gallery": gal.source, "created": stamp})
-            if calibration:
-                info["int8"] = calibration
-            if "int8-tradeoff.png" in staged:
-                info["int8"]["curve_png"] = "int8-tradeoff.png"
-
-        return commit(bundle_path, staged, update)
-    finally:
-        if own_tmp:
-            shutil.rmtree(work, ignore_errors=True)
+            stages.append(int8_stage(prep, recipe, search_record=search_record, methods=methods,
+                                     latency_rasters=latency_rasters))
+        return commit_stages(prep, stages)
