@@ -3,9 +3,9 @@
 A live session encodes the canvas after each stroke, so quantisation ranges must come from partial
 sketches, not only finished ones. Sketches come from a QMUL coordinate pickle, a folder of strokes
 JSON files, a dataset root written by ``dcssa-rt make-dataset`` (or laid out like QMUL), or the
-synthetic generator; prefixes are drawn with :class:`dcssa.runtime.raster.Canvas` and preprocessed
-with the bundle's own recipe, the exact code path of :class:`dcssa.runtime.session.StrokeSession`.
-Canvases are kept as uint8 (160 kB each) and preprocessed on demand, so a few hundred prefixes fit.
+synthetic generator; prefixes are drawn and preprocessed by the bundle's
+:class:`~dcssa.runtime.pipeline.SketchPipeline`, the object a live session uses. Canvases are kept
+as uint8 (160 kB each) and preprocessed on demand, so a few hundred prefixes fit.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dcssa.runtime.bundle import Bundle
 from dcssa.runtime.errors import DcssaError, StrokeError
-from dcssa.runtime.raster import Canvas, Preprocessor
+from dcssa.runtime.pipeline import SketchPipeline
 from dcssa.runtime.strokes import load_strokes_file, points_to_strokes
 from dcssa.runtime.synthetic import random_shape, tracing
 
@@ -197,14 +198,14 @@ class PrefixSet:
     sketch: np.ndarray  # (N,) index into ``sketches``
     stroke: np.ndarray  # (N,) 1-based stroke count of the prefix
     sketches: list[Sketch]
-    preprocessor: Preprocessor = field(repr=False)
+    pipeline: SketchPipeline = field(repr=False)
 
     def __len__(self) -> int:
         return len(self.canvases)
 
     def images(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Preprocessed network inputs (n, 3, H, W) float32 for prefixes ``start:stop``."""
-        return np.concatenate([self.preprocessor(c) for c in self.canvases[start:stop]])
+        return np.concatenate([self.pipeline.preprocess(c) for c in self.canvases[start:stop]])
 
     def batches(self, batch_size: int = 8) -> Iterator[np.ndarray]:
         for i in range(0, len(self), batch_size):
@@ -219,35 +220,27 @@ class PrefixSet:
         if limit is None or len(self) <= limit:
             return self
         idx = np.unique(np.linspace(0, len(self) - 1, limit).round().astype(int))
-        return PrefixSet(self.canvases[idx], self.sketch[idx], self.stroke[idx], self.sketches, self.preprocessor)
+        return PrefixSet(self.canvases[idx], self.sketch[idx], self.stroke[idx], self.sketches, self.pipeline)
 
 
-def prefix_set(
-    sketches: Sequence[Sketch],
-    preprocessor: Preprocessor | None = None,
-    *,
-    canvas: int = 400,
-    frame: float = 256.0,
-    max_strokes: int | None = None,
-) -> PrefixSet:
-    """Draw every stroke prefix of every sketch as a live session would (incremental canvas)."""
-    pre = preprocessor or Preprocessor.default()
+def prefix_set(sketches: Sequence[Sketch], pipeline: SketchPipeline | None = None, *,
+               max_strokes: int | None = None) -> PrefixSet:
+    """Draw every stroke prefix of every sketch as a live session would (incremental canvas).
+
+    ``pipeline`` defaults to the default sketch recipe; :func:`bundle_prefix_set` uses the bundle's.
+    """
+    pipe = pipeline or SketchPipeline()
     canvases, sk, st = [], [], []
     for k, s in enumerate(sketches):
-        c = Canvas(canvas=canvas, frame=frame)
-        for t, stroke in enumerate(s.strokes[:max_strokes]):
-            c.add_stroke(stroke)
-            canvases.append(c.image.copy())
+        for t, canvas in enumerate(pipe.prefixes(s.strokes[:max_strokes])):
+            canvases.append(canvas)
             sk.append(k)
             st.append(t + 1)
     if not canvases:
         raise CalibrationDataError("the sketches have no strokes", hint=DATA_HINT)
-    return PrefixSet(np.stack(canvases), np.asarray(sk), np.asarray(st), list(sketches), pre)
+    return PrefixSet(np.stack(canvases), np.asarray(sk), np.asarray(st), list(sketches), pipe)
 
 
-def bundle_prefix_set(bundle, sketches: Sequence[Sketch], **kw) -> PrefixSet:
-    """:func:`prefix_set` with the bundle's canvas, frame and preprocessing recipe."""
-    rec = bundle.manifest["preprocessing"]["sketch"]
-    return prefix_set(
-        sketches, bundle.sketch_preprocessor(), canvas=int(rec.get("canvas", 400)), frame=float(rec.get("frame", 256)), **kw
-    )
+def bundle_prefix_set(bundle: Bundle, sketches: Sequence[Sketch], *, max_strokes: int | None = None) -> PrefixSet:
+    """:func:`prefix_set` through the bundle's sketch pipeline (its canvas, frame and preprocessing)."""
+    return prefix_set(sketches, bundle.sketch_pipeline, max_strokes=max_strokes)

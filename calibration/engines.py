@@ -13,19 +13,23 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dcssa.runtime import manifest as mf
 from dcssa.runtime.backends.tensorrt import local_metadata
 from dcssa.runtime.bundle import Bundle
 from dcssa.runtime.errors import DcssaError
+from dcssa.runtime.progress import Say, silent
 
 from .bundle import commit
 
-Say = Callable[[str], None]
 TIMING_CACHE = "tensorrt.timing-cache"
+Shapes = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 
 
 class EngineBuildError(DcssaError):
@@ -33,19 +37,33 @@ class EngineBuildError(DcssaError):
 
 
 def profiles(bundle: Bundle, *, max_batch: int = 8, max_strokes: int | None = None,
-             photo_max_side: int = 896) -> dict[str, dict[str, tuple[tuple[int, ...], ...]]]:
-    """(min, opt, max) shape per dynamic input of each graph: what the runtime feeds."""
-    d, t = bundle.feature_dim, max_strokes or bundle.max_strokes
-    side = 299
-    return {
-        mf.SKETCH_ENCODER: {"images": ((1, 3, side, side), (1, 3, side, side), (max_batch, 3, side, side))},
-        mf.PHOTO_ENCODER: {"images": ((1, 3, side, side), (max(1, max_batch // 2), 3, side, side * 4 // 3),
-                                      (max_batch, 3, photo_max_side, photo_max_side))},
-        mf.HEAD_STEP: {"past_keys": ((0, d), (min(16, t), d), (t, d)),
-                       "past_values": ((0, d), (min(16, t), d), (t, d))},
-        mf.HEAD_FULL: {"features": ((1, d), (min(16, t), d), (t, d))},
-        mf.SKETCH_PROJECTION: {"features": ((1, d), (1, d), (max_batch, d))},
-    }
+             photo_max_side: int = 896) -> dict[str, dict[str, Shapes]]:
+    """(min, opt, max) shape per dynamic input of each graph: what the runtime feeds.
+
+    The inputs and their symbolic dims come from the bundle's graph specs: a batch N of 1..max_batch
+    (a live session encodes one raster, a gallery build batches photos), a stroke count T of
+    1..max_strokes (0.. for the stroke caches, which start empty), photo sides H, W from the photo
+    recipe's shorter side up to ``photo_max_side``.
+    """
+    t = max_strokes or bundle.max_strokes
+    side = bundle.photo_pipeline.recipe.resize_shorter_side
+    batch_opt = {mf.PHOTO_ENCODER: max(1, max_batch // 2)}
+    out: dict[str, dict[str, Shapes]] = {}
+    for graph in bundle.manifest["graphs"]:
+        spec = bundle.graph_spec(graph)
+        symbols = {"N": (1, batch_opt.get(graph, 1), max_batch), "H": (side, side, photo_max_side),
+                   "W": (side, side * 4 // 3, photo_max_side)}
+        for name, dims in spec.inputs.items():
+            if all(isinstance(d, int) for d in dims):
+                continue
+            ranges = {**symbols, "T": (0 if name in spec.state else 1, min(16, t), t)}
+            unknown = [d for d in dims if not isinstance(d, int) and d not in ranges]
+            if unknown:
+                raise EngineBuildError(f"{graph}.{name} has a dimension {unknown[0]!r} no profile covers",
+                                       hint="this bundle was written by a newer dcssa-export: upgrade dcssa-rt")
+            per = [(d, d, d) if isinstance(d, int) else ranges[d] for d in dims]
+            out.setdefault(graph, {})[name] = tuple(tuple(r[k] for r in per) for k in range(3))
+    return out
 
 
 def engine_sources(bundle: Bundle, precisions: Sequence[str]) -> list[tuple[str, str, str, str]]:
@@ -64,16 +82,7 @@ def engine_sources(bundle: Bundle, precisions: Sequence[str]) -> list[tuple[str,
     return out
 
 
-def build_engines(
-    bundle_path: str | Path,
-    precisions: Sequence[str] = ("fp16", "int8"),
-    *,
-    max_batch: int = 8,
-    max_strokes: int | None = None,
-    workspace_mib: int = 2048,
-    say: Say = lambda _m: None,
-) -> dict:
-    """Build and record an engine per graph and precision; returns the new manifest."""
+def _tensorrt() -> Any:
     try:
         import tensorrt as trt
     except ImportError:
@@ -82,84 +91,140 @@ def build_engines(
             hint="run this on the GPU box (pip install tensorrt, or JetPack's python3-libnvinfer); "
                  "CPU machines use --backend ort-cpu",
         ) from None
-    from dcssa.runtime.backends.cuda_memory import cuda_api
+    return trt
 
-    bundle_path = Path(bundle_path)
-    bundle = Bundle.load(bundle_path)
-    missing = [p for p in precisions if p != "fp32" and p not in bundle.precisions(mf.SKETCH_ENCODER)]
-    if missing:
-        raise EngineBuildError(
-            f"the bundle has no {', '.join(missing)} graphs to build engines from",
-            path=bundle_path,
-            hint=f"add them first: `dcssa-export calibrate {bundle_path} --data DATA --precision {','.join(missing)}`",
-        )
-    device = cuda_api().device()
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    strongly_typed = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
-    shapes = profiles(bundle, max_batch=max_batch, max_strokes=max_strokes)
-    cache_file = bundle_path / TIMING_CACHE
-    cache_blob = cache_file.read_bytes() if cache_file.is_file() else b""
-    work = Path(tempfile.mkdtemp(prefix=".engines-", dir=bundle_path))
-    staged, records = {}, {}
-    cache = None
-    for graph, prec, onnx_file, graph_file in engine_sources(bundle, precisions):
-        say(f"tensorrt: building {graph} ({prec}) from {onnx_file}")
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(bundle.verified_file(onnx_file))):
+
+@dataclass
+class _EngineBuilder:
+    """One TensorRT builder for a bundle's engines; the timing cache carries over between builds."""
+
+    trt: Any
+    bundle: Bundle
+    shapes: dict[str, dict[str, Shapes]]
+    workspace_mib: int
+    work: Path
+    sm: str
+    cache_blob: bytes = b""
+    cache: Any = None
+    records: dict[str, dict] = field(default_factory=dict)
+    staged: dict[str, Path] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.logger = self.trt.Logger(self.trt.Logger.WARNING)
+        self.builder = self.trt.Builder(self.logger)
+        self.strongly_typed = hasattr(self.trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+
+    def _parse(self, onnx_file: str) -> Any:
+        trt = self.trt
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if self.strongly_typed else 0
+        network = self.builder.create_network(flags)
+        parser = trt.OnnxParser(network, self.logger)
+        if not parser.parse_from_file(str(self.bundle.verified_file(onnx_file))):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise EngineBuildError(f"TensorRT could not parse {onnx_file}: {errors}", path=bundle_path / onnx_file,
+            raise EngineBuildError(f"TensorRT could not parse {onnx_file}: {errors}", path=self.bundle.path / onnx_file,
                                    hint="check the TensorRT version (10.x or newer) or re-export the bundle")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
-        if not strongly_typed:  # TensorRT < 9: precision from builder flags
+        return network
+
+    def _config(self, prec: str) -> Any:
+        trt = self.trt
+        config = self.builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_mib << 20)
+        if not self.strongly_typed:  # TensorRT < 9: precision from builder flags
             if prec == "fp16":
                 config.set_flag(trt.BuilderFlag.FP16)
             if prec == "int8":
                 config.set_flag(trt.BuilderFlag.INT8)
-        cache = config.create_timing_cache(cache.serialize() if cache is not None else cache_blob)
-        config.set_timing_cache(cache, ignore_mismatch=False)
-        profile = builder.create_optimization_profile()
+        self.cache = config.create_timing_cache(self.cache.serialize() if self.cache is not None else self.cache_blob)
+        config.set_timing_cache(self.cache, ignore_mismatch=False)
+        return config
+
+    def _profile(self, network: Any, config: Any, graph: str) -> dict:
+        """One optimisation profile over the dynamic inputs; returns it as recorded in the manifest."""
+        profile = self.builder.create_optimization_profile()
         used = {}
         for i in range(network.num_inputs):
             tensor = network.get_input(i)
             if any(d < 0 for d in tuple(tensor.shape)):
-                lo, opt, hi = shapes[graph][tensor.name]
+                lo, opt, hi = self.shapes[graph][tensor.name]
                 profile.set_shape(tensor.name, lo, opt, hi)
                 used[tensor.name] = {"min": list(lo), "opt": list(opt), "max": list(hi)}
         config.add_optimization_profile(profile)
-        blob = builder.build_serialized_network(network, config)
+        return used
+
+    def build(self, graph: str, prec: str, onnx_file: str, graph_file: str) -> None:
+        """Build, stage and record the engine of ``graph`` at ``prec``."""
+        network = self._parse(onnx_file)
+        config = self._config(prec)
+        used = self._profile(network, config, graph)
+        blob = self.builder.build_serialized_network(network, config)
         if blob is None:
-            raise EngineBuildError(f"TensorRT failed to build {graph} ({prec})", path=bundle_path / onnx_file,
+            raise EngineBuildError(f"TensorRT failed to build {graph} ({prec})", path=self.bundle.path / onnx_file,
                                    hint="see the TensorRT log above; try a larger --workspace-mib")
-        cache = config.get_timing_cache()
-        sm = device["compute_capability"].replace(".", "")
+        self.cache = config.get_timing_cache()
         data = bytes(blob)
-        fname = f"{graph}.{prec}.sm{sm}-{hashlib.sha256(data).hexdigest()[:8]}.engine"  # never overwrites
-        (work / fname).write_bytes(data)
-        staged[fname] = work / fname
-        records.setdefault(graph, {})[prec] = {"file": fname, "onnx": onnx_file, "graph_file": graph_file, "profile": used,
-                                               "strongly_typed": strongly_typed}
-    if cache is not None:
-        (work / TIMING_CACHE).write_bytes(bytes(cache.serialize()))
-        staged[TIMING_CACHE] = work / TIMING_CACHE
+        fname = f"{graph}.{prec}.sm{self.sm}-{hashlib.sha256(data).hexdigest()[:8]}.engine"  # never overwrites
+        (self.work / fname).write_bytes(data)
+        self.staged[fname] = self.work / fname
+        self.records.setdefault(graph, {})[prec] = {"file": fname, "onnx": onnx_file, "graph_file": graph_file,
+                                                    "profile": used, "strongly_typed": self.strongly_typed}
 
-    def update(m: dict) -> None:
-        m["engines"] = {
-            **local_metadata(trt.__version__, device),
-            "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "max_batch": max_batch,
-            "max_strokes": max_strokes or bundle.max_strokes,
-            "workspace_mib": workspace_mib,
-            "timing_cache": TIMING_CACHE if cache is not None else None,
-            "graphs": records,
-        }
+    def stage_timing_cache(self) -> str | None:
+        if self.cache is None:
+            return None
+        (self.work / TIMING_CACHE).write_bytes(bytes(self.cache.serialize()))
+        self.staged[TIMING_CACHE] = self.work / TIMING_CACHE
+        return TIMING_CACHE
 
+
+def _check_sources(bundle: Bundle, precisions: Sequence[str]) -> None:
+    missing = [p for p in precisions if p != "fp32" and p not in bundle.precisions(mf.SKETCH_ENCODER)]
+    if missing:
+        raise EngineBuildError(
+            f"the bundle has no {', '.join(missing)} graphs to build engines from",
+            path=bundle.path,
+            hint=f"add them first: `dcssa-export calibrate {bundle.path} --data DATA --precision {','.join(missing)}`",
+        )
+
+
+def build_engines(
+    bundle_path: str | Path,
+    precisions: Sequence[str] = ("fp16", "int8"),
+    *,
+    max_batch: int = 8,
+    max_strokes: int | None = None,
+    workspace_mib: int = 2048,
+    say: Say = silent,
+) -> dict:
+    """Build and record an engine per graph and precision; returns the new manifest."""
+    trt = _tensorrt()
+    from dcssa.runtime.backends.cuda_memory import cuda_api
+
+    bundle_path = Path(bundle_path)
+    bundle = Bundle.load(bundle_path)
+    _check_sources(bundle, precisions)
+    device = cuda_api().device()
+    cache_file = bundle_path / TIMING_CACHE
+    work = Path(tempfile.mkdtemp(prefix=".engines-", dir=bundle_path))
     try:
-        return commit(bundle_path, staged, update)
-    finally:
-        import shutil
+        eb = _EngineBuilder(trt, bundle, profiles(bundle, max_batch=max_batch, max_strokes=max_strokes),
+                            workspace_mib, work, device["compute_capability"].replace(".", ""),
+                            cache_file.read_bytes() if cache_file.is_file() else b"")
+        for graph, prec, onnx_file, graph_file in engine_sources(bundle, precisions):
+            say(f"tensorrt: building {graph} ({prec}) from {onnx_file}")
+            eb.build(graph, prec, onnx_file, graph_file)
+        timing_cache = eb.stage_timing_cache()
 
+        def update(m: dict) -> None:
+            m["engines"] = {
+                **local_metadata(trt.__version__, device),
+                "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "max_batch": max_batch,
+                "max_strokes": max_strokes or bundle.max_strokes,
+                "workspace_mib": workspace_mib,
+                "timing_cache": timing_cache,
+                "graphs": eb.records,
+            }
+
+        return commit(bundle_path, eb.staged, update)
+    finally:
         shutil.rmtree(work, ignore_errors=True)

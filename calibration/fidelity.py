@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dcssa.runtime import manifest as mf
-from dcssa.runtime.backends import Runner, get_backend
+from dcssa.runtime.backends import Backend, Runner, get_backend
 from dcssa.runtime.bundle import Bundle
 from dcssa.runtime.errors import DcssaError
 from dcssa.runtime.gallery import Gallery, embed_photos, list_images
@@ -46,7 +46,7 @@ class GalleryMatrix:
 
 
 def gallery_matrix(bundle: Bundle, *, photos: Path | None = None, gallery: Path | None = None,
-                   backend=None) -> GalleryMatrix:
+                   backend: Backend | None = None) -> GalleryMatrix:
     """Photos embedded now with the fp32 photo encoder, or an existing gallery folder."""
     if gallery is not None:
         g = Gallery.load(gallery, bundle)
@@ -77,7 +77,7 @@ def encode(runner: Runner, prefixes: PrefixSet, batch_size: int = 8,
     out = []
     for i in range(0, len(prefixes), batch_size):
         x = prefixes.images(i, i + batch_size)
-        out.append(runner.run({"images": x})["features"])
+        out.append(runner.run({mf.IMAGES: x})[mf.FEATURES])
         on_batch(len(x))
     return np.concatenate(out).astype(np.float32)
 
@@ -86,23 +86,29 @@ def embed(bundle: Bundle, head: Runner, features: np.ndarray, prefixes: PrefixSe
     """Embeddings (N, E): phase 2 runs the causal step head over each sketch's prefixes in order."""
     out = np.zeros((len(features), bundle.embed_dim), np.float32)
     if bundle.phase != 2:
-        return head.run({"features": features})["embeddings"].astype(np.float32)
+        return head.run({mf.FEATURES: features})[mf.EMBEDDINGS].astype(np.float32)
     d = bundle.feature_dim
     for idx in prefixes.sequences():
         keys = np.zeros((0, d), np.float32)
         values = np.zeros((0, d), np.float32)
         for i in idx:
-            r = head.run({"feature": features[i : i + 1], "past_keys": keys, "past_values": values})
-            keys = np.concatenate([keys, r["key"]])
-            values = np.concatenate([values, r["value"]])
-            out[i] = r["embedding"][0]
+            r = head.run({mf.FEATURE: features[i : i + 1], mf.PAST_KEYS: keys, mf.PAST_VALUES: values})
+            keys = np.concatenate([keys, r[mf.KEY]])
+            values = np.concatenate([values, r[mf.VALUE]])
+            out[i] = r[mf.EMBEDDING][0]
     return out
 
 
-def load_head(bundle: Bundle, backend, precision: str = "fp32") -> Runner:
+def load_head(bundle: Bundle, backend: Backend, precision: str = "fp32") -> Runner:
+    """The stroke head (phase 2) or projection (phase 1) at ``precision``, else fp32 as the runtime does."""
     name = mf.HEAD_STEP if bundle.phase == 2 else mf.SKETCH_PROJECTION
     p = precision if precision in bundle.precisions(name) else "fp32"
-    return backend.load(bundle.graph_path(name, p), label=name)
+    return backend.load(bundle.graph_path(name, p), spec=bundle.graph_spec(name, p))
+
+
+def load_encoder(bundle: Bundle, backend: Backend, path: Path | None = None) -> Runner:
+    """The bundle's fp32 sketch encoder, or a candidate file of the same signature."""
+    return backend.load(path or bundle.graph_path(mf.SKETCH_ENCODER, "fp32"), spec=bundle.graph_spec(mf.SKETCH_ENCODER))
 
 
 @dataclass
@@ -114,11 +120,10 @@ class Reference:
     top: np.ndarray
 
 
-def reference(bundle: Bundle, prefixes: PrefixSet, gallery: GalleryMatrix, backend=None,
+def reference(bundle: Bundle, prefixes: PrefixSet, gallery: GalleryMatrix, backend: Backend | None = None,
               on_batch: Callable[[int], None] = lambda _n: None) -> Reference:
     backend = backend or get_backend("ort-cpu")
-    enc = backend.load(bundle.graph_path(mf.SKETCH_ENCODER, "fp32"), label="sketch_encoder fp32")
-    f = encode(enc, prefixes, on_batch=on_batch)
+    f = encode(load_encoder(bundle, backend), prefixes, on_batch=on_batch)
     e = embed(bundle, load_head(bundle, backend), f, prefixes)
     return Reference(f, e, gallery.topk(e))
 
@@ -171,15 +176,15 @@ def interleaved_latency(a: Runner, b: Runner, images: np.ndarray, repeats: int =
     """
     x0 = images[:1]
     for _ in range(warmup):
-        a.run({"images": x0})
-        b.run({"images": x0})
+        a.run({mf.IMAGES: x0})
+        b.run({mf.IMAGES: x0})
     times: dict[int, list[float]] = {0: [], 1: []}
     for _ in range(repeats):
         for which, runner in ((0, a), (1, b)):
-            runner.run({"images": x0})
+            runner.run({mf.IMAGES: x0})
             for i in range(len(images)):
                 t0 = time.perf_counter()
-                runner.run({"images": images[i : i + 1]})
+                runner.run({mf.IMAGES: images[i : i + 1]})
                 times[which].append(time.perf_counter() - t0)
     ta, tb = times[0], times[1]
     ma, mb = float(np.median(ta)) * 1e3, float(np.median(tb)) * 1e3
@@ -196,14 +201,14 @@ def fidelity_report(
     gallery: GalleryMatrix,
     ref: Reference,
     *,
-    backend=None,
+    backend: Backend | None = None,
     latency_rasters: int = 8,
     latency_repeats: int = 3,
     on_batch: Callable[[int], None] = lambda _n: None,
 ) -> dict:
     """The full report for one reduced-precision sketch encoder file (not yet in the bundle)."""
     backend = backend or get_backend("ort-cpu")
-    enc = backend.load(candidate, label=f"sketch_encoder {precision}")
+    enc = load_encoder(bundle, backend, candidate)
     f = encode(enc, prefixes, on_batch=on_batch)
     e = embed(bundle, load_head(bundle, backend, precision), f, prefixes)
     report = compare(ref, f, e, gallery)
@@ -217,7 +222,7 @@ def fidelity_report(
     if acc_ref is not None:
         report["target_accuracy"] = {"fp32": acc_ref, precision: acc}
     if latency_rasters:
-        fp32 = backend.load(bundle.graph_path(mf.SKETCH_ENCODER, "fp32"), label="sketch_encoder fp32")
+        fp32 = load_encoder(bundle, backend)
         pick = np.unique(np.linspace(0, len(prefixes) - 1, latency_rasters).round().astype(int))
         imgs = np.concatenate([prefixes.images(i, i + 1) for i in pick])
         lat = interleaved_latency(fp32, enc, imgs, repeats=latency_repeats)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from onnxruntime.quantization import CalibrationDataReader
 
+from dcssa.runtime import manifest as mf
+
 from .calibset import PrefixSet
 
 
 class PrefixReader(CalibrationDataReader):
     """Feeds preprocessed stroke-prefix rasters, ``batch_size`` at a time, to a calibrator."""
 
-    def __init__(self, prefixes: PrefixSet, *, input_name: str = "images", batch_size: int = 1) -> None:
+    def __init__(self, prefixes: PrefixSet, *, input_name: str = mf.IMAGES, batch_size: int = 1) -> None:
         self.prefixes = prefixes
         self.input_name = input_name
         self.batch_size = max(1, int(batch_size))
