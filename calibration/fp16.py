@@ -78,31 +78,24 @@ def _float_tensors(model: onnx.ModelProto) -> set[str]:
     return out
 
 
-def to_fp16(model: onnx.ModelProto, keep_fp32: set[str]) -> onnx.ModelProto:
-    """Retype ``model`` to FP16 except the nodes in ``keep_fp32``; graph I/O stays float32.
-
-    Every float tensor lives in the precision of the node that produces it; a consumer of the other
-    precision reads it through one Cast (shared by all such consumers), so runs of FP32 nodes (the
-    attention scores, the final normalisation) stay FP32 end to end without round trips. Weights are
-    stored once per precision that uses them.
-    """
-    import numpy as np
-
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    _materialise_identities(model)
-    _constants_to_initializers(model)
-    g = model.graph
-    floats = _float_tensors(model)
-    inits = {t.name: t for t in g.initializer}
-    graph_inputs = {i.name for i in g.input}
-    home: dict[str, str] = {name: "fp32" for name in graph_inputs}
+def _node_precisions(g: onnx.GraphProto, floats: set[str], keep_fp32: set[str]) -> tuple[dict, dict]:
+    """(node -> precision, tensor -> precision it is produced in); graph inputs are FP32."""
+    home: dict[str, str] = {i.name: "fp32" for i in g.input}
     precision = {}
     for node in g.node:
         touches = any(x in floats for x in [*node.input, *node.output])
         precision[node.name] = "fp32" if (node.name in keep_fp32 or not touches) else "fp16"
         for o in node.output:
             home[o] = precision[node.name]
-    # initializers: converted in place when only FP16 nodes read them, else an FP16 copy on demand
+    return precision, home
+
+
+def _retype_initializers(g: onnx.GraphProto, floats: set[str], precision: dict, home: dict) -> dict[str, str]:
+    """Initializers read only by FP16 nodes become FP16 in place; shared ones stay FP32 and get an
+    FP16 copy. Returns {initializer: its FP16 copy}."""
+    import numpy as np
+
+    inits = {t.name: t for t in g.initializer}
     readers: dict[str, set[str]] = {}
     for node in g.node:
         for x in node.input:
@@ -111,8 +104,7 @@ def to_fp16(model: onnx.ModelProto, keep_fp32: set[str]) -> onnx.ModelProto:
     fp16_copy: dict[str, str] = {}
     for name, used in readers.items():
         t = inits[name]
-        arr = numpy_helper.to_array(t)
-        half = np.clip(arr, -65504, 65504).astype(np.float16)
+        half = np.clip(numpy_helper.to_array(t), -65504, 65504).astype(np.float16)
         if used == {"fp16"}:
             t.CopyFrom(numpy_helper.from_array(half, name))
             home[name] = "fp16"
@@ -121,6 +113,47 @@ def to_fp16(model: onnx.ModelProto, keep_fp32: set[str]) -> onnx.ModelProto:
             if "fp16" in used:
                 fp16_copy[name] = f"{name}__fp16"
                 g.initializer.append(numpy_helper.from_array(half, fp16_copy[name]))
+    return fp16_copy
+
+
+def _retype_attributes(node: onnx.NodeProto) -> None:
+    """An FP16 node's float Cast target and ConstantOfShape value become FP16."""
+    import numpy as np
+
+    for a in node.attribute:
+        if node.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT:
+            a.i = TensorProto.FLOAT16
+        if a.name == "value" and a.t.data_type == TensorProto.FLOAT:  # ConstantOfShape
+            a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float16)))
+
+
+def _cast_outputs_to_fp32(g: onnx.GraphProto, nodes: list, floats: set[str], home: dict) -> None:
+    """Graph outputs produced in FP16 are renamed inside and cast back to float32 under their name."""
+    for out in g.output:
+        if out.name in floats and home.get(out.name) == "fp16":
+            inner = f"{out.name}__fp16"
+            for node in nodes:
+                node.output[:] = [inner if o == out.name else o for o in node.output]
+                node.input[:] = [inner if x == out.name else x for x in node.input]
+            nodes.append(onnx.helper.make_node("Cast", [inner], [out.name], name=f"{out.name}__cast_fp32",
+                                               to=TensorProto.FLOAT))
+
+
+def to_fp16(model: onnx.ModelProto, keep_fp32: set[str]) -> onnx.ModelProto:
+    """Retype ``model`` to FP16 except the nodes in ``keep_fp32``; graph I/O stays float32.
+
+    Every float tensor lives in the precision of the node that produces it; a consumer of the other
+    precision reads it through one Cast (shared by all such consumers), so runs of FP32 nodes (the
+    attention scores, the final normalisation) stay FP32 end to end without round trips. Weights are
+    stored once per precision that uses them.
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    _materialise_identities(model)
+    _constants_to_initializers(model)
+    g = model.graph
+    floats = _float_tensors(model)
+    precision, home = _node_precisions(g, floats, keep_fp32)
+    fp16_copy = _retype_initializers(g, floats, precision, home)
     casts: dict[tuple[str, str], str] = {}
     nodes = []
 
@@ -142,22 +175,11 @@ def to_fp16(model: onnx.ModelProto, keep_fp32: set[str]) -> onnx.ModelProto:
             elif home.get(x, want) != want:
                 node.input[i] = cast(x, want)
         if want == "fp16":
-            for a in node.attribute:
-                if node.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT:
-                    a.i = TensorProto.FLOAT16
-                if a.name == "value" and a.t.data_type == TensorProto.FLOAT:  # ConstantOfShape
-                    a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float16)))
+            _retype_attributes(node)
         nodes.append(node)
-    for out in g.output:
-        if out.name in floats and home.get(out.name) == "fp16":
-            inner = f"{out.name}__fp16"
-            for node in nodes:
-                node.output[:] = [inner if o == out.name else o for o in node.output]
-                node.input[:] = [inner if x == out.name else x for x in node.input]
-            nodes.append(onnx.helper.make_node("Cast", [inner], [out.name], name=f"{out.name}__cast_fp32",
-                                               to=TensorProto.FLOAT))
+    _cast_outputs_to_fp32(g, nodes, floats, home)
     del g.node[:]
-    g.node.extend(_toposort(nodes, {*graph_inputs, *(t.name for t in g.initializer)}))
+    g.node.extend(_toposort(nodes, {*(i.name for i in g.input), *(t.name for t in g.initializer)}))
     del g.value_info[:]
     return model
 
