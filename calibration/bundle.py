@@ -38,6 +38,7 @@ from .search import SearchContext, plot_curve, run_search
 PRECISIONS = ("fp16", "int8")
 FP16_GRAPHS = (mf.SKETCH_ENCODER, mf.PHOTO_ENCODER)
 CURVE_PNG = "int8-tradeoff.png"
+SEARCH_RECORD = ("methods", "sensitivity", "order", "curve", "chosen", "float_blocks")  # kept in the manifest
 # The recipe the search chose on the structured demo model (see README, "Precision"): used when
 # no search is asked for. A trained checkpoint deserves its own search (--recipe search).
 DEFAULT_RECIPE = Int8Recipe(
@@ -251,7 +252,7 @@ def int8_stage(prep: Prepared, recipe: Int8Recipe | None = None, *, search_recor
     out.int8 = {
         "recipe": recipe.record(symmetric=False),
         "tensorrt_recipe": recipe.record(symmetric=True),
-        "search": None if search is None else {k: search[k] for k in ("methods", "sensitivity", "order", "curve", "chosen", "float_blocks")},
+        "search": None if search is None else {k: search[k] for k in SEARCH_RECORD},
     }
     if png is not None:
         out.int8["curve_png"] = CURVE_PNG
