@@ -22,7 +22,8 @@ from dcssa.runtime import manifest as mf
 from dcssa.runtime.backends import Backend, Runner, get_backend
 from dcssa.runtime.bundle import Bundle
 from dcssa.runtime.errors import DcssaError
-from dcssa.runtime.gallery import Gallery, embed_photos, list_images
+from dcssa.runtime.head import CausalHead
+from dcssa.runtime.gallery import Gallery, embed_photos, list_images, read_images
 
 from .calibset import PrefixSet
 
@@ -60,12 +61,10 @@ def gallery_matrix(bundle: Bundle, *, photos: Path | None = None, gallery: Path 
             path=bundle.path,
             hint="pass --photos FOLDER (catalogue images) or --gallery GALLERY, or use --data with a photo/ folder",
         )
-    from PIL import Image
-
     paths = list_images(Path(photos))
     if len(paths) < 2:
         raise DcssaError("the fidelity gallery needs at least 2 photos", path=photos)
-    images = ((i, Image.open(p).convert("RGB")) for i, p in enumerate(paths))
+    images = read_images(paths, strict=True)  # an unreadable photo is a GalleryError naming it
     emb = embed_photos(bundle, images, backend or get_backend("ort-cpu"))
     return GalleryMatrix(np.stack([emb[i] for i in range(len(paths))]).astype(np.float32),
                          [p.stem for p in paths], str(photos))
@@ -83,19 +82,11 @@ def encode(runner: Runner, prefixes: PrefixSet, batch_size: int = 8,
 
 
 def embed(bundle: Bundle, head: Runner, features: np.ndarray, prefixes: PrefixSet) -> np.ndarray:
-    """Embeddings (N, E): phase 2 runs the causal step head over each sketch's prefixes in order."""
+    """Embeddings (N, E): the head run causally over each sketch's prefixes in order, as a session does."""
     out = np.zeros((len(features), bundle.embed_dim), np.float32)
-    if bundle.phase != 2:
-        return head.run({mf.FEATURES: features})[mf.EMBEDDINGS].astype(np.float32)
-    d = bundle.feature_dim
     for idx in prefixes.sequences():
-        keys = np.zeros((0, d), np.float32)
-        values = np.zeros((0, d), np.float32)
-        for i in idx:
-            r = head.run({mf.FEATURE: features[i : i + 1], mf.PAST_KEYS: keys, mf.PAST_VALUES: values})
-            keys = np.concatenate([keys, r[mf.KEY]])
-            values = np.concatenate([values, r[mf.VALUE]])
-            out[i] = r[mf.EMBEDDING][0]
+        if len(idx):
+            out[idx] = CausalHead.embed_sequence(head, features[idx])
     return out
 
 
