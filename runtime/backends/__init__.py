@@ -51,10 +51,12 @@ def _ort_entry(name: str) -> BackendEntry:
 #: name -> entry, in the order the CLIs list them
 REGISTRY: dict[str, BackendEntry] = {
     **{name: _ort_entry(name) for name in PROVIDERS},
-    "tensorrt": BackendEntry(TensorRTBackend, lambda threads, cache_dir: TensorRTBackend(), TensorRTBackend.available),
+    # probes looked up at call time (tests and plugins may replace a class's probe)
+    "tensorrt": BackendEntry(TensorRTBackend, lambda threads, cache_dir: TensorRTBackend(),
+                             lambda: TensorRTBackend.available()),
     "openvino": BackendEntry(
         OpenVINOBackend, lambda threads, cache_dir: OpenVINOBackend(threads=threads, cache_dir=cache_dir),
-        OpenVINOBackend.available, auto_default=OpenVINOBackend.preferred,
+        lambda: OpenVINOBackend.available(), auto_default=lambda: OpenVINOBackend.preferred(),
     ),
 }
 #: ``auto``'s one preference list, fastest first: native TensorRT, onnxruntime's GPU providers,

@@ -435,7 +435,7 @@ def test_causal_points20_is_the_step_head_over_point_slices(bundle2, small_datas
     rasters = rasterize_steps(split.sketches[0].points, 20)
     feats = ev._features(rasters)
     causal = ev._causal(feats)
-    full = r._load("stroke_head_full")
+    full = r.load("stroke_head_full")
     for t in range(len(rasters)):
         last = full.run({"features": feats[: t + 1]})["embeddings"][-1]
         assert np.abs(causal[t] - last).max() <= 1e-5
