@@ -11,6 +11,7 @@ from .backends import available_backends, get_backend
 from .bundle import Bundle
 from .errors import BackendError, BundleError, DcssaError, GalleryError, SessionError, StrokeError
 from .gallery import Gallery, build_gallery
+from .pipeline import PhotoPipeline, SketchPipeline
 from .session import QueryResult, Retriever, StrokeSession
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "Retriever",
     "StrokeSession",
     "QueryResult",
+    "SketchPipeline",
+    "PhotoPipeline",
     "build_gallery",
     "available_backends",
     "get_backend",
