@@ -53,16 +53,31 @@ def device_capabilities(device: str = "CPU") -> list[str]:
     return [str(c) for c in _core().get_property(device, "OPTIMIZATION_CAPABILITIES")]
 
 
-def cpu_vendor() -> str:
-    """The CPU vendor id from /proc/cpuinfo (GenuineIntel, AuthenticAMD ...), '' when unknown."""
+def _cpuinfo(field: str) -> str:
+    """The first ``field`` line of /proc/cpuinfo, '' when unknown (not Linux, no such field)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("vendor_id"):
+                if line.split(":", 1)[0].strip() == field:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return ""
+
+
+def cpu_vendor() -> str:
+    """The CPU vendor id from /proc/cpuinfo (GenuineIntel, AuthenticAMD ...), '' when unknown."""
+    return _cpuinfo("vendor_id")
+
+
+def snippets_trusted() -> bool:
+    """Whether OpenVINO's JIT "snippets" subgraphs are trusted on this CPU (AVX-512 ones only).
+
+    On an AVX2-only AMD EPYC, OpenVINO 2026.4's snippet for the MatMul-Softmax-MatMul attention
+    pattern returns wrong numbers once the key sequence reaches 8 rows (the stroke head's K/V
+    cache after 8 strokes: embeddings off by 0.1); with snippets disabled the same ops run as
+    plain MatMul/Softmax kernels, exact and, measured here, no slower on our encoders."""
+    return "avx512f" in _cpuinfo("flags").split()
 
 
 def scope_cut(model, scope: str) -> str | None:
@@ -258,6 +273,7 @@ class OpenVINOBackend(Backend):
             )
         self.threads = threads
         self.cache_dir = self._cache_folder(cache_dir)
+        self.snippets = snippets_trusted()
 
     @staticmethod
     def _cache_folder(cache_dir: Path | None) -> Path | None:
@@ -302,6 +318,8 @@ class OpenVINOBackend(Backend):
         cfg = {"PERFORMANCE_HINT": "LATENCY"}
         if self.device == "CPU":
             cfg["INFERENCE_PRECISION_HINT"] = HINTS[precision]
+            if not self.snippets:
+                cfg["SNIPPETS_MODE"] = "DISABLE"
             if self.threads:
                 cfg["INFERENCE_NUM_THREADS"] = int(self.threads)
         elif precision == "fp32":  # GPU/NPU default to f16 inference: fp32 means f32
@@ -338,4 +356,4 @@ class OpenVINOBackend(Backend):
 
     def describe(self) -> dict:
         return {"backend": self.name, "device": self.device, "openvino": self.version, "threads": self.threads,
-                "cache": None if self.cache_dir is None else str(self.cache_dir)}
+                "snippets": self.snippets, "cache": None if self.cache_dir is None else str(self.cache_dir)}

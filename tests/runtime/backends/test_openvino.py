@@ -141,6 +141,38 @@ def test_fp32_session_equals_onnxruntime_session(bundle, gallery2, sketches, fp3
         assert a.ids == b.ids
 
 
+def _attention_graph(path, d):
+    """q (1 x d), K and V (n x d) -> softmax(q K^T / sqrt d) V: the stroke head's attention read."""
+    import onnx
+    from onnx import helper as oh
+    from onnx import numpy_helper
+
+    nodes = [oh.make_node("Transpose", ["K"], ["Kt"], perm=[1, 0]), oh.make_node("MatMul", ["q", "Kt"], ["s"]),
+             oh.make_node("Mul", ["s", "scale"], ["ss"]), oh.make_node("Softmax", ["ss"], ["p"], axis=-1),
+             oh.make_node("MatMul", ["p", "V"], ["out"])]
+    info = oh.make_tensor_value_info
+    graph = oh.make_graph(nodes, "attention", [info("q", 1, [1, d]), info("K", 1, ["n", d]), info("V", 1, ["n", d])],
+                          [info("out", 1, [1, d])], [numpy_helper.from_array(np.float32(1 / np.sqrt(d)), "scale")])
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_attention_over_a_long_cache_matches_the_maths(backend, tmp_path):
+    """OpenVINO's attention snippet on AVX2-only CPUs is wrong from 8 keys on (see snippets_trusted);
+    the backend must give the plain maths at every cache length a session reaches."""
+    d = 64
+    path = _attention_graph(tmp_path / "attention.onnx", d)
+    spec = mf.GraphSpec("attention", {"q": [1, d], "K": ["n", d], "V": ["n", d]}, {"out": [1, d]})
+    runner = backend.load(path, spec)
+    rng = np.random.default_rng(1)
+    for n in range(1, 20):
+        q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((1, d), (n, d), (n, d)))
+        s = (q.astype(np.float64) @ k.T.astype(np.float64)) / np.sqrt(d)
+        p = np.exp(s - s.max())
+        want = (p / p.sum()) @ v
+        assert np.abs(runner.run({"q": q, "K": k, "V": v})["out"] - want).max() <= 1e-5, n
+
+
 # -- bf16 -----------------------------------------------------------------------------------------
 
 
