@@ -198,16 +198,22 @@ def test_known_harmless_extras_are_ignored(demo_state_dict, scratch):
 # ----------------------------------------------------------------------------- bad files
 
 
-def test_missing_required_key_is_named(demo_state_dict, scratch):
-    sd = dict(_weights(demo_state_dict))
-    del sd["sketch_attention.mha.in_proj_weight"]
+def _refusal(sd, scratch) -> str:
+    """Save ``sd`` as a checkpoint and return the loader's error, which must name the file."""
     path = scratch / "best_top5_model.pth"
     torch.save(sd, path)
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(path)
     msg = str(err.value)
-    assert _names(msg, "sketch_attention.mha.in_proj_weight")
     assert str(path) in msg
+    return msg
+
+
+def test_missing_required_key_is_named(demo_state_dict, scratch):
+    sd = dict(_weights(demo_state_dict))
+    del sd["sketch_attention.mha.in_proj_weight"]
+    msg = _refusal(sd, scratch)
+    assert _names(msg, "sketch_attention.mha.in_proj_weight")
     # only the missing key is reported, not its neighbours that are present
     assert not _names(msg, "sketch_attention.mha.in_proj_bias")
     assert not _names(msg, "attention.mha.in_proj_weight")
@@ -283,14 +289,9 @@ def test_wrong_tensor_shape_is_named(demo_state_dict, scratch):
     sd = dict(_weights(demo_state_dict))
     assert tuple(sd["attention.norm.weight"].shape) == (2048,)
     sd["attention.norm.weight"] = torch.ones(1000)
-    path = scratch / "best_top5_model.pth"
-    torch.save(sd, path)
-    with pytest.raises(CheckpointError) as err:
-        load_checkpoint(path)
-    msg = str(err.value)
+    msg = _refusal(sd, scratch)
     assert _names(msg, "attention.norm.weight")
     assert not _names(msg, "sketch_attention.norm.weight")  # that one is fine
-    assert str(path) in msg
 
 
 # ----------------------------------------------------------------------------- the CLI

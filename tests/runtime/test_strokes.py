@@ -212,23 +212,16 @@ def test_load_strokes_file(tmp_path):
         load_strokes_file(missing)
     assert str(missing) in str(err.value)
 
-    broken = tmp_path / "broken.json"
-    broken.write_text('{"strokes": [[[1, 2]]\n')
-    with pytest.raises(StrokeError, match=r"invalid JSON at line \d+, column \d+") as err:
-        load_strokes_file(broken)
-    assert str(broken) in str(err.value)
-
-    binary = tmp_path / "binary.json"
-    binary.write_bytes(b"\xff\xfe\x00garbage")
-    with pytest.raises(StrokeError) as err:
-        load_strokes_file(binary)
-    assert str(binary) in str(err.value)
-
-    bad_point = tmp_path / "bad_point.json"
-    bad_point.write_text('{"strokes": [[[1, 2], [3, true]]]}')
-    with pytest.raises(StrokeError, match=r"stroke 0, point 1: y is a boolean") as err:
-        load_strokes_file(bad_point)
-    assert str(bad_point) in str(err.value)
+    for name, content, match in [
+        ("broken.json", b'{"strokes": [[[1, 2]]\n', r"invalid JSON at line \d+, column \d+"),
+        ("binary.json", b"\xff\xfe\x00garbage", None),
+        ("bad_point.json", b'{"strokes": [[[1, 2], [3, true]]]}', r"stroke 0, point 1: y is a boolean"),
+    ]:
+        bad = tmp_path / name
+        bad.write_bytes(content)
+        with pytest.raises(StrokeError, match=match) as err:
+            load_strokes_file(bad)
+        assert str(bad) in str(err.value)
 
     with pytest.raises(StrokeError, match="cannot read"):
         load_strokes_file(tmp_path)  # a directory
