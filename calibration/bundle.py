@@ -274,7 +274,8 @@ def commit_stages(prep: Prepared, stages: Sequence[StageOutput]) -> dict:
     def update(m: dict) -> None:
         for st in stages:
             for (name, prec), entry in st.entries.items():
-                m["graphs"][name][prec] = {**entry, **mf.signature(name, bundle.feature_dim, bundle.embed_dim)}
+                # the fp32 entry's spec: the same tensors, whatever the family
+                m["graphs"][name][prec] = {**entry, **bundle.graph_spec(name, "fp32").to_dict()}
             m.setdefault("fidelity", {}).update(st.reports)
         m["precisions"] = sorted({p for per in m["graphs"].values() for p in per}, key=_precision_order)
         info = m.setdefault("calibration", {})

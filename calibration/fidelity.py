@@ -76,12 +76,12 @@ def encode(runner: Runner, prefixes: PrefixSet, batch_size: int = 8,
     out = []
     for i in range(0, len(prefixes), batch_size):
         x = prefixes.images(i, i + batch_size)
-        out.append(runner.run({mf.IMAGES: x})[mf.FEATURES])
+        out.append(runner.run({mf.IMAGES: x})[mf.encoder_output(runner.spec)])
         on_batch(len(x))
     return np.concatenate(out).astype(np.float32)
 
 
-def embed(bundle: Bundle, head: Runner, features: np.ndarray, prefixes: PrefixSet) -> np.ndarray:
+def embed(bundle: Bundle, head: Runner | None, features: np.ndarray, prefixes: PrefixSet) -> np.ndarray:
     """Embeddings (N, E): the head run causally over each sketch's prefixes in order, as a session does."""
     out = np.zeros((len(features), bundle.embed_dim), np.float32)
     for idx in prefixes.sequences():
@@ -90,9 +90,14 @@ def embed(bundle: Bundle, head: Runner, features: np.ndarray, prefixes: PrefixSe
     return out
 
 
-def load_head(bundle: Bundle, backend: Backend, precision: str = "fp32") -> Runner:
-    """The stroke head (phase 2) or projection (phase 1) at ``precision``, else fp32 as the runtime does."""
-    name = mf.HEAD_STEP if bundle.phase == 2 else mf.SKETCH_PROJECTION
+def load_head(bundle: Bundle, backend: Backend, precision: str = "fp32") -> Runner | None:
+    """The stroke head (phase 2) or projection (phase 1) at ``precision``, else fp32 as the runtime does.
+
+    None for a family without one (ARNet): the encoder's outputs are the embeddings.
+    """
+    name = bundle.head_graph
+    if name is None:
+        return None
     p = precision if precision in bundle.precisions(name) else "fp32"
     return backend.load(bundle.graph_path(name, p), spec=bundle.graph_spec(name, p))
 

@@ -15,7 +15,7 @@ from dcssa.runtime.atomic import refuse_existing, staged_dir
 from dcssa.runtime.bundle import new_manifest
 from dcssa.runtime.progress import Say, silent
 
-from .checkpoint import LoadedCheckpoint, load_checkpoint
+from .checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint, read_pickle
 from .graphs import PhotoEncoder, SketchEncoder, SketchProjection, StrokeHeadFull, StrokeHeadStep
 from .model import D, DCSSA, DEFAULT_HEADS
 from .onnx_io import export_onnx
@@ -88,18 +88,54 @@ def build_manifest(
                         tools=tool_versions(), source=source, parity=parity)
 
 
+def detect_family(ckpt_paths: Sequence[str | Path]) -> tuple[str, object | None]:
+    """The model family of a checkpoint from its keys, and the file already read (one file only)."""
+    paths = [Path(p) for p in ckpt_paths]
+    if len(paths) != 1 or paths[0].is_dir():
+        return mf.DCSSA, None  # only DC-SSA's phase-1 trio comes in several files
+    obj = read_pickle(paths[0])
+    from .arnet import is_arnet
+
+    return (mf.ARNET if is_arnet(obj) else mf.DCSSA), obj
+
+
 def export_bundle(
     ckpt_paths: Sequence[str | Path],
     out: str | Path = "dcssa-bundle",
     *,
-    num_heads: int = DEFAULT_HEADS,
+    num_heads: int | None = None,
     phase: int | None = None,
+    family: str | None = None,
+    sketch_canvas: int | None = None,
+    line_width: int | None = None,
     force: bool = False,
     say: Say = silent,
 ) -> dict:
-    """The whole export; leaves either a complete verified bundle at ``out`` or nothing."""
+    """The whole export; leaves either a complete verified bundle at ``out`` or nothing.
+
+    ``family`` (``dcssa`` / ``arnet``) is detected from the checkpoint's keys unless given;
+    ``sketch_canvas`` / ``line_width`` override ARNet's live-sketch drawing (DC-SSA's is fixed).
+    """
     out = Path(out)
     refuse_existing(out, force)
+    obj = None
+    if family is None:
+        family, obj = detect_family(ckpt_paths)
+        say(f"model family: {family} (detected from the checkpoint's keys)")
+    if family == mf.ARNET:
+        if phase is not None:
+            raise CheckpointError("--phase is a DC-SSA option; ARNet has no phases", hint="drop --phase")
+        if len(ckpt_paths) != 1:
+            raise CheckpointError("an ARNet checkpoint is one file (model_Best.pth)", hint="pass --ckpt once")
+        from .arnet import export_arnet_bundle
+
+        return export_arnet_bundle(Path(ckpt_paths[0]), out, num_heads=num_heads, force=force,
+                                   sketch_canvas=sketch_canvas, line_width=line_width, obj=obj,
+                                   tools=tool_versions(), say=say)
+    if sketch_canvas is not None or line_width is not None:
+        raise CheckpointError("--sketch-canvas / --line-width apply to ARNet bundles only: DC-SSA's rasteriser "
+                              "is fixed by its training (SPEC section 4)", hint="drop them")
+    num_heads = num_heads or DEFAULT_HEADS
     say("loading checkpoint")
     ckpt = load_checkpoint(ckpt_paths, num_heads=num_heads, phase=phase)
     with staged_dir(out, force=force) as tmp:

@@ -17,6 +17,8 @@ from dcssa.runtime.cli_options import output_options
 from dcssa.runtime.cli_util import DEMO_WARNING, fail_cleanly, stdout_for_json
 from dcssa.runtime.progress import Progress
 
+from dcssa.runtime.recipes import ARNET_LINE_WIDTH, ARNET_SKETCH_CANVAS
+
 from .model import DEFAULT_EMBED, DEFAULT_HEADS
 
 
@@ -26,24 +28,34 @@ from .model import DEFAULT_EMBED, DEFAULT_HEADS
                    "or --ckpt given three times for the trio.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("dcssa-bundle"), show_default=True,
               help="Bundle folder to write.")
-@click.option("--num-heads", type=int, default=DEFAULT_HEADS, show_default=True,
-              help="Attention heads the model was trained with (cannot be read from the weights).")
+@click.option("--family", type=click.Choice(["dcssa", "arnet"]), default=None,
+              help="Model family; default: detected from the checkpoint's keys.")
+@click.option("--num-heads", type=click.IntRange(1), default=None,
+              help=f"Attention heads the model was trained with (cannot be read from the weights) "
+                   f"[default: DC-SSA {DEFAULT_HEADS}; ARNet ViT width / 64, i.e. 12 for ViT-B].")
 @click.option("--phase", type=click.Choice(["1", "2"]), default=None,
-              help="Force phase 1 (no stroke head) or 2; default: detected from the keys.")
+              help="DC-SSA: force phase 1 (no stroke head) or 2; default: detected from the keys.")
+@click.option("--sketch-canvas", type=click.IntRange(3), default=None,
+              help=f"ARNet: side of the canvas live strokes are drawn on, in pixels, to match your training "
+                   f"sketch PNGs [default: {ARNET_SKETCH_CANVAS}].")
+@click.option("--line-width", type=click.IntRange(1, 31), default=None,
+              help=f"ARNet: stroke width in canvas pixels (odd) [default: {ARNET_LINE_WIDTH}].")
 @output_options(json="the manifest", force="bundle folder")
 @click.option("--precision", default="fp32", show_default=True,
               help="Comma list of fp32, fp16, int8: reduced precisions are calibrated on --calib right after export.")
 @click.option("--calib", default=None, help=f"Data for --precision. {DATA_HELP}")
 @recipe_option
 @click.pass_context
-def main(ctx: click.Context, ckpt: tuple[Path, ...], out: Path, num_heads: int, phase: str | None,
+def main(ctx: click.Context, ckpt: tuple[Path, ...], out: Path, family: str | None, num_heads: int | None,
+         phase: str | None, sketch_canvas: int | None, line_width: int | None,
          as_json: bool, quiet: bool, force: bool, precision: str, calib: str | None, recipe: str) -> None:
-    """Export a trained DC-SSA checkpoint to a verified ONNX bundle the runtime can serve.
+    """Export a trained DC-SSA or ARNet checkpoint to a verified ONNX bundle the runtime can serve.
 
     \b
-    dcssa-export --ckpt best_top5_model.pth            # -> ./dcssa-bundle
-    dcssa-export --ckpt phase1_folder/ --out b1        # phase-1 split trio
-    dcssa-export demo-checkpoint demo.pth              # random-weight demo checkpoint
+    dcssa-export --ckpt best_top5_model.pth            # DC-SSA -> ./dcssa-bundle
+    dcssa-export --ckpt phase1_folder/ --out b1        # DC-SSA phase-1 split trio
+    dcssa-export --ckpt model_Best.pth --out arnet     # ARNet (family detected from the keys)
+    dcssa-export demo-checkpoint demo.pth              # structured demo checkpoint
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -57,8 +69,12 @@ def main(ctx: click.Context, ckpt: tuple[Path, ...], out: Path, num_heads: int, 
     say = Progress(quiet or as_json)
     with fail_cleanly(), stdout_for_json(as_json):
         check_precision_args(precision, calib)  # before the export, not after 40 s of it
-        manifest = export_bundle(list(ckpt), out, num_heads=num_heads,
-                                 phase=int(phase) if phase else None, force=force, say=say)
+        if line_width is not None and line_width % 2 == 0:
+            raise click.BadParameter(f"{line_width} is even: lines are drawn symmetrically about the stroke",
+                                     param_hint="--line-width")
+        manifest = export_bundle(list(ckpt), out, num_heads=num_heads, phase=int(phase) if phase else None,
+                                 family=family, sketch_canvas=sketch_canvas, line_width=line_width,
+                                 force=force, say=say)
         manifest = export_precisions(out, precision, calib, recipe, say) or manifest
     say(f"bundle written: {out}")
     if manifest["demo"]:
@@ -72,9 +88,14 @@ def main(ctx: click.Context, ckpt: tuple[Path, ...], out: Path, num_heads: int, 
 
 @click.command("demo-checkpoint")
 @click.argument("out", type=click.Path(path_type=Path))
+@click.option("--family", type=click.Choice(["dcssa", "arnet"]), default="dcssa", show_default=True,
+              help="dcssa: DC-SSA's state_dict; arnet: ARNet's model_Best.pth (two ViT encoders).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
-@click.option("--phase", type=click.Choice(["1", "2"]), default="2", show_default=True)
-@click.option("--embed", type=int, default=DEFAULT_EMBED, show_default=True, help="Embedding size E.")
+@click.option("--phase", type=click.Choice(["1", "2"]), default="2", show_default=True, help="DC-SSA only.")
+@click.option("--vit", type=click.Choice(["tiny", "small", "base"]), default="base", show_default=True,
+              help="ARNet only: ViT size at patch 16 / 224 px (ARNet trains base).")
+@click.option("--embed", type=click.IntRange(2), default=None,
+              help=f"Embedding size E [default: DC-SSA {DEFAULT_EMBED}, ARNet 512].")
 @click.option("--catalogue", type=click.Path(path_type=Path), default=None,
               help="Folder of catalogue photos to fit the projections on [default: the generated "
                    "catalogue of `dcssa-rt make-dataset --photos SHAPES --seed CATALOGUE-SEED`].")
@@ -83,20 +104,30 @@ def main(ctx: click.Context, ckpt: tuple[Path, ...], out: Path, num_heads: int, 
 @click.option("--plain-random", is_flag=True, help="Independent random branches, no fitted projections "
               "(every photo embeds nearly alike: the worst case).")
 @output_options(json="the checkpoint path")
-def demo_checkpoint(out: Path, seed: int, phase: str, embed: int, catalogue: Path | None, shapes: int,
-                    catalogue_seed: int, plain_random: bool, as_json: bool, quiet: bool) -> None:
+def demo_checkpoint(out: Path, family: str, seed: int, phase: str, vit: str, embed: int | None,
+                    catalogue: Path | None, shapes: int, catalogue_seed: int, plain_random: bool, as_json: bool,
+                    quiet: bool) -> None:
     """Write a DEMO checkpoint in the authors' exact layout (no training involved).
 
     By default a structured model that retrieves line drawings of the catalogue from tracings of
     them: shared random trunk, projections fitted by PCA on the catalogue. It is no trained model:
     it demonstrates and tests the pipeline.
     """
-    from .demo import write_demo_checkpoint
-
     say = Progress(quiet or as_json)
     with fail_cleanly(), stdout_for_json(as_json):
-        path = write_demo_checkpoint(out, seed=seed, phase=int(phase), embed=embed, structured=not plain_random,
-                                     catalogue=catalogue, shapes=shapes, catalogue_seed=catalogue_seed, say=say)
+        if family == "arnet":
+            from .arnet_demo import DEFAULT_ARNET_EMBED, write_arnet_demo
+
+            if plain_random:
+                raise click.BadParameter("the ARNet demo is always structured", param_hint="--plain-random")
+            path = write_arnet_demo(out, size=vit, embed=embed or DEFAULT_ARNET_EMBED, seed=seed, catalogue=catalogue,
+                                    shapes=shapes, catalogue_seed=catalogue_seed, say=say)
+        else:
+            from .demo import write_demo_checkpoint
+
+            path = write_demo_checkpoint(out, seed=seed, phase=int(phase), embed=embed or DEFAULT_EMBED,
+                                         structured=not plain_random, catalogue=catalogue, shapes=shapes,
+                                         catalogue_seed=catalogue_seed, say=say)
     say(f"demo checkpoint written: {path}")
     if as_json:
         click.echo(json.dumps({"path": str(path)}))

@@ -19,6 +19,7 @@ def export_onnx(
     *,
     name: str,
     dynamic_axes: dict[str, dict[int, str]],
+    spec: mf.GraphSpec | None = None,
 ) -> None:
     """Export with the TorchScript exporter, pin the IR version, run onnx's checker, save.
 
@@ -26,7 +27,7 @@ def export_onnx(
     explicit attention to plain core operators with fully dynamic batch/spatial axes in ~2 s,
     where the dynamo exporter needs per-axis range guesses.
     """
-    spec = mf.graph_spec(name)
+    spec = spec or mf.graph_spec(name)
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # deprecation and tracer chatter about constant shapes
@@ -44,6 +45,6 @@ def export_onnx(
     model = onnx.load_from_string(buf.getvalue())
     model.ir_version = mf.IR_VERSION
     model.producer_name = "dcssa-export"
-    model.doc_string = f"DC-SSA {name}"
+    model.doc_string = f"{name} ({spec.output_names[0]} of {', '.join(spec.input_names)})"
     onnx.checker.check_model(model, full_check=True)
     path.write_bytes(model.SerializeToString())

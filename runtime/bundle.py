@@ -27,24 +27,36 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def new_manifest(folder: Path, names: list[str] | tuple[str, ...], *, phase: int, feature_dim: int, embed_dim: int,
-                 heads: int, demo: bool = False, tools: dict | None = None, source: dict | None = None,
-                 parity: dict | None = None) -> dict:
-    """The manifest of a freshly exported fp32 bundle whose graphs ``<name>.onnx`` lie in ``folder``."""
+def new_manifest(folder: Path, names: list[str] | tuple[str, ...], *, phase: int | None, feature_dim: int,
+                 embed_dim: int, heads: int, demo: bool = False, tools: dict | None = None,
+                 source: dict | None = None, parity: dict | None = None, family: str = mf.DCSSA,
+                 preprocessing: dict | None = None, image_size: int | None = None,
+                 encoder: dict | None = None) -> dict:
+    """The manifest of a freshly exported fp32 bundle whose graphs ``<name>.onnx`` lie in ``folder``.
+
+    ``feature_dim`` is what the sketch encoder emits (DC-SSA: the 2048-d step feature; ARNet: the
+    embedding itself); ``heads`` those of the stroke head (DC-SSA) or of the ViT (ARNet), whose
+    other sizes go to ``encoder``.
+    """
     files, graphs = {}, {}
     for name in names:
         fname = f"{name}.onnx"
         files[fname] = {"sha256": sha256_file(folder / fname), "bytes": (folder / fname).stat().st_size}
-        graphs[name] = {"fp32": {"file": fname, "precision": "fp32", **mf.signature(name, feature_dim, embed_dim)}}
+        sig = mf.signature(name, feature_dim, embed_dim, family=family, image_size=image_size)
+        graphs[name] = {"fp32": {"file": fname, "precision": "fp32", **sig}}
+    dims = {"feature": feature_dim, "embedding": embed_dim, "heads": heads}
+    dims["head_dim"] = (encoder or {}).get("head_dim", feature_dim // heads)
+    if encoder:
+        dims["encoder"] = encoder
     return {
         "schema_version": mf.SCHEMA_VERSION,
-        "family": mf.FAMILY,
+        "family": family,
         "phase": phase,
         "demo": demo,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "dims": {"feature": feature_dim, "embedding": embed_dim, "heads": heads, "head_dim": feature_dim // heads},
+        "dims": dims,
         "limits": {"max_strokes": mf.DEFAULT_MAX_STROKES},
-        "preprocessing": default_preprocessing(),
+        "preprocessing": preprocessing or default_preprocessing(),
         "graphs": graphs,
         "precisions": ["fp32"],
         "files": files,
@@ -84,8 +96,12 @@ class Bundle:
             manifest = json.loads(mpath.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BundleError(f"corrupted manifest ({exc})", path=mpath, hint=REEXPORT.format(path=path)) from None
-        if not isinstance(manifest, dict) or manifest.get("family") != mf.FAMILY:
-            raise BundleError("not a DC-SSA bundle manifest", path=mpath, hint=REEXPORT.format(path=path))
+        if not isinstance(manifest, dict) or "family" not in manifest:
+            raise BundleError("not a bundle manifest (no model family)", path=mpath, hint=REEXPORT.format(path=path))
+        if manifest["family"] not in mf.FAMILIES:
+            raise BundleError(
+                f"model family {manifest['family']!r} is not one this runtime serves ({', '.join(mf.FAMILIES)})",
+                path=mpath, hint="upgrade dcssa-rt")
         version = manifest.get("schema_version")
         if version not in mf.READABLE_SCHEMAS:
             newer = isinstance(version, int) and version > mf.SCHEMA_VERSION
@@ -95,7 +111,7 @@ class Bundle:
                 path=mpath,
                 hint="upgrade dcssa-rt" if newer else REEXPORT.format(path=path),
             )
-        for key in ("phase", "dims", "graphs", "files", "preprocessing"):
+        for key in ("dims", "graphs", "files", "preprocessing", *(("phase",) if manifest["family"] == mf.DCSSA else ())):
             if key not in manifest:
                 raise BundleError(f"manifest lacks '{key}'", path=mpath, hint=REEXPORT.format(path=path))
         bundle = cls(path, mf.upgrade(manifest))
@@ -104,8 +120,24 @@ class Bundle:
 
     # -- facts -------------------------------------------------------------------------------
     @property
-    def phase(self) -> int:
-        return int(self.manifest["phase"])
+    def family(self) -> str:
+        return str(self.manifest["family"])
+
+    @property
+    def phase(self) -> int | None:
+        """DC-SSA's training phase (2: stroke head, 1: projection); None for other families."""
+        phase = self.manifest.get("phase")
+        return None if phase is None else int(phase)
+
+    @property
+    def head_graph(self) -> str | None:
+        """The graph after the sketch encoder (stroke head or projection), or None (ARNet)."""
+        return mf.head_graph(self.manifest["graphs"])
+
+    @property
+    def sketch_output(self) -> str:
+        """The sketch encoder's output tensor name: features for a head, or the embeddings."""
+        return mf.encoder_output(self.graph_spec(mf.SKETCH_ENCODER))
 
     @property
     def demo(self) -> bool:
@@ -126,6 +158,11 @@ class Bundle:
     @property
     def max_strokes(self) -> int:
         return int(self.manifest.get("limits", {}).get("max_strokes", mf.DEFAULT_MAX_STROKES))
+
+    @property
+    def kind(self) -> str:
+        """``dcssa phase 2``, ``dcssa phase 1`` or ``arnet``: what users call the model."""
+        return self.family if self.phase is None else f"{self.family} phase {self.phase}"
 
     def precisions(self, name: str = mf.SKETCH_ENCODER) -> list[str]:
         return list(self.manifest["graphs"].get(name, {}))
@@ -150,7 +187,7 @@ class Bundle:
         graphs = self.manifest["graphs"]
         if name not in graphs:
             raise BundleError(
-                f"this phase-{self.phase} bundle has no '{name}' graph (it has: {', '.join(graphs)})",
+                f"this {self.kind} bundle has no '{name}' graph (it has: {', '.join(graphs)})",
                 path=self.path,
             )
         if precision not in graphs[name]:
@@ -199,6 +236,7 @@ class Bundle:
             "path": str(self.path),
             "schema_version": m["schema_version"],
             "upgraded_from": m.get("upgraded_from"),
+            "family": self.family,
             "phase": self.phase,
             "demo": self.demo,
             "dims": m["dims"],

@@ -122,7 +122,8 @@ def index(photos: Path, bundle: Path, out: Path | None, batch_size: int, backend
 
 
 def _print_info(doc: dict) -> None:
-    click.echo(f"bundle {doc['path']}  phase {doc['phase']}  demo {doc['demo']}  created {doc['created']}")
+    kind = doc["family"] if doc["phase"] is None else f"{doc['family']} phase {doc['phase']}"
+    click.echo(f"bundle {doc['path']}  {kind}  demo {doc['demo']}  created {doc['created']}")
     click.echo(f"dims {doc['dims']}")
     for name, precisions in doc["graphs"].items():
         click.echo(f"  {name:18s} {', '.join(precisions)}")
@@ -161,20 +162,24 @@ def info(bundle: Path, as_json: bool) -> None:
 @click.option("--test-share", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Share of photos whose sketches go to the test split.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--format", "layout", type=click.Choice(["qmul", "arnet"]), default="qmul", show_default=True,
+              help="qmul: DS_Coordinate + photo/ (DC-SSA); arnet: trainA/trainB/testA/testB with sketch PNGs "
+                   "(plus the strokes).")
 @output_options(json="the dataset folder", quiet=False, force="dataset folder")
 def make_dataset(out: Path, name: str, n_photos: int, sketches_per_photo: int, test_share: float, seed: int,
-                 as_json: bool, force: bool) -> None:
+                 layout: str, as_json: bool, force: bool) -> None:
     """Write a SYNTHETIC dataset in the authors' QMUL layout (for tests and demos).
 
     Photos are line drawings of random outlined shapes; sketches are jittered tracings of them, with
     strokes in random order. It is synthetic: numbers on it say nothing about real catalogues.
     Also writes each tracing as strokes JSON under OUT/DS/strokes/ for `dcssa-rt query`.
     """
-    from .dataset import write_dataset
+    from .dataset import write_arnet_dataset, write_dataset
 
+    write = write_arnet_dataset if layout == "arnet" else write_dataset
     with fail_cleanly():
-        root = write_dataset(out, name=name, photos=n_photos, sketches_per_photo=sketches_per_photo,
-                             test_share=test_share, seed=seed, force=force)
+        root = write(out, name=name, photos=n_photos, sketches_per_photo=sketches_per_photo,
+                     test_share=test_share, seed=seed, force=force)
     click.echo(json.dumps({"path": str(root)}) if as_json else f"synthetic dataset written: {root}")
 
 

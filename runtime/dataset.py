@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageOps
 
 from .atomic import staged_dir
 from .strokes import strokes_to_points
@@ -26,13 +27,16 @@ def photo_name(i: int) -> str:
 def generate(photos: int, sketches_per_photo: int = 1, seed: int = 0) -> Iterator[tuple[str, list, list]]:
     """(photo name, shape strokes, [tracings]) in a fixed random order: the one source of the catalogue.
 
-    ``make-dataset`` and the structured demo checkpoint both draw from this, so a demo model built for
+    ``make-dataset`` and the structured demo checkpoints both draw from this, so a demo model built for
     ``--photos 40 --seed 0`` has its projections fitted on exactly the photos that dataset contains.
+    Shapes and tracings come from separate random streams, so the catalogue does not depend on how
+    many tracings each photo gets (nor a photo's tracings on the catalogue's size).
     """
     rng = np.random.default_rng(seed)
     for i in range(photos):
         shape = random_shape(rng)
-        yield photo_name(i), shape, [tracing(shape, rng) for _ in range(sketches_per_photo)]
+        hand = np.random.default_rng((seed, 1, i))
+        yield photo_name(i), shape, [tracing(shape, hand) for _ in range(sketches_per_photo)]
 
 
 def write_dataset(
@@ -64,5 +68,57 @@ def write_dataset(
         (tmp / "README.txt").write_text(
             "SYNTHETIC dataset written by `dcssa-rt make-dataset` (line drawings of random shapes and\n"
             f"jittered tracings of them), seed {seed}. Not real data.\n"
+        )
+    return root
+
+
+def arnet_photo(shape: list) -> Image.Image:
+    """The catalogue photo of ``shape`` for ARNet: the line drawing as dark lines on white, like its
+    sketches and like product photos on a white background."""
+    return ImageOps.invert(line_drawing(shape))
+
+
+def write_arnet_dataset(
+    out: str | Path,
+    *,
+    name: str = "Shapes",
+    photos: int = 40,
+    sketches_per_photo: int = 1,
+    test_share: float = 0.5,
+    seed: int = 0,
+    force: bool = False,
+) -> Path:
+    """The same synthetic data in ARNet's layout: ``out/name/{trainA,trainB,testA,testB}``.
+
+    Sketch PNGs are the tracings drawn as an ARNet bundle's live session draws strokes (its default
+    canvas, line width and black ink), named ``<photo>_<n>.png`` (one character; two when a photo has
+    more than 9 sketches, as Clothes-V1 names them). The strokes are kept too: ``<name>_Coordinate``
+    for the on-the-fly curves and ``strokes/*.json`` for ``dcssa-rt query``.
+    """
+    from .pipeline import SketchPipeline
+    from .recipes import SketchRecipe, arnet_preprocessing
+
+    pipe = SketchPipeline(SketchRecipe.from_dict(arnet_preprocessing()["sketch"]))
+    root = Path(out) / name
+    n_test = int(round(photos * test_share))
+    width = 1 if sketches_per_photo <= 9 else 2
+    with staged_dir(root, force=force) as tmp:
+        for sub in ("trainA", "trainB", "testA", "testB", "strokes"):
+            (tmp / sub).mkdir()
+        coords: dict[str, np.ndarray] = {}
+        for i, (pname, shape, tracings) in enumerate(generate(photos, sketches_per_photo, seed)):
+            split = "test" if i < n_test else "train"
+            arnet_photo(shape).save(tmp / f"{split}B" / f"{pname}.png")
+            for n, strokes in enumerate(tracings, 1):
+                points = strokes_to_points(strokes)
+                coords[f"/{split}/{pname}_{n}"] = points.astype(np.float32)
+                Image.fromarray(pipe.render(pipe.rasterize(points))).save(tmp / f"{split}A" / f"{pname}_{n:0{width}d}.png")
+                doc = {"strokes": [np.round(s, 2).tolist() for s in strokes], "target": f"{pname}.png"}
+                (tmp / "strokes" / f"{pname}_{n}.json").write_text(json.dumps(doc) + "\n")
+        with open(tmp / f"{name}_Coordinate", "wb") as f:
+            pickle.dump(coords, f)
+        (tmp / "README.txt").write_text(
+            "SYNTHETIC dataset in ARNet's layout written by `dcssa-rt make-dataset --format arnet` (line drawings\n"
+            f"of random shapes in B, rendered jittered tracings of them in A), seed {seed}. Not real data.\n"
         )
     return root

@@ -2,7 +2,8 @@
 
 Sessions, the evaluator, calibration fidelity reports and export parity all turn step features into
 embeddings the way a live user gets them; this is the one place that does it. Phase-1 bundles have
-no stroke head: their projection maps each step feature alone, and the cache stays empty.
+no stroke head: their projection maps each step feature alone, and the cache stays empty. ARNet
+bundles have no graph at all after the encoder (``runner=None``): the feature is the embedding.
 """
 
 from __future__ import annotations
@@ -16,15 +17,19 @@ from .backends import Runner
 class CausalHead:
     """A head runner plus a preallocated ``(capacity, D)`` key and value cache; ``pop`` is undo."""
 
-    def __init__(self, runner: Runner, feature_dim: int, capacity: int) -> None:
+    def __init__(self, runner: Runner | None, feature_dim: int, capacity: int) -> None:
         self.runner = runner
-        self.stateful = bool(runner.spec.state)  # the step graph; a projection has no state
-        self.keys = np.zeros((capacity, feature_dim), np.float32)
-        self.values = np.zeros((capacity, feature_dim), np.float32)
+        # the step graph; a projection has no state, and no head is the identity
+        self.stateful = runner is not None and bool(runner.spec.state)
+        rows = capacity if self.stateful else 0  # only the step graph keeps a cache
+        self.keys = np.zeros((rows, feature_dim), np.float32)
+        self.values = np.zeros((rows, feature_dim), np.float32)
         self.length = 0
 
     def step(self, feature: np.ndarray) -> np.ndarray:
         """The embedding ``(E,)`` of the newest partial sketch, whose ``(1, D)`` feature is given."""
+        if self.runner is None:
+            return np.asarray(feature, np.float32)[0]
         if not self.stateful:
             return self.runner.run({mf.FEATURES: feature})[mf.EMBEDDINGS][0]
         t = self.length
@@ -42,9 +47,11 @@ class CausalHead:
         self.length = 0
 
     @classmethod
-    def embed_sequence(cls, runner: Runner, features: np.ndarray) -> np.ndarray:
+    def embed_sequence(cls, runner: Runner | None, features: np.ndarray) -> np.ndarray:
         """``(T, E)`` embeddings of one sketch's ``(T, D)`` step features, oldest first, causally."""
         feats = np.asarray(features, np.float32)
+        if runner is None:
+            return feats.copy()
         head = cls(runner, feats.shape[1], max(len(feats), 1))
         if not head.stateful:
             return runner.run({mf.FEATURES: feats})[mf.EMBEDDINGS]

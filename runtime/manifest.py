@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 #: upgraded in memory by :func:`upgrade` (their specs are the DC-SSA defaults below).
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
-FAMILY = "dcssa"
+#: model families: a family is its graphs' specs, its preprocessing and an export loader
+DCSSA = "dcssa"
+ARNET = "arnet"
+FAMILIES = (DCSSA, ARNET)
+FAMILY = DCSSA  # the default, and the only family of schema-1 bundles
 MANIFEST = "manifest.json"
 OPSET = 17
 # onnx 1.23 writes IR 14 by default; onnxruntime 1.31 reads at most 13. IR 8 is what opset 17 needs.
@@ -84,7 +88,7 @@ class GraphSpec:
                    bool(doc.get("heavy", False)), tuple(doc.get("f32_scopes", ())))
 
 
-# name -> spec with symbolic D / E; :func:`graph_spec` fills them in.
+# name -> spec with symbolic D / E / S (square input side); :func:`graph_spec` fills them in.
 _SPECS: dict[str, GraphSpec] = {
     SKETCH_ENCODER: GraphSpec(SKETCH_ENCODER, {IMAGES: ["N", 3, 299, 299]}, {FEATURES: ["N", "D"]},
                               heavy=True, f32_scopes=(STEM_CONV_SCOPE,)),
@@ -100,16 +104,26 @@ _SPECS: dict[str, GraphSpec] = {
     SKETCH_PROJECTION: GraphSpec(SKETCH_PROJECTION, {FEATURES: ["N", "D"]}, {EMBEDDINGS: ["N", "E"]}),
 }
 
+# ARNet: two ViT encoders that each end in the unit-norm embedding; no stroke head (every partial
+# sketch is encoded as it stands), a fixed square input (the ViT's position embedding).
+_ARNET_SPECS: dict[str, GraphSpec] = {
+    name: GraphSpec(name, {IMAGES: ["N", 3, "S", "S"]}, {EMBEDDINGS: ["N", "E"]}, heavy=True)
+    for name in (SKETCH_ENCODER, PHOTO_ENCODER)
+}
+FAMILY_SPECS: dict[str, dict[str, GraphSpec]] = {DCSSA: _SPECS, ARNET: _ARNET_SPECS}
+
 PHASE_GRAPHS = {
     2: (SKETCH_ENCODER, PHOTO_ENCODER, HEAD_STEP, HEAD_FULL),
     1: (SKETCH_ENCODER, PHOTO_ENCODER, SKETCH_PROJECTION),
 }
+ARNET_GRAPHS = (SKETCH_ENCODER, PHOTO_ENCODER)
 
 
-def graph_spec(name: str, feature_dim: int | None = None, embed_dim: int | None = None) -> GraphSpec:
-    """The spec of graph ``name``, with D and E filled in where given (symbolic otherwise)."""
-    spec = _SPECS[name]
-    fill = {k: v for k, v in (("D", feature_dim), ("E", embed_dim)) if v is not None}
+def graph_spec(name: str, feature_dim: int | None = None, embed_dim: int | None = None, *,
+               family: str = DCSSA, image_size: int | None = None) -> GraphSpec:
+    """The spec of graph ``name`` of ``family``, with D, E and S filled in where given."""
+    spec = FAMILY_SPECS[family][name]
+    fill = {k: v for k, v in (("D", feature_dim), ("E", embed_dim), ("S", image_size)) if v is not None}
 
     def conv(tensors: dict[str, list]) -> dict[str, list]:
         return {k: [fill.get(d, d) for d in dims] for k, dims in tensors.items()}
@@ -117,9 +131,27 @@ def graph_spec(name: str, feature_dim: int | None = None, embed_dim: int | None 
     return GraphSpec(name, conv(spec.inputs), conv(spec.outputs), dict(spec.state), spec.heavy, spec.f32_scopes)
 
 
-def signature(name: str, feature_dim: int, embed_dim: int) -> dict:
+def signature(name: str, feature_dim: int, embed_dim: int, *, family: str = DCSSA,
+              image_size: int | None = None) -> dict:
     """The manifest entry fields of graph ``name`` (I/O signature and runtime facts)."""
-    return graph_spec(name, feature_dim, embed_dim).to_dict()
+    return graph_spec(name, feature_dim, embed_dim, family=family, image_size=image_size).to_dict()
+
+
+def head_graph(names) -> str | None:
+    """The graph that turns sketch-encoder outputs into embeddings, if the bundle has one.
+
+    DC-SSA phase 2: the causal stroke head; phase 1: the projection; ARNet: none (the sketch
+    encoder's output is the embedding).
+    """
+    for name in (HEAD_STEP, SKETCH_PROJECTION):
+        if name in names:
+            return name
+    return None
+
+
+def encoder_output(spec: GraphSpec) -> str:
+    """The one output of an encoder graph: ``features`` for a head to consume, or ``embeddings``."""
+    return spec.output_names[0]
 
 
 def upgrade(manifest: dict) -> dict:

@@ -64,14 +64,19 @@ class SketchPipeline:
         return (1, 3, self.height, self.width)
 
     def canvas(self) -> Canvas:
-        """A new, empty incremental canvas of the recipe's size and frame."""
-        return Canvas(canvas=self.recipe.canvas, frame=self.recipe.frame)
+        """A new, empty incremental canvas of the recipe's size, frame and line width."""
+        return Canvas(canvas=self.recipe.canvas, frame=self.recipe.frame, dilation=self.recipe.dilation)
 
-    def preprocess(self, raster: np.ndarray) -> np.ndarray:
-        """A ``canvas x canvas`` uint8 grey raster -> the encoder's input."""
+    def render(self, raster: np.ndarray) -> np.ndarray:
+        """An ink mask (ink 255, as canvases hold it) -> the grey picture the family trained on."""
         gray = np.ascontiguousarray(raster, dtype=np.uint8)
         if gray.ndim != 2:
             raise StrokeError(f"expected a 2-D grey raster, got shape {gray.shape}")
+        return np.subtract(255, gray, dtype=np.uint8) if self.recipe.ink == "black" else gray
+
+    def preprocess(self, raster: np.ndarray) -> np.ndarray:
+        """A ``canvas x canvas`` uint8 ink mask -> the encoder's input."""
+        gray = self.render(raster)
         if gray.shape != (self.height, self.width):
             gray = np.asarray(Image.fromarray(gray).resize((self.width, self.height), self._resample))
         return _to_tensor(self._lut, (gray, gray, gray), self.height, self.width)
@@ -91,11 +96,12 @@ class SketchPipeline:
 
     def rasterize(self, points: np.ndarray) -> np.ndarray:
         """A whole ``N x 3`` (x, y, pen_up) sketch -> uint8 raster."""
-        return rasterize(points, frame=self.recipe.frame, canvas=self.recipe.canvas)
+        return rasterize(points, frame=self.recipe.frame, canvas=self.recipe.canvas, dilation=self.recipe.dilation)
 
     def point_steps(self, points: np.ndarray, steps: int = 20) -> list[np.ndarray]:
         """The authors' point-sliced partial rasters (see :func:`~dcssa.runtime.raster.rasterize_steps`)."""
-        return rasterize_steps(points, steps, frame=self.recipe.frame, canvas=self.recipe.canvas)
+        return rasterize_steps(points, steps, frame=self.recipe.frame, canvas=self.recipe.canvas,
+                               dilation=self.recipe.dilation)
 
 
 def photo_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -106,7 +112,7 @@ def photo_size(width: int, height: int, short_side: int) -> tuple[int, int]:
 
 
 class PhotoPipeline:
-    """Photo -> ``(1, 3, h, w)`` float32 like ``Resize(shorter side) + ToTensor + Normalize``; no crop."""
+    """Photo -> ``(1, 3, h, w)`` float32 like ``Resize(shorter side or (H, W)) + ToTensor + Normalize``; no crop."""
 
     def __init__(self, recipe: PhotoRecipe | None = None) -> None:
         self.recipe = recipe or PhotoRecipe()
@@ -115,6 +121,8 @@ class PhotoPipeline:
 
     def size(self, width: int, height: int) -> tuple[int, int]:
         """The network input size ``(w, h)`` of a ``width x height`` photo."""
+        if self.recipe.size is not None:
+            return int(self.recipe.size[1]), int(self.recipe.size[0])
         return photo_size(width, height, self.recipe.resize_shorter_side)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:

@@ -188,30 +188,46 @@ def _draw_points(img: np.ndarray, pts: np.ndarray, lo: int, hi: int) -> None:
     img[ys, xs] = True
 
 
-def _dilate(mask: np.ndarray) -> np.ndarray:
-    """One binary dilation with the 3 x 3 cross, zero outside (scipy.ndimage defaults)."""
-    out = mask.copy()
-    out[1:, :] |= mask[:-1, :]
-    out[:-1, :] |= mask[1:, :]
-    out[:, 1:] |= mask[:, :-1]
-    out[:, :-1] |= mask[:, 1:]
-    return out
+def _dilate(mask: np.ndarray, iterations: int = _DEFAULT.dilation) -> np.ndarray:
+    """Binary dilations with the 3 x 3 cross, zero outside (scipy.ndimage defaults).
+
+    ``iterations`` cross dilations grow every pixel into a diamond of that radius: a line of width
+    ``2 * iterations + 1`` (DC-SSA: one, width 3).
+    """
+    out = mask
+    for _ in range(iterations):
+        prev, out = out, out.copy()
+        out[1:, :] |= prev[:-1, :]
+        out[:-1, :] |= prev[1:, :]
+        out[:, 1:] |= prev[:, :-1]
+        out[:, :-1] |= prev[:, 1:]
+    return out if iterations else mask.copy()
+
+
+def _diamond(radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets ``(dx, dy)`` with ``|dx| + |dy| <= radius``: what ``radius`` cross dilations add to a pixel."""
+    r = np.arange(-radius, radius + 1)
+    dx, dy = np.meshgrid(r, r, indexing="xy")
+    keep = np.abs(dx) + np.abs(dy) <= radius
+    return dx[keep].astype(np.int64), dy[keep].astype(np.int64)
 
 
 def _to_uint8(mask: np.ndarray) -> np.ndarray:
     return mask.astype(np.uint8) * np.uint8(255)
 
 
-def rasterize(points: np.ndarray, *, frame: float = _DEFAULT.frame, canvas: int = _DEFAULT.canvas) -> np.ndarray:
+def rasterize(points: np.ndarray, *, frame: float = _DEFAULT.frame, canvas: int = _DEFAULT.canvas,
+              dilation: int = _DEFAULT.dilation) -> np.ndarray:
     """Whole ``N x 3`` sketch -> dilated ``canvas x canvas`` uint8 raster, strokes 255 on 0."""
     pts = scale_points(check_points(points), frame, canvas)
     img = np.zeros((canvas, canvas), dtype=bool)
     _draw_points(img, pts, 0, len(pts))
-    return _to_uint8(_dilate(img))
+    return _to_uint8(_dilate(img, dilation))
 
 
 def rasterize_steps(
-    points: np.ndarray, steps: int = 20, *, frame: float = _DEFAULT.frame, canvas: int = _DEFAULT.canvas
+    points: np.ndarray, steps: int = 20, *, frame: float = _DEFAULT.frame, canvas: int = _DEFAULT.canvas,
+    dilation: int = _DEFAULT.dilation,
 ) -> list[np.ndarray]:
     """Partial rasters the way the authors evaluate on-the-fly retrieval.
 
@@ -229,9 +245,9 @@ def rasterize_steps(
     for i in keep:
         _draw_points(img, pts, drawn, i + 1)
         drawn = i + 1
-        out.append(_to_uint8(_dilate(img)))
+        out.append(_to_uint8(_dilate(img, dilation)))
     _draw_points(img, pts, drawn, n)
-    out.append(_to_uint8(_dilate(img)))
+    out.append(_to_uint8(_dilate(img, dilation)))
     return out
 
 
@@ -248,9 +264,11 @@ class Canvas:
     is the flat indices the stroke turned on, a few hundred ints instead of a canvas copy.
     """
 
-    def __init__(self, canvas: int = _DEFAULT.canvas, frame: float = _DEFAULT.frame):
+    def __init__(self, canvas: int = _DEFAULT.canvas, frame: float = _DEFAULT.frame,
+                 dilation: int = _DEFAULT.dilation):
         self.canvas = int(canvas)
         self.frame = frame
+        self._dx, self._dy = _diamond(int(dilation))
         self._img = np.zeros((self.canvas, self.canvas), dtype=np.uint8)
         self._history: list[np.ndarray] = []
 
@@ -275,8 +293,8 @@ class Canvas:
         scaled = scale_points(pts, self.frame, self.canvas)
         xs, ys = _point_pixels(scaled, 0, len(scaled), self.canvas)
         c = self.canvas
-        nx = np.concatenate([xs, xs + 1, xs - 1, xs, xs])
-        ny = np.concatenate([ys, ys, ys, ys + 1, ys - 1])
+        nx = (xs[None, :] + self._dx[:, None]).reshape(-1)
+        ny = (ys[None, :] + self._dy[:, None]).reshape(-1)
         inside = (nx >= 0) & (nx < c) & (ny >= 0) & (ny < c)
         flat = np.unique(ny[inside] * c + nx[inside])
         plane = self._img.reshape(-1)

@@ -75,7 +75,8 @@ class Retriever:
         self.max_strokes = max_strokes or bundle.max_strokes
         self.pipeline = bundle.sketch_pipeline
         self.encoder = self.load(mf.SKETCH_ENCODER)
-        self.head = self.load(mf.HEAD_STEP if bundle.phase == 2 else mf.SKETCH_PROJECTION)
+        self.encoder_output = bundle.sketch_output  # features for the head, or the embeddings (ARNet)
+        self.head = None if bundle.head_graph is None else self.load(bundle.head_graph)
 
     def load(self, name: str) -> Runner:
         """Graph ``name`` at this retriever's precision on its backend.
@@ -101,6 +102,7 @@ class Retriever:
         return {
             **self.backend.describe(),
             "precision": self.precision,
+            "family": self.bundle.family,
             "phase": self.bundle.phase,
             "gallery": None if self.gallery is None else len(self.gallery),
         }
@@ -129,7 +131,7 @@ class StrokeSession:
         image = self.prepare_stroke(points)
         try:
             t0 = time.perf_counter()
-            feature = self.r.encoder.run({mf.IMAGES: image})[mf.FEATURES]
+            feature = self.r.encoder.run({mf.IMAGES: image})[self.r.encoder_output]
             encode_ms = (time.perf_counter() - t0) * 1e3
         except BaseException:
             self.abort_stroke()  # keep canvas, cache and results in step
@@ -178,7 +180,7 @@ class StrokeSession:
         return idx, scores, [gallery.ids[i] for i in idx]
 
     def finish_stroke(self, feature: np.ndarray, timings: dict[str, float] | None = None) -> QueryResult:
-        """Phase 2 of a stroke: the encoder's (1, D) feature -> head step, search, the new result.
+        """Phase 2 of a stroke: the encoder's (1, D) output -> head step (if any), search, the new result.
 
         ``timings`` (ms) are merged into the result's, e.g. ``encode`` or a batcher's ``queue``;
         ``total`` is the sum of all phases. On failure the prepared stroke is dropped.

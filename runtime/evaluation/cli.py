@@ -17,7 +17,11 @@ STEP_CHOICES = ("strokes", "points20")
 
 @click.command("eval")
 @click.option("--dataset", required=True, type=click.Path(path_type=Path),
-              help="Dataset folder ROOT/DS in the QMUL layout: DS_Coordinate (pickle) and photo/<photo>.png.")
+              help="Dataset folder ROOT/DS in the QMUL layout: DS_Coordinate (pickle) and photo/<photo>.png; "
+                   "with --format arnet, ROOT/<Name> holding trainA, trainB, testA, testB.")
+@click.option("--format", "layout", type=click.Choice(["qmul", "arnet"]), default="qmul", show_default=True,
+              help="arnet: ARNet's layout (A = sketch PNGs x_?.png or x_??.png, B = photos): the authors' acc@1/5/10, "
+                   "and the on-the-fly curves when <Name>_Coordinate holds the strokes.")
 @bundle_option()
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
               help="Sketches whose key contains this word; the gallery is the photos they target.")
@@ -39,7 +43,7 @@ STEP_CHOICES = ("strokes", "points20")
 @click.option("--limit", type=click.IntRange(1), default=None,
               help="Evaluate only the first N sketches (the gallery keeps every photo of the split).")
 @output_options(json="eval.json", force="OUT folder")
-def eval_command(dataset: Path, bundle: Path, split: str, protocol: str, steps: str | None, backend: str,
+def eval_command(dataset: Path, layout: str, bundle: Path, split: str, protocol: str, steps: str | None, backend: str,
                  precision: str, threads: int | None, compare: str | None, gallery: Path | None, out: Path,
                  limit: int | None, as_json: bool, quiet: bool, force: bool) -> None:
     """Measure retrieval accuracy (acc@1/5/10, m@A, m@B, wm@A, wm@B) of a bundle on a dataset.
@@ -64,7 +68,7 @@ def eval_command(dataset: Path, bundle: Path, split: str, protocol: str, steps: 
             click.echo(DEMO_WARNING, err=True)
         doc = run_evaluation(
             dataset, b, out, split=split, protocol=protocol, steps=steps, configs=configs, gallery=gallery,
-            threads=threads, limit=limit, force=force, progress=not (quiet or as_json), warn=warn,
+            threads=threads, limit=limit, force=force, progress=not (quiet or as_json), warn=warn, layout=layout,
         )
     if as_json:
         click.echo(json.dumps(doc, indent=1))

@@ -28,6 +28,7 @@ from ..session import Retriever
 from ..strokes import points_to_strokes
 from . import metrics as M
 from .protocols import SketchEvaluator, SketchOutcome
+from .arnet import ArnetSplit, load_arnet_split, png_run
 from .qmul import DatasetError, QmulSplit, load_split
 from .report import write_report
 
@@ -175,7 +176,7 @@ def _add_agreement(runs: list[dict], outcomes: list[list[SketchOutcome]], config
     """Top-1 / top-k agreement of every run with the first fp32 run (None without one)."""
     ref = next((i for i, c in enumerate(configs) if c.precision == "fp32"), None)
     for run, res in zip(runs, outcomes):
-        if ref is None:
+        if ref is None or not res:
             run["agreement"] = None
             continue
         agree = M.agreement([o.top for o in res], [o.top for o in outcomes[ref]])
@@ -191,7 +192,7 @@ def _document(data: QmulSplit, photos: Gallery, b: Bundle, protocol: str, steps:
         "dataset": {"path": str(data.root), "name": data.name, "split": data.split,
                     "coordinate_file": str(data.coordinate_file), "sketches": len(data.sketches),
                     "gallery_photos": len(photos), "synthetic": _synthetic(data.root)},
-        "bundle": {"path": str(b.path), "phase": b.phase, "demo": b.demo, "created": b.manifest.get("created")},
+        "bundle": {"path": str(b.path), "family": b.family, "phase": b.phase, "demo": b.demo, "created": b.manifest.get("created")},
         "protocol": protocol,
         "steps": steps,
         "topk": TOPK,
@@ -216,15 +217,32 @@ def run_evaluation(
     force: bool = False,
     progress: bool = True,
     warn: Callable[[str], None] = lambda _m: None,
+    layout: str = "qmul",
 ) -> dict:
-    """Evaluate every configuration and write ``out`` (eval.json, eval.md, plot, gallery); returns eval.json."""
+    """Evaluate every configuration and write ``out`` (eval.json, eval.md, plot, gallery); returns eval.json.
+
+    ``layout="arnet"``: ARNet's folders; the sketch PNGs give the authors' acc@1/5/10 and a stroke
+    file beside them (``<Name>_Coordinate``) the on-the-fly curves as well.
+    """
     steps = steps or ("points20" if protocol == "paper" else "strokes")
     out = Path(out)
     configs = configs or [RunConfig("auto", "fp32")]
-    data = load_split(dataset, split, limit=limit)
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    if layout == "arnet":
+        if b.family != mf.ARNET:
+            raise DcssaError(f"--format arnet evaluates sketch PNGs, which a {b.kind} bundle does not take "
+                             "(its sketches are strokes drawn by its own rasteriser)", path=b.path,
+                             hint="evaluate DC-SSA on the QMUL layout (a DS_Coordinate stroke file), or pass an ARNet bundle")
+        data = load_arnet_split(dataset, split, limit=limit)
+        for rule, n in data.rules.items():
+            if n:
+                warn(f"pairing: {n} sketch(es) matched the rule {rule}")
+        if data.unmatched:
+            warn(f"{len(data.unmatched)} PNG(s) in {split}A name no photo of {split}B (e.g. {data.unmatched[0]}): skipped")
+    else:
+        data = load_split(dataset, split, limit=limit)
     backends = _backends(configs, b, threads)  # fail before any work
-    longest = max(len(points_to_strokes(s.points)) for s in data.sketches)
+    longest = max((len(points_to_strokes(s.points)) for s in data.sketches), default=1)
     with staged_dir(out, force=force) as tmp:
         full, ginfo = resolve_gallery(
             data, b, out=out, staged=tmp, gallery=None if gallery is None else Path(gallery),
@@ -235,12 +253,20 @@ def run_evaluation(
         for cfg, backend in zip(configs, backends):
             r = Retriever(b, photos, backend=backend, precision=cfg.precision, topk=TOPK,
                           max_strokes=max(b.max_strokes, longest))
-            run, res = _run_one(SketchEvaluator(r, protocol, steps), _label(backend, cfg.precision, seen), data,
-                                photos, protocol, progress)
+            label = _label(backend, cfg.precision, seen)
+            if data.sketches:
+                run, res = _run_one(SketchEvaluator(r, protocol, steps), label, data, photos, protocol, progress)
+            else:
+                run, res = {"label": label, "backend": backend.name, "precision": cfg.precision}, []
+            if isinstance(data, ArnetSplit):
+                run["png"] = png_run(data, r, photos)
             runs.append(run)
             outcomes.append(res)
         _add_agreement(runs, outcomes, configs)
         doc = _document(data, photos, b, protocol, steps, ginfo, runs)
+        if isinstance(data, ArnetSplit):
+            doc["dataset"].update({"layout": "arnet", "png_sketches": len(data.pngs), "pairing": data.rules,
+                                   "unmatched_pngs": len(data.unmatched)})
         doc["files"] = write_report(tmp, doc, warn=warn)
     return doc
 

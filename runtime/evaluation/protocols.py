@@ -77,9 +77,9 @@ class SketchEvaluator:
         self.r = retriever
         self.protocol = protocol
         self.steps = steps
-        self.phase = retriever.bundle.phase
-        # the non-causal head exists only for phase 2; phase-1 steps are independent anyway
-        self.full_head = retriever.load(mf.HEAD_FULL) if protocol == "paper" and self.phase == 2 else None
+        # the non-causal head exists only for phase 2; phase-1 and ARNet steps are independent anyway
+        has_full = mf.HEAD_FULL in retriever.bundle.manifest["graphs"]
+        self.full_head = retriever.load(mf.HEAD_FULL) if protocol == "paper" and has_full else None
 
     def __call__(self, sketch: Sketch, target: int) -> SketchOutcome:
         if self.protocol == "causal" and self.steps == "strokes":
@@ -107,7 +107,8 @@ class SketchEvaluator:
     def _features(self, rasters: list[np.ndarray]) -> np.ndarray:
         """Sketch-encoder features, one raster per call as a session runs it."""
         pre, enc = self.r.pipeline.preprocess, self.r.encoder
-        return np.concatenate([enc.run({mf.IMAGES: pre(raster)})[mf.FEATURES] for raster in rasters])
+        out = self.r.encoder_output
+        return np.concatenate([enc.run({mf.IMAGES: pre(raster)})[out] for raster in rasters])
 
     def _causal(self, feats: np.ndarray) -> np.ndarray:
         """The session's head recurrence over step features (K/V cache, last row)."""
@@ -116,4 +117,6 @@ class SketchEvaluator:
     def _paper(self, feats: np.ndarray) -> np.ndarray:
         """The authors' evaluation: the full (non-causal) head over every step at once."""
         head = self.r.head if self.full_head is None else self.full_head
+        if head is None:  # no head: the encoder's outputs are the embeddings
+            return feats
         return head.run({mf.FEATURES: feats})[mf.EMBEDDINGS]

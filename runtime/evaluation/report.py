@@ -38,6 +38,20 @@ def _rows(doc: dict, key: str, agreement: bool) -> list[str]:
     return lines
 
 
+def _png_rows(doc: dict) -> list[str]:
+    """ARNet's layout: the authors' acc@K of the sketch PNGs, one row per run."""
+    ds = doc["dataset"]
+    rules = ", ".join(f"{n} by {rule}" for rule, n in ds.get("pairing", {}).items() if n) or "none"
+    lines = ["## Sketch PNGs (the authors' get_acc)", "",
+             f"{ds['png_sketches']} PNG sketches of {ds['split']}A against the {ds['gallery_photos']} photos of "
+             f"{ds['split']}B; pairing: {rules}; {ds.get('unmatched_pngs', 0)} unmatched PNG(s) skipped.", "",
+             "| run | acc@1 | acc@5 | acc@10 |", "|---|---|---|---|"]
+    for run in doc["runs"]:
+        m = run["png"]["metrics"]
+        lines.append(f"| {run['label']} | {m['acc@1']:.2f} | {m['acc@5']:.2f} | {m['acc@10']:.2f} |")
+    return lines + [""]
+
+
 def markdown(doc: dict) -> str:
     """eval.md: one row per backend/precision, values in percent."""
     ds, runs = doc["dataset"], doc["runs"]
@@ -48,9 +62,16 @@ def markdown(doc: dict) -> str:
         lines += [f"> {DEMO_WARNING}", ""]
     if ds.get("synthetic"):
         lines += ["> The dataset is SYNTHETIC (`dcssa-rt make-dataset`): these numbers say nothing about real catalogues.", ""]
+    if any("png" in r for r in runs):
+        lines += _png_rows(doc)
+    if not any("metrics" in r for r in runs):
+        lines += ["", f"No stroke data ({Path(ds['coordinate_file']).name} is absent): the on-the-fly curves need it.", ""]
+        return "\n".join(lines) + "\n"
     lines += [
         f"Protocol **{doc['protocol']}**, steps **{doc['steps']}**: {ds['sketches']} sketches ranked against "
-        f"{ds['gallery_photos']} photos. Bundle `{doc['bundle']['path']}`, phase {doc['bundle']['phase']}.",
+        f"{ds['gallery_photos']} photos. Bundle `{doc['bundle']['path']}`, "
+        f"{doc['bundle'].get('family', 'dcssa')}"
+        f"{'' if doc['bundle']['phase'] is None else ' phase ' + str(doc['bundle']['phase'])}.",
         "",
         "Values in %. acc@K: target within the top K after the last step; m@A / m@B: mean percentile / "
         "mean 1/rank over steps; wm@A / wm@B: the same weighted by exp(1 - t/T)/e"
@@ -107,8 +128,9 @@ def write_report(folder: Path, doc: dict, *, warn: Callable[[str], None] = lambd
     """Write the three files into ``folder``; returns the names written (the plot needs matplotlib)."""
     files = [EVAL_JSON, EVAL_MD]
     try:
-        plot_progress(doc, folder / PLOT)
-        files.append(PLOT)
+        if any("curve" in r for r in doc["runs"]):
+            plot_progress(doc, folder / PLOT)
+            files.append(PLOT)
     except ImportError:
         msg = f"{PLOT} not written: matplotlib is missing (pip install 'dcssa-rt[report]')"
         warn(msg)

@@ -55,10 +55,12 @@ class DynamicBatcher:
         window_ms: float = 5.0,
         max_queue: int = 256,
         on_batch: Callable[[int, float], None] | None = None,
+        output: str = mf.FEATURES,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.runner = runner
+        self.output = output  # the encoder output handed to sessions (features, or ARNet's embeddings)
         self.max_batch = int(max_batch)
         self.window = max(float(window_ms), 0.0) / 1e3
         self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=max(int(max_queue), 1))
@@ -130,7 +132,7 @@ class DynamicBatcher:
             start = time.perf_counter()
             try:
                 x = np.concatenate([it.image for it in batch]) if len(batch) > 1 else batch[0].image
-                features = self.runner.run({mf.IMAGES: x})[mf.FEATURES]
+                features = self.runner.run({mf.IMAGES: x})[self.output]
             except BaseException as exc:  # noqa: BLE001 - handed to every waiting client
                 for it in batch:
                     it.future.set_exception(exc)

@@ -45,7 +45,8 @@ class Service:
 
     def start(self) -> None:
         if self.batcher is None:
-            self.batcher = DynamicBatcher(self.retriever.encoder, max_batch=self.config.max_batch,
+            self.batcher = DynamicBatcher(self.retriever.encoder, output=self.retriever.encoder_output,
+                                          max_batch=self.config.max_batch,
                                           window_ms=self.config.batch_window_ms, max_queue=self.config.max_queue,
                                           on_batch=self.metrics.observe_batch)
 

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .. import manifest as mf
 from ..session import Retriever, StrokeSession
 from .config import ServeConfig
 from .errors import SessionNotFound
@@ -113,7 +114,7 @@ def session_memory_bound(retriever: Retriever, max_strokes: int | None = None) -
     parts = {
         "canvas": c * c,
         "undo_history": 4 * c * c,
-        "kv_cache": 2 * t * d * 4,
+        "kv_cache": 2 * t * d * 4 if retriever.bundle.head_graph == mf.HEAD_STEP else 0,
         "per_stroke_results": t * (d * 4 + e * 4 + k * 8 + k * 4),
         "in_flight_raster": 3 * pipeline.height * pipeline.width * 4,
     }

@@ -142,7 +142,7 @@ def test_serve_falls_back_to_the_demo_bundle_only_without_configuration(tmp_path
     (tmp_path / "demo-out/bundle/manifest.json").write_text("{}")  # present, but no valid bundle
     res = invoke(rt, BUNDLE_USERS["serve"], env={"DCSSA_BUNDLE": None})
     assert res.exit_code == 2 and "serving the demo catalogue of `make demo`" in res.output
-    assert "demo-out/bundle/manifest.json: not a DC-SSA bundle manifest" in res.output
+    assert "demo-out/bundle/manifest.json: not a bundle manifest (no model family)" in res.output
     res = invoke(rt, BUNDLE_USERS["serve"], env={"DCSSA_BUNDLE": "elsewhere"})
     assert res.exit_code == 2 and "elsewhere: no bundle folder here" in res.output
     assert "demo catalogue" not in res.output
