@@ -122,6 +122,9 @@ def export_bundle(
     if family is None:
         family, obj = detect_family(ckpt_paths)
         say(f"model family: {family} (detected from the checkpoint's keys)")
+    elif family == mf.DCSSA and detect_family(ckpt_paths)[0] == mf.ARNET:
+        raise CheckpointError("is an ARNet checkpoint (img_model / skt_model encoders), not DC-SSA",
+                              path=Path(ckpt_paths[0]), hint="drop --family dcssa (or pass --family arnet)")
     if family == mf.ARNET:
         if phase is not None:
             raise CheckpointError("--phase is a DC-SSA option; ARNet has no phases", hint="drop --phase")

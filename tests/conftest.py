@@ -89,3 +89,61 @@ class _CountingRunner:
 def counting():
     """``counting(runner)`` -> a wrapper with a ``calls`` counter (patch it onto a Retriever)."""
     return _CountingRunner
+
+
+# -- ARNet: a tiny ViT pair made with timm (the authors' own library), exported once ----------------
+
+ARNET_TINY = {"width": 128, "depth": 2, "heads": 2, "embed": 32}
+
+
+def timm_arnet_state_dicts(seed: int = 0, **size) -> dict:
+    """ARNet's ``model_Best.pth`` content with random timm ViTs (``encoder.*``) and ``mlp_head.0``."""
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    dims = {**ARNET_TINY, **size}
+    out = {}
+    for i, key in enumerate(("img_model", "skt_model")):
+        torch.manual_seed(seed * 2 + i)
+        vit = VisionTransformer(img_size=224, patch_size=16, embed_dim=dims["width"], depth=dims["depth"],
+                                num_heads=dims["heads"], num_classes=1000)
+        head = torch.nn.Sequential(torch.nn.Linear(dims["width"], dims["embed"]))
+        sd = {f"encoder.{k}": v for k, v in vit.state_dict().items()}
+        sd.update({f"mlp_head.{k}": v for k, v in head.state_dict().items()})
+        out[key] = sd
+    return {**out, "epoch": 7, "loss": 0.25, "top1": 40.11, "top5": 67.54, "top10": 79.29}
+
+
+@pytest.fixture(scope="session")
+def arnet_ckpt(tmp_path_factory) -> Path:
+    import torch
+
+    pytest.importorskip("timm")
+    path = tmp_path_factory.mktemp("arnet") / "model_Best.pth"
+    torch.save(timm_arnet_state_dicts(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def arnet_bundle(arnet_ckpt, tmp_path_factory) -> Path:
+    from dcssa.export.bundle import export_bundle
+
+    out = tmp_path_factory.mktemp("ab") / "bundle"
+    export_bundle([arnet_ckpt], out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def arnet_dataset(tmp_path_factory) -> Path:
+    from dcssa.runtime.dataset import write_arnet_dataset
+
+    return write_arnet_dataset(tmp_path_factory.mktemp("adata"), photos=8, sketches_per_photo=2, seed=4)
+
+
+@pytest.fixture(scope="session")
+def arnet_gallery(arnet_bundle, arnet_dataset, tmp_path_factory) -> Path:
+    from dcssa.runtime import Bundle, build_gallery
+
+    out = tmp_path_factory.mktemp("ag") / "gallery"
+    build_gallery(arnet_dataset / "testB", Bundle.load(arnet_bundle), out, progress=False)
+    return out
