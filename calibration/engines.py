@@ -24,13 +24,13 @@ from typing import Any
 from dcssa.runtime import manifest as mf
 from dcssa.runtime.backends.tensorrt import local_metadata
 from dcssa.runtime.bundle import Bundle
-from dcssa.runtime.errors import DcssaError
+from dcssa.runtime.errors import BundleError, DcssaError
+from dcssa.runtime.profiles import Shapes, graph_profiles
 from dcssa.runtime.progress import Say, silent
 
 from .bundle import commit
 
 TIMING_CACHE = "tensorrt.timing-cache"
-Shapes = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 
 
 class EngineBuildError(DcssaError):
@@ -39,32 +39,12 @@ class EngineBuildError(DcssaError):
 
 def profiles(bundle: Bundle, *, max_batch: int = 8, max_strokes: int | None = None,
              photo_max_side: int = 896) -> dict[str, dict[str, Shapes]]:
-    """(min, opt, max) shape per dynamic input of each graph: what the runtime feeds.
-
-    The inputs and their symbolic dims come from the bundle's graph specs: a batch N of 1..max_batch
-    (a live session encodes one raster, a gallery build batches photos), a stroke count T of
-    1..max_strokes (0.. for the stroke caches, which start empty), photo sides H, W from the photo
-    recipe's shorter side up to ``photo_max_side``.
-    """
-    t = max_strokes or bundle.max_strokes
-    side = bundle.photo_pipeline.recipe.resize_shorter_side
-    batch_opt = {mf.PHOTO_ENCODER: max(1, max_batch // 2)}
-    out: dict[str, dict[str, Shapes]] = {}
-    for graph in bundle.manifest["graphs"]:
-        spec = bundle.graph_spec(graph)
-        symbols = {"N": (1, batch_opt.get(graph, 1), max_batch), "H": (side, side, photo_max_side),
-                   "W": (side, side * 4 // 3, photo_max_side)}
-        for name, dims in spec.inputs.items():
-            if all(isinstance(d, int) for d in dims):
-                continue
-            ranges = {**symbols, "T": (0 if name in spec.state else 1, min(16, t), t)}
-            unknown = [d for d in dims if not isinstance(d, int) and d not in ranges]
-            if unknown:
-                raise EngineBuildError(f"{graph}.{name} has a dimension {unknown[0]!r} no profile covers",
-                                       hint="this bundle was written by a newer dcssa-export: upgrade dcssa-rt")
-            per = [(d, d, d) if isinstance(d, int) else ranges[d] for d in dims]
-            out.setdefault(graph, {})[name] = tuple(tuple(r[k] for r in per) for k in range(3))
-    return out
+    """(min, opt, max) shape per dynamic input of each graph (:func:`dcssa.runtime.profiles.graph_profiles`,
+    which ``--backend ort-trt`` passes to onnxruntime too)."""
+    try:
+        return graph_profiles(bundle, max_batch=max_batch, max_strokes=max_strokes, photo_max_side=photo_max_side)
+    except BundleError as exc:
+        raise EngineBuildError(exc.message, path=exc.path, hint=exc.hint) from None
 
 
 def engine_sources(bundle: Bundle, precisions: Sequence[str]) -> list[tuple[str, str, str, str]]:
