@@ -9,7 +9,7 @@ OUT    := demo-out
 # for Jetson/aarch64).
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,13 @@ demo: $(STAMP)
 bench: $(STAMP)
 	bash examples/bench.sh $(OUT) bench-out
 
+# README "GPU": engines, parity, ort-trt profiles, threads and bench on a GPU box (JSON report in
+# gpu-check-out/); on a machine without a GPU/TensorRT it stops at once with exit code 2.
+gpu-check: $(STAMP)
+	$(PY) -m dcssa.benchmarks.gpu_check --bundle $(OUT)/bundle --out gpu-check-out
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(OUT) dcssa-bundle bench-out .pytest_cache
+	rm -rf $(OUT) dcssa-bundle bench-out gpu-check-out .pytest_cache

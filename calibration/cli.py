@@ -110,9 +110,10 @@ def calibrate(bundle: Path, data: str, precision: str, recipe: str, photos: Path
 @click.option("--max-batch", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--max-strokes", type=click.IntRange(1), default=None, help="K/V cache rows [default: the bundle's].")
 @click.option("--workspace-mib", type=click.IntRange(64), default=2048, show_default=True)
+@click.option("--verbose", is_flag=True, help="TensorRT's builder log at VERBOSE (layer precisions, tactics).")
 @output_options(json="the engines record")
 def engines(bundle: Path, precision: str, max_batch: int, max_strokes: int | None, workspace_mib: int,
-            as_json: bool, quiet: bool) -> None:
+            verbose: bool, as_json: bool, quiet: bool) -> None:
     """Build TensorRT engines for BUNDLE on this GPU machine (TensorRT 10.x / 11.x).
 
     Engines are strongly typed from the bundle's fp16 / int8 graphs and recorded with this
@@ -125,7 +126,7 @@ def engines(bundle: Path, precision: str, max_batch: int, max_strokes: int | Non
     say = Progress(quiet or as_json)
     with fail_cleanly(), stdout_for_json(as_json):
         manifest = build_engines(bundle, parse_precisions(precision), max_batch=max_batch, max_strokes=max_strokes,
-                                 workspace_mib=workspace_mib, say=say)
+                                 workspace_mib=workspace_mib, verbose=verbose, say=say)
     rec = manifest["engines"]
     if as_json:
         click.echo(json.dumps(rec, indent=2))

@@ -4,7 +4,8 @@ Networks are created STRONGLY TYPED: every layer's precision comes from the ONNX
 nodes written by :mod:`dcssa.calibration.fp16` / :mod:`dcssa.calibration.int8`, which is the only
 mode TensorRT 11 has (it removed ``BuilderFlag.FP16/INT8`` and the INT8 calibrators) and works the
 same on JetPack's TensorRT 10.x. Only a TensorRT without the strongly typed flag (< 9) falls back to
-the precision builder flags. One optimisation profile per graph covers the runtime's shapes
+the precision builder flags, on an EXPLICIT_BATCH network (the only kind its ONNX parser accepts;
+from TensorRT 10 on every network is explicit-batch and the flag is ignored). One optimisation profile per graph covers the runtime's shapes
 (batch 1..max_batch, stroke caches 0..max_strokes); the timing cache is kept in the bundle so a
 rebuild (another precision, a new checkpoint) reuses the kernel timings.
 """
@@ -23,13 +24,13 @@ from typing import Any
 from dcssa.runtime import manifest as mf
 from dcssa.runtime.backends.tensorrt import local_metadata
 from dcssa.runtime.bundle import Bundle
-from dcssa.runtime.errors import DcssaError
+from dcssa.runtime.errors import BundleError, DcssaError
+from dcssa.runtime.profiles import Shapes, graph_profiles
 from dcssa.runtime.progress import Say, silent
 
 from .bundle import commit
 
 TIMING_CACHE = "tensorrt.timing-cache"
-Shapes = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 
 
 class EngineBuildError(DcssaError):
@@ -38,32 +39,12 @@ class EngineBuildError(DcssaError):
 
 def profiles(bundle: Bundle, *, max_batch: int = 8, max_strokes: int | None = None,
              photo_max_side: int = 896) -> dict[str, dict[str, Shapes]]:
-    """(min, opt, max) shape per dynamic input of each graph: what the runtime feeds.
-
-    The inputs and their symbolic dims come from the bundle's graph specs: a batch N of 1..max_batch
-    (a live session encodes one raster, a gallery build batches photos), a stroke count T of
-    1..max_strokes (0.. for the stroke caches, which start empty), photo sides H, W from the photo
-    recipe's shorter side up to ``photo_max_side``.
-    """
-    t = max_strokes or bundle.max_strokes
-    side = bundle.photo_pipeline.recipe.resize_shorter_side
-    batch_opt = {mf.PHOTO_ENCODER: max(1, max_batch // 2)}
-    out: dict[str, dict[str, Shapes]] = {}
-    for graph in bundle.manifest["graphs"]:
-        spec = bundle.graph_spec(graph)
-        symbols = {"N": (1, batch_opt.get(graph, 1), max_batch), "H": (side, side, photo_max_side),
-                   "W": (side, side * 4 // 3, photo_max_side)}
-        for name, dims in spec.inputs.items():
-            if all(isinstance(d, int) for d in dims):
-                continue
-            ranges = {**symbols, "T": (0 if name in spec.state else 1, min(16, t), t)}
-            unknown = [d for d in dims if not isinstance(d, int) and d not in ranges]
-            if unknown:
-                raise EngineBuildError(f"{graph}.{name} has a dimension {unknown[0]!r} no profile covers",
-                                       hint="this bundle was written by a newer dcssa-export: upgrade dcssa-rt")
-            per = [(d, d, d) if isinstance(d, int) else ranges[d] for d in dims]
-            out.setdefault(graph, {})[name] = tuple(tuple(r[k] for r in per) for k in range(3))
-    return out
+    """(min, opt, max) shape per dynamic input of each graph (:func:`dcssa.runtime.profiles.graph_profiles`,
+    which ``--backend ort-trt`` passes to onnxruntime too)."""
+    try:
+        return graph_profiles(bundle, max_batch=max_batch, max_strokes=max_strokes, photo_max_side=photo_max_side)
+    except BundleError as exc:
+        raise EngineBuildError(exc.message, path=exc.path, hint=exc.hint) from None
 
 
 def engine_sources(bundle: Bundle, precisions: Sequence[str]) -> list[tuple[str, str, str, str]]:
@@ -109,15 +90,27 @@ class _EngineBuilder:
     records: dict[str, dict] = field(default_factory=dict)
     staged: dict[str, Path] = field(default_factory=dict)
 
+    verbose: bool = False
+    say: Say = silent
+
     def __post_init__(self) -> None:
-        self.logger = self.trt.Logger(self.trt.Logger.WARNING)
+        self.logger = self.trt.Logger(self.trt.Logger.VERBOSE if self.verbose else self.trt.Logger.WARNING)
         self.builder = self.trt.Builder(self.logger)
         self.strongly_typed = hasattr(self.trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
 
+    def network_flags(self) -> int:
+        """STRONGLY_TYPED where it exists; else EXPLICIT_BATCH (TensorRT < 9: a network made with flags
+        0 is implicit-batch, which the ONNX parser refuses)."""
+        kinds = self.trt.NetworkDefinitionCreationFlag
+        if self.strongly_typed:
+            return 1 << int(kinds.STRONGLY_TYPED)
+        if hasattr(kinds, "EXPLICIT_BATCH"):
+            return 1 << int(kinds.EXPLICIT_BATCH)
+        return 0
+
     def _parse(self, onnx_file: str) -> Any:
         trt = self.trt
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if self.strongly_typed else 0
-        network = self.builder.create_network(flags)
+        network = self.builder.create_network(self.network_flags())
         parser = trt.OnnxParser(network, self.logger)
         if not parser.parse_from_file(str(self.bundle.verified_file(onnx_file))):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -135,7 +128,16 @@ class _EngineBuilder:
             if prec == "int8":
                 config.set_flag(trt.BuilderFlag.INT8)
         self.cache = config.create_timing_cache(self.cache.serialize() if self.cache is not None else self.cache_blob)
-        config.set_timing_cache(self.cache, ignore_mismatch=False)
+        if not config.set_timing_cache(self.cache, ignore_mismatch=False):
+            # a cache from another GPU / TensorRT build: start an empty one rather than silently build
+            # with none (the new cache replaces the old one in the bundle)
+            self.say(f"tensorrt: the bundle's {TIMING_CACHE} was made on another GPU or TensorRT build; "
+                     "starting a new timing cache")
+            self.cache_blob = b""
+            self.cache = config.create_timing_cache(b"")
+            if not config.set_timing_cache(self.cache, ignore_mismatch=False):
+                raise EngineBuildError("TensorRT refused an empty timing cache", path=self.bundle.path / TIMING_CACHE,
+                                       hint="check the TensorRT installation")
         return config
 
     def _profile(self, network: Any, config: Any, graph: str) -> dict:
@@ -193,9 +195,12 @@ def build_engines(
     max_batch: int = 8,
     max_strokes: int | None = None,
     workspace_mib: int = 2048,
+    verbose: bool = False,
     say: Say = silent,
 ) -> dict:
-    """Build and record an engine per graph and precision; returns the new manifest."""
+    """Build and record an engine per graph and precision; returns the new manifest.
+
+    ``verbose``: TensorRT's builder log at VERBOSE (layer precisions, tactics) instead of WARNING."""
     trt = _tensorrt()
     from dcssa.runtime.backends.cuda_memory import cuda_api
 
@@ -208,7 +213,7 @@ def build_engines(
     try:
         eb = _EngineBuilder(trt, bundle, profiles(bundle, max_batch=max_batch, max_strokes=max_strokes),
                             workspace_mib, work, device["compute_capability"].replace(".", ""),
-                            cache_file.read_bytes() if cache_file.is_file() else b"")
+                            cache_file.read_bytes() if cache_file.is_file() else b"", verbose=verbose, say=say)
         for graph, prec, onnx_file, graph_file in engine_sources(bundle, precisions):
             say(f"tensorrt: building {graph} ({prec}) from {onnx_file}")
             eb.build(graph, prec, onnx_file, graph_file)

@@ -4,18 +4,31 @@ The native TensorRT runner needs only a handful of CUDA calls. They come from cu
 (``cuda.bindings.runtime``, wheels on PyPI) or pycuda (JetPack's usual choice), whichever is
 installed; both are imported lazily, so nothing here is needed on a CPU box. A machine without a
 usable driver fails here with CUDA's own reason (``cudaErrorInsufficientDriver`` ...) in the message.
+
+Threads: a server calls the runner from its batcher thread and from worker threads, not only from
+the thread that built it. CUDA's current context is per CPU thread, so every call that touches the
+device runs inside :meth:`CudaApi.activate`: pycuda pushes the device's primary context and pops it
+afterwards (the driver API has no current context on a new thread: "invalid device context");
+cuda-python's runtime API binds the primary context of the current device by itself, so it only
+makes sure each thread has selected the device the runner was built on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 
 import numpy as np
 
 from ..errors import BackendError
 
-INSTALL_HINT = "on a machine with an NVIDIA GPU and driver: pip install cuda-python (or pycuda on JetPack)"
+INSTALL_HINT = ("on a machine with an NVIDIA GPU and driver: pip install 'dcssa-rt[cu12]' (CUDA 12 drivers, "
+                "JetPack 6) or 'dcssa-rt[cu13]' (CUDA 13 drivers); pycuda on JetPack also works")
+DRIVER_HINT = ("cuda-python's major version must match the driver's CUDA major (nvidia-smi shows it): "
+               "pip install 'dcssa-rt[cu12]' for CUDA 12 drivers and JetPack 6, 'dcssa-rt[cu13]' for CUDA 13")
 
 
 class CudaApi(ABC):
@@ -52,6 +65,27 @@ class CudaApi(ABC):
     @abstractmethod
     def synchronize(self, stream: int) -> None: ...
 
+    @abstractmethod
+    def destroy_stream(self, stream: int) -> None: ...
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[None]:
+        """Make this device's context current on the calling thread for the block."""
+        yield
+
+
+def stream_handle(stream) -> int:
+    """A cuda-python stream object as the integer handle TensorRT takes.
+
+    cuda-bindings 12.9.1 / 13 deprecate ``int(obj)`` in favour of
+    ``cuda.bindings.utils.get_cuda_native_handle``; older releases have only ``int``.
+    """
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+    except ImportError:
+        return int(stream)
+    return int(get_cuda_native_handle(stream))
+
 
 class CudaPython(CudaApi):
     """cuda-python's runtime bindings (``cuda.bindings.runtime``, or ``cuda.cudart`` before 12.6)."""
@@ -67,16 +101,29 @@ class CudaPython(CudaApi):
         count = self._ok(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
         if count < 1:
             raise BackendError("CUDA reports no GPU", hint=INSTALL_HINT)
+        self.index = int(self._ok(cudart.cudaGetDevice(), "cudaGetDevice"))
         self._pinned: list[int] = []
+        self._thread = threading.local()
+        self._thread.device = self.index
 
     def _ok(self, result, what: str):
         err, *values = result if isinstance(result, tuple) else (result,)
         if err != self.rt.cudaError_t.cudaSuccess:
             _, text = self.rt.cudaGetErrorString(err)
             name = getattr(err, "name", str(err))
+            hint = DRIVER_HINT if "InsufficientDriver" in str(name) else INSTALL_HINT
             raise BackendError(f"CUDA {what} failed: {name} ({text.decode() if isinstance(text, bytes) else text})",
-                               hint=INSTALL_HINT)
+                               hint=hint)
         return values[0] if len(values) == 1 else (values or None)
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[None]:
+        """The runtime API binds the current device's primary context by itself; a thread that has
+        not selected a device uses device 0, so select the runner's device once per thread."""
+        if getattr(self._thread, "device", None) != self.index:
+            self._ok(self.rt.cudaSetDevice(self.index), "cudaSetDevice")
+            self._thread.device = self.index
+        yield
 
     def device(self) -> dict:
         index = self._ok(self.rt.cudaGetDevice(), "cudaGetDevice")
@@ -96,7 +143,10 @@ class CudaPython(CudaApi):
         return np.ctypeslib.as_array((ctypes.c_uint8 * max(1, nbytes)).from_address(ptr))
 
     def stream(self) -> int:
-        return int(self._ok(self.rt.cudaStreamCreate(), "cudaStreamCreate"))
+        return stream_handle(self._ok(self.rt.cudaStreamCreate(), "cudaStreamCreate"))
+
+    def destroy_stream(self, stream: int) -> None:
+        self._ok(self.rt.cudaStreamDestroy(stream), "cudaStreamDestroy")
 
     def _copy(self, dst: int, src: int, nbytes: int, kind, stream: int) -> None:
         self._ok(self.rt.cudaMemcpyAsync(dst, src, nbytes, kind, stream), "cudaMemcpyAsync")
@@ -118,8 +168,12 @@ class CudaPython(CudaApi):
             self.rt.cudaFreeHost(ptr)
 
 
-class PyCuda(CudaApi):  # pragma: no cover - needs a GPU and pycuda
-    """pycuda's driver API on the device's primary context."""
+class PyCuda(CudaApi):
+    """pycuda's driver API on the device's primary context, pushed around every call.
+
+    A context stack is per CPU thread: the context is pushed on the calling thread and popped again
+    (never left current), so the batcher thread and worker threads can use the same allocations.
+    """
 
     name = "pycuda"
 
@@ -131,43 +185,66 @@ class PyCuda(CudaApi):  # pragma: no cover - needs a GPU and pycuda
             drv.init()
             self.dev = drv.Device(0)
             self.ctx = self.dev.retain_primary_context()
-            self.ctx.push()
         except drv.Error as exc:
             raise BackendError(f"CUDA (pycuda) failed: {exc}", hint=INSTALL_HINT) from None
         self._keep: dict[int, object] = {}
         self._streams: dict[int, object] = {}
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[None]:
+        self.ctx.push()
+        try:
+            yield
+        finally:
+            self.drv.Context.pop()
 
     def device(self) -> dict:
         major, minor = self.dev.compute_capability()
         return {"index": 0, "name": self.dev.name(), "compute_capability": f"{major}.{minor}"}
 
     def malloc(self, nbytes: int) -> int:
-        alloc = self.drv.mem_alloc(max(1, nbytes))
+        with self.activate():
+            alloc = self.drv.mem_alloc(max(1, nbytes))
         self._keep[int(alloc)] = alloc
         return int(alloc)
 
     def free(self, ptr: int) -> None:
-        self._keep.pop(ptr, None)
+        alloc = self._keep.pop(ptr, None)
+        if alloc is not None:
+            with self.activate():
+                alloc.free()
 
     def pinned(self, nbytes: int) -> np.ndarray:
-        return self.drv.pagelocked_empty(max(1, nbytes), np.uint8)
+        with self.activate():
+            return self.drv.pagelocked_empty(max(1, nbytes), np.uint8)
 
     def stream(self) -> int:
-        s = self.drv.Stream()
+        with self.activate():
+            s = self.drv.Stream()
         self._streams[s.handle] = s
         return s.handle
 
+    def destroy_stream(self, stream: int) -> None:
+        s = self._streams.pop(stream, None)
+        if s is not None:
+            with self.activate():
+                del s  # pycuda destroys the stream when its object goes
+
     def h2d(self, dst: int, src: np.ndarray, stream: int) -> None:
-        self.drv.memcpy_htod_async(dst, src, self._streams[stream])
+        with self.activate():
+            self.drv.memcpy_htod_async(dst, src, self._streams[stream])
 
     def d2h(self, dst: np.ndarray, src: int, stream: int) -> None:
-        self.drv.memcpy_dtoh_async(dst, src, self._streams[stream])
+        with self.activate():
+            self.drv.memcpy_dtoh_async(dst, src, self._streams[stream])
 
     def d2d(self, dst: int, src: int, nbytes: int, stream: int) -> None:
-        self.drv.memcpy_dtod_async(dst, src, nbytes, self._streams[stream])
+        with self.activate():
+            self.drv.memcpy_dtod_async(dst, src, nbytes, self._streams[stream])
 
     def synchronize(self, stream: int) -> None:
-        self._streams[stream].synchronize()
+        with self.activate():
+            self._streams[stream].synchronize()
 
 
 def cuda_api() -> CudaApi:

@@ -1,17 +1,31 @@
-"""onnxruntime backends: CPU (the default everywhere), CUDA and TensorRT execution providers."""
+"""onnxruntime backends: CPU (the default everywhere), CUDA and TensorRT execution providers.
+
+``ort-trt`` loads what TensorRT can run and tells the provider what it needs to know: for int8 the
+bundle's symmetric Q/DQ graph (``tensorrt_file``; the CPU int8 graph has uint8 asymmetric
+activations, which TensorRT refuses), with ``trt_int8_enable`` (onnxruntime builds before TensorRT 10
+need it for Q/DQ graphs) and ``trt_fp16_enable`` for the blocks the recipe keeps float; for fp16
+``trt_fp16_enable``; and for every graph explicit optimisation profiles, the same ones
+``dcssa-export engines`` builds with (:mod:`dcssa.runtime.profiles`), so the head's growing K/V
+cache does not rebuild the engine.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import manifest as mf
 from ..errors import BackendError
+from ..profiles import graph_profiles, ort_trt_options
 from .base import REEXPORT_HINT, Backend, Runner, backend_error, spec_for
 from .optional import optional_import
+
+if TYPE_CHECKING:
+    from ..bundle import Bundle
 
 PROVIDERS = {
     "ort-cpu": "CPUExecutionProvider",
@@ -48,6 +62,7 @@ class OrtBackend(Backend):
         self.provider = PROVIDERS[name]
         self.threads = threads
         self.cache_dir = cache_dir
+        self._trt_options: dict[Path, dict[str, str]] = {}  # ort-trt: per graph file, set by artifact()
         if not self.available_for(name):
             have = [n for n, p in PROVIDERS.items() if p in _ort().get_available_providers()]
             raise BackendError(
@@ -85,12 +100,26 @@ class OrtBackend(Backend):
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         return so
 
-    def provider_list(self) -> list:
+    def artifact(self, bundle: Bundle, name: str, precision: str) -> Path:
+        """The graph file this provider runs; for ``ort-trt`` also its TensorRT provider options."""
+        if self.name != "ort-trt":
+            return super().artifact(bundle, name, precision)
+        entry = bundle.graph_entry(name, precision)
+        path = bundle.verified_file(entry.get("tensorrt_file") or entry["file"])
+        opts = ort_trt_options(graph_profiles(bundle).get(name, {}))
+        if precision in ("fp16", "int8"):
+            opts["trt_fp16_enable"] = "True"
+        if precision == "int8":
+            opts["trt_int8_enable"] = "True"
+        self._trt_options[Path(path)] = opts
+        return path
+
+    def provider_list(self, path: Path | None = None) -> list:
         if self.name == "ort-cpu":
             return ["CPUExecutionProvider"]
         if self.name == "ort-cuda":
             return [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}), "CPUExecutionProvider"]
-        opts: dict = {}
+        opts: dict = dict(self._trt_options.get(Path(path), {})) if path is not None else {}
         if self.cache_dir is not None:
             os.makedirs(self.cache_dir, exist_ok=True)
             opts.update(
@@ -108,7 +137,7 @@ class OrtBackend(Backend):
         spec = spec_for(path, spec)
         options = self.session_options(spin=spec.heavy)
         try:
-            session = ort.InferenceSession(str(path), sess_options=options, providers=self.provider_list())
+            session = ort.InferenceSession(str(path), sess_options=options, providers=self.provider_list(path))
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             raise backend_error("onnxruntime could not load the graph", exc, path=path, hint=REEXPORT_HINT) from None
         # onnxruntime-gpu on a machine without a usable GPU silently falls back to the CPU.

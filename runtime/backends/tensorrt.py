@@ -207,25 +207,36 @@ class TensorRTBackend(Backend):
         return {"backend": self.name, **self.local, "cuda": self.cuda.name}
 
 
-class TensorRTRunner(Runner):  # pragma: no cover - needs a GPU; planning/metadata are tested
+class TensorRTRunner(Runner):
     """One engine, one execution context, one stream, buffers sized once: one call at a time.
 
     TensorRT allows concurrent inference only with one execution context per thread, and the
     staging buffers and the device K/V mirror are shared, so the runner declares itself not
-    thread-safe and the Retriever serialises it.
+    thread-safe and the Retriever serialises it (:class:`~.base.SerializedRunner`). Calls may still
+    come from different threads one after another (a server's batcher and worker threads): every
+    call makes the CUDA context current on its own thread (:meth:`CudaApi.activate`).
     """
 
     thread_safe = False
 
     def __init__(self, backend: TensorRTBackend, blob: bytes, spec: mf.GraphSpec, path: Path):
         trt, cuda = backend.trt, backend.cuda
-        self.spec, self.cuda = spec, cuda
-        self.engine = backend.runtime.deserialize_cuda_engine(blob)
-        if self.engine is None:
-            raise BackendError("TensorRT could not deserialize the engine", path=path,
-                               hint=rebuild_hint(path.parent))
-        self.context = self.engine.create_execution_context()
-        self.stream = cuda.stream()
+        self.spec, self.cuda, self.path = spec, cuda, path
+        self.device: dict[str, int] = {}
+        self.stream: int | None = None
+        with cuda.activate():
+            self.engine = backend.runtime.deserialize_cuda_engine(blob)
+            if self.engine is None:
+                raise BackendError("TensorRT could not deserialize the engine", path=path,
+                                   hint=rebuild_hint(path.parent))
+            self.context = self.engine.create_execution_context()
+            if self.context is None:
+                raise BackendError("TensorRT could not create an execution context (out of GPU memory?)", path=path,
+                                   hint="free GPU memory (other processes), or rebuild with a smaller --max-batch")
+            self.stream = cuda.stream()
+            self._setup(trt, cuda, spec)
+
+    def _setup(self, trt, cuda, spec: mf.GraphSpec) -> None:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         tensors, self.profile = {}, {}
         for n in names:
@@ -235,19 +246,27 @@ class TensorRTRunner(Runner):  # pragma: no cover - needs a GPU; planning/metada
                 lo, _opt, hi = self.engine.get_tensor_profile_shape(n, 0)
                 self.profile[n] = (tuple(lo), tuple(hi))
         for n, (lo, hi) in self.profile.items():
-            self.context.set_input_shape(n, hi)
+            self._set_shape(n, hi)
         out_max = {n: tuple(self.context.get_tensor_shape(n)) for n, t in tensors.items() if not t[0]}
         self.plan = plan_buffers(tensors, {n: hi for n, (lo, hi) in self.profile.items()}, out_max)
         self.input_names = tuple(n for n in names if tensors[n][0])
         self.output_names = tuple(n for n in names if not tensors[n][0])
-        self.device = {n: cuda.malloc(p.nbytes) for n, p in self.plan.items()}
+        for n, p in self.plan.items():
+            self.device[n] = cuda.malloc(p.nbytes)
         self.host = {n: cuda.pinned(p.nbytes) for n, p in self.plan.items()}
         for n, ptr in self.device.items():
-            self.context.set_tensor_address(n, ptr)
+            if not self.context.set_tensor_address(n, ptr):
+                raise BackendError(f"{self.name}: TensorRT refused the device address of tensor {n!r}", path=self.path,
+                                   hint=rebuild_hint(self.path.parent))
         # device-resident caches (the stroke head's K/V): the spec names each cache input and its row
         self.kv = {k: v for k, v in spec.state.items() if k in self.plan and v in self.plan}
         self.mirror = {k: np.zeros(self.plan[k].max_shape, self.plan[k].dtype) for k in self.kv}
         self.rows = {k: 0 for k in self.kv}
+
+    def _set_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        if not self.context.set_input_shape(name, tuple(shape)):
+            raise BackendError(f"{self.name}: TensorRT refused shape {tuple(shape)} for input {name!r}",
+                               path=self.path, hint=rebuild_hint(self.path.parent))
 
     def _upload_cache(self, name: str, past: np.ndarray) -> None:
         """Upload only the rows of ``past`` the device copy does not already hold."""
@@ -267,12 +286,16 @@ class TensorRTRunner(Runner):  # pragma: no cover - needs a GPU; planning/metada
         self.rows[name] = t
 
     def _run_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self.cuda.activate():
+            return self._run_active(feeds)
+
+    def _run_active(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         for n in self.input_names:
             p = self.plan[n]
             x = np.ascontiguousarray(feeds[n], dtype=p.dtype)
             if n in self.profile:
                 check_shape(n, x.shape, *self.profile[n], self.name)
-                self.context.set_input_shape(n, x.shape)
+                self._set_shape(n, x.shape)
             if n in self.kv:
                 self._upload_cache(n, x)
                 continue
@@ -280,6 +303,8 @@ class TensorRTRunner(Runner):  # pragma: no cover - needs a GPU; planning/metada
             view[:] = x.view(np.uint8).reshape(-1)
             self.cuda.h2d(self.device[n], view, self.stream)
         if not self.context.execute_async_v3(self.stream):
+            for cache in self.kv:  # what the device holds is unknown now: upload everything next time
+                self.rows[cache] = 0
             raise BackendError(f"{self.name}: TensorRT execution failed", hint="see the TensorRT log above")
         out = {}
         shapes = {n: tuple(self.context.get_tensor_shape(n)) for n in self.output_names}
@@ -304,6 +329,20 @@ class TensorRTRunner(Runner):  # pragma: no cover - needs a GPU; planning/metada
                 self.rows[cache] = t + 1
         return out
 
+    def close(self) -> None:
+        """Free the device buffers and destroy the stream (idempotent; also run when collected)."""
+        device, self.device = getattr(self, "device", {}), {}
+        stream, self.stream = getattr(self, "stream", None), None
+        if not device and stream is None:
+            return
+        with self.cuda.activate():
+            for ptr in device.values():
+                self.cuda.free(ptr)
+            if stream is not None:
+                self.cuda.destroy_stream(stream)
+
     def __del__(self) -> None:
-        for ptr in getattr(self, "device", {}).values():
-            self.cuda.free(ptr)
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown may have torn CUDA down already
+            pass
