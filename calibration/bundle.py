@@ -45,6 +45,10 @@ DEFAULT_RECIPE = Int8Recipe(
     method="entropy",
     blocks=["stem_pools", "attention.proj", "Mixed_7a", "Mixed_7c", "Mixed_7b", "Mixed_6e", "Mixed_6d", "Mixed_6c"],
 )
+# ARNet (ViT): every transformer block's linear layers; the patch embedding, the score path
+# (q.k^T, softmax, attention.v) and LayerNorms stay float (see README, "ARNet").
+ARNET_RECIPE = Int8Recipe(method="percentile", blocks=["vit.blocks.*"])
+DEFAULT_RECIPES = {mf.DCSSA: DEFAULT_RECIPE, mf.ARNET: ARNET_RECIPE}
 
 
 def parse_precisions(text: str, allowed: Sequence[str] = ("fp32", *PRECISIONS)) -> list[str]:
@@ -55,15 +59,15 @@ def parse_precisions(text: str, allowed: Sequence[str] = ("fp32", *PRECISIONS)) 
     return list(dict.fromkeys(items))
 
 
-def load_recipe(spec: str | Path | None) -> Int8Recipe | None:
-    """``None``/"search" -> None (search), "default" -> DEFAULT_RECIPE, else a JSON file.
+def load_recipe(spec: str | Path | None, family: str = mf.DCSSA) -> Int8Recipe | None:
+    """``None``/"search" -> None (search), "default" -> the family's default recipe, else a JSON file.
 
     The file may be a recipe, a ``search.json`` (its chosen recipe) or a manifest (its int8 recipe).
     """
     if spec is None or str(spec) == "search":
         return None
     if str(spec) == "default":
-        return Int8Recipe.from_dict(DEFAULT_RECIPE.to_dict())  # a copy: its lists are the caller's
+        return Int8Recipe.from_dict(DEFAULT_RECIPES[family].to_dict())  # a copy: its lists are the caller's
     path = Path(spec)
     try:
         doc = json.loads(path.read_text())

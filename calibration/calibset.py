@@ -148,7 +148,8 @@ def load_sketch_data(data: str | Path) -> SketchData:
 
 
 def _photo_dir(root: Path) -> Path | None:
-    for name in ("photo", "photos"):
+    """The fidelity gallery's photos: QMUL's photo/, or ARNet's testB/ (the held-out sketches' photos)."""
+    for name in ("photo", "photos", "testB"):
         if (root / name).is_dir():
             return root / name
     return None

@@ -12,7 +12,7 @@ from dcssa.runtime.cli_util import fail_cleanly, stdout_for_json
 from dcssa.runtime.progress import Progress
 
 DATA_HELP = ("Sketches: a QMUL *_Coordinate pickle, a folder of strokes JSON, a `dcssa-rt make-dataset` "
-             "folder (its photo/ folder becomes the fidelity gallery), or synthetic:N[:SEED].")
+             "folder (its photo/ folder, or testB/ in ARNet's layout, becomes the fidelity gallery), or synthetic:N[:SEED].")
 RECIPE_HELP = ("INT8 recipe: 'search' (measure methods, per-block sensitivity and the trade-off curve, then "
                "choose; slow), 'default' (the recipe chosen on the demo model), or a JSON file (a recipe, a "
                "search.json, or another bundle's manifest.json).")
@@ -52,6 +52,12 @@ def check_precision_args(precision: str, calib: str | None) -> list[str]:
     return wanted
 
 
+def _family(bundle: Path) -> str:
+    from dcssa.runtime.bundle import Bundle
+
+    return Bundle.load(bundle).family
+
+
 def export_precisions(out: Path, precision: str, calib: str | None, recipe: str, say: Progress) -> dict | None:
     """The ``--precision/--calib`` step of the main export command, after the fp32 bundle exists."""
     from .bundle import calibrate_bundle, load_recipe
@@ -59,7 +65,7 @@ def export_precisions(out: Path, precision: str, calib: str | None, recipe: str,
     wanted = check_precision_args(precision, calib)
     if not wanted:
         return None
-    manifest = calibrate_bundle(out, calib, wanted, recipe=load_recipe(recipe), quiet=say.quiet, say=say)
+    manifest = calibrate_bundle(out, calib, wanted, recipe=load_recipe(recipe, _family(out)), quiet=say.quiet, say=say)
     if not say.quiet:
         _print_fidelity(manifest, wanted, False)
     return manifest
@@ -97,7 +103,7 @@ def calibrate(bundle: Path, data: str, precision: str, recipe: str, photos: Path
     with fail_cleanly(), stdout_for_json(as_json):  # onnxruntime's calibrators print to stdout
         wanted = parse_precisions(precision, PRECISIONS)
         manifest = calibrate_bundle(
-            bundle, data, wanted, recipe=load_recipe(recipe), search_record=load_search_record(recipe),
+            bundle, data, wanted, recipe=load_recipe(recipe, _family(bundle)), search_record=load_search_record(recipe),
             methods=[m.strip() for m in methods.split(",") if m.strip()], photos=photos, gallery=gallery,
             max_calib=max_calib, max_heldout=max_heldout, threads=threads, workdir=workdir, quiet=say.quiet, say=say,
         )

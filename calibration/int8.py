@@ -15,6 +15,7 @@ reused for every candidate recipe, so a sensitivity sweep costs one calibration 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 import re
 import tempfile
@@ -75,8 +76,16 @@ def node_block(name: str) -> str:
         return "attention.scores"
     if name.startswith("/attention/"):
         return "attention.tail"
-    if name.startswith("/linear/"):
+    if name.startswith(("/linear/", "/mlp_head/")):
         return "projection"
+    # ARNet's ViT: the patch embedding, each block's four linear layers, the score path
+    if name.startswith("/encoder/patch_embed/"):
+        return "vit.patch_embed"
+    m = re.match(r"^/encoder/blocks/blocks\.(\d+)/(attn/(qkv|proj)|mlp)/", name)
+    if m:
+        return f"vit.blocks.{int(m.group(1)):02d}"
+    if re.match(r"^/encoder/blocks/blocks\.\d+/attn/(MatMul|MatMul_1|Softmax|Mul)$", name):
+        return "vit.scores"
     return "other"
 
 
@@ -86,6 +95,16 @@ def graph_blocks(model: onnx.ModelProto) -> dict[str, list[str]]:
     for node in model.graph.node:
         out.setdefault(node_block(node.name), []).append(node.name)
     return out
+
+
+#: blocks a recipe search may quantise (the rest stay float: scores, norms, the tail, projections)
+SEARCHABLE = re.compile(r"^(Conv2d_\w+|Mixed_\w+|stem_pools|attention\.proj|vit\.patch_embed|vit\.blocks\.\d+)$")
+
+
+def searchable_blocks(model: onnx.ModelProto) -> list[str]:
+    """The blocks of ``model`` a recipe search tries, in graph order (DC-SSA's trunk and attention
+    projections, ARNet's patch embedding and transformer blocks)."""
+    return [b for b in graph_blocks(model) if SEARCHABLE.match(b)]
 
 
 def default_blocks() -> list[str]:
@@ -126,13 +145,18 @@ class Int8Recipe:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
+    def covers(self, block: str) -> bool:
+        """Whether ``block`` is one of the recipe's blocks (entries may be globs: ``vit.blocks.*``)."""
+        return any(fnmatch.fnmatchcase(block, pattern) for pattern in self.blocks)
+
     def nodes(self, model: onnx.ModelProto) -> list[str]:
         """Names of the nodes this recipe quantises in ``model``."""
-        blocks, ops, skip = set(self.blocks), set(self.op_types), set(self.exclude_nodes)
+        ops, skip = set(self.op_types), set(self.exclude_nodes)
         return [
             n.name
             for n in model.graph.node
-            if node_block(n.name) in blocks and n.op_type in ops and n.op_type not in ALWAYS_FLOAT_OPS and n.name not in skip
+            if self.covers(node_block(n.name)) and n.op_type in ops and n.op_type not in ALWAYS_FLOAT_OPS
+            and n.name not in skip
         ]
 
     def short(self, *, symmetric: bool | None = None) -> str:

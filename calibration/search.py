@@ -17,13 +17,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import onnx
+
 from dcssa.runtime import manifest as mf
 from dcssa.runtime.bundle import Bundle
 from dcssa.runtime.progress import Say, silent
 
 from . import fidelity as fd
 from .calibset import PrefixSet
-from .int8 import ATTENTION_BLOCKS, STEM_POOLS, TRUNK_BLOCKS, Int8Recipe, collect_ranges, quantize_int8
+from .int8 import (ATTENTION_BLOCKS, STEM_POOLS, TRUNK_BLOCKS, Int8Recipe, collect_ranges, quantize_int8,
+                   searchable_blocks)
 
 SEARCH_BLOCKS = (*TRUNK_BLOCKS, STEM_POOLS, "attention.proj")
 
@@ -146,8 +149,14 @@ def choose(curve: list[dict], targets: dict = fd.TARGETS) -> tuple[dict, bool]:
 
 
 def run_search(ctx: SearchContext, methods: Sequence[str] = ("minmax", "percentile", "entropy"),
-               blocks: Sequence[str] = SEARCH_BLOCKS) -> dict:
-    """Methods, then sensitivity and the curve with the best method; returns the whole record."""
+               blocks: Sequence[str] | None = None) -> dict:
+    """Methods, then sensitivity and the curve with the best method; returns the whole record.
+
+    ``blocks``: those to try [default: every searchable block of the fp32 graph, see
+    :func:`~dcssa.calibration.int8.searchable_blocks`].
+    """
+    if blocks is None:
+        blocks = searchable_blocks(onnx.load(str(ctx.fp32), load_external_data=False))
     ctx.say("recipe search: calibration methods")
     by_method = compare_methods(ctx, methods, blocks)
     best = max(by_method, key=lambda m: (m["top10_overlap"], m["top1_agreement"], m["embedding_cosine_mean"]))["method"]
@@ -164,7 +173,7 @@ def run_search(ctx: SearchContext, methods: Sequence[str] = ("minmax", "percenti
         "order": order,
         "curve": curve,
         "chosen": {"blocks": point["blocks"], "meets_targets": ok, "recipe": recipe.record(symmetric=ctx.symmetric)},
-        "float_blocks": [b for b in (*SEARCH_BLOCKS, *ATTENTION_BLOCKS) if b not in recipe.blocks],
+        "float_blocks": [b for b in (*blocks, *ATTENTION_BLOCKS) if not recipe.covers(b)],
     }
     (ctx.workdir / "search.json").write_text(json.dumps(record, indent=2) + "\n")
     return record

@@ -85,6 +85,7 @@ class ErrorOut(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"]
+    family: str = Field(description="model family of the bundle: dcssa or arnet")
     sessions: int
     max_sessions: int
     gallery: int

@@ -152,7 +152,7 @@ class Service:
 
     def health(self) -> dict:
         r = self.retriever
-        return {"status": "ok", "sessions": len(self.store), "max_sessions": self.config.max_sessions,
+        return {"status": "ok", "family": r.bundle.family, "sessions": len(self.store), "max_sessions": self.config.max_sessions,
                 "gallery": 0 if r.gallery is None else len(r.gallery), "backend": r.backend.name,
                 "max_batch": self.config.max_batch, "batch_window_ms": self.config.batch_window_ms,
                 "session_memory_bound_bytes": self.memory_bound["total"], "photos": self.photos.available}
