@@ -9,7 +9,7 @@ OUT    := demo-out
 # for Jetson/aarch64).
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test bench gpu-check clean
+.PHONY: demo demo-arnet test bench gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml Makefile
 
 demo: $(STAMP)
 	bash examples/demo.sh $(OUT)
+
+# The same on an ARNet (ViT) model: structured demo checkpoint in ARNet's layout (README "ARNet").
+demo-arnet: $(STAMP)
+	bash examples/demo_arnet.sh $(OUT)/arnet
 
 # README "Performance": demo bundle + its int8 graphs, then `dcssa-rt bench` (about 7 minutes here).
 bench: $(STAMP)

@@ -4,7 +4,8 @@ All methods run the same sketch on the same machine, interleaved repeat by repea
 rotates every repeat) after a warm-up sketch, so drift and caches hit every method alike.
 
 * ``naive``: what the research code does for a live user: at stroke t rasterise and encode all t
-  partial sketches again, then the full head, in eager PyTorch.
+  partial sketches again, then the full head, in eager PyTorch (ARNet, which has no head: rasterise
+  the whole partial sketch again and encode it).
 * ``torch-eager``: the authors' modules used well: one encoder pass at stroke t (on the kept canvas),
   then the head on the prefix, eager PyTorch under ``inference_mode``.
 * ``runtime/<backend>/<precision>``: our stroke session.
@@ -64,10 +65,12 @@ def torch_methods(bundle: Bundle, ckpt, gallery: Gallery, sketch: list[np.ndarra
     """The two PyTorch baselines, built from the checkpoint (needs the [export] extra)."""
     import torch
 
-    from dcssa.export.checkpoint import load_checkpoint
-
     if threads:
         torch.set_num_threads(threads)
+    if bundle.family == "arnet":
+        return _arnet_methods(bundle, ckpt, gallery, sketch)
+    from dcssa.export.checkpoint import load_checkpoint
+
     model = load_checkpoint(ckpt, num_heads=bundle.heads).model.eval()
     pipe = bundle.sketch_pipeline  # the runtime's own canvas and preprocessing: only the model differs
     photos = torch.from_numpy(np.array(gallery.embeddings, np.float32))  # a copy: the gallery is a read-only memmap
@@ -101,6 +104,37 @@ def torch_methods(bundle: Bundle, ckpt, gallery: Gallery, sketch: list[np.ndarra
             return search(head(torch.cat(state["feats"]))[-1])
 
     return [Method("naive", naive_start, naive_stroke), Method("torch-eager", eager_start, eager_stroke)]
+
+
+def _arnet_methods(bundle: Bundle, ckpt, gallery: Gallery, sketch: list[np.ndarray]) -> list[Method]:
+    """ARNet's baselines: no head, so each stroke is one encoder pass; naive redraws from scratch."""
+    import torch
+
+    from dcssa.export.arnet import load_arnet_checkpoint
+
+    path = ckpt[0] if isinstance(ckpt, (list, tuple)) else ckpt
+    model = load_arnet_checkpoint(path, num_heads=bundle.heads).sketch.eval()
+    pipe = bundle.sketch_pipeline
+    photos = torch.from_numpy(np.array(gallery.embeddings, np.float32))
+    state: dict = {}
+
+    def search(e):
+        return torch.topk(photos @ e, min(10, len(photos)))
+
+    def naive_stroke(t: int) -> object:
+        with torch.inference_mode():
+            x = pipe.preprocess(pipe.rasterize(strokes_to_points(sketch[: t + 1])))
+            return search(model(torch.from_numpy(x))[0])
+
+    def eager_start() -> None:
+        state["canvas"] = pipe.canvas()
+
+    def eager_stroke(t: int) -> object:
+        with torch.inference_mode():
+            state["canvas"].add_stroke(sketch[t])
+            return search(model(torch.from_numpy(pipe.preprocess(state["canvas"].image)))[0])
+
+    return [Method("naive", lambda: None, naive_stroke), Method("torch-eager", eager_start, eager_stroke)]
 
 
 def measure(methods: list[Method], strokes: int, repeats: int, say: Say = silent) -> dict[str, np.ndarray]:
