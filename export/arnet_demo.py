@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dcssa.runtime.dataset import arnet_photo, generate
+from dcssa.runtime.dataset import arnet_photo, catalogue as catalogue_shapes
 from dcssa.runtime.pipeline import PhotoPipeline
 from dcssa.runtime.progress import Say, silent
 from dcssa.runtime.recipes import PhotoRecipe, arnet_preprocessing
@@ -53,7 +53,7 @@ def structured_arnet(cfg: ViTConfig, *, seed: int = 0, catalogue: str | Path | N
     """One encoder (shared by sketches and photos) with its head fitted on the catalogue."""
     model = ARNetEncoder(cfg).init_like_timm(torch.Generator().manual_seed(seed)).eval()
     images = (catalogue_images(catalogue, shapes, catalogue_seed) if catalogue is not None
-              else [arnet_photo(shape) for _, shape, _ in generate(shapes, 0, catalogue_seed)])
+              else [arnet_photo(shape) for shape in catalogue_shapes(shapes, catalogue_seed)])
     say(f"demo: fitting mlp_head (centred PCA of {len(images)} catalogue photos' CLS features)")
     weight, bias = centred_pca(cls_features(model, images), cfg.embed)
     with torch.no_grad():

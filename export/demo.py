@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dcssa.runtime.dataset import generate
+from dcssa.runtime.dataset import catalogue as catalogue_shapes
 from dcssa.runtime.errors import DcssaError
 from dcssa.runtime.gallery import list_images
 from dcssa.runtime.pipeline import PhotoPipeline
@@ -102,7 +102,7 @@ def catalogue_images(catalogue: str | Path | None, shapes: int = 40, seed: int =
     """The photos the projections are fitted on: a folder, or the generated line-drawing catalogue
     equal to ``dcssa-rt make-dataset --photos SHAPES --seed SEED``."""
     if catalogue is None:
-        return [line_drawing(shape) for _, shape, _ in generate(shapes, 0, seed)]
+        return [line_drawing(shape) for shape in catalogue_shapes(shapes, seed)]
     paths = list_images(Path(catalogue))
     if len(paths) < 2:
         raise DcssaError("a catalogue needs at least 2 images", path=catalogue)

@@ -27,16 +27,20 @@ def photo_name(i: int) -> str:
 def generate(photos: int, sketches_per_photo: int = 1, seed: int = 0) -> Iterator[tuple[str, list, list]]:
     """(photo name, shape strokes, [tracings]) in a fixed random order: the one source of the catalogue.
 
-    ``make-dataset`` and the structured demo checkpoints both draw from this, so a demo model built for
-    ``--photos 40 --seed 0`` has its projections fitted on exactly the photos that dataset contains.
-    Shapes and tracings come from separate random streams, so the catalogue does not depend on how
-    many tracings each photo gets (nor a photo's tracings on the catalogue's size).
+    ``make-dataset`` and the structured demo checkpoints both draw from this (:func:`catalogue`), so a
+    demo model built for ``--photos 40 --seed 0`` has its projections fitted on exactly the photos
+    that dataset contains. Shapes and tracings share one random stream: the shapes after the first
+    depend on ``sketches_per_photo``, and the catalogue is that of one sketch per photo (the default).
     """
     rng = np.random.default_rng(seed)
     for i in range(photos):
         shape = random_shape(rng)
-        hand = np.random.default_rng((seed, 1, i))
-        yield photo_name(i), shape, [tracing(shape, hand) for _ in range(sketches_per_photo)]
+        yield photo_name(i), shape, [tracing(shape, rng) for _ in range(sketches_per_photo)]
+
+
+def catalogue(photos: int, seed: int = 0) -> list[list]:
+    """The shapes of ``make-dataset --photos PHOTOS --seed SEED`` (one sketch per photo, the default)."""
+    return [shape for _, shape, _ in generate(photos, 1, seed)]
 
 
 def write_dataset(
