@@ -34,7 +34,7 @@ class QueryResult:
     indices: np.ndarray
     scores: np.ndarray
     embedding: np.ndarray  # (E,) unit-norm sketch embedding
-    feature: np.ndarray = field(repr=False)  # (D,) step feature of this partial sketch
+    feature: np.ndarray = field(repr=False)  # (D,) sketch-encoder output (ARNet: the embedding itself)
     timings: dict[str, float] = field(default_factory=dict)  # ms per phase, plus "total"
 
     def to_dict(self) -> dict:
