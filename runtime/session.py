@@ -116,7 +116,9 @@ class StrokeSession:
         self.canvas = retriever.pipeline.canvas()
         self.head = CausalHead(retriever.head, retriever.bundle.feature_dim, retriever.max_strokes)
         self._results: list[QueryResult] = []
+        self._strokes: list[np.ndarray] = []  # (n, 2) float64 model-frame points, one per kept stroke
         self._pending: dict[str, float] | None = None  # timings of a prepared, unfinished stroke
+        self._pending_xy: np.ndarray | None = None
 
     @property
     def num_strokes(self) -> int:
@@ -164,12 +166,14 @@ class StrokeSession:
             self.canvas.undo()
             raise
         self._pending = {"rasterise": (t1 - t0) * 1e3, "preprocess": (time.perf_counter() - t1) * 1e3}
+        self._pending_xy = np.asarray(xy, np.float64)
         return image
 
     def abort_stroke(self) -> None:
         """Drop the stroke :meth:`prepare_stroke` drew (the encoder failed or was cancelled)."""
         if self._pending is not None:
             self._pending = None
+            self._pending_xy = None
             self.canvas.undo()
 
     def _search(self, embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -204,6 +208,8 @@ class StrokeSession:
         self._pending = None
         result = QueryResult(self.num_strokes + 1, ids, idx, scores, embedding.copy(), feature[0].copy(), ms)
         self._results.append(result)
+        self._strokes.append(self._pending_xy)
+        self._pending_xy = None
         return result
 
     def undo(self) -> QueryResult | None:
@@ -214,14 +220,59 @@ class StrokeSession:
             raise SessionError("nothing to undo: the session has no strokes")
         self.canvas.undo()
         self._results.pop()
+        self._strokes.pop()
         self.head.pop()
         return self.result
 
     def reset(self) -> None:
         self._pending = None
+        self._pending_xy = None
         self.canvas.reset()
         self.head.reset()
         self._results.clear()
+        self._strokes.clear()
+
+    # -- state a shared session store keeps (see dcssa.runtime.serve.sessions) ----------------------
+    @property
+    def strokes(self) -> list[np.ndarray]:
+        """The kept strokes as drawn, (n, 2) float64 in the model frame, oldest first."""
+        return list(self._strokes)
+
+    def kv_rows(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The stroke head's cached key and value rows ``start:stop`` (zero rows without a step head)."""
+        n = self.head.length if self.head.stateful else 0
+        stop = n if stop is None else min(stop, n)
+        return self.head.keys[start:stop], self.head.values[start:stop]
+
+    def results(self, start: int = 0) -> list[QueryResult]:
+        return self._results[start:]
+
+    @classmethod
+    def restore(cls, retriever: Retriever, strokes: list[np.ndarray], keys: np.ndarray, values: np.ndarray,
+                results: list[QueryResult]) -> StrokeSession:
+        """A session equal to one that drew ``strokes``, without running any graph.
+
+        The canvas is re-rasterised from the strokes (the only part that cannot be stored compactly);
+        the head's cache rows and the per-stroke results are taken as given, so the next stroke gives
+        exactly what the original session would have given.
+        """
+        if len(results) != len(strokes):
+            raise SessionError(f"restore: {len(strokes)} strokes but {len(results)} results")
+        s = cls(retriever)
+        if len(strokes) > s.r.max_strokes:
+            raise SessionError(f"restore: {len(strokes)} strokes, over the bound of {s.r.max_strokes}")
+        for xy in strokes:
+            s.canvas.add_stroke(xy)
+        if s.head.stateful:
+            t = len(strokes)
+            if len(keys) != t or len(values) != t:
+                raise SessionError(f"restore: {len(keys)} cache rows for {t} strokes")
+            s.head.keys[:t] = keys
+            s.head.values[:t] = values
+            s.head.length = t
+        s._strokes = [np.asarray(xy, np.float64) for xy in strokes]
+        s._results = list(results)
+        return s
 
     def features(self) -> np.ndarray:
         """Step features of every partial sketch so far (t, D), oldest first."""

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ServeConfig", "create_app", "DynamicBatcher", "SessionStore", "session_memory_bound"]
+__all__ = ["ServeConfig", "create_app", "DynamicBatcher", "SessionStore", "MemoryStore", "RedisStore",
+           "session_memory_bound"]
 
 _WHERE = {
     "ServeConfig": ".config",
     "create_app": ".app",
     "DynamicBatcher": ".batcher",
     "SessionStore": ".sessions",
+    "MemoryStore": ".sessions",
+    "RedisStore": ".sessions",
     "session_memory_bound": ".sessions",
 }
 

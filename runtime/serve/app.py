@@ -78,7 +78,7 @@ def add_sessions(app: FastAPI, service: Service) -> None:
 
     @app.delete("/v1/sessions/{session_id}", status_code=204, response_class=Response, responses=ERRORS)
     async def delete_session(session_id: str) -> Response:
-        service.delete(session_id)
+        await service.delete(session_id)
         return Response(status_code=204)
 
 
@@ -111,6 +111,7 @@ def create_app(retriever: Retriever, *, photos_root: str | Path | None = None, c
             yield
         finally:
             service.close()
+            await service.store.close()
 
     app = FastAPI(
         title="dcssa-rt serve",

@@ -47,6 +47,22 @@ def _warm_up(retriever) -> None:
     session.add_stroke(np.array([[64.0, 64.0], [192.0, 192.0]]))
 
 
+def _check_store(store) -> None:
+    """Warn (do not fail) when the shared store is down at start: requests get 503 until it is back."""
+    if store.kind != "redis":
+        return
+    import asyncio
+
+    async def ping() -> bool:
+        try:
+            return await store.ping()
+        finally:
+            await store.redis.aclose()  # the server's event loop opens its own connections
+
+    if not asyncio.run(ping()):
+        warn(f"the session store {store.url} does not answer; requests get 503 store_unavailable until it does")
+
+
 def _url(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
@@ -89,15 +105,20 @@ def _announce(r, config, *, url: str, host: str, photos_available: bool, as_json
         warn("the photos folder is not available; thumbnails will 404 (pass --photos DIR)")
     facts = {"url": url, "backend": r.backend.name, "gallery": len(r.gallery), "max_sessions": config.max_sessions,
              "max_strokes": r.max_strokes, "session_memory_bound_bytes": mem,
-             "max_batch": config.max_batch, "batch_window_ms": config.batch_window_ms}
+             "max_batch": config.max_batch, "batch_window_ms": config.batch_window_ms,
+             "session_store": "memory" if config.session_store == "memory" else "redis"}
     if as_json:
         click.echo(json.dumps(facts))
     else:
         click.echo(f"serving {len(r.gallery)} photos with {r.backend.name} at {url}  "
                    f"(API spec {url}openapi.json, docs {url}docs)")
-        click.echo(f"sessions: at most {config.max_sessions}, idle TTL {config.session_ttl:g} s, "
-                   f"{r.max_strokes} strokes each; memory bound {mem / 2**20:.1f} MiB per session, "
-                   f"{mem * config.max_sessions / 2**30:.2f} GiB for all")
+        if config.session_store != "memory":
+            click.echo(f"sessions in {config.session_store} (shared by replicas); local cache of "
+                       f"{config.max_sessions}, idle TTL {config.session_ttl:g} s")
+        else:
+            click.echo(f"sessions: at most {config.max_sessions}, idle TTL {config.session_ttl:g} s, "
+                       f"{r.max_strokes} strokes each; memory bound {mem / 2**20:.1f} MiB per session, "
+                       f"{mem * config.max_sessions / 2**30:.2f} GiB for all")
     click.echo("", nl=False)  # flush before uvicorn takes over stdout/stderr
 
 
@@ -109,9 +130,15 @@ def _announce(r, config, *, url: str, host: str, photos_available: bool, as_json
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback: this machine only).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: any free port).")
 @click.option("--max-sessions", type=click.IntRange(1), default=256, show_default=True,
-              help="Sessions kept in memory; the least recently used is dropped beyond this.")
+              help="Sessions kept in memory; the least recently used is dropped beyond this "
+                   "(with --session-store redis://: the size of this replica's local cache).")
 @click.option("--session-ttl", type=click.FloatRange(1), default=1800.0, show_default=True,
               help="Seconds a session may stay idle before it is dropped.")
+@click.option("--session-store", default="memory", show_default=True, metavar="memory|redis://HOST:PORT/DB",
+              help="Where sessions live: this process's memory, or a Redis/Valkey server shared by every "
+                   "replica (any replica then serves any stroke).")
+@click.option("--store-timeout", type=click.FloatRange(0.05), default=2.0, show_default=True,
+              help="Seconds before a session-store command gives up (the request then gets 503).")
 @click.option("--max-batch", type=click.IntRange(1), default=8, show_default=True,
               help="Most strokes (of different sessions) per sketch-encoder call; 1 disables batching.")
 @click.option("--batch-window-ms", type=click.FloatRange(0), default=5.0, show_default=True,
@@ -125,23 +152,31 @@ def _announce(r, config, *, url: str, host: str, photos_available: bool, as_json
 @runtime_options()
 @output_options(json="the startup facts (url, limits)")
 def serve(bundle: Path, gallery: Path, photos: Path | None, host: str, port: int, max_sessions: int,
-          session_ttl: float, max_batch: int, batch_window_ms: float, max_queue: int, max_strokes: int | None,
+          session_ttl: float, session_store: str, store_timeout: float, max_batch: int, batch_window_ms: float, max_queue: int, max_strokes: int | None,
           max_points: int, max_body_kb: int, topk: int, backend: str, precision: str, threads: int | None,
           as_json: bool, quiet: bool) -> None:
     """Serve the drawing page (GET /) and the session API (/v1/..., spec at /openapi.json).
 
     Draw on the page: after every stroke the top-K catalogue photos appear. Sessions live in
-    memory; clients hold their strokes and rebuild a lost session with POST /v1/sessions.
+    memory, or in Redis with --session-store redis://HOST:6379/0 (then run several replicas behind
+    a load balancer, see deploy/); clients hold their strokes and rebuild a lost session with
+    POST /v1/sessions.
     """
     with fail_cleanly():
         uvicorn, serve_config, create_app = _server_modules()
+        if session_store != "memory":
+            from .sessions import redis_url
+
+            redis_url(session_store)  # a bad URL fails before the bundle loads
         r = _retriever(bundle, gallery, photos, backend=backend, precision=precision, topk=topk, threads=threads,
                        max_strokes=max_strokes)
-        config = serve_config(max_sessions=max_sessions, session_ttl=session_ttl, max_batch=max_batch,
+        config = serve_config(max_sessions=max_sessions, session_ttl=session_ttl, session_store=session_store,
+                              store_timeout=store_timeout, max_batch=max_batch,
                               batch_window_ms=batch_window_ms, max_queue=max_queue,
                               max_body_bytes=max_body_kb * 1024, max_points=max_points)
         _warm_up(r)
         app = create_app(r, photos_root=photos, config=config)
+        _check_store(app.state.service.store)
         sock = _bind(host, port)
         _announce(r, config, url=_url(sock), host=host, photos_available=app.state.service.photos.available,
                   as_json=as_json)

@@ -16,9 +16,12 @@ class ServeConfig:
     max_queue: int = 256  # strokes waiting for the encoder before 503
     max_body_bytes: int = 1 << 20
     max_points: int = 4096  # per stroke
+    session_store: str = "memory"  # or a redis:// URL: sessions shared by every replica
+    store_timeout: float = 2.0  # seconds: connect and reply timeout of each session-store command
 
     def __post_init__(self) -> None:
         small = [k for k in ("max_sessions", "max_batch", "max_queue", "max_body_bytes", "max_points")
                  if getattr(self, k) < 1]
-        if small or self.session_ttl <= 0 or self.batch_window_ms < 0:
-            raise ValueError(f"ServeConfig: {', '.join(small) or 'session_ttl / batch_window_ms'} out of range")
+        if small or self.session_ttl <= 0 or self.batch_window_ms < 0 or self.store_timeout <= 0:
+            raise ValueError(f"ServeConfig: {', '.join(small) or 'session_ttl / batch_window_ms / store_timeout'} "
+                             "out of range")

@@ -5,8 +5,9 @@ like bad input. Every error is a JSON body ``{"error": kind, "message": ..., "hi
 kinds are also the ``kind`` label of the ``dcssa_errors_total`` metric.
 
 - 4xx: the request (bad stroke, unknown session or photo, over a limit, wrong session state);
-- 503 ``busy`` / ``backend_unavailable``: the encoder queue is full, or the backend failed to run
-  (device lost, broken runtime); both are worth a retry;
+- 503 ``busy`` / ``backend_unavailable`` / ``store_unavailable``: the encoder queue is full, the
+  backend failed to run (device lost, broken runtime), or the shared session store (Redis) is
+  unreachable; all are worth a retry;
 - 500 ``server_error``: any other :class:`DcssaError` while serving (a corrupted bundle or gallery
   file): the operator's problem, reported with its message and hint;
 - 500 ``internal``: a bug; the client gets no details, the log gets the traceback.
@@ -37,6 +38,10 @@ class ServerBusy(DcssaError):
     """The encoder queue is full: the client should retry shortly."""
 
 
+class StoreUnavailable(DcssaError):
+    """The shared session store (Redis) cannot be reached or failed: a server fault, worth a retry."""
+
+
 # (exception class, HTTP status, error kind); the first matching class wins, so the catch-all
 # DcssaError (a server fault) comes last.
 STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
@@ -47,6 +52,7 @@ STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (StrokeError, 422, "bad_stroke"),
     (SessionError, 409, "session_state"),
     (ServerBusy, 503, "busy"),
+    (StoreUnavailable, 503, "store_unavailable"),
     (BackendError, 503, "backend_unavailable"),
     (DcssaError, 500, "server_error"),
 )

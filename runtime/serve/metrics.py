@@ -41,6 +41,12 @@ class Metrics:
             "dcssa_sessions_dropped", "Sessions removed, by reason (expired, evicted, deleted).", ["reason"], registry=r
         )
         self.created = Counter("dcssa_sessions_created", "Sessions opened.", registry=r)
+        self.rebuild = Histogram(
+            "dcssa_session_rebuild_seconds",
+            "Shared store: time to restore a session not in this replica's cache (canvas from its strokes).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         Gauge("dcssa_active_sessions", "Sessions held in memory.", registry=r).set_function(active_sessions)
         Gauge("dcssa_encoder_queue", "Strokes waiting for the encoder.", registry=r).set_function(queued)
 
@@ -48,6 +54,9 @@ class Metrics:
         self.strokes.inc()
         for name, ms in result.timings.items():
             self.phase.labels(name).observe(ms / 1e3)
+
+    def observe_rebuild(self, ms: float) -> None:
+        self.rebuild.observe(ms / 1e3)
 
     def observe_batch(self, size: int, _encode_ms: float) -> None:
         self.batch.observe(size)

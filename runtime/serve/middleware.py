@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 
 from fastapi.responses import JSONResponse
@@ -10,13 +12,41 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import body_too_large
 
+# A refused body is still read (and dropped) up to this many bytes and seconds before the 413 goes
+# out: a server that answers and closes while the client is still sending resets the connection,
+# and the client sees "connection reset" / "broken pipe" instead of the 413. Beyond the bounds the
+# answer goes out anyway (a client sending more than this is not owed a polite reply).
+DRAIN_BYTES = 64 << 20
+DRAIN_SECONDS = 10.0
+
+
+async def drain(receive: Receive, already_done: bool = False) -> None:
+    """Read and drop the rest of a request body, within :data:`DRAIN_BYTES` and :data:`DRAIN_SECONDS`."""
+    if already_done:
+        return
+
+    async def read() -> None:
+        seen = 0
+        while seen <= DRAIN_BYTES:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left
+            seen += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(read(), DRAIN_SECONDS)
+
 
 class BodyLimit:
     """Refuse request bodies over ``max_bytes`` with a 413 JSON error, declared or streamed.
 
     A declared Content-Length over the limit is refused before the app runs; a chunked body is
     counted as it is read and cut off with an HTTPException(413), which the app's handler turns
-    into the same JSON (FastAPI re-raises HTTPExceptions raised while reading a body).
+    into the same JSON (FastAPI re-raises HTTPExceptions raised while reading a body). Either way
+    the rest of the body is drained first (see :data:`DRAIN_BYTES`) and the connection closed
+    after the answer, so the client reads the 413 instead of a reset.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int, on_reject: Callable[[], None] = lambda: None) -> None:
@@ -28,16 +58,27 @@ class BodyLimit:
         declared = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), None)
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             self.on_reject()
-            return await JSONResponse(body_too_large(self.max_bytes), status_code=413)(scope, receive, send)
+            if declared.isdigit() and int(declared) <= DRAIN_BYTES:
+                await drain(receive)
+            response = JSONResponse(body_too_large(self.max_bytes), status_code=413, headers={"Connection": "close"})
+            return await response(scope, receive, send)
         seen = 0
+        over = False
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    over = True
+                    await drain(receive, already_done=not message.get("more_body", False))
                     raise StarletteHTTPException(413, "request body too large")
             return message
 
-        await self.app(scope, counted, send)
+        async def closing(message: Message) -> None:
+            if over and message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, counted, closing)

@@ -78,7 +78,8 @@ class SessionState(BaseModel):
 
 class ErrorOut(BaseModel):
     error: str = Field(description="kind, e.g. session_not_found, bad_stroke, invalid_request, limit_exceeded "
-                                   "(4xx: the request); busy, backend_unavailable, server_error, internal (5xx: the server)")
+                                   "(4xx: the request); busy, backend_unavailable, store_unavailable, server_error, "
+                                   "internal (5xx: the server)")
     message: str
     hint: str | None = None
 
@@ -86,7 +87,8 @@ class ErrorOut(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"]
     family: str = Field(description="model family of the bundle: dcssa or arnet")
-    sessions: int
+    sessions: int = Field(description="sessions held by this process (with a shared store: its local cache)")
+    session_store: str = Field(description="memory, or redis (sessions shared by every replica)")
     max_sessions: int
     gallery: int
     backend: str
@@ -104,6 +106,7 @@ ERRORS = {
     422: {"model": ErrorOut, "description": "malformed strokes or JSON"},
     500: {"model": ErrorOut, "description": "server fault: server_error (a corrupted bundle or gallery file: the "
                                             "operator's to fix, see hint) or internal (a bug; see the server log)"},
-    503: {"model": ErrorOut, "description": "retry shortly (Retry-After): busy (encoder queue full) or "
-                                            "backend_unavailable (the encoder backend failed, e.g. a GPU fault)"},
+    503: {"model": ErrorOut, "description": "retry shortly (Retry-After): busy (encoder queue full), "
+                                            "backend_unavailable (the encoder backend failed, e.g. a GPU fault) or "
+                                            "store_unavailable (the shared session store, Redis, is unreachable)"},
 }

@@ -1,26 +1,87 @@
-"""Drawing sessions held in memory: unguessable ids, a time-to-live, an LRU cap, one lock each.
+"""Where drawing sessions live: one :class:`SessionStore` protocol, an in-memory and a Redis store.
 
 A session is cheap to lose: the client holds its strokes and can rebuild it with
-``POST /v1/sessions {"strokes": [...]}``. So the store may drop sessions freely (idle longer than
-the TTL, or least recently used when the cap is reached) and memory stays bounded by
-``max_sessions x`` :func:`session_memory_bound`.
+``POST /v1/sessions {"strokes": [...]}``. The in-memory store (the default) keeps every session in
+this process, with a TTL and an LRU cap. The Redis store keeps what a session *is* in Redis (its
+strokes, the stroke head's K/V rows, its per-stroke results, a version number, all under one TTL)
+so that any replica can serve any stroke; each replica keeps only a small LRU cache of live
+sessions keyed by (session, version) and rebuilds a missing one from the stored strokes.
+
+Both stores run an operation as ``await store.run(sid, op)``: ``op`` gets a :class:`StrokeSession`
+that is current, may change it, and the store makes the change durable. Within a process the
+operations of one session are serialised by a FIFO lock; across replicas the Redis store commits
+with a version check in a Lua script (optimistic concurrency: no lock is ever held in Redis, so a
+replica killed mid-stroke leaves nothing behind to expire).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+import numpy as np
 
 from .. import manifest as mf
-from ..session import Retriever, StrokeSession
+from ..errors import DcssaError
+from ..session import QueryResult, Retriever, StrokeSession
 from .config import ServeConfig
-from .errors import SessionNotFound
+from .errors import ServerBusy, SessionNotFound, StoreUnavailable
 
 ID_BYTES = 18  # 144 random bits, 24 url-safe characters
+T = TypeVar("T")
+Op = Callable[[StrokeSession], Awaitable[T]]
+
+NOT_FOUND_HINT = "create a new one with POST /v1/sessions, sending the strokes drawn so far to rebuild it"
+
+
+def not_found() -> SessionNotFound:
+    return SessionNotFound("unknown or expired session", hint=NOT_FOUND_HINT)
+
+
+async def shielded(coro: Awaitable[T]) -> T:
+    """Run ``coro`` to completion even if the awaiting request is cancelled (the client left).
+
+    A stroke cancelled halfway would leave the canvas drawn but the cache not updated (or, with
+    Redis, computed but not committed); the shield lets it finish and its result be dropped.
+    """
+    task = asyncio.ensure_future(coro)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # never "exception not retrieved"
+    return await asyncio.shield(task)
+
+
+class SessionStore(Protocol):
+    """What the service needs from a session store (see the module docstring)."""
+
+    kind: str
+
+    def __len__(self) -> int:
+        """Sessions held in this process (all of them in memory; the local cache with Redis)."""
+
+    async def create(self) -> str:
+        """A new, empty session's id."""
+
+    async def run(self, sid: str, op: Op[T]) -> T:
+        """``await op(session)`` on the current state of ``sid``, exclusively; its changes are kept."""
+
+    async def check(self, sid: str) -> None:
+        """Raise :class:`SessionNotFound` unless ``sid`` is live (and refresh its TTL)."""
+
+    async def delete(self, sid: str) -> None:
+        ...
+
+    async def close(self) -> None:
+        ...
+
+
+# -- in memory ---------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -34,8 +95,10 @@ class Entry:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-class SessionStore:
-    """Sessions by id, least recently used first. Used from the event loop thread only."""
+class MemoryStore:
+    """Sessions by id in this process, least recently used first. Used from the event loop only."""
+
+    kind = "memory"
 
     def __init__(self, retriever: Retriever, config: ServeConfig, *, clock: Callable[[], float] = time.monotonic,
                  on_drop: Callable[[str], None] | None = None) -> None:
@@ -64,7 +127,7 @@ class SessionStore:
             self._on_drop("expired")
         return dropped
 
-    def create(self) -> Entry:
+    def create_entry(self) -> Entry:
         self.sweep()
         while len(self._entries) >= self.max_sessions:
             self._entries.popitem(last=False)
@@ -76,23 +139,318 @@ class SessionStore:
         self._entries[sid] = entry
         return entry
 
+    async def create(self) -> str:
+        return self.create_entry().id
+
     def get(self, sid: str) -> Entry:
         """The live session ``sid`` (marked as just used), or :class:`SessionNotFound`."""
         self.sweep()
         entry = self._entries.get(sid)
         if entry is None:
-            raise SessionNotFound(
-                "unknown or expired session",
-                hint="create a new one with POST /v1/sessions, sending the strokes drawn so far to rebuild it",
-            )
+            raise not_found()
         entry.last_used = self.clock()
         self._entries.move_to_end(sid)
         return entry
 
-    def delete(self, sid: str) -> None:
+    async def run(self, sid: str, op: Op[T]) -> T:
+        entry = self.get(sid)
+
+        async def locked() -> T:
+            async with entry.lock:
+                return await op(entry.session)
+
+        return await shielded(locked())
+
+    async def check(self, sid: str) -> None:
+        self.get(sid)
+
+    async def delete(self, sid: str) -> None:
         self.get(sid)
         del self._entries[sid]
         self._on_drop("deleted")
+
+    async def close(self) -> None:
+        self._entries.clear()
+
+
+# -- Redis -------------------------------------------------------------------------------------------
+
+# KEYS: meta, strokes, kv, results. ARGV: expected version, rows kept, ttl (ms), then per appended
+# stroke three values: its points, its K/V row ("" without a step head) and its result.
+# Returns the new version, -1 for a session that is gone, -2 for a stale version (retry).
+_COMMIT = """
+local v = redis.call('HGET', KEYS[1], 'version')
+if not v then return -1 end
+if tonumber(v) ~= tonumber(ARGV[1]) then return -2 end
+local keep = tonumber(ARGV[2])
+for i = 2, 4 do
+  if keep == 0 then redis.call('DEL', KEYS[i]) else redis.call('LTRIM', KEYS[i], 0, keep - 1) end
+end
+local j = 4
+while j + 2 <= #ARGV do
+  redis.call('RPUSH', KEYS[2], ARGV[j])
+  if ARGV[j + 1] ~= '' then redis.call('RPUSH', KEYS[3], ARGV[j + 1]) end
+  redis.call('RPUSH', KEYS[4], ARGV[j + 2])
+  j = j + 3
+end
+local nv = tonumber(v) + 1
+redis.call('HSET', KEYS[1], 'version', nv, 'strokes', redis.call('LLEN', KEYS[2]))
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
+return nv
+"""
+
+# KEYS: meta, strokes, kv, results. ARGV: ttl (ms). The version (nil: no such session); refreshes the TTL.
+_TOUCH = """
+local v = redis.call('HGET', KEYS[1], 'version')
+if not v then return nil end
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+return tonumber(v)
+"""
+
+COMMIT_ATTEMPTS = 8  # a conflicting commit means another replica applied a stroke: rebuild and retry
+
+
+def keys_of(sid: str) -> list[str]:
+    """The session's four keys; the hash tag keeps them in one Redis Cluster slot."""
+    return [f"dcssa:{{{sid}}}:{part}" for part in ("meta", "strokes", "kv", "results")]
+
+
+def encode_result(r: QueryResult) -> bytes:
+    return json.dumps({"stroke": r.stroke, "ids": r.ids, "indices": [int(i) for i in r.indices],
+                       "scores": [float(s) for s in r.scores],
+                       "embedding": base64.b64encode(np.asarray(r.embedding, "<f4").tobytes()).decode()},
+                      separators=(",", ":")).encode()
+
+
+def decode_result(raw: bytes) -> QueryResult:
+    d = json.loads(raw)
+    emb = np.frombuffer(base64.b64decode(d["embedding"]), "<f4").astype(np.float32)
+    # the step feature is not stored (K/V rows carry what the head needs): restored results have none
+    return QueryResult(d["stroke"], list(d["ids"]), np.asarray(d["indices"], np.int64),
+                       np.asarray(d["scores"], np.float32), emb, np.zeros(0, np.float32), {})
+
+
+def redis_url(url: str) -> str:
+    """``url`` if it names a Redis server, else a :class:`DcssaError` naming the accepted forms."""
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise DcssaError(f"--session-store {url!r}: not 'memory' nor a redis:// URL",
+                         hint="use memory, or redis://HOST:6379/0 (rediss:// for TLS, unix:///path/redis.sock)")
+    return url
+
+
+@dataclass
+class _Cached:
+    version: int
+    session: StrokeSession
+    last_used: float
+
+
+class RedisStore:
+    """Sessions in Redis (or Valkey), shared by every replica; a local (session, version) cache."""
+
+    kind = "redis"
+
+    def __init__(self, retriever: Retriever, config: ServeConfig, url: str, *,
+                 clock: Callable[[], float] = time.monotonic, on_drop: Callable[[str], None] | None = None,
+                 on_rebuild: Callable[[float], None] | None = None) -> None:
+        try:
+            import redis.asyncio as aioredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+            from redis.exceptions import RedisError
+        except ImportError:
+            raise DcssaError("--session-store redis:// needs the redis client (redis-py)",
+                             hint="pip install 'dcssa-rt[serve]'") from None
+        self.retriever = retriever
+        self.url = redis_url(url)
+        self.ttl_ms = max(1, int(config.session_ttl * 1000))
+        self.timeout = float(config.store_timeout)
+        self.max_local = int(config.max_sessions)
+        self.clock = clock
+        self._on_drop = on_drop or (lambda _reason: None)
+        self._on_rebuild = on_rebuild or (lambda _ms: None)
+        self._errors: tuple[type[BaseException], ...] = (RedisError, OSError)
+        # bounded: one connect and one reply timeout, no retries inside the client (the HTTP client
+        # retries); a broken connection is replaced on the next command, so the replica recovers alone
+        self.redis = aioredis.from_url(self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
+                                       retry=Retry(NoBackoff(), 0), health_check_interval=30)
+        self._commit = self.redis.register_script(_COMMIT)
+        self._touch = self.redis.register_script(_TOUCH)
+        self._local: OrderedDict[str, _Cached] = OrderedDict()
+        self._locks: dict[str, list] = {}  # sid -> [lock, users]: FIFO within this replica
+        self.stateful = retriever.head is not None and bool(retriever.head.spec.state)
+
+    def __len__(self) -> int:
+        return len(self._local)
+
+    async def _call(self, what: str, coro: Awaitable[T]) -> T:
+        """A Redis command; any store failure becomes a 503 ``store_unavailable``."""
+        try:
+            return await coro
+        except self._errors as exc:
+            raise StoreUnavailable(
+                f"the session store is unreachable or failing while trying to {what} "
+                f"({type(exc).__name__}: {exc}); nothing was applied",
+                hint=f"retry in a moment; operators: check the Redis server at {self._where()}") from None
+
+    def _where(self) -> str:
+        parts = urlsplit(self.url)
+        return parts.hostname and f"{parts.hostname}:{parts.port or 6379}" or self.url
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except self._errors:
+            return False
+
+    # -- the local cache -----------------------------------------------------------------------------
+    def _remember(self, sid: str, version: int, session: StrokeSession) -> None:
+        self._local[sid] = _Cached(version, session, self.clock())
+        self._local.move_to_end(sid)
+        now = self.clock()
+        while self._local:
+            old, c = next(iter(self._local.items()))
+            if len(self._local) <= self.max_local and now - c.last_used <= self.ttl_ms / 1000:
+                break
+            del self._local[old]
+
+    def _forget(self, sid: str) -> None:
+        self._local.pop(sid, None)
+
+    async def _load(self, sid: str) -> tuple[int, StrokeSession]:
+        """The session as stored (one MULTI: a consistent snapshot), its canvas re-rasterised."""
+        keys = keys_of(sid)
+
+        async def fetch():
+            async with self.redis.pipeline(transaction=True) as p:
+                p.hget(keys[0], "version")
+                for k in keys[1:]:
+                    p.lrange(k, 0, -1)
+                return await p.execute()
+
+        version, strokes, kv, results = await self._call("load the session", fetch())
+        if version is None:
+            raise not_found()
+        t0 = time.perf_counter()
+        d = self.retriever.bundle.feature_dim
+        xs = [np.frombuffer(s, "<f8").reshape(-1, 2) for s in strokes]
+        if self.stateful and kv:
+            rows = np.frombuffer(b"".join(kv), "<f4").reshape(len(kv), 2, d)
+            k, v = rows[:, 0], rows[:, 1]
+        else:
+            k = v = np.zeros((0, d), np.float32)
+        session = StrokeSession.restore(self.retriever, xs, k, v, [decode_result(r) for r in results])
+        self._on_rebuild((time.perf_counter() - t0) * 1e3)
+        return int(version), session
+
+    # -- the protocol --------------------------------------------------------------------------------
+    async def create(self) -> str:
+        sid = secrets.token_urlsafe(ID_BYTES)
+        meta = keys_of(sid)[0]
+
+        async def make():
+            async with self.redis.pipeline(transaction=True) as p:
+                p.hsetnx(meta, "version", 0)
+                p.hsetnx(meta, "strokes", 0)
+                p.pexpire(meta, self.ttl_ms)
+                return await p.execute()
+
+        created, _, _ = await self._call("create a session", make())
+        if not created:  # pragma: no cover - 2**-144
+            return await self.create()
+        self._remember(sid, 0, self.retriever.session())
+        return sid
+
+    async def _version(self, sid: str) -> int:
+        version = await self._call("read the session", self._touch(keys=keys_of(sid), args=[self.ttl_ms]))
+        if version is None:
+            self._forget(sid)
+            raise not_found()
+        return int(version)
+
+    async def check(self, sid: str) -> None:
+        await self._version(sid)
+
+    def _rows(self, session: StrokeSession, start: int) -> list[bytes]:
+        """Stroke, K/V row and result of strokes ``start:``, flattened for the commit script."""
+        out: list[bytes] = []
+        keys, values = session.kv_rows(start)
+        for i, (xy, res) in enumerate(zip(session.strokes[start:], session.results(start))):
+            kv = np.stack([keys[i], values[i]]).astype("<f4").tobytes() if self.stateful else b""
+            out += [np.asarray(xy, "<f8").tobytes(), kv, encode_result(res)]
+        return out
+
+    async def _attempt(self, sid: str, op: Op[T]) -> tuple[bool, T | None]:
+        version = await self._version(sid)
+        cached = self._local.get(sid)
+        if cached is not None and cached.version == version:
+            session = cached.session
+        else:
+            version, session = await self._load(sid)
+        self._forget(sid)  # until committed, the local copy may be ahead of the store
+        before = session.num_strokes
+        value = await op(session)
+        after = session.num_strokes
+        if after == before:  # a read, or an undo/reset with nothing to drop: nothing to commit
+            self._remember(sid, version, session)
+            return True, value
+        keep = min(before, after)
+        new = await self._call("save the stroke", self._commit(
+            keys=keys_of(sid), args=[version, keep, self.ttl_ms, *self._rows(session, keep)]))
+        if new == -1:
+            raise not_found()
+        if new == -2:
+            return False, None  # another replica committed first: reload and apply again
+        self._remember(sid, int(new), session)
+        return True, value
+
+    async def run(self, sid: str, op: Op[T]) -> T:
+        slot = self._locks.setdefault(sid, [asyncio.Lock(), 0])
+        slot[1] += 1
+
+        async def locked() -> T:
+            try:
+                async with slot[0]:
+                    for _ in range(COMMIT_ATTEMPTS):
+                        done, value = await self._attempt(sid, op)
+                        if done:
+                            return value
+                    raise ServerBusy("this session is being changed from several places at once",
+                                     hint="send one session's strokes one at a time, then retry")
+            finally:
+                slot[1] -= 1
+                if slot[1] == 0:
+                    self._locks.pop(sid, None)
+
+        return await shielded(locked())
+
+    async def delete(self, sid: str) -> None:
+        self._forget(sid)
+        if not await self._call("delete the session", self.redis.delete(*keys_of(sid))):
+            raise not_found()
+        self._on_drop("deleted")
+
+    async def memory_usage(self, sid: str) -> int:
+        """Bytes Redis holds for the session (MEMORY USAGE of its keys, samples=0: exact)."""
+        total = 0
+        for k in keys_of(sid):
+            total += int(await self._call("measure", self.redis.memory_usage(k, samples=0)) or 0)
+        return total
+
+    async def close(self) -> None:
+        self._local.clear()
+        try:
+            await self.redis.aclose()
+        except self._errors:  # pragma: no cover - closing a dead connection
+            pass
+
+
+def make_store(retriever: Retriever, config: ServeConfig, **kwargs: Any) -> SessionStore:
+    """The store ``config.session_store`` names: ``memory`` or a ``redis://`` URL."""
+    if config.session_store == "memory":
+        kwargs.pop("on_rebuild", None)
+        return MemoryStore(retriever, config, **kwargs)
+    return RedisStore(retriever, config, config.session_store, **kwargs)
 
 
 def session_memory_bound(retriever: Retriever, max_strokes: int | None = None) -> dict[str, int]:

@@ -2,8 +2,8 @@
 
 Messages: ``{"op": "stroke", <StrokeIn fields>} | {"op": "undo"} | {"op": "reset"} | {"op": "state"}``.
 Each gets a SessionState (plus ``op``) or an ErrorOut (plus ``op`` and ``status``, the HTTP status
-the same error gets over HTTP); errors keep the socket open, except an unknown session (closed with
-code 4404).
+the same error gets over HTTP); errors keep the socket open, except at connect: an unknown session
+is closed with code 4404, a session store that cannot be reached with 1013 (try again later).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
+from ..errors import DcssaError
 from .errors import BadRequest, LimitExceeded, SessionNotFound
 from .handlers import invalid_request, report
 from .inputs import stroke_from
@@ -20,6 +21,7 @@ from .schemas import StrokeIn
 from .service import Service
 
 CLOSE_UNKNOWN_SESSION = 4404
+CLOSE_TRY_LATER = 1013  # RFC 6455 "Try Again Later": a server fault at connect (the session store is down)
 
 
 def _decode(text: str, max_bytes: int) -> dict:
@@ -67,11 +69,11 @@ def add_websocket(app: FastAPI, service: Service) -> None:
         """One session's operations as messages (see the module docstring)."""
         await ws.accept()
         try:
-            service.store.get(session_id)
-        except SessionNotFound as exc:
+            await service.store.check(session_id)
+        except DcssaError as exc:  # unknown session, or the shared store is down
             status, body = report(exc, service.metrics, "a websocket connect")
             await ws.send_json({"op": None, "status": status, **body})
-            await ws.close(code=CLOSE_UNKNOWN_SESSION)
+            await ws.close(code=CLOSE_UNKNOWN_SESSION if isinstance(exc, SessionNotFound) else CLOSE_TRY_LATER)
             return
         try:
             while True:

@@ -76,7 +76,7 @@ def test_api_conforms_to_its_spec(api_schema, served, path, method, mode):
     def check(case):
         sid = case.path_parameters.get("session_id") if case.path_parameters else None
         if sid is not None and len(sid) % 2 == 0:
-            case.path_parameters["session_id"] = served.state.service.store.create().id
+            case.path_parameters["session_id"] = served.state.service.store.create_entry().id
         case.call_and_validate(excluded_checks=skip)
 
     check()
@@ -100,7 +100,7 @@ def test_any_finite_stroke_is_served_or_refused_cleanly(served):
     @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
               database=None)
     def check(body):
-        sid = served.state.service.store.create().id
+        sid = served.state.service.store.create_entry().id
         r = client.post(f"/v1/sessions/{sid}/strokes", json=body)
         outcomes[r.status_code] = outcomes.get(r.status_code, 0) + 1
         moderate = max(abs(v) for p in body["stroke"] for v in p) <= 1e20 and max(body.get("frame", (1, 1))) >= 1e-6
