@@ -47,6 +47,15 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.store = Histogram(
+            "dcssa_store_seconds",
+            "Shared store: time per operation spent on it (read, load, versioned commit; not the stroke itself).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.conflicts = Counter(
+            "dcssa_store_conflicts", "Shared store: commits refused because another replica changed the session "
+            "first (the operation is then re-applied on the new state).", registry=r)
         Gauge("dcssa_active_sessions", "Sessions held in memory.", registry=r).set_function(active_sessions)
         Gauge("dcssa_encoder_queue", "Strokes waiting for the encoder.", registry=r).set_function(queued)
 

@@ -35,7 +35,7 @@ class Service:
                                queued=lambda: self.batcher.queued if self.batcher else 0)
         self.store: SessionStore = make_store(
             retriever, config, on_drop=lambda reason: self.metrics.dropped.labels(reason).inc(),
-            on_rebuild=self.metrics.observe_rebuild)
+            metrics=self.metrics)
         self.batcher: DynamicBatcher | None = None
         self.photos = PhotoStore(retriever.gallery, photos_root)
         self.memory_bound = session_memory_bound(retriever)

@@ -252,7 +252,7 @@ class RedisStore:
 
     def __init__(self, retriever: Retriever, config: ServeConfig, url: str, *,
                  clock: Callable[[], float] = time.monotonic, on_drop: Callable[[str], None] | None = None,
-                 on_rebuild: Callable[[float], None] | None = None) -> None:
+                 metrics: Any = None) -> None:
         try:
             import redis.asyncio as aioredis
             from redis.asyncio.retry import Retry
@@ -268,7 +268,7 @@ class RedisStore:
         self.max_local = int(config.max_sessions)
         self.clock = clock
         self._on_drop = on_drop or (lambda _reason: None)
-        self._on_rebuild = on_rebuild or (lambda _ms: None)
+        self.metrics = metrics  # a serve Metrics: rebuild and store times, conflicts (None: not recorded)
         self._errors: tuple[type[BaseException], ...] = (RedisError, OSError)
         # bounded: one connect and one reply timeout, no retries inside the client (the HTTP client
         # retries); a broken connection is replaced on the next command, so the replica recovers alone
@@ -340,7 +340,8 @@ class RedisStore:
         else:
             k = v = np.zeros((0, d), np.float32)
         session = StrokeSession.restore(self.retriever, xs, k, v, [decode_result(r) for r in results])
-        self._on_rebuild((time.perf_counter() - t0) * 1e3)
+        if self.metrics is not None:
+            self.metrics.observe_rebuild((time.perf_counter() - t0) * 1e3)
         return int(version), session
 
     # -- the protocol --------------------------------------------------------------------------------
@@ -381,6 +382,8 @@ class RedisStore:
         return out
 
     async def _attempt(self, sid: str, op: Op[T]) -> tuple[bool, T | None]:
+        """One read-apply-commit round; ``(False, None)`` when another replica committed first."""
+        t0 = time.perf_counter()
         version = await self._version(sid)
         cached = self._local.get(sid)
         if cached is not None and cached.version == version:
@@ -389,20 +392,30 @@ class RedisStore:
             version, session = await self._load(sid)
         self._forget(sid)  # until committed, the local copy may be ahead of the store
         before = session.num_strokes
+        t1 = time.perf_counter()
         value = await op(session)
+        t2 = time.perf_counter()
         after = session.num_strokes
         if after == before:  # a read, or an undo/reset with nothing to drop: nothing to commit
             self._remember(sid, version, session)
+            self._observe(t1 - t0)
             return True, value
         keep = min(before, after)
         new = await self._call("save the stroke", self._commit(
             keys=keys_of(sid), args=[version, keep, self.ttl_ms, *self._rows(session, keep)]))
+        self._observe(t1 - t0 + time.perf_counter() - t2)
         if new == -1:
             raise not_found()
-        if new == -2:
-            return False, None  # another replica committed first: reload and apply again
+        if new == -2:  # another replica committed first: reload and apply again
+            if self.metrics is not None:
+                self.metrics.conflicts.inc()
+            return False, None
         self._remember(sid, int(new), session)
         return True, value
+
+    def _observe(self, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.store.observe(seconds)
 
     async def run(self, sid: str, op: Op[T]) -> T:
         slot = self._locks.setdefault(sid, [asyncio.Lock(), 0])
@@ -448,7 +461,7 @@ class RedisStore:
 def make_store(retriever: Retriever, config: ServeConfig, **kwargs: Any) -> SessionStore:
     """The store ``config.session_store`` names: ``memory`` or a ``redis://`` URL."""
     if config.session_store == "memory":
-        kwargs.pop("on_rebuild", None)
+        kwargs.pop("metrics", None)
         return MemoryStore(retriever, config, **kwargs)
     return RedisStore(retriever, config, config.session_store, **kwargs)
 

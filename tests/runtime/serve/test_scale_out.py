@@ -19,10 +19,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("redis")
 pytest.importorskip("onnx", reason="the tiny bundle is written with onnx.helper")
 
-from scale_out import Nginx, Redis, Replica, Unavailable, call  # noqa: E402
-from tiny_bundle import write_tiny_bundle, write_tiny_gallery  # noqa: E402
-
-from dcssa.runtime import Bundle, Gallery, Retriever  # noqa: E402
+from dcssa.benchmarks.topology import Nginx, Redis, Replica, Unavailable, call  # noqa: E402
 from dcssa.runtime.serve.sessions import keys_of  # noqa: E402
 from dcssa.runtime.synthetic import random_sketch  # noqa: E402
 
@@ -32,27 +29,8 @@ STORE_TIMEOUT = 1.0
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scale")
-    bundle = write_tiny_bundle(root / "bundle", seed=0)
-    write_tiny_gallery(bundle, root / "gallery", photos=8)
-    return root
-
-
-@pytest.fixture(scope="module")
-def retriever(tiny):
-    b = Bundle.load(tiny / "bundle")
-    return Retriever(b, Gallery.load(tiny / "gallery", b), backend="ort-cpu", topk=5)
-
-
-@pytest.fixture(scope="module")
-def redis_server(tiny):
-    try:
-        server = Redis(tiny / "redis").start()
-    except Unavailable as exc:
-        pytest.skip(f"cannot start redis-server: {exc}")
-    yield server
-    server.stop()
+def retriever(tiny_retriever):
+    return tiny_retriever
 
 
 @pytest.fixture(scope="module")
@@ -94,13 +72,17 @@ def same_topk(served: dict, want) -> None:
     assert np.allclose([m["score"] for m in served["results"]], want.scores, atol=TOL)
 
 
-def strokes_served(port: int) -> float:
-    """dcssa_strokes_total of one replica, read from its /metrics."""
+def metric(port: int, name: str) -> float:
+    """A counter of one replica, read from its /metrics."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", "/metrics")
     text = conn.getresponse().read().decode()
     conn.close()
-    return float(next(line.split()[1] for line in text.splitlines() if line.startswith("dcssa_strokes_total")))
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+def strokes_served(port: int) -> float:
+    return metric(port, "dcssa_strokes_total")
 
 
 def stroke_body(xy: np.ndarray) -> dict:
@@ -190,6 +172,7 @@ def test_concurrent_strokes_on_two_replicas(cluster, retriever, sketches, redis_
     strokes = sketches[3]
     _, st = call(a.port, "POST", "/v1/sessions")
     sid = st["id"]
+    conflicts = [metric(r.port, "dcssa_store_conflicts_total") for r in (a, b)]
     counts: list[int] = []
     for i in range(0, len(strokes), 2):
         results: dict[int, tuple[int, dict]] = {}
@@ -207,6 +190,10 @@ def test_concurrent_strokes_on_two_replicas(cluster, retriever, sketches, redis_
         assert {s for s, _ in results.values()} == {200}, results
         counts += sorted(st["stroke"] for _, st in results.values())
     assert counts == list(range(1, len(strokes) + 1))  # each stroke got its own position: no lost update
+    refused = sum(metric(r.port, "dcssa_store_conflicts_total") for r in (a, b)) - sum(conflicts)
+    # the barrier and the 20 ms batch window make both replicas read the same version: the
+    # version check must have refused (and the replica re-applied) at least one commit
+    assert refused >= 1, "no conflicting commit happened: the concurrent path was not exercised"
     # the stored order decides the expectation: an offline session fed the strokes in that order
     r = redis_server.client()
     meta, stored, kv = keys_of(sid)[0], keys_of(sid)[1], keys_of(sid)[2]

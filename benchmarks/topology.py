@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEPLOY = ROOT / "deploy"
+# deploy/ of the source tree (an editable install); DCSSA_DEPLOY names another copy
+DEPLOY = Path(os.environ.get("DCSSA_DEPLOY", Path(__file__).resolve().parents[1] / "deploy"))
 
 
 class Unavailable(RuntimeError):
