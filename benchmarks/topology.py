@@ -156,8 +156,10 @@ def render_nginx(ports: list[int], listen: int, prefix: Path) -> Path:
         raise RuntimeError("deploy/nginx.conf no longer has the upstream/listen lines the tests rewrite")
     prefix.mkdir(parents=True, exist_ok=True)
     (prefix / "dcssa.conf").write_text(snippet)
+    # as root, nginx's workers would drop to "nobody", which cannot write the temp dirs made here
+    user = "user root;\n" if os.geteuid() == 0 else ""
     main = f"""daemon off;
-pid {prefix}/nginx.pid;
+{user}pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 worker_processes 1;
 events {{ worker_connections 1024; }}
@@ -221,5 +223,8 @@ def call(port: int, method: str, path: str, body: object = None, *, retry: bool 
             conn.close()
         if status == 502 and retry and attempt == 0:
             continue
-        return status, json.loads(raw) if raw else {}
+        try:
+            return status, json.loads(raw) if raw else {}
+        except ValueError:
+            return status, {"error": "not_json", "message": raw[:300].decode("utf-8", "replace")}
     raise AssertionError("unreachable")

@@ -65,7 +65,7 @@ def add_sessions(app: FastAPI, service: Service) -> None:
     @app.post("/v1/sessions/{session_id}/strokes", response_model=SessionState, responses=ERRORS)
     async def add_stroke(session_id: str, body: StrokeIn) -> dict:
         """Add one stroke; returns the top-K photos for the sketch so far and the stroke's timings."""
-        return await service.stroke(session_id, stroke_from(body, max_points))
+        return await service.stroke(session_id, stroke_from(body, max_points), body.after)
 
     @app.post("/v1/sessions/{session_id}/undo", response_model=SessionState, responses=ERRORS)
     async def undo(session_id: str) -> dict:

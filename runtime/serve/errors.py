@@ -34,6 +34,10 @@ class BadRequest(DcssaError):
     """A request the schema allows but the server cannot act on (several strokes where one is due)."""
 
 
+class OutOfStep(SessionError):
+    """The session holds another number of strokes than the client counted (``after``)."""
+
+
 class ServerBusy(DcssaError):
     """The encoder queue is full: the client should retry shortly."""
 
@@ -50,6 +54,7 @@ STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (LimitExceeded, 413, "limit_exceeded"),
     (BadRequest, 422, "bad_request"),
     (StrokeError, 422, "bad_stroke"),
+    (OutOfStep, 409, "session_out_of_step"),
     (SessionError, 409, "session_state"),
     (ServerBusy, 503, "busy"),
     (StoreUnavailable, 503, "store_unavailable"),

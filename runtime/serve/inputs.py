@@ -38,7 +38,7 @@ def check_limits(strokes: list[np.ndarray], limit: int) -> None:
 
 def stroke_from(body: StrokeIn, max_points: int) -> np.ndarray:
     """The single stroke of a request body, as (n, 2) in the 256 frame."""
-    doc = body.model_dump(exclude_none=True)
+    doc = body.model_dump(exclude_none=True, exclude={"after"})
     forms = [k for k in FORMS if k in doc]
     if len(forms) != 1:
         what = "no stroke" if not forms else f"both {forms[0]!r} and {forms[1]!r}"

@@ -41,6 +41,10 @@ class StrokeIn(BaseModel):
     drawing: Annotated[list[tuple[Coords, Coords]], Field(min_length=1, max_length=1)] | None = Field(
         None, description="QuickDraw [[[x, ...], [y, ...]]]")
     frame: Frame | None = None
+    after: Annotated[int, Strict(), Field(ge=0)] | None = Field(
+        None, description="strokes the client had sent before this one; makes a retried stroke safe: if the "
+                          "server already applied it (the reply was lost), it is not applied twice, and a "
+                          "session out of step with the client is a 409 session_out_of_step")
 
 
 class SketchIn(BaseModel):
@@ -101,7 +105,8 @@ class Health(BaseModel):
 ERRORS = {
     400: {"model": ErrorOut, "description": "body is not UTF-8 JSON text"},
     404: {"model": ErrorOut, "description": "unknown or expired session"},
-    409: {"model": ErrorOut, "description": "session bound reached, or nothing to undo"},
+    409: {"model": ErrorOut, "description": "session bound reached, nothing to undo (session_state), or the "
+                                            "session holds another stroke count than `after` said (session_out_of_step)"},
     413: {"model": ErrorOut, "description": "request body over the limit"},
     422: {"model": ErrorOut, "description": "malformed strokes or JSON"},
     500: {"model": ErrorOut, "description": "server fault: server_error (a corrupted bundle or gallery file: the "

@@ -19,7 +19,7 @@ from ..errors import DcssaError
 from ..session import QueryResult, Retriever, StrokeSession
 from .batcher import DynamicBatcher
 from .config import ServeConfig
-from .errors import BadRequest
+from .errors import BadRequest, OutOfStep
 from .metrics import Metrics
 from .photos import PhotoStore
 from .sessions import SessionStore, make_store, session_memory_bound
@@ -99,8 +99,17 @@ class Service:
                 await self.store.delete(sid)  # a half-rebuilt session is of no use to the client
             raise
 
-    async def stroke(self, sid: str, xy: np.ndarray) -> dict:
+    async def stroke(self, sid: str, xy: np.ndarray, after: int | None = None) -> dict:
+        """Add one stroke; with ``after`` (the client's count before it) a retried stroke applies once."""
+
         async def add(session: StrokeSession) -> dict:
+            if after is not None and session.num_strokes != after:
+                n = session.num_strokes
+                if n == after + 1 and np.array_equal(session.strokes[-1], xy):
+                    return self.state(sid, session)  # a retry of a stroke already applied: its reply was lost
+                raise OutOfStep(f"the session holds {n} strokes; this stroke was sent after {after}",
+                                hint="GET the session to see its state, or rebuild it with POST /v1/sessions and "
+                                     "the strokes drawn so far")
             return self.state(sid, session, *await self._apply(session, xy))
 
         return await self.store.run(sid, add)

@@ -38,7 +38,8 @@ def _decode(text: str, max_bytes: int) -> dict:
 
 async def _dispatch(service: Service, sid: str, op: object, msg: dict) -> dict:
     if op == "stroke":
-        return await service.stroke(sid, stroke_from(StrokeIn.model_validate(msg), service.config.max_points))
+        body = StrokeIn.model_validate(msg)
+        return await service.stroke(sid, stroke_from(body, service.config.max_points), body.after)
     if op == "undo":
         return await service.undo(sid)
     if op == "reset":

@@ -85,8 +85,8 @@ def strokes_served(port: int) -> float:
     return metric(port, "dcssa_strokes_total")
 
 
-def stroke_body(xy: np.ndarray) -> dict:
-    return {"stroke": xy.tolist()}
+def stroke_body(xy: np.ndarray, after: int | None = None) -> dict:
+    return {"stroke": xy.tolist()} if after is None else {"stroke": xy.tolist(), "after": after}
 
 
 # -- the same answers as one offline session, whatever replica serves each stroke ---------------------------
@@ -150,13 +150,13 @@ def test_kill_9_a_replica_mid_sketch(cluster, retriever, sketches):
     _, st = call(lb.port, "POST", "/v1/sessions")
     sid = st["id"]
     for t in range(3):
-        _, st = call(lb.port, "POST", f"/v1/sessions/{sid}/strokes", stroke_body(strokes[t]))
+        _, st = call(lb.port, "POST", f"/v1/sessions/{sid}/strokes", stroke_body(strokes[t], t))
         same_topk(st, want[t])
     victim = replicas[0]
     victim.kill()
     try:
-        for t in range(3, len(strokes)):  # call() retries once, as the page does
-            status, st = call(lb.port, "POST", f"/v1/sessions/{sid}/strokes", stroke_body(strokes[t]))
+        for t in range(3, len(strokes)):  # call() retries once, as the page does ("after" keeps it safe)
+            status, st = call(lb.port, "POST", f"/v1/sessions/{sid}/strokes", stroke_body(strokes[t], t))
             assert status == 200, st
             same_topk(st, want[t])
         status, st = call(lb.port, "GET", f"/v1/sessions/{sid}")

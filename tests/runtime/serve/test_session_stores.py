@@ -92,6 +92,24 @@ def test_rebuild_with_the_strokes_so_far(client, tiny_retriever, sketches):
     same_topk(client.post(f"/v1/sessions/{sid}/undo").json(), want[3])
 
 
+def test_a_retried_stroke_applies_once(client, tiny_retriever, sketches):
+    """``after`` (the client's stroke count before the stroke) makes the page's retry safe."""
+    strokes = sketches[1][:3]
+    want = offline(tiny_retriever, strokes)
+    sid = client.post("/v1/sessions").json()["id"]
+    for t, xy in enumerate(strokes[:2]):
+        same_topk(client.post(f"/v1/sessions/{sid}/strokes", json={"stroke": xy.tolist(), "after": t}).json(), want[t])
+    # the reply of stroke 2 was lost and the client sends it again: applied once
+    again = client.post(f"/v1/sessions/{sid}/strokes", json={"stroke": strokes[1].tolist(), "after": 1})
+    assert again.status_code == 200
+    same_topk(again.json(), want[1])
+    r = client.post(f"/v1/sessions/{sid}/strokes", json={"stroke": strokes[2].tolist(), "after": 0})
+    assert r.status_code == 409 and r.json()["error"] == "session_out_of_step"
+    assert "2 strokes" in r.json()["message"] and "POST /v1/sessions" in r.json()["hint"]
+    same_topk(client.post(f"/v1/sessions/{sid}/strokes", json={"stroke": strokes[2].tolist(), "after": 2}).json(),
+              want[2])
+
+
 def test_websocket(client, tiny_retriever, sketches):
     strokes = sketches[3][:3]
     want = offline(tiny_retriever, strokes)

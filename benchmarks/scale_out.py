@@ -1,0 +1,236 @@
+"""Load test of the scale-out topology against one in-memory replica, on loopback, side by side.
+
+1. redis-server (deploy/redis.conf) + N ``dcssa-rt serve --session-store redis://...`` replicas +
+   nginx (deploy/nginx.conf) round-robin: K clients draw M strokes each through the balancer;
+2. one ``dcssa-rt serve`` with the in-memory store, the same K x M load sent to it directly.
+
+For both: per-stroke latency p50/p95 (client-measured), strokes/s, errors, and every client's final
+top-K checked against an offline session on the same strokes. For the Redis topology also: the
+time each operation spends on the store (the replicas' ``dcssa_store_seconds``), sessions rebuilt
+from Redis and their cost, refused commits; then bytes per session in Redis (MEMORY USAGE) and the
+rebuild time of a session at 20 and 256 strokes. Writes scale_out.json and scale_out.md to --out.
+
+    .venv/bin/python -m dcssa.benchmarks.scale_out --bundle demo-out/bundle --clients 6 --strokes 8 --out bench-out
+
+Bounded: K x M strokes per topology, each request with a timeout, the whole load within --time-limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from dcssa.runtime import Bundle, Gallery, Retriever
+from dcssa.runtime.cli_util import fail_cleanly
+from dcssa.runtime.errors import DcssaError
+from dcssa.runtime.synthetic import random_sketch
+
+from .env import cpu_model, isa
+from .load_test import FRAME, _metric, _offline, _run_clients, _same_topk, _to_client
+from .topology import Nginx, Redis, Replica, Unavailable
+
+
+class _Bar:
+    def update(self, _n: int) -> None:
+        pass
+
+
+def _metrics(port: int) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    return text
+
+
+def _summary(name: str, got: dict, want: list, gallery) -> dict:
+    lat = np.array(got["latencies_ms"]) if got["latencies_ms"] else np.array([np.nan])
+    mismatched = [i for i, (f, w) in enumerate(zip(got["finals"], want)) if not _same_topk(f, w, gallery)]
+    return {
+        "setting": name, "strokes_ok": len(got["latencies_ms"]), "errors": got["errors"],
+        "p50_ms": round(float(np.percentile(lat, 50)), 1), "p95_ms": round(float(np.percentile(lat, 95)), 1),
+        "mean_ms": round(float(lat.mean()), 1), "wall_s": round(got["wall_s"], 2),
+        "strokes_per_s": round(len(got["latencies_ms"]) / got["wall_s"], 2),
+        "final_topk_equal_offline": not mismatched, "mismatched_clients": mismatched,
+    }
+
+
+def _store_stats(texts: list[str]) -> dict:
+    """Per-replica store histograms summed: mean time per operation on Redis, rebuilds, conflicts."""
+    total = {k: sum(_metric(t, k) for t in texts) for k in (
+        "dcssa_store_seconds_sum", "dcssa_store_seconds_count", "dcssa_session_rebuild_seconds_sum",
+        "dcssa_session_rebuild_seconds_count", "dcssa_store_conflicts_total", "dcssa_strokes_total")}
+    ops = total["dcssa_store_seconds_count"]
+    rebuilds = total["dcssa_session_rebuild_seconds_count"]
+    return {
+        "operations": int(ops), "strokes_per_replica": [int(_metric(t, "dcssa_strokes_total")) for t in texts],
+        "store_ms_per_operation": round(1e3 * total["dcssa_store_seconds_sum"] / ops, 2) if ops else None,
+        "rebuilds": int(rebuilds),
+        "rebuild_ms_mean": round(1e3 * total["dcssa_session_rebuild_seconds_sum"] / rebuilds, 2) if rebuilds else None,
+        "conflicts": int(total["dcssa_store_conflicts_total"]),
+    }
+
+
+def _session_costs(retriever: Retriever, url: str, lb_port: int, sizes: tuple[int, ...], repeats: int) -> list[dict]:
+    """MEMORY USAGE of a session of each size, and the time a replica takes to restore it from Redis."""
+    import redis
+
+    from dcssa.runtime.serve.config import ServeConfig
+    from dcssa.runtime.serve.sessions import RedisStore, keys_of
+
+    from .topology import call
+
+    client = redis.Redis.from_url(url)
+    rng = np.random.default_rng(99)
+    rows = []
+    for n in sizes:
+        strokes = [random_sketch(rng, 1)[0] for _ in range(n)]
+        status, st = call(lb_port, "POST", "/v1/sessions", {"strokes": [s.tolist() for s in strokes]}, timeout=1800)
+        if status != 201:
+            raise DcssaError(f"could not open a {n}-stroke session: {status} {st}")
+        sid = st["id"]
+        per_key = {k.split(":")[-1]: int(client.memory_usage(k, samples=0) or 0) for k in keys_of(sid)}
+
+        async def restore_times() -> list[float]:
+            store = RedisStore(retriever, ServeConfig(session_store=url), url)
+            times = []
+            try:
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    await store._load(sid)
+                    times.append((time.perf_counter() - t0) * 1e3)
+            finally:
+                await store.close()
+            return times
+
+        times = asyncio.run(restore_times())
+        session = retriever.session()
+        t0 = time.perf_counter()
+        for s in strokes:  # the canvas part alone: what no store can ship compactly
+            session.canvas.add_stroke(np.asarray(s, np.float64))
+        canvas_ms = (time.perf_counter() - t0) * 1e3
+        rows.append({"strokes": n, "bytes_in_redis": sum(per_key.values()), "bytes_per_key": per_key,
+                     "rebuild_ms_median": round(statistics.median(times), 2), "rebuild_ms_runs": [round(t, 2) for t in times],
+                     "canvas_redraw_ms": round(canvas_ms, 2)})
+    return rows
+
+
+def _markdown(rep: dict) -> str:
+    e = rep["machine"]
+    lines = [f"# Scale-out load test ({rep['clients']} clients x {rep['strokes']} strokes, loopback)", "",
+             f"Machine: {e['cpu']} ({e['isa']}), {e['cores']} cores; load average at start {e['loadavg_start']}, "
+             f"at end {e['loadavg_end']}. Bundle: {rep['bundle']} ({rep['gallery']} photos).", "",
+             "| setting | strokes ok | errors | p50 ms | p95 ms | strokes/s | final top-K = offline |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rep["runs"]:
+        lines.append(f"| {r['setting']} | {r['strokes_ok']} | {sum(r['errors'].values())} | {r['p50_ms']} | "
+                     f"{r['p95_ms']} | {r['strokes_per_s']} | {'yes' if r['final_topk_equal_offline'] else 'NO'} |")
+    s = rep["store"]
+    q = rep["ratio"]
+    lines += ["", f"One replica, Redis store / the same replica, in-memory store (the cost of the shared store): "
+                  f"p50 x{q['p50']}, throughput x{q['strokes_per_s']}. The {rep['replicas']}-replica topology / one "
+                  f"in-memory replica: p50 x{q['topology_p50']}, throughput x{q['topology_strokes_per_s']} "
+                  f"(the replicas share the same {e['cores']} cores).", "",
+              f"One replica on Redis: {rep['store_single_replica']['store_ms_per_operation']} ms on the store per "
+              f"operation.", "",
+              f"Store time per operation (touch + load if needed + versioned commit, from the replicas' "
+              f"dcssa_store_seconds): {s['store_ms_per_operation']} ms over {s['operations']} operations; "
+              f"strokes per replica {s['strokes_per_replica']}; sessions rebuilt from Redis: {s['rebuilds']} "
+              f"(mean {s['rebuild_ms_mean']} ms); refused commits: {s['conflicts']}.", "",
+              "| strokes in the session | bytes in Redis (MEMORY USAGE) | rebuild from Redis, median ms | of which canvas redraw ms |",
+              "|---|---|---|---|"]
+    for c in rep["sessions"]:
+        lines.append(f"| {c['strokes']} | {c['bytes_in_redis']:,} | {c['rebuild_ms_median']} | {c['canvas_redraw_ms']} |")
+    return "\n".join(lines) + "\n"
+
+
+@click.command()
+@click.option("--bundle", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True)
+@click.option("--gallery", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="[default: BUNDLE/gallery]")
+@click.option("--clients", type=click.IntRange(1, 64), default=6, show_default=True)
+@click.option("--strokes", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option("--replicas", type=click.IntRange(1, 8), default=3, show_default=True)
+@click.option("--session-sizes", default="20,256", show_default=True, help="Strokes per session for MEMORY USAGE.")
+@click.option("--time-limit", type=click.FloatRange(1), default=900, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("bench-out"), show_default=True)
+def main(bundle: Path, gallery: Path | None, clients: int, strokes: int, replicas: int, session_sizes: str,
+         time_limit: float, out: Path) -> None:
+    """K clients x M strokes through nginx over N Redis-backed replicas, then on one in-memory replica."""
+    with fail_cleanly():
+        gallery = gallery or bundle / "gallery"
+        b = Bundle.load(bundle)
+        retriever = Retriever(b, Gallery.load(gallery, b), backend="ort-cpu", topk=10)
+        rng = np.random.default_rng(7)
+        sketches = [[_to_client(s) for s in random_sketch(rng, strokes)] for _ in range(clients)]
+        want = _offline(retriever, sketches, _Bar())
+        sizes = tuple(int(x) for x in session_sizes.split(",") if x)
+        env = {"cpu": cpu_model(), "isa": isa(), "cores": os.cpu_count(), "loadavg_start": os.getloadavg()}
+        runs, store, store_single, sessions = [], {}, {}, []
+        with tempfile.TemporaryDirectory(prefix="dcssa-scale-") as tmp:
+            work = Path(tmp)
+            flags = ["--topk", "10", "--max-body-kb", "4096"]
+            try:
+                rs = Redis(work / "redis").start()
+            except Unavailable as exc:
+                raise DcssaError(f"cannot start redis-server: {exc}", hint="apt-get install redis-server") from None
+            procs: list = [rs]
+            try:
+                reps = [Replica(bundle, gallery, rs.url, work / "logs", *flags).start() for _ in range(replicas)]
+                procs += reps
+                lb = Nginx([r.port for r in reps], work / "nginx")
+                # the sessions of the size probe are bigger than the default 1 MB nginx limit allows
+                (lb.prefix / "dcssa.conf").write_text(
+                    (lb.prefix / "dcssa.conf").read_text().replace("client_max_body_size 1m;", "client_max_body_size 4m;"))
+                lb.start()
+                procs.append(lb)
+                got = asyncio.run(_run_clients(f"http://127.0.0.1:{lb.port}/", sketches, 300, time_limit, lambda _n: None))
+                runs.append(_summary(f"nginx + {replicas} replicas, Redis store", got, want, retriever.gallery))
+                store = _store_stats([_metrics(r.port) for r in reps])
+                sessions = _session_costs(retriever, rs.url, lb.port, sizes, repeats=5)
+                for p in reversed(procs[1:]):
+                    p.stop()
+                del procs[1:]
+                # the same single process as the in-memory run below, on Redis: the store's own cost
+                single = Replica(bundle, gallery, rs.url, work / "logs", *flags).start()
+                procs.append(single)
+                got = asyncio.run(_run_clients(f"http://127.0.0.1:{single.port}/", sketches, 300, time_limit,
+                                               lambda _n: None))
+                runs.append(_summary("1 replica, Redis store", got, want, retriever.gallery))
+                store_single = _store_stats([_metrics(single.port)])
+            finally:
+                for p in reversed(procs):
+                    p.stop()
+            one = Replica(bundle, gallery, "memory", work / "logs", *flags).start()
+            try:
+                got = asyncio.run(_run_clients(f"http://127.0.0.1:{one.port}/", sketches, 300, time_limit, lambda _n: None))
+                runs.append(_summary("1 replica, in-memory store", got, want, retriever.gallery))
+            finally:
+                one.stop()
+        env["loadavg_end"] = os.getloadavg()
+        ratio = {"p50": round(runs[1]["p50_ms"] / runs[2]["p50_ms"], 2),
+                 "strokes_per_s": round(runs[1]["strokes_per_s"] / runs[2]["strokes_per_s"], 2),
+                 "topology_p50": round(runs[0]["p50_ms"] / runs[2]["p50_ms"], 2),
+                 "topology_strokes_per_s": round(runs[0]["strokes_per_s"] / runs[2]["strokes_per_s"], 2)}
+        rep = {"clients": clients, "strokes": strokes, "replicas": replicas, "bundle": str(bundle),
+               "gallery": len(retriever.gallery), "frame": FRAME, "machine": env, "runs": runs, "ratio": ratio,
+               "store": store, "store_single_replica": store_single, "sessions": sessions}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "scale_out.json").write_text(json.dumps(rep, indent=2) + "\n")
+        (out / "scale_out.md").write_text(_markdown(rep))
+        click.echo(_markdown(rep))
+        if any(not r["final_topk_equal_offline"] or r["errors"] for r in runs):
+            raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
