@@ -136,12 +136,15 @@ def _markdown(rep: dict) -> str:
                      f"{r['p95_ms']} | {r['strokes_per_s']} | {'yes' if r['final_topk_equal_offline'] else 'NO'} |")
     s = rep["store"]
     q = rep["ratio"]
-    lines += ["", f"One replica, Redis store / the same replica, in-memory store (the cost of the shared store): "
-                  f"p50 x{q['p50']}, throughput x{q['strokes_per_s']}. The {rep['replicas']}-replica topology / one "
-                  f"in-memory replica: p50 x{q['topology_p50']}, throughput x{q['topology_strokes_per_s']} "
+    lines += ["", f"Cost of the shared store, same single process: {rep['clients']} clients p50 x{q['p50']}, "
+                  f"throughput x{q['strokes_per_s']}; one client drawing alone p50 x{q['sequential_p50']} "
+                  f"({q['sequential_p50_delta_ms']:+} ms). The {rep['replicas']}-replica topology / one 1-thread "
+                  f"in-memory replica: p50 x{q['topology_p50']}, throughput x{q['topology_strokes_per_s']}; / one "
+                  f"replica using all {e['cores']} cores: throughput x{q['topology_vs_all_cores_strokes_per_s']} "
                   f"(the replicas share the same {e['cores']} cores).", "",
-              f"One replica on Redis: {rep['store_single_replica']['store_ms_per_operation']} ms on the store per "
-              f"operation.", "",
+              f"Time on the store per operation, one replica: {rep['store_single_replica']['store_ms_per_operation']} ms "
+              f"under {rep['clients']} clients, {rep['store_sequential']['store_ms_per_operation']} ms for one client "
+              f"drawing alone.", "",
               f"Store time per operation (touch + load if needed + versioned commit, from the replicas' "
               f"dcssa_store_seconds): {s['store_ms_per_operation']} ms over {s['operations']} operations; "
               f"strokes per replica {s['strokes_per_replica']}; sessions rebuilt from Redis: {s['rebuilds']} "
@@ -175,10 +178,17 @@ def main(bundle: Path, gallery: Path | None, clients: int, strokes: int, replica
         want = _offline(retriever, sketches, _Bar())
         sizes = tuple(int(x) for x in session_sizes.split(",") if x)
         env = {"cpu": cpu_model(), "isa": isa(), "cores": os.cpu_count(), "loadavg_start": os.getloadavg()}
-        runs, store, store_single, sessions = [], {}, {}, []
+        runs, store, store_single, store_seq, sessions = [], {}, {}, {}, []
         with tempfile.TemporaryDirectory(prefix="dcssa-scale-") as tmp:
             work = Path(tmp)
             flags = ["--topk", "10", "--max-body-kb", "4096"]
+            seq = [[_to_client(s) for s in random_sketch(np.random.default_rng(8), 16)]]
+            want_seq = _offline(retriever, seq, _Bar())
+
+            def load(port: int, name: str, sk=sketches, w=want) -> None:
+                got = asyncio.run(_run_clients(f"http://127.0.0.1:{port}/", sk, 300, time_limit, lambda _n: None))
+                runs.append(_summary(name, got, w, retriever.gallery))
+
             try:
                 rs = Redis(work / "redis").start()
             except Unavailable as exc:
@@ -193,8 +203,7 @@ def main(bundle: Path, gallery: Path | None, clients: int, strokes: int, replica
                     (lb.prefix / "dcssa.conf").read_text().replace("client_max_body_size 1m;", "client_max_body_size 4m;"))
                 lb.start()
                 procs.append(lb)
-                got = asyncio.run(_run_clients(f"http://127.0.0.1:{lb.port}/", sketches, 300, time_limit, lambda _n: None))
-                runs.append(_summary(f"nginx + {replicas} replicas, Redis store", got, want, retriever.gallery))
+                load(lb.port, f"nginx + {replicas} replicas (1 thread each), Redis store")
                 store = _store_stats([_metrics(r.port) for r in reps])
                 sessions = _session_costs(retriever, rs.url, lb.port, sizes, repeats=5)
                 for p in reversed(procs[1:]):
@@ -203,27 +212,41 @@ def main(bundle: Path, gallery: Path | None, clients: int, strokes: int, replica
                 # the same single process as the in-memory run below, on Redis: the store's own cost
                 single = Replica(bundle, gallery, rs.url, work / "logs", *flags).start()
                 procs.append(single)
-                got = asyncio.run(_run_clients(f"http://127.0.0.1:{single.port}/", sketches, 300, time_limit,
-                                               lambda _n: None))
-                runs.append(_summary("1 replica, Redis store", got, want, retriever.gallery))
+                load(single.port, "1 replica (1 thread), Redis store")
                 store_single = _store_stats([_metrics(single.port)])
+                load(single.port, "1 client x 16 strokes, 1 replica, Redis store", seq, want_seq)
+                store_seq = _store_stats([_metrics(single.port)])
+                store_seq["store_ms_per_operation"] = round(
+                    (store_seq["store_ms_per_operation"] * store_seq["operations"]
+                     - store_single["store_ms_per_operation"] * store_single["operations"])
+                    / (store_seq["operations"] - store_single["operations"]), 2)
             finally:
                 for p in reversed(procs):
                     p.stop()
             one = Replica(bundle, gallery, "memory", work / "logs", *flags).start()
             try:
-                got = asyncio.run(_run_clients(f"http://127.0.0.1:{one.port}/", sketches, 300, time_limit, lambda _n: None))
-                runs.append(_summary("1 replica, in-memory store", got, want, retriever.gallery))
+                load(one.port, "1 replica (1 thread), in-memory store")
+                load(one.port, "1 client x 16 strokes, 1 replica, in-memory store", seq, want_seq)
             finally:
                 one.stop()
+            both = Replica(bundle, gallery, "memory", work / "logs", *flags, threads=os.cpu_count() or 1).start()
+            try:
+                load(both.port, f"1 replica ({os.cpu_count()} threads), in-memory store")
+            finally:
+                both.stop()
         env["loadavg_end"] = os.getloadavg()
-        ratio = {"p50": round(runs[1]["p50_ms"] / runs[2]["p50_ms"], 2),
-                 "strokes_per_s": round(runs[1]["strokes_per_s"] / runs[2]["strokes_per_s"], 2),
-                 "topology_p50": round(runs[0]["p50_ms"] / runs[2]["p50_ms"], 2),
-                 "topology_strokes_per_s": round(runs[0]["strokes_per_s"] / runs[2]["strokes_per_s"], 2)}
+        topo, red, mem, red1, mem1, full = (runs[i] for i in (0, 1, 3, 2, 4, 5))
+        ratio = {"p50": round(red["p50_ms"] / mem["p50_ms"], 2),
+                 "strokes_per_s": round(red["strokes_per_s"] / mem["strokes_per_s"], 2),
+                 "sequential_p50": round(red1["p50_ms"] / mem1["p50_ms"], 2),
+                 "sequential_p50_delta_ms": round(red1["p50_ms"] - mem1["p50_ms"], 1),
+                 "topology_p50": round(topo["p50_ms"] / mem["p50_ms"], 2),
+                 "topology_strokes_per_s": round(topo["strokes_per_s"] / mem["strokes_per_s"], 2),
+                 "topology_vs_all_cores_strokes_per_s": round(topo["strokes_per_s"] / full["strokes_per_s"], 2)}
         rep = {"clients": clients, "strokes": strokes, "replicas": replicas, "bundle": str(bundle),
                "gallery": len(retriever.gallery), "frame": FRAME, "machine": env, "runs": runs, "ratio": ratio,
-               "store": store, "store_single_replica": store_single, "sessions": sessions}
+               "store": store, "store_single_replica": store_single, "store_sequential": store_seq,
+               "sessions": sessions}
         out.mkdir(parents=True, exist_ok=True)
         (out / "scale_out.json").write_text(json.dumps(rep, indent=2) + "\n")
         (out / "scale_out.md").write_text(_markdown(rep))

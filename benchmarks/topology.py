@@ -109,10 +109,10 @@ class Redis:
 class Replica:
     """One ``dcssa-rt serve`` process (port 0: it picks a free one and prints it under --json)."""
 
-    def __init__(self, bundle: Path, gallery: Path, store: str, workdir: Path, *extra: str) -> None:
+    def __init__(self, bundle: Path, gallery: Path, store: str, workdir: Path, *extra: str, threads: int = 1) -> None:
         self.args = [str(Path(sys.executable).parent / "dcssa-rt"), "serve", "--bundle", str(bundle),
                      "--gallery", str(gallery), "--host", "127.0.0.1", "--port", "0", "--backend", "ort-cpu",
-                     "--threads", "1", "--session-store", store, "--json", *extra]
+                     "--threads", str(threads), "--session-store", store, "--json", *extra]
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen | None = None
@@ -120,7 +120,7 @@ class Replica:
 
     def start(self, timeout: float = 90.0) -> Replica:
         err = open(self.workdir / f"replica-{time.time_ns()}.log", "wb")
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "OMP_NUM_THREADS": self.args[self.args.index("--threads") + 1]}
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=err, env=env)
         end = time.monotonic() + timeout
         line = b""
