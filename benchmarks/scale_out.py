@@ -124,6 +124,41 @@ def _session_costs(retriever: Retriever, url: str, lb_port: int, sizes: tuple[in
     return rows
 
 
+def _store_round_trips(retriever: Retriever, url: str, strokes: int = 200) -> dict:
+    """The store's per-stroke work alone, no model and no HTTP: version read + versioned commit of one
+    stroke's rows (points, K/V, result) as a replica does it, ``strokes`` times into one session."""
+    from dcssa.runtime.serve.config import ServeConfig
+    from dcssa.runtime.serve.sessions import RedisStore, encode_result, keys_of
+
+    session = retriever.session()
+    xy = random_sketch(np.random.default_rng(5), 1)[0]
+    result = session.add_stroke(xy)
+    d = retriever.bundle.feature_dim
+    kv = np.zeros((2, d), "<f4").tobytes() if retriever.head is not None and retriever.head.spec.state else b""
+    row = [np.asarray(xy, "<f8").tobytes(), kv, encode_result(result)]
+
+    async def run() -> list[float]:
+        store = RedisStore(retriever, ServeConfig(session_store=url), url)
+        try:
+            sid = await store.create()
+            keys, times = keys_of(sid), []
+            for i in range(strokes):
+                t0 = time.perf_counter()
+                v = await store._version(sid)
+                new = await store._commit(keys=keys, args=[v, i, store.ttl_ms, *row])
+                times.append((time.perf_counter() - t0) * 1e3)
+                assert new == v + 1
+            await store.delete(sid)
+            return times
+        finally:
+            await store.close()
+
+    times = np.array(asyncio.run(run()))
+    return {"strokes": strokes, "bytes_per_stroke_sent": sum(map(len, row)),
+            "p50_ms": round(float(np.percentile(times, 50)), 3), "p95_ms": round(float(np.percentile(times, 95)), 3),
+            "mean_ms": round(float(times.mean()), 3)}
+
+
 def _markdown(rep: dict) -> str:
     e = rep["machine"]
     lines = [f"# Scale-out load test ({rep['clients']} clients x {rep['strokes']} strokes, loopback)", "",
@@ -144,7 +179,10 @@ def _markdown(rep: dict) -> str:
                   f"(the replicas share the same {e['cores']} cores).", "",
               f"Time on the store per operation, one replica: {rep['store_single_replica']['store_ms_per_operation']} ms "
               f"under {rep['clients']} clients, {rep['store_sequential']['store_ms_per_operation']} ms for one client "
-              f"drawing alone.", "",
+              f"drawing alone. The store's work alone (version read + versioned commit of one stroke, "
+              f"{rep['store_round_trips']['bytes_per_stroke_sent']:,} bytes, no model, no HTTP, "
+              f"{rep['store_round_trips']['strokes']} strokes): p50 {rep['store_round_trips']['p50_ms']} ms, "
+              f"p95 {rep['store_round_trips']['p95_ms']} ms.", "",
               f"Store time per operation (touch + load if needed + versioned commit, from the replicas' "
               f"dcssa_store_seconds): {s['store_ms_per_operation']} ms over {s['operations']} operations; "
               f"strokes per replica {s['strokes_per_replica']}; sessions rebuilt from Redis: {s['rebuilds']} "
@@ -178,7 +216,7 @@ def main(bundle: Path, gallery: Path | None, clients: int, strokes: int, replica
         want = _offline(retriever, sketches, _Bar())
         sizes = tuple(int(x) for x in session_sizes.split(",") if x)
         env = {"cpu": cpu_model(), "isa": isa(), "cores": os.cpu_count(), "loadavg_start": os.getloadavg()}
-        runs, store, store_single, store_seq, sessions = [], {}, {}, {}, []
+        runs, store, store_single, store_seq, sessions, round_trips = [], {}, {}, {}, [], {}
         with tempfile.TemporaryDirectory(prefix="dcssa-scale-") as tmp:
             work = Path(tmp)
             flags = ["--topk", "10", "--max-body-kb", "4096"]
@@ -206,6 +244,7 @@ def main(bundle: Path, gallery: Path | None, clients: int, strokes: int, replica
                 load(lb.port, f"nginx + {replicas} replicas (1 thread each), Redis store")
                 store = _store_stats([_metrics(r.port) for r in reps])
                 sessions = _session_costs(retriever, rs.url, lb.port, sizes, repeats=5)
+                round_trips = _store_round_trips(retriever, rs.url)
                 for p in reversed(procs[1:]):
                     p.stop()
                 del procs[1:]
@@ -246,6 +285,7 @@ def main(bundle: Path, gallery: Path | None, clients: int, strokes: int, replica
         rep = {"clients": clients, "strokes": strokes, "replicas": replicas, "bundle": str(bundle),
                "gallery": len(retriever.gallery), "frame": FRAME, "machine": env, "runs": runs, "ratio": ratio,
                "store": store, "store_single_replica": store_single, "store_sequential": store_seq,
+               "store_round_trips": round_trips,
                "sessions": sessions}
         out.mkdir(parents=True, exist_ok=True)
         (out / "scale_out.json").write_text(json.dumps(rep, indent=2) + "\n")
