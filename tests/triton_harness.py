@@ -56,9 +56,8 @@ def _infer_fn(served: Served, model: str, onnx_path: Path, inputs: list[str], ou
     import onnxruntime as ort
     from pytriton.decorators import batch
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
+    # onnxruntime's defaults (all cores), as `--backend ort-cpu` runs the graph in-process
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
 
     @batch
     def infer(**feeds):
