@@ -132,6 +132,17 @@ def test_repository_of_an_arnet_bundle(arnet_bundle, tmp_path):
     assert configs["shoes_sketch_encoder"].output[0].name == mf.EMBEDDINGS
 
 
+def test_repository_without_batching(tiny, tmp_path):
+    """--max-batch 0: no dynamic batcher, the batch dim is an ordinary -1 dim of every tensor."""
+    write_repository(tiny, tmp_path / "repo", max_batch=0, kind="cpu")
+    for graph in (mf.SKETCH_ENCODER, mf.PHOTO_ENCODER):
+        cfg = parse_config(tmp_path / "repo" / graph / "config.pbtxt")
+        assert cfg.max_batch_size == 0 and not cfg.HasField("dynamic_batching")
+        assert cfg.instance_group[0].kind == cfg.instance_group[0].KIND_CPU
+        assert all(t.dims[0] == -1 for t in (*cfg.input, *cfg.output))
+        _check_against_onnx(cfg, tmp_path / "repo" / graph / "1" / "model.onnx")
+
+
 def test_repository_errors_leave_nothing(tiny, repo, root):
     runner = CliRunner()
     res = runner.invoke(export_main, ["triton", str(tiny), "--out", str(repo)])
