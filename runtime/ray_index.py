@@ -107,7 +107,7 @@ def ray_embedder(bundle: Bundle, *, address: str = "local", actors: int | None =
             say(f"ray: {len(paths)} photos on {pool} photo-encoder actors")
             # reading is I/O, not compute: reads take no CPU slot, so a pool as large as the cluster
             # (one actor per CPU) still leaves them room (with a CPU each they deadlock on 2 cores)
-            ds = ray.data.read_binary_files(list(where), include_paths=True, ray_remote_args={"num_cpus": 0})
+            ds = ray.data.read_binary_files(list(where), include_paths=True, num_cpus=0)
             ds = ds.map_batches(PhotoEncoderActor, batch_size=batch_size, batch_format="numpy",
                                 compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=1,
                                 fn_constructor_kwargs={"bundle": str(Path(bundle.path).resolve()), "backend": backend,
