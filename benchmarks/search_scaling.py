@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 
@@ -127,6 +128,49 @@ def index_comparison(size: int, dim: int = 64, kinds=INDEX_KINDS, *, queries: in
     return rows
 
 
+def ray_vs_local(bundle_path, photos, *, actors: int | None = None, batch_size: int = 8,
+                 progress: Say = silent) -> dict:
+    """Photos/s of `dcssa-rt index` in this process (ort-cpu, all cores) and on a local Ray instance
+    (one single-threaded actor per core): equal cores, so this shows the overhead of the Ray path;
+    its gain is that the actors can live on other machines. Also checks the two galleries agree."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from dcssa.runtime import Bundle, build_gallery
+    from dcssa.runtime.backends import get_backend
+    from dcssa.runtime.gallery import list_images
+    from dcssa.runtime.ray_index import ray_embedder, start_ray
+
+    bundle = Bundle.load(bundle_path)
+    n = len(list_images(Path(photos)))
+    actors = actors or os.cpu_count()
+    with tempfile.TemporaryDirectory() as tmp:
+        progress(f"embedding {n} photos locally")
+        t = time.perf_counter()
+        local = build_gallery(photos, bundle, Path(tmp) / "local", backend=get_backend("ort-cpu"),
+                              batch_size=batch_size, progress=False)
+        local_s = time.perf_counter() - t
+        t = time.perf_counter()
+        started = start_ray("local", say=progress)
+        startup_s = time.perf_counter() - t
+        try:
+            progress(f"embedding {n} photos on Ray ({actors} actors)")
+            t = time.perf_counter()
+            remote = build_gallery(photos, bundle, Path(tmp) / "ray", progress=False, embedder=ray_embedder(
+                bundle, address="local", actors=actors, batch_size=batch_size, keep_running=True))
+            ray_s = time.perf_counter() - t
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+        diff = float(np.abs(np.asarray(local.embeddings, np.float32) - np.asarray(remote.embeddings, np.float32)).max())
+    return {"photos": n, "actors": actors, "local_s": round(local_s, 2), "local_photos_per_s": round(n / local_s, 2),
+            "ray_startup_s": round(startup_s, 2), "ray_s": round(ray_s, 2), "ray_photos_per_s": round(n / ray_s, 2),
+            "max_abs_diff": diff, "same_ids": local.ids == remote.ids}
+
+
 def indexes_markdown(report: dict) -> str:
     env = report["env"]
     lines = [f"# FAISS indexes vs exact search ({env['cpu']}, {env['cores']} cores, ISA {env['isa'] or '-'}; "
@@ -145,6 +189,12 @@ def indexes_markdown(report: dict) -> str:
                      f"{r['recall_at_10']:.4f} |")
     for size, why in report.get("not_measured", {}).items():
         lines.append(f"\nNot measured at {size}: {why}")
+    r = report.get("ray")
+    if r:
+        lines += ["", f"Embedding {r['photos']} photos: this process {r['local_photos_per_s']} photos/s "
+                  f"({r['local_s']} s); local Ray instance, {r['actors']} actors, {r['ray_photos_per_s']} photos/s "
+                  f"({r['ray_s']} s, after {r['ray_startup_s']} s to start Ray); same ids {r['same_ids']}, "
+                  f"max abs difference {r['max_abs_diff']:.1e}."]
     return "\n".join(lines) + "\n"
 
 
@@ -152,7 +202,7 @@ def plot_indexes(report: dict, path) -> None:
     from dcssa.benchmarks.plots import _figure
 
     fig, ax = _figure((6.5, 4.2))
-    for size in sorted({r["size"] for r in report["rows"]}):
+    for size in sorted({r["size"] for r in report["rows"]}):  # noqa: B007
         for r in (r for r in report["rows"] if r["size"] == size):
             ax.scatter(r["p50_ms"], r["recall_at_10"], marker="o" if size < 5_000_000 else "s")
             ax.annotate(f"{r['index']} {size // 1000}k", (r["p50_ms"], r["recall_at_10"]), fontsize=7)
@@ -167,13 +217,9 @@ def plot_indexes(report: dict, path) -> None:
 def main(argv: list[str] | None = None) -> None:
     """python -m dcssa.benchmarks.search_scaling --sizes 1000000 --kinds flat,hnsw,ivf,ivfpq --out DIR"""
     import argparse
-    import json
     from pathlib import Path
 
-    from dcssa.runtime.atomic import staged_dir
     from dcssa.runtime.progress import Progress
-
-    from .env import environment
 
     ap = argparse.ArgumentParser(prog="python -m dcssa.benchmarks.search_scaling", description=main.__doc__)
     ap.add_argument("--sizes", default="1000000", help="catalogue sizes, comma-separated")
@@ -182,12 +228,33 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--latency-queries", type=int, default=300)
     ap.add_argument("--target-recall", type=float, default=0.95)
+    ap.add_argument("--ray-bundle", type=Path, default=None, help="also time --ray against local embedding with this bundle")
+    ap.add_argument("--ray-photos", type=Path, default=None, help="the photo folder for --ray-bundle")
     ap.add_argument("--out", type=Path, default=Path("bench-indexes"))
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--json", action="store_true", help="print the report as JSON on stdout (implies -q)")
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
     say = Progress(args.quiet or args.json)
+    if args.ray_bundle and not args.ray_photos:
+        ap.error("--ray-bundle needs --ray-photos")
+    from dcssa.runtime.errors import DcssaError
+
+    try:
+        _run(args, say)
+    except DcssaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+
+
+def _run(args, say: Say) -> None:
+    import json
+
+    from dcssa.runtime.atomic import refuse_existing, staged_dir
+
+    from .env import environment
+
+    refuse_existing(args.out, args.force)  # before minutes of measuring, not after
     rows = []
     for size in (int(s) for s in args.sizes.split(",") if s.strip()):
         rows += index_comparison(size, args.dim, [k for k in args.kinds.split(",") if k], queries=args.queries,
@@ -196,6 +263,8 @@ def main(argv: list[str] | None = None) -> None:
               "config": {"queries": args.queries, "latency_queries": args.latency_queries,
                          "target_recall": args.target_recall, "kinds": args.kinds, "sizes": args.sizes},
               "rows": rows}
+    if args.ray_bundle:
+        report["ray"] = ray_vs_local(args.ray_bundle, args.ray_photos, progress=say)
     with staged_dir(args.out, force=args.force) as tmp:
         (tmp / "indexes.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "indexes.md").write_text(indexes_markdown(report))

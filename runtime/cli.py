@@ -263,19 +263,23 @@ def make_dataset(out: Path, name: str, n_photos: int, sketches_per_photo: int, t
                    "[default: the file the manifest names, if it lies beside the bundle with the recorded sha256].")
 @click.option("--search-sizes", default="1000,10000,100000,1000000", show_default=True,
               help="Gallery sizes for the search-scaling section ('' to skip).")
+@click.option("--index-sizes", default="", show_default=True,
+              help="Sizes for the FAISS index section (flat, hnsw, ivf, ivfpq against exact; needs [faiss]; '' to skip).")
 @output_options(json="bench.json", force="output folder")
 def bench(bundle: Path, gallery: Path, out: Path, strokes_file: Path | None, max_strokes: int, repeats: int,
           backends: tuple[str, ...], precisions: tuple[str, ...], threads: int | None, ckpt: Path | None,
-          search_sizes: str, as_json: bool, quiet: bool, force: bool) -> None:
+          search_sizes: str, index_sizes: str, as_json: bool, quiet: bool, force: bool) -> None:
     """Measure per-stroke latency (naive, torch-eager, runtime), phases, undo, cold start, memory and
     search scaling; writes OUT/bench.json, bench.md, latency_per_stroke.png, search_scaling.png."""
     from dcssa.benchmarks.run import run_bench
 
     sizes = tuple(int(x) for x in search_sizes.split(",") if x.strip())
+    isizes = tuple(int(x) for x in index_sizes.split(",") if x.strip())
     with fail_cleanly():
         rep = run_bench(bundle, gallery, out, strokes_file=strokes_file, strokes=max_strokes,
                         repeats=repeats, backends=list(backends) or None, precisions=list(precisions) or None,
-                        ckpt=ckpt, threads=threads, search_sizes=sizes, force=force, say=Progress(quiet or as_json))
+                        ckpt=ckpt, threads=threads, search_sizes=sizes, index_sizes=isizes, force=force,
+                        say=Progress(quiet or as_json))
     if as_json:
         click.echo(json.dumps(rep, indent=2))
     else:
