@@ -155,6 +155,11 @@ def index(photos: Path, bundle: Path, out: Path | None, batch_size: int, backend
             strict=strict, float16=fp16_storage, force=force, progress=not (quiet or as_json), warn=warn,
             index=spec, shards=shards, append=append, embedder=embedder, say=say,
         )
+    ix = g.meta.get("index")
+    if ix and ix["recall_at_10"] < ix["target_recall"]:
+        warn(f"the {ix['type']} index reaches recall@10 {ix['recall_at_10']:.4f} only (target {ix['target_recall']}): "
+             "its results will differ from the exact search; use more IVF cells probed / PQ bytes (--nprobe, --m), "
+             "or --index hnsw / flat")
     if as_json:
         click.echo(json.dumps({"path": str(out), **g.meta}, indent=2))
     else:

@@ -53,7 +53,7 @@ def exact_top10(emb: np.ndarray, queries: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def vectors() -> np.ndarray:
-    return clustered(6000)
+    return clustered(3000)
 
 
 # -- the index on its own ------------------------------------------------------------------------------
