@@ -319,7 +319,10 @@ def _spec_of(info: dict) -> IndexSpec:
     """The spec an existing index was built with (its factory string; the knob re-tuned if it was)."""
     from .faiss_index import IndexSpec
 
-    return IndexSpec(kind="factory", factory=info["factory"], target_recall=info.get("target_recall", 0.95))
+    spec = IndexSpec(kind="factory", factory=info["factory"], target_recall=info.get("target_recall", 0.95))
+    if not info.get("tuned"):  # a knob the user fixed stays fixed, through a rebuild too
+        spec.nprobe, spec.ef = info.get("search_params", {}).get("nprobe"), info.get("search_params", {}).get("ef")
+    return spec
 
 
 def _update_index(plan: _Plan, emb: np.ndarray, labels: np.ndarray, say: Say, bar) -> FaissIndex:

@@ -220,12 +220,13 @@ def test_append_equals_a_fresh_build_and_keeps_labels(tiny, photos, tmp_path, ki
 
 def test_append_to_hnsw_drops_removed_photos_and_keeps_its_recall(tiny, photos, tmp_path):
     out = tmp_path / "g"
-    assert run("index", photos, "--bundle", tiny, "--out", out, "--index", "hnsw", "-q").exit_code == 0
+    assert run("index", photos, "--bundle", tiny, "--out", out, "--index", "hnsw", "--ef", "64", "-q").exit_code == 0
     removed, added = _shuffle_catalogue(photos, tmp_path)
     res = run("index", photos, "--bundle", tiny, "--out", out, "--append", "--json")
     assert res.exit_code == 0, res.output
     ix = json.loads(res.output)["index"]
     assert ix["rebuilt_on_removal"] and ix["recall_at_10"] >= ix["target_recall"]
+    assert ix["search_params"] == {"ef": 64} and not ix["tuned"]  # the user's knob survives the rebuild
     g = Gallery.load(out, Bundle.load(tiny))
     assert g.index.ntotal == len(g) == 42
     q = heldout_queries(np.asarray(g.embeddings), 40, seed=1)
