@@ -300,3 +300,24 @@ def test_ray_embeds_like_the_local_index(tiny, photos, tmp_path):
         raise
     assert remote.ids == local.ids and remote.meta["skipped"] == local.meta["skipped"] == ["broken.png"]
     assert np.abs(np.asarray(remote.embeddings) - np.asarray(local.embeddings)).max() <= 1e-5
+
+
+def test_an_arnet_gallery_takes_a_faiss_index(arnet_bundle, arnet_dataset, tmp_path):
+    """A family is data: the ViT photo encoder's catalogue goes into an HNSW index unchanged and the
+    head-less session ranks through it as through the exact search."""
+    photos = arnet_dataset / "testB"
+    assert run("index", photos, "--bundle", arnet_bundle, "--out", tmp_path / "exact", "-q").exit_code == 0
+    res = run("index", photos, "--bundle", arnet_bundle, "--out", tmp_path / "hnsw", "--index", "hnsw", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["index"]["type"] == "hnsw"
+    b = Bundle.load(arnet_bundle)
+    exact, hnsw = Gallery.load(tmp_path / "exact", b), Gallery.load(tmp_path / "hnsw", b)
+    assert hnsw.index is not None and exact.index is None
+    sketch = random_sketch(np.random.default_rng(8), 3)
+    runs = []
+    for g in (exact, hnsw):
+        session = Retriever(b, g, backend="ort-cpu", topk=5).session()
+        runs.append([session.add_stroke(s) for s in sketch])
+    for a, h in zip(*runs):  # 8 photos: HNSW visits every one, so it is exact here
+        assert a.ids == h.ids
+        assert np.allclose(a.scores, h.scores, atol=1e-5)
