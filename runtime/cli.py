@@ -15,7 +15,7 @@ import click
 
 from .cli_options import bundle_option, default_gallery, gallery_option, output_options, runtime_options
 from .cli_util import DEMO_WARNING, fail_cleanly, warn
-from .evaluation.cli import eval_command
+from .evaluation.cli import calibrate_confidence_command, eval_command
 from .progress import Progress
 from .serve.cli import serve
 
@@ -32,6 +32,8 @@ def _print_result(res, sketch_len: int, rank: int | None, gallery_len: int, targ
     t = res.timings
     split = "  ".join(f"{k} {t[k]:.1f}" for k in STAGES)
     extra = f"  target rank {rank}/{gallery_len}" if rank is not None else ""
+    if res.confidence is not None:
+        extra += f"  P(top1) {res.confidence['top1']:.2f}  P(top10) {res.confidence['top10']:.2f}"
     click.echo(f"stroke {res.stroke:3d}/{sketch_len}  [{split}  = {t['total']:.1f} ms]{extra}")
     for i, (pid, score) in enumerate(zip(res.ids, res.scores), 1):
         mark = " <- target" if pid == target else ""
@@ -134,20 +136,32 @@ def _print_info(doc: dict) -> None:
         click.echo(f"  fidelity {prec:16s} top-1 {rep['top1_agreement']:.1%}  top-10 {rep['top10_overlap']:.1%}  "
                    f"cosine {rep['embedding_cosine']['mean']:.4f}{lat}")
     click.echo(f"backends available: {', '.join(doc['backends_available'])}")
+    c = doc["confidence"]
+    if c["fitted"]:
+        f = c["fitted_on"]
+        click.echo(f"confidence: fitted {c['created']} on {f.get('sketches')} sketches ({f.get('strokes')} strokes) "
+                   f"of {f.get('dataset')} [{c['path']}]")
+    elif "error" in c:
+        click.echo(f"confidence: UNUSABLE {c['path']}: {c['error']}\n  fix: {c['hint']}")
+    else:
+        click.echo(f"confidence: none ({c['note']})")
 
 
 @click.command()
 @bundle_option()
+@gallery_option
 @output_options(json="the bundle description", quiet=False)
-def info(bundle: Path, as_json: bool) -> None:
-    """Describe a bundle and the backends available on this machine."""
+def info(bundle: Path, gallery: Path, as_json: bool) -> None:
+    """Describe a bundle, its gallery's confidence calibrator and the backends available on this machine."""
     from .backends import available_backends
     from .bundle import Bundle
+    from .confidence import describe as describe_confidence
 
     with fail_cleanly():
         b = Bundle.load(bundle)
         doc = {**b.describe(), "parity": b.manifest.get("parity", {}), "backends_available": available_backends()}
         doc["fidelity"] = b.manifest.get("fidelity", {})  # reduced precisions vs fp32 (dcssa-export calibrate)
+        doc["confidence"] = describe_confidence(b, gallery)  # per-stroke confidence: fitted or not (and why)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
     else:
@@ -217,7 +231,8 @@ def bench(bundle: Path, gallery: Path, out: Path, strokes_file: Path | None, max
 
 
 #: every ``dcssa-rt`` subcommand, registered the one way below
-COMMANDS: tuple[click.Command, ...] = (query, index, info, make_dataset, bench, eval_command, serve)
+COMMANDS: tuple[click.Command, ...] = (query, index, info, make_dataset, bench, eval_command, calibrate_confidence_command,
+                                       serve)
 for _command in COMMANDS:
     main.add_command(_command)
 
