@@ -22,11 +22,13 @@ WIDE = {"terminal_width": 10_000, "max_content_width": 10_000}  # one help entry
 RT_SHARED = {
     "query": ["--bundle", "--gallery", "--backend", "--precision", "--threads", "--json", "--quiet"],
     "index": ["--bundle", "--backend", "--threads", "--json", "--quiet", "--force"],
-    "info": ["--bundle", "--json"],
+    "info": ["--bundle", "--gallery", "--json"],
     "make-dataset": ["--json", "--force"],
     "bench": ["--bundle", "--gallery", "--backend", "--precision", "--threads", "--json", "--quiet", "--force"],
     "eval": ["--bundle", "--gallery", "--backend", "--precision", "--threads", "--json", "--quiet", "--force"],
     "serve": ["--bundle", "--gallery", "--backend", "--precision", "--threads", "--json", "--quiet"],
+    "calibrate-confidence": ["--bundle", "--gallery", "--backend", "--precision", "--threads", "--json", "--quiet",
+                             "--force"],
 }
 EXPORT_SHARED = {
     None: ["--json", "--quiet", "--force"],
@@ -35,8 +37,9 @@ EXPORT_SHARED = {
     "engines": ["--json", "--quiet"],
 }
 # the minimum each command needs besides the option under test
-REQUIRED = {"query": ["strokes.json"], "index": ["photos"], "make-dataset": ["out"], "eval": ["--dataset", "ds"]}
-BACKEND_COMMANDS = ["query", "index", "bench", "eval", "serve"]
+REQUIRED = {"query": ["strokes.json"], "index": ["photos"], "make-dataset": ["out"], "eval": ["--dataset", "ds"],
+            "calibrate-confidence": ["--dataset", "ds"]}
+BACKEND_COMMANDS = ["query", "index", "bench", "eval", "serve", "calibrate-confidence"]
 
 
 def export_cli() -> click.Group:
