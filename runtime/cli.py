@@ -15,7 +15,7 @@ import click
 
 from .cli_options import bundle_option, default_gallery, gallery_option, output_options, runtime_options
 from .cli_util import DEMO_WARNING, fail_cleanly, warn
-from .evaluation.cli import eval_command
+from .evaluation.cli import calibrate_confidence_command, eval_command
 from .progress import Progress
 from .serve.cli import serve
 
@@ -32,6 +32,8 @@ def _print_result(res, sketch_len: int, rank: int | None, gallery_len: int, targ
     t = res.timings
     split = "  ".join(f"{k} {t[k]:.1f}" for k in STAGES)
     extra = f"  target rank {rank}/{gallery_len}" if rank is not None else ""
+    if res.confidence is not None:
+        extra += f"  P(top1) {res.confidence['top1']:.2f}  P(top10) {res.confidence['top10']:.2f}"
     click.echo(f"stroke {res.stroke:3d}/{sketch_len}  [{split}  = {t['total']:.1f} ms]{extra}")
     for i, (pid, score) in enumerate(zip(res.ids, res.scores), 1):
         mark = " <- target" if pid == target else ""
@@ -194,6 +196,15 @@ def _print_info(doc: dict) -> None:
     if g:
         click.echo(f"gallery {g['path']}: {g['count']} photos, dim {g['dim']}, {g['dtype']}")
         click.echo(f"  {_index_line(g['index'])}" if g.get("index") else "  search exact (numpy)")
+    c = doc["confidence"]
+    if c["fitted"]:
+        f = c["fitted_on"]
+        click.echo(f"confidence: fitted {c['created']} on {f.get('sketches')} sketches ({f.get('strokes')} strokes) "
+                   f"of {f.get('dataset')} [{c['path']}]")
+    elif "error" in c:
+        click.echo(f"confidence: UNUSABLE {c['path']}: {c['error']}\n  fix: {c['hint']}")
+    else:
+        click.echo(f"confidence: none ({c['note']})")
 
 
 @click.command()
@@ -202,11 +213,12 @@ def _print_info(doc: dict) -> None:
               help="Gallery to describe too [default: BUNDLE/gallery, if present].")
 @output_options(json="the bundle description", quiet=False)
 def info(bundle: Path, gallery: Path | None, as_json: bool) -> None:
-    """Describe a bundle (and its gallery: size, index, measured recall) and the backends available here."""
+    """Describe a bundle, its gallery (size, index, measured recall, confidence calibrator) and the backends here."""
     from .backends import available_backends
     from .bundle import Bundle
     from .gallery import GALLERY_META
     from .errors import GalleryError
+    from .confidence import describe as describe_confidence
 
     with fail_cleanly():
         b = Bundle.load(bundle)
@@ -224,6 +236,7 @@ def info(bundle: Path, gallery: Path | None, as_json: bool) -> None:
         elif gallery is not None:
             raise GalleryError("not a gallery (gallery.json is missing)", path=where,
                                hint="build one with `dcssa-rt index PHOTOS --out GALLERY`")
+        doc["confidence"] = describe_confidence(b, where)  # per-stroke confidence: fitted or not (and why)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
     else:
@@ -297,7 +310,8 @@ def bench(bundle: Path, gallery: Path, out: Path, strokes_file: Path | None, max
 
 
 #: every ``dcssa-rt`` subcommand, registered the one way below
-COMMANDS: tuple[click.Command, ...] = (query, index, info, make_dataset, bench, eval_command, serve)
+COMMANDS: tuple[click.Command, ...] = (query, index, info, make_dataset, bench, eval_command, calibrate_confidence_command,
+                                       serve)
 for _command in COMMANDS:
     main.add_command(_command)
 

@@ -16,9 +16,12 @@ class ServeConfig:
     max_queue: int = 256  # strokes waiting for the encoder before 503
     max_body_bytes: int = 1 << 20
     max_points: int = 4096  # per stroke
+    confidence_threshold: float = 0.9  # P(top1) at which the page says "found it?"
 
     def __post_init__(self) -> None:
         small = [k for k in ("max_sessions", "max_batch", "max_queue", "max_body_bytes", "max_points")
                  if getattr(self, k) < 1]
+        if not 0 < self.confidence_threshold <= 1:
+            raise ValueError("ServeConfig: confidence_threshold must lie in (0, 1]")
         if small or self.session_ttl <= 0 or self.batch_window_ms < 0:
             raise ValueError(f"ServeConfig: {', '.join(small) or 'session_ttl / batch_window_ms'} out of range")
