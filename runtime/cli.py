@@ -209,10 +209,9 @@ def _print_info(doc: dict) -> None:
 
 @click.command()
 @bundle_option()
-@click.option("--gallery", type=click.Path(path_type=Path), default=None,
-              help="Gallery to describe too [default: BUNDLE/gallery, if present].")
+@gallery_option
 @output_options(json="the bundle description", quiet=False)
-def info(bundle: Path, gallery: Path | None, as_json: bool) -> None:
+def info(bundle: Path, gallery: Path, as_json: bool) -> None:
     """Describe a bundle, its gallery (size, index, measured recall, confidence calibrator) and the backends here."""
     from .backends import available_backends
     from .bundle import Bundle
@@ -224,7 +223,7 @@ def info(bundle: Path, gallery: Path | None, as_json: bool) -> None:
         b = Bundle.load(bundle)
         doc = {**b.describe(), "parity": b.manifest.get("parity", {}), "backends_available": available_backends()}
         doc["fidelity"] = b.manifest.get("fidelity", {})  # reduced precisions vs fp32 (dcssa-export calibrate)
-        where = gallery if gallery is not None else default_gallery(bundle)
+        where = gallery  # BUNDLE/gallery may be absent; a gallery the user names must not be
         if (where / GALLERY_META).is_file():
             try:
                 meta = json.loads((where / GALLERY_META).read_text())
@@ -233,7 +232,7 @@ def info(bundle: Path, gallery: Path | None, as_json: bool) -> None:
                                    hint="rebuild it with `dcssa-rt index PHOTOS --force`") from None
             doc["gallery"] = {"path": str(where), **{k: meta.get(k) for k in ("count", "dim", "dtype", "created")},
                               "index": meta.get("index")}
-        elif gallery is not None:
+        elif where != default_gallery(bundle):
             raise GalleryError("not a gallery (gallery.json is missing)", path=where,
                                hint="build one with `dcssa-rt index PHOTOS --out GALLERY`")
         doc["confidence"] = describe_confidence(b, where)  # per-stroke confidence: fitted or not (and why)
