@@ -81,7 +81,9 @@ def eval_command(dataset: Path, layout: str, bundle: Path, split: str, protocol:
 
 @click.command("calibrate-confidence")
 @click.option("--dataset", required=True, type=click.Path(path_type=Path),
-              help="Dataset folder ROOT/DS in the QMUL layout whose photos the gallery indexes (sketches with ground truth).")
+              help="Dataset folder ROOT/DS whose photos the gallery indexes (sketches with ground truth, as strokes).")
+@click.option("--format", "layout", type=click.Choice(["qmul", "arnet"]), default="qmul", show_default=True,
+              help="arnet: ARNet's layout, strokes from <Name>_Coordinate beside it; index trainB and testB together.")
 @bundle_option()
 @gallery_option
 @click.option("--fit-split", type=click.Choice(["train", "test"]), default="train", show_default=True,
@@ -93,7 +95,7 @@ def eval_command(dataset: Path, layout: str, bundle: Path, split: str, protocol:
               help="Report folder (written atomically): confidence.json, confidence.md, reliability.png, early_stop.png.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N sketches of each split.")
 @output_options(json="the report", force="OUT folder and the gallery's calibrator")
-def calibrate_confidence_command(dataset: Path, bundle: Path, gallery: Path, fit_split: str, holdout_split: str,
+def calibrate_confidence_command(dataset: Path, layout: str, bundle: Path, gallery: Path, fit_split: str, holdout_split: str,
                                  backend: str, precision: str, threads: int | None, out: Path, limit: int | None,
                                  as_json: bool, quiet: bool, force: bool) -> None:
     """Fit the per-stroke confidence (P(top-1 is the target), P(target in top 10)) and measure it.
@@ -114,7 +116,7 @@ def calibrate_confidence_command(dataset: Path, bundle: Path, gallery: Path, fit
         if b.demo and not as_json:
             click.echo(DEMO_WARNING, err=True)
         rep = calibrate(dataset, b, gallery, out,
-                        fit_split=fit_split, holdout_split=holdout_split, backend=backend, precision=precision,
+                        fit_split=fit_split, holdout_split=holdout_split, layout=layout, backend=backend, precision=precision,
                         threads=threads, limit=limit, force=force, progress=not (quiet or as_json), warn=warn)
     if as_json:
         click.echo(json.dumps(rep, indent=1))

@@ -33,6 +33,21 @@ from ..session import Retriever
 from ..strokes import points_to_strokes
 from .qmul import DatasetError, QmulSplit, load_split
 
+
+def load_strokes_split(dataset: str | Path, split: str, layout: str, limit: int | None) -> QmulSplit:
+    """The stroke sketches of a split: the QMUL pickle, or the coordinate file beside an ARNet folder."""
+    if layout == "qmul":
+        return load_split(dataset, split, limit=limit)
+    from .arnet import load_arnet_split
+
+    data = load_arnet_split(dataset, split, limit=limit)
+    if not data.sketches:
+        raise DatasetError(f"no stroke sketches of the {split!r} split: replaying needs the strokes, not only PNGs",
+                           path=data.coordinate_file,
+                           hint="put the QMUL-style <Name>_Coordinate file beside trainA/testA "
+                                "(`dcssa-rt make-dataset --format arnet` writes one)")
+    return data
+
 REPORT_JSON = "confidence.json"
 REPORT_MD = "confidence.md"
 RELIABILITY_PNG = "reliability.png"
@@ -72,7 +87,8 @@ def replay(retriever: Retriever, split: QmulSplit, *, progress: bool = False, la
         raise DatasetError(
             f"the target photo of sketch {missing[0].key!r} ({missing[0].photo}) is not in the gallery"
             + (f" (and {len(missing) - 1} more sketches)" if len(missing) > 1 else ""),
-            path=g.path, hint=f"index the dataset's photos into the gallery: `dcssa-rt index {split.photo_dir} "
+            path=g.path, hint=f"index the photos of both splits into the gallery: `dcssa-rt index "
+                              f"{split.photo_dir if split.photo_dir.name == 'photo' else 'FOLDER-WITH-trainB-AND-testB'} "
                               f"--bundle BUNDLE --out {g.path or 'GALLERY'}`")
     rows, top1, top10, ranks, sk, steps = [], [], [], [], [], []
     with Progress(quiet=not progress).bar(len(split.sketches), label, "sketch", leave=True) as bar:
@@ -226,6 +242,7 @@ def calibrate(
     *,
     fit_split: str = "train",
     holdout_split: str = "test",
+    layout: str = "qmul",
     backend: str = "auto",
     precision: str = "fp32",
     threads: int | None = None,
@@ -245,7 +262,8 @@ def calibrate(
     if fit_split == holdout_split:
         raise DcssaError(f"--fit-split and --holdout-split are both {fit_split!r}: the measurement must use other sketches",
                          hint="e.g. --fit-split train --holdout-split test")
-    fit_data, held_data = load_split(dataset, fit_split, limit=limit), load_split(dataset, holdout_split, limit=limit)
+    fit_data = load_strokes_split(dataset, fit_split, layout, limit)
+    held_data = load_strokes_split(dataset, holdout_split, layout, limit)
     longest = max(len(points_to_strokes(s.points)) for s in fit_data.sketches + held_data.sketches)
     r = Retriever(b, g, backend=backend, precision=precision, threads=threads, topk=10, confidence=None,
                   max_strokes=max(b.max_strokes, longest))
@@ -254,7 +272,7 @@ def calibrate(
     models = {t: fit_model(fit.features, fit.label(t), what=t, where=fit_data.coordinate_file) for t in TARGETS}
     result = measure(models, held)
     result["split"] = holdout_split
-    fitted_on = {"dataset": str(Path(dataset).resolve()), "split": fit_split, "sketches": len(fit.keys),
+    fitted_on = {"dataset": str(Path(dataset).resolve()), "format": layout, "split": fit_split, "sketches": len(fit.keys),
                  "strokes": len(fit.top1), "positives": {t: int(fit.label(t).sum()) for t in TARGETS},
                  "backend": r.backend.name, "precision": precision}
     doc = calibrator_doc(models, fingerprint(b, g), fit, fitted_on, result)

@@ -329,3 +329,45 @@ def test_serve_json_and_websocket_carry_the_confidence_only_with_a_calibrator(ti
             msg = ws.receive_json()
             assert msg["stroke"] == 2 and "confidence" not in msg
         assert c.get("/healthz").json()["confidence"] is False
+
+
+def test_calibrate_confidence_on_an_arnet_folder(tmp_path):
+    """A family is data: the ViT session's strokes are replayed from the coordinate file beside an ARNet
+    folder, on a gallery of trainB and testB together; a gallery of testB alone is refused, naming why."""
+    import shutil
+
+    from dcssa.runtime.dataset import write_arnet_dataset
+    from dcssa.runtime.evaluation.arnet import load_arnet_split
+    from dcssa.runtime.gallery import build_gallery
+    from dcssa.runtime.strokes import points_to_strokes
+
+    pytest.importorskip("torch")
+    from dcssa.export.arnet_demo import vit_config, write_arnet_demo
+    from dcssa.export.bundle import export_bundle
+
+    data = write_arnet_dataset(tmp_path / "adata", photos=24, sketches_per_photo=2, seed=4)
+    catalogue = tmp_path / "catalogue"
+    for part in ("trainB", "testB"):
+        shutil.copytree(data / part, catalogue / part)
+    # a small structured demo (random ViT, head = PCA of this catalogue): right often enough to fit P(top1)
+    ckpt = write_arnet_demo(tmp_path / "model_Best.pth", cfg=vit_config("tiny", embed=32, depth=2), catalogue=catalogue)
+    arnet_bundle = tmp_path / "bundle"
+    export_bundle([ckpt], arnet_bundle)
+    b = Bundle.load(arnet_bundle)
+    build_gallery(catalogue, b, tmp_path / "g", progress=False)
+    build_gallery(data / "testB", b, tmp_path / "g-test", progress=False)
+    args = ["calibrate-confidence", "--dataset", str(data), "--format", "arnet", "--bundle", str(arnet_bundle),
+            "--backend", "ort-cpu", "--quiet"]
+    bad = CliRunner().invoke(main, [*args, "--gallery", str(tmp_path / "g-test"), "--out", str(tmp_path / "r0")])
+    assert bad.exit_code == 2 and "is not in the gallery" in bad.stderr and "trainB-AND-testB" in bad.stderr
+    assert not (tmp_path / "r0").exists() and not (tmp_path / "g-test" / CONFIDENCE_FILE).exists()
+    res = CliRunner().invoke(main, [*args, "--gallery", str(tmp_path / "g"), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "g" / CONFIDENCE_FILE).read_text())
+    fit = load_arnet_split(data, "train").sketches
+    assert doc["fitted_on"]["format"] == "arnet" and doc["fitted_on"]["sketches"] == len(fit) == 24
+    session = Retriever(b, Gallery.load(tmp_path / "g", b), backend="ort-cpu").session()
+    for i, stroke in enumerate(points_to_strokes(fit[0].points)):  # the stored rows are the session's signals
+        r = session.add_stroke(stroke)
+        np.testing.assert_allclose(doc["data"]["rows"][i], r.signals, atol=1e-5)
+        assert doc["data"]["top1"][i] == int(Path(r.ids[0]).stem == fit[0].photo)
