@@ -107,5 +107,17 @@ def _search_table(rep: dict) -> list[str]:
 
 def markdown(rep: dict) -> str:
     """The whole bench.md."""
-    lines = [*_header(rep), "", *_latency_table(rep), *_ratio_tables(rep), *_phase_table(rep), *_search_table(rep)]
+    lines = [*_header(rep), "", *_latency_table(rep), *_ratio_tables(rep), *_phase_table(rep), *_search_table(rep),
+             *_index_table(rep)]
     return "\n".join(lines) + "\n"
+
+
+def _index_table(rep: dict) -> list[str]:
+    """FAISS indexes against the exact search (`--index-sizes`), the table of search_scaling's script."""
+    if not rep.get("indexes"):
+        return []
+    from .search_scaling import indexes_markdown
+
+    table = indexes_markdown({"env": rep["env"], "rows": rep["indexes"],
+                              "config": {"queries": 500, "latency_queries": 300, "target_recall": 0.95}})
+    return ["", "## " + table.lstrip("# ")]

@@ -17,6 +17,8 @@ bench.json schema (``schema: "dcssa-bench/1"``):
   summary      one line per runtime method: its speed-ups, as bench.md states them
   ratios       {"vs torch-eager" | "vs naive": {method: {"stroke_1", "stroke_10", "stroke_20", "whole_sketch"}}}
   search       [{size, dim, k, ours_ms, faiss_flat_ip_ms?, faiss_flat_ip_1thread_ms?, same_topk_as_faiss?}]
+  indexes      [{size, dim, index, factory, build_s, bytes_per_photo, search_params, p50_ms, p99_ms, recall_at_10}]
+               (--index-sizes; absent otherwise)
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from . import stroke_latency as sl
 from .env import environment
 from .markdown import markdown, summary_line
 from .plots import plots
-from .search_scaling import DEFAULT_SIZES, search_scaling
+from .search_scaling import DEFAULT_SIZES, index_comparison, search_scaling
 
 SCHEMA = "dcssa-bench/1"
 BASELINES = ("naive", "torch-eager")
@@ -184,6 +186,7 @@ def run_bench(
     ckpt: Path | list[Path] | None = None,
     threads: int | None = None,
     search_sizes=DEFAULT_SIZES,
+    index_sizes=(),
     force: bool = False,
     say: Say = silent,
 ) -> dict:
@@ -199,6 +202,7 @@ def run_bench(
     measured = measure_all(found, sketch, bundle_path, gallery_path, repeats=repeats, threads=threads, say=say)
     ratios = speedups(measured["per_stroke"], len(sketch))
     search = search_scaling(search_sizes, dim=bundle.embed_dim, progress=say) if search_sizes else []
+    indexes = [row for n in index_sizes for row in index_comparison(n, bundle.embed_dim, progress=say)]
     ckpt = found.checkpoint
     report = {
         "schema": SCHEMA,
@@ -220,6 +224,7 @@ def run_bench(
         **{k: measured[k] for k in ("phases", "undo_ms", "cold_first_stroke_ms", "peak_rss_mb")},
         "ratios": ratios,
         "search": search,
+        **({"indexes": indexes} if indexes else {}),
     }
     write_outputs(out, report, force=force)
     return report

@@ -133,8 +133,47 @@ def demo_checkpoint(out: Path, family: str, seed: int, phase: str, vit: str, emb
         click.echo(json.dumps({"path": str(path)}))
 
 
+@click.command("triton")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Model repository folder to write.")
+@click.option("--platform", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
+              help="onnxruntime: the bundle's ONNX graphs; tensorrt: the engines of `dcssa-export engines`.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="Which of the bundle's graphs (fp16/int8: from `dcssa-export calibrate`).")
+@click.option("--max-batch", type=click.IntRange(0), default=8, show_default=True,
+              help="max_batch_size of the dynamic batcher (0: no batching).")
+@click.option("--instances", type=click.IntRange(1), default=1, show_default=True, help="Instances per model.")
+@click.option("--kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
+              help="Instance group kind.")
+@click.option("--queue-delay-us", type=click.IntRange(0), default=100, show_default=True,
+              help="max_queue_delay_microseconds: how long a request may wait for others to batch with.")
+@click.option("--name-prefix", default="", help="Prefix of the model names (several bundles on one server); "
+              "give the same to --triton-prefix.")
+@output_options(json="the repository description", force="repository")
+def triton(bundle: Path, out: Path, platform: str, precision: str, max_batch: int, instances: int, kind: str,
+           queue_delay_us: int, name_prefix: str, as_json: bool, quiet: bool, force: bool) -> None:
+    """Write a Triton Inference Server model repository serving BUNDLE's encoders.
+
+    \b
+    dcssa-export triton dcssa-bundle --out triton-repo
+    tritonserver --model-repository triton-repo          # e.g. in NGC's tritonserver container
+    dcssa-rt query sketch.json --backend triton --triton-url localhost:8001
+    """
+    from .triton import write_repository
+
+    with fail_cleanly(), stdout_for_json(as_json):
+        doc = write_repository(bundle, out, platform=platform, precision=precision, max_batch=max_batch,
+                               instances=instances, kind=kind, queue_delay_us=queue_delay_us, prefix=name_prefix,
+                               force=force)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    elif not quiet:
+        click.echo(f"model repository written: {out} ({', '.join(doc['models'])}; {platform}, {precision}, "
+                   f"manifest sha256 {doc['manifest_sha256'][:12]}...)")
+
+
 #: every ``dcssa-export`` subcommand, registered the one way below
-COMMANDS: tuple[click.Command, ...] = (demo_checkpoint, calibrate, engines)
+COMMANDS: tuple[click.Command, ...] = (demo_checkpoint, calibrate, engines, triton)
 for _command in COMMANDS:
     main.add_command(_command)
 

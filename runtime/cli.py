@@ -15,7 +15,7 @@ import click
 
 from .cli_options import bundle_option, default_gallery, gallery_option, output_options, runtime_options
 from .cli_util import DEMO_WARNING, fail_cleanly, warn
-from .evaluation.cli import eval_command
+from .evaluation.cli import calibrate_confidence_command, eval_command
 from .progress import Progress
 from .serve.cli import serve
 
@@ -32,6 +32,8 @@ def _print_result(res, sketch_len: int, rank: int | None, gallery_len: int, targ
     t = res.timings
     split = "  ".join(f"{k} {t[k]:.1f}" for k in STAGES)
     extra = f"  target rank {rank}/{gallery_len}" if rank is not None else ""
+    if res.confidence is not None:
+        extra += f"  P(top1) {res.confidence['top1']:.2f}  P(top10) {res.confidence['top10']:.2f}"
     click.echo(f"stroke {res.stroke:3d}/{sketch_len}  [{split}  = {t['total']:.1f} ms]{extra}")
     for i, (pid, score) in enumerate(zip(res.ids, res.scores), 1):
         mark = " <- target" if pid == target else ""
@@ -99,26 +101,82 @@ def query(strokes: Path, bundle: Path, gallery: Path, topk: int, backend: str, p
 @runtime_options(precision=False)
 @click.option("--strict", is_flag=True, help="Fail on an unreadable image instead of skipping it.")
 @click.option("--fp16-storage", is_flag=True, help="Store embeddings as float16 (half the memory).")
+@click.option("--index", "index_type", default=None, metavar="TYPE",
+              help="exact (numpy, the default), flat, hnsw, ivf, ivfpq, or a FAISS index_factory string "
+                   "(needs the [faiss] extra). Recall@10 against the exact search is measured and recorded.")
+@click.option("--nlist", type=int, default=None, help="IVF cells [default: about 4 sqrt(N)].")
+@click.option("--m", "m", type=int, default=None, help="hnsw: links per node [32]; ivfpq: PQ sub-quantizers [dim/4].")
+@click.option("--nprobe", type=int, default=None, help="IVF cells searched [default: tuned to --target-recall].")
+@click.option("--ef", type=int, default=None, help="HNSW efSearch [default: tuned to --target-recall].")
+@click.option("--target-recall", type=float, default=0.95, show_default=True,
+              help="Recall@10 the tuned search parameter must reach on held-out queries.")
+@click.option("--shards", type=click.IntRange(1), default=1, show_default=True,
+              help="Write the FAISS index in this many parts (loaded together as IndexShards).")
+@click.option("--append", is_flag=True,
+              help="Update the gallery at --out: embed only new files, drop removed ones, keep every other id.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Embed on Ray (needs the [ray] extra): a local instance, or ADDRESS (auto, ray://host:10001).")
+@click.option("--ray-actors", type=click.IntRange(1), default=None,
+              help="Photo-encoder actors on Ray [default: one per CPU of the cluster].")
 @output_options(json="the gallery metadata", force="gallery")
 def index(photos: Path, bundle: Path, out: Path | None, batch_size: int, backend: str, threads: int | None,
-          strict: bool, fp16_storage: bool, as_json: bool, quiet: bool, force: bool) -> None:
-    """Embed every image under PHOTOS (recursively) into a gallery for `query`."""
+          strict: bool, fp16_storage: bool, index_type: str | None, nlist: int | None, m: int | None,
+          nprobe: int | None, ef: int | None, target_recall: float, shards: int, append: bool,
+          ray_address: str | None, ray_actors: int | None, as_json: bool, quiet: bool, force: bool) -> None:
+    """Embed every image under PHOTOS (recursively) into a gallery for `query`, optionally with a FAISS index."""
     from .backends import get_backend
     from .bundle import Bundle
     from .gallery import build_gallery
 
     out = out if out is not None else default_gallery(bundle)
+    say = Progress(quiet or as_json)
     with fail_cleanly():
+        spec = None
+        knobs = {"nlist": nlist, "m": m, "nprobe": nprobe, "ef": ef}
+        if index_type is not None:
+            from .faiss_index import IndexSpec
+
+            spec = IndexSpec.parse(index_type, target_recall=target_recall, **knobs)
+            if spec.kind != "exact":
+                from .faiss_index import faiss_module
+
+                faiss_module()  # a missing FAISS is reported before minutes of embedding
+        elif any(v is not None for v in knobs.values()) or shards > 1:
+            raise click.UsageError("--nlist/--m/--nprobe/--ef/--shards need --index")
+        if append and force:
+            raise click.UsageError("--append updates the gallery in place; --force would rebuild it: pick one")
         b = Bundle.load(bundle)
+        embedder = None
+        if ray_address is not None:
+            from .ray_index import ray_embedder
+
+            embedder = ray_embedder(b, address=ray_address, actors=ray_actors, batch_size=batch_size,
+                                    strict=strict, threads=threads, say=say)
         g = build_gallery(
             photos, b, out, backend=get_backend(backend, threads=threads), batch_size=batch_size,
             strict=strict, float16=fp16_storage, force=force, progress=not (quiet or as_json), warn=warn,
+            index=spec, shards=shards, append=append, embedder=embedder, say=say,
         )
+    ix = g.meta.get("index")
+    if ix and ix["recall_at_10"] < ix["target_recall"]:
+        warn(f"the {ix['type']} index reaches recall@10 {ix['recall_at_10']:.4f} only (target {ix['target_recall']}): "
+             "its results will differ from the exact search; use more IVF cells probed / PQ bytes (--nprobe, --m), "
+             "or --index hnsw / flat")
     if as_json:
         click.echo(json.dumps({"path": str(out), **g.meta}, indent=2))
     else:
         skipped = len(g.meta["skipped"])
         click.echo(f"gallery written: {out} ({len(g)} photos, dim {g.dim}, {skipped} skipped)")
+        if g.meta.get("index"):
+            click.echo(f"  {_index_line(g.meta['index'])}")
+
+
+def _index_line(ix: dict) -> str:
+    params = ", ".join(f"{k} {v}" for k, v in ix.get("search_params", {}).items())
+    shards = f", {ix['shards']} shards" if ix.get("shards", 1) > 1 else ""
+    return (f"index {ix['type']} ({ix['factory']}{shards}): recall@10 {ix['recall_at_10']:.4f} vs exact search "
+            f"on {ix['recall_queries']} held-out queries{' at ' + params if params else ''}; "
+            f"{ix['bytes'] / 2**20:.1f} MiB, built in {ix['build_s']:.1f} s")
 
 
 def _print_info(doc: dict) -> None:
@@ -134,20 +192,50 @@ def _print_info(doc: dict) -> None:
         click.echo(f"  fidelity {prec:16s} top-1 {rep['top1_agreement']:.1%}  top-10 {rep['top10_overlap']:.1%}  "
                    f"cosine {rep['embedding_cosine']['mean']:.4f}{lat}")
     click.echo(f"backends available: {', '.join(doc['backends_available'])}")
+    g = doc.get("gallery")
+    if g:
+        click.echo(f"gallery {g['path']}: {g['count']} photos, dim {g['dim']}, {g['dtype']}")
+        click.echo(f"  {_index_line(g['index'])}" if g.get("index") else "  search exact (numpy)")
+    c = doc["confidence"]
+    if c["fitted"]:
+        f = c["fitted_on"]
+        click.echo(f"confidence: fitted {c['created']} on {f.get('sketches')} sketches ({f.get('strokes')} strokes) "
+                   f"of {f.get('dataset')} [{c['path']}]")
+    elif "error" in c:
+        click.echo(f"confidence: UNUSABLE {c['path']}: {c['error']}\n  fix: {c['hint']}")
+    else:
+        click.echo(f"confidence: none ({c['note']})")
 
 
 @click.command()
 @bundle_option()
+@gallery_option
 @output_options(json="the bundle description", quiet=False)
-def info(bundle: Path, as_json: bool) -> None:
-    """Describe a bundle and the backends available on this machine."""
+def info(bundle: Path, gallery: Path, as_json: bool) -> None:
+    """Describe a bundle, its gallery (size, index, measured recall, confidence calibrator) and the backends here."""
     from .backends import available_backends
     from .bundle import Bundle
+    from .gallery import GALLERY_META
+    from .errors import GalleryError
+    from .confidence import describe as describe_confidence
 
     with fail_cleanly():
         b = Bundle.load(bundle)
         doc = {**b.describe(), "parity": b.manifest.get("parity", {}), "backends_available": available_backends()}
         doc["fidelity"] = b.manifest.get("fidelity", {})  # reduced precisions vs fp32 (dcssa-export calibrate)
+        where = gallery  # BUNDLE/gallery may be absent; a gallery the user names must not be
+        if (where / GALLERY_META).is_file():
+            try:
+                meta = json.loads((where / GALLERY_META).read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise GalleryError(f"corrupted gallery metadata ({exc})", path=where,
+                                   hint="rebuild it with `dcssa-rt index PHOTOS --force`") from None
+            doc["gallery"] = {"path": str(where), **{k: meta.get(k) for k in ("count", "dim", "dtype", "created")},
+                              "index": meta.get("index")}
+        elif where != default_gallery(bundle):
+            raise GalleryError("not a gallery (gallery.json is missing)", path=where,
+                               hint="build one with `dcssa-rt index PHOTOS --out GALLERY`")
+        doc["confidence"] = describe_confidence(b, where)  # per-stroke confidence: fitted or not (and why)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
     else:
@@ -197,19 +285,23 @@ def make_dataset(out: Path, name: str, n_photos: int, sketches_per_photo: int, t
                    "[default: the file the manifest names, if it lies beside the bundle with the recorded sha256].")
 @click.option("--search-sizes", default="1000,10000,100000,1000000", show_default=True,
               help="Gallery sizes for the search-scaling section ('' to skip).")
+@click.option("--index-sizes", default="", show_default=True,
+              help="Sizes for the FAISS index section (flat, hnsw, ivf, ivfpq against exact; needs [faiss]; '' to skip).")
 @output_options(json="bench.json", force="output folder")
 def bench(bundle: Path, gallery: Path, out: Path, strokes_file: Path | None, max_strokes: int, repeats: int,
           backends: tuple[str, ...], precisions: tuple[str, ...], threads: int | None, ckpt: Path | None,
-          search_sizes: str, as_json: bool, quiet: bool, force: bool) -> None:
+          search_sizes: str, index_sizes: str, as_json: bool, quiet: bool, force: bool) -> None:
     """Measure per-stroke latency (naive, torch-eager, runtime), phases, undo, cold start, memory and
     search scaling; writes OUT/bench.json, bench.md, latency_per_stroke.png, search_scaling.png."""
     from dcssa.benchmarks.run import run_bench
 
     sizes = tuple(int(x) for x in search_sizes.split(",") if x.strip())
+    isizes = tuple(int(x) for x in index_sizes.split(",") if x.strip())
     with fail_cleanly():
         rep = run_bench(bundle, gallery, out, strokes_file=strokes_file, strokes=max_strokes,
                         repeats=repeats, backends=list(backends) or None, precisions=list(precisions) or None,
-                        ckpt=ckpt, threads=threads, search_sizes=sizes, force=force, say=Progress(quiet or as_json))
+                        ckpt=ckpt, threads=threads, search_sizes=sizes, index_sizes=isizes, force=force,
+                        say=Progress(quiet or as_json))
     if as_json:
         click.echo(json.dumps(rep, indent=2))
     else:
@@ -217,7 +309,8 @@ def bench(bundle: Path, gallery: Path, out: Path, strokes_file: Path | None, max
 
 
 #: every ``dcssa-rt`` subcommand, registered the one way below
-COMMANDS: tuple[click.Command, ...] = (query, index, info, make_dataset, bench, eval_command, serve)
+COMMANDS: tuple[click.Command, ...] = (query, index, info, make_dataset, bench, eval_command, calibrate_confidence_command,
+                                       serve)
 for _command in COMMANDS:
     main.add_command(_command)
 

@@ -7,6 +7,7 @@ Only click and modules the package imports anyway are loaded here: registering t
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -120,10 +121,33 @@ def threads_option() -> Decorator:
     return click.option("--threads", type=int, default=None, help=THREADS_HELP)
 
 
+def _to_env(var: str) -> Callable[[click.Context, click.Parameter, str | None], None]:
+    def store(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+        if value is not None:
+            os.environ[var] = value  # read by the backend wherever it is built (sessions, serve's replicas)
+
+    return store
+
+
+def triton_options() -> Decorator:
+    """``--triton-url`` and ``--triton-prefix`` of ``--backend triton`` (they set $DCSSA_TRITON_URL / _PREFIX)."""
+    from .backends.triton import DEFAULT_URL, PREFIX_ENV, URL_ENV
+
+    return compose(
+        click.option("--triton-url", default=None, expose_value=False, callback=_to_env(URL_ENV), metavar="URL",
+                     help=f"--backend triton: the server, HOST:PORT or grpc://HOST:PORT (gRPC) or http://HOST:PORT "
+                     f"[default: ${URL_ENV}, else {DEFAULT_URL}]."),
+        click.option("--triton-prefix", default=None, expose_value=False, callback=_to_env(PREFIX_ENV),
+                     metavar="PREFIX", help=f"--backend triton: model-name prefix given to `dcssa-export triton "
+                     f"--name-prefix` [default: ${PREFIX_ENV}, else none]."),
+    )
+
+
 def runtime_options(*, precision: bool = True, multiple: bool = False) -> Decorator:
-    """``--backend``, ``--precision`` (unless the command runs only fp32 graphs) and ``--threads``."""
+    """``--backend``, ``--precision`` (unless the command runs only fp32 graphs), ``--threads`` and the
+    Triton server options."""
     precision_opts = [precision_option(multiple=multiple)] if precision else []
-    return compose(backend_option(multiple=multiple), *precision_opts, threads_option())
+    return compose(backend_option(multiple=multiple), *precision_opts, threads_option(), triton_options())
 
 
 # -- output: --json, -q, --force -----------------------------------------------------------------------

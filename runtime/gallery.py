@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -15,11 +17,16 @@ from .atomic import refuse_existing, staged_dir
 from .backends import Backend, get_backend
 from .bundle import Bundle
 from .errors import GalleryError
-from .progress import Progress
+from .progress import Progress, Say, silent
+
+if TYPE_CHECKING:  # FAISS is optional: imported by the functions that build or read an index
+    from .faiss_index import FaissIndex, IndexSpec
 
 GALLERY_META = "gallery.json"
 EMBEDDINGS = "embeddings.npy"
 IDS = "ids.json"
+#: stable int64 label of each row (FAISS ids): kept across --append, absent in older galleries (= row number)
+LABELS = "labels.npy"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _CHUNK = 1 << 16  # rows per block when scoring a float16 matrix
 
@@ -31,11 +38,16 @@ def _reindex_hint(path: Path | str = "PHOTOS") -> str:
 class Gallery:
     """Unit-norm photo embeddings (N x E) with their ids; ``search`` is exact top-K by dot product."""
 
-    def __init__(self, path: Path | None, embeddings: np.ndarray, ids: list[str], meta: dict) -> None:
+    def __init__(self, path: Path | None, embeddings: np.ndarray, ids: list[str], meta: dict, *,
+                 labels: np.ndarray | None = None, index=None) -> None:
         self.path = path
         self.embeddings = embeddings
         self.ids = ids
         self.meta = meta
+        #: stable label per row (ascending); the FAISS index answers with these
+        self.labels = np.arange(len(ids), dtype=np.int64) if labels is None else labels
+        #: a :class:`~.faiss_index.FaissIndex`, or None: exact numpy search
+        self.index = index
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -45,7 +57,10 @@ class Gallery:
         return int(self.embeddings.shape[1])
 
     @classmethod
-    def load(cls, path: str | Path, bundle: Bundle | None = None) -> Gallery:
+    def load(cls, path: str | Path, bundle: Bundle | None = None, *, load_index: bool = True,
+             mmap_index: bool = True) -> Gallery:
+        """Read a gallery (the matrix memory-mapped; its FAISS index, if any, memory-mapped where FAISS
+        allows it); with ``bundle``, refuse one embedded by another photo encoder."""
         path = Path(path)
         meta_path = path / GALLERY_META
         if not meta_path.is_file():
@@ -69,9 +84,17 @@ class Gallery:
                 path=path,
                 hint=_reindex_hint(),
             )
-        gallery = cls(path, emb, ids, meta)
+        labels = _load_labels(path, len(ids))
+        gallery = cls(path, emb, ids, meta, labels=labels)
         if bundle is not None:
-            gallery.check_compatible(bundle)
+            gallery.check_compatible(bundle)  # before reading a possibly large index
+        if meta.get("index") and load_index:
+            from .faiss_index import load_index as read_faiss
+
+            gallery.index = read_faiss(path, meta["index"], mmap=mmap_index)
+            if gallery.index.ntotal != len(ids):
+                raise GalleryError(f"inconsistent gallery: the FAISS index holds {gallery.index.ntotal} vectors, "
+                                   f"ids.json {len(ids)}", path=path, hint=_reindex_hint())
         return gallery
 
     def check_compatible(self, bundle: Bundle) -> None:
@@ -101,8 +124,16 @@ class Gallery:
         return out
 
     def search(self, query: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Indices and scores of the ``k`` best photos, best first (ties: lower index first)."""
-        return top_k(self.scores(query), k)
+        """Indices and scores of the ``k`` best photos, best first (ties: lower index first).
+
+        Exact unless the gallery has a FAISS index (``dcssa-rt index --index ...``): then the
+        index's answer, whose recall against this exact search gallery.json records."""
+        if self.index is None:
+            return top_k(self.scores(query), k)
+        scores, labels = self.index.search(query, min(int(k), len(self.ids)))
+        found = labels[0] >= 0
+        rows = np.searchsorted(self.labels, labels[0][found])
+        return rows.astype(np.int64), scores[0][found].astype(np.float32)
 
 
 #: Every SAMPLE_STRIDE-th score is a sample; galleries smaller than SAMPLE_MIN are sorted directly.
@@ -138,11 +169,30 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return idx, scores[idx]
 
 
+def _load_labels(path: Path, count: int) -> np.ndarray:
+    file = path / LABELS
+    if not file.is_file():
+        return np.arange(count, dtype=np.int64)
+    try:
+        labels = np.load(file)
+    except ValueError as exc:
+        raise GalleryError(f"corrupted labels.npy ({exc})", path=path, hint=_reindex_hint()) from None
+    if labels.shape != (count,) or labels.dtype != np.int64 or (count > 1 and not np.all(labels[1:] > labels[:-1])):
+        raise GalleryError(f"corrupted labels.npy (shape {labels.shape}, {labels.dtype}; {count} ascending int64 expected)",
+                           path=path, hint=_reindex_hint())
+    return labels
+
+
 def list_images(root: Path) -> list[Path]:
     """Images below ``root`` (recursive, by suffix), sorted for a stable id order."""
     if not root.is_dir():
         raise GalleryError("not a folder of photos", path=root, hint="pass the folder holding the catalogue images")
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def photo_runner(bundle: Bundle, backend: Backend):
+    """The bundle's photo encoder (fp32) loaded on ``backend``."""
+    return backend.load(backend.artifact(bundle, mf.PHOTO_ENCODER, "fp32"), bundle.graph_spec(mf.PHOTO_ENCODER))
 
 
 def embed_photos(
@@ -152,10 +202,12 @@ def embed_photos(
     *,
     batch_size: int = 8,
     on_done: Callable[[int], None] = lambda _n: None,
+    runner=None,
 ) -> dict[int, np.ndarray]:
-    """Embed (index, image) pairs, batching photos whose preprocessed sizes agree."""
-    path = backend.artifact(bundle, mf.PHOTO_ENCODER, "fp32")
-    runner = backend.load(path, bundle.graph_spec(mf.PHOTO_ENCODER))
+    """Embed (index, image) pairs, batching photos whose preprocessed sizes agree (``runner``: the
+    photo encoder already loaded, as a long-lived worker keeps it)."""
+    if runner is None:
+        runner = photo_runner(bundle, backend)
     pipeline = bundle.photo_pipeline
     buckets: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
     out: dict[int, np.ndarray] = {}
@@ -197,6 +249,20 @@ def read_images(paths: list[Path], *, strict: bool = False,
         yield i, img
 
 
+#: embeds ``paths``: (paths, on_skip(path, exc), on_done(n)) -> {index into paths: embedding}
+Embedder = Callable[[list[Path], Callable[[Path, Exception], None], Callable[[int], None]], dict[int, np.ndarray]]
+
+
+def local_embedder(bundle: Bundle, backend: Backend, *, batch_size: int = 8, strict: bool = False) -> Embedder:
+    """The in-process embedder: read each image, batch equal sizes through the photo encoder."""
+
+    def embed(paths: list[Path], on_skip, on_done) -> dict[int, np.ndarray]:
+        return embed_photos(bundle, read_images(paths, strict=strict, on_skip=on_skip), backend,
+                            batch_size=batch_size, on_done=on_done)
+
+    return embed
+
+
 def _gallery_meta(bundle: Bundle, emb: np.ndarray, ids: list[str], photos: Path, skipped: list[str]) -> dict:
     return {
         "photo_encoder_sha256": bundle.photo_encoder_id(),
@@ -211,6 +277,75 @@ def _gallery_meta(bundle: Bundle, emb: np.ndarray, ids: list[str], photos: Path,
     }
 
 
+@dataclass
+class _Plan:
+    """What an index run does: embed ``new`` paths; keep ``keep_rows`` of ``old``; drop ``removed`` labels."""
+
+    new: list[Path]
+    old: Gallery | None = None
+    keep_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    removed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+def _plan(photos: Path, paths: list[Path], old: Gallery | None) -> _Plan:
+    if old is None:
+        return _Plan(paths)
+    present = {p.relative_to(photos).as_posix() for p in paths}
+    have = set(old.ids)
+    keep = np.array([row for row, pid in enumerate(old.ids) if pid in present], np.int64)
+    gone = np.array([row for row, pid in enumerate(old.ids) if pid not in present], np.int64)
+    new = [p for p in paths if p.relative_to(photos).as_posix() not in have]
+    return _Plan(new, old, keep, old.labels[gone] if len(gone) else np.zeros(0, np.int64))
+
+
+def _write_matrix(path: Path, plan: _Plan, new_emb: np.ndarray, dtype) -> np.ndarray:
+    """embeddings.npy: the kept old rows (copied in chunks), then the new ones; returns it memory-mapped."""
+    dim = new_emb.shape[1] if plan.old is None else plan.old.dim
+    count = len(plan.keep_rows) + len(new_emb)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(count, dim))
+    at = 0
+    for i in range(0, len(plan.keep_rows), _CHUNK):
+        rows = plan.keep_rows[i : i + _CHUNK]
+        out[at : at + len(rows)] = plan.old.embeddings[rows]
+        at += len(rows)
+    if len(new_emb):
+        out[at:] = new_emb.astype(dtype)
+    out.flush()
+    del out
+    return np.load(path, mmap_mode="r")
+
+
+def _spec_of(info: dict) -> IndexSpec:
+    """The spec an existing index was built with (its factory string; the knob re-tuned if it was)."""
+    from .faiss_index import IndexSpec
+
+    spec = IndexSpec(kind="factory", factory=info["factory"], target_recall=info.get("target_recall", 0.95))
+    if not info.get("tuned"):  # a knob the user fixed stays fixed, through a rebuild too
+        spec.nprobe, spec.ef = info.get("search_params", {}).get("nprobe"), info.get("search_params", {}).get("ef")
+    return spec
+
+
+def _update_index(plan: _Plan, emb: np.ndarray, labels: np.ndarray, say: Say, bar) -> FaissIndex:
+    """The old gallery's index with the removed labels dropped and the new rows added; rebuilt from the
+    stored embeddings (no photo re-embedded) when its type cannot remove (FAISS's HNSW)."""
+    from .faiss_index import build_index, load_index, measure_and_tune
+
+    info = plan.old.meta["index"]
+    fi = load_index(plan.old.path, info, mmap=False)
+    if not fi.remove(plan.removed):
+        say(f"index: {info['factory']} cannot remove vectors; rebuilding it from the stored embeddings")
+        rebuilt = build_index(emb, labels, _spec_of(info), shards=info.get("shards", 1), say=say, bar=bar)
+        rebuilt.info.update(type=info["type"], rebuilt_on_removal=True)
+        return rebuilt
+    n_new = len(emb) - len(plan.keep_rows)
+    fi.add(emb[len(plan.keep_rows):], labels[len(plan.keep_rows):], bar)
+    spec = _spec_of(info)
+    fixed = None if info.get("tuned") else info.get("search_params")
+    fi.info.update(measure_and_tune(fi, emb, labels, spec, fixed=fixed, say=say))
+    fi.info.update(appended=info.get("appended", 0) + n_new, removed=info.get("removed", 0) + len(plan.removed))
+    return fi
+
+
 def build_gallery(
     photos: str | Path,
     bundle: Bundle,
@@ -223,16 +358,38 @@ def build_gallery(
     force: bool = False,
     progress: bool = True,
     warn: Callable[[str], None] = lambda _m: None,
+    index: IndexSpec | None = None,
+    shards: int = 1,
+    append: bool = False,
+    embedder: Embedder | None = None,
+    say: Say = silent,
 ) -> Gallery:
-    """Embed every image under ``photos``; the gallery appears at ``out`` only when complete."""
+    """Embed every image under ``photos``; the gallery appears at ``out`` only when complete.
+
+    ``index``: also build a FAISS index (recall measured against the exact search, recorded in
+    gallery.json). ``append``: update the gallery at ``out``: embed only files it does not hold,
+    drop the ones no longer under ``photos``, keep every other photo's label (and its index's)."""
     photos, out = Path(photos), Path(out)
-    refuse_existing(out, force)
-    backend = backend or get_backend("ort-cpu")
+    old = None
+    if append:
+        if not (out / GALLERY_META).is_file():
+            raise GalleryError("--append needs an existing gallery here", path=out,
+                               hint=f"build it first without --append: `dcssa-rt index {photos} --out {out}`")
+        old = Gallery.load(out, bundle, load_index=False)
+        if index is not None and _kind(old.meta.get("index")) != (index.factory if index.kind == "factory" else index.kind):
+            raise GalleryError("--append keeps the gallery's index type; --index asks for another one", path=out,
+                               hint="drop --index to append, or rebuild with --index ... --force")
+    else:
+        refuse_existing(out, force)
     paths = list_images(photos)
     if not paths:
         raise GalleryError("no images found (png, jpg, jpeg, bmp, gif, webp, tif)", path=photos)
+    plan = _plan(photos, paths, old)
+    if old is not None:
+        say(f"append: {len(plan.new)} new photos, {len(plan.removed)} removed, {len(plan.keep_rows)} kept")
+    embed = embedder or local_embedder(bundle, backend or get_backend("ort-cpu"), batch_size=batch_size, strict=strict)
     skipped: list[str] = []
-    bar = Progress(quiet=not progress).bar(len(paths), "embedding photos", "photo", leave=True)
+    bar = Progress(quiet=not progress).bar(len(plan.new), "embedding photos", "photo", leave=True)
 
     def skip(path: Path, exc: Exception) -> None:
         warn(f"skipping unreadable image {path}: {exc}")
@@ -240,17 +397,53 @@ def build_gallery(
         bar.update(1)
 
     try:
-        images = read_images(paths, strict=strict, on_skip=skip)
-        embedded = embed_photos(bundle, images, backend, batch_size=batch_size, on_done=bar.update)
+        embedded = embed(plan.new, skip, bar.update) if plan.new else {}
     finally:
         bar.close()
-    if not embedded:
+    if not embedded and (old is None or not len(plan.keep_rows)):
         raise GalleryError("no readable images", path=photos)
-    keep = sorted(embedded)
-    emb = np.stack([embedded[i] for i in keep]).astype(np.float16 if float16 else np.float32)
-    ids = [paths[i].relative_to(photos).as_posix() for i in keep]
-    with staged_dir(out, force=force) as tmp:
-        np.save(tmp / EMBEDDINGS, emb)
+    order = sorted(embedded)
+    dim = old.dim if old is not None else len(next(iter(embedded.values())))
+    new_emb = np.stack([embedded[i] for i in order]) if order else np.zeros((0, dim), np.float32)
+    new_ids = [plan.new[i].relative_to(photos).as_posix() for i in order]
+    dtype = old.embeddings.dtype if old is not None else (np.float16 if float16 else np.float32)
+    if old is not None:
+        ids = [old.ids[r] for r in plan.keep_rows] + new_ids
+        start = int(old.meta.get("next_label", int(old.labels[-1]) + 1 if len(old.labels) else 0))
+        labels = np.concatenate([old.labels[plan.keep_rows], np.arange(start, start + len(new_ids), dtype=np.int64)])
+        spec_info = old.meta.get("index")
+    else:
+        ids = new_ids
+        labels = np.arange(len(ids), dtype=np.int64)
+        spec_info = None
+    with staged_dir(out, force=force or append) as tmp:
+        emb = _write_matrix(tmp / EMBEDDINGS, plan, new_emb, dtype)
+        np.save(tmp / LABELS, labels)
         (tmp / IDS).write_text(json.dumps(ids, indent=0) + "\n")
-        (tmp / GALLERY_META).write_text(json.dumps(_gallery_meta(bundle, emb, ids, photos, skipped), indent=2) + "\n")
+        meta = _gallery_meta(bundle, emb, ids, photos, skipped)
+        meta["next_label"] = int(labels[-1]) + 1 if len(labels) else 0
+        if old is not None:
+            meta["appended_from"] = old.meta.get("created")
+        fi = None
+        ibar = Progress(quiet=not progress).bar(len(ids), "indexing", "photo", leave=False)
+        try:
+            if spec_info:
+                fi = _update_index(plan, emb, labels, say, ibar.update)
+            elif index is not None and index.kind != "exact":
+                from .faiss_index import build_index
+
+                fi = build_index(emb, labels, index, shards=shards, say=say, bar=ibar.update)
+        finally:
+            ibar.close()
+        if fi is not None:
+            files = fi.save(tmp)
+            meta["index"] = {**fi.info, "files": files, "bytes": sum((tmp / f).stat().st_size for f in files)}
+        del emb
+        (tmp / GALLERY_META).write_text(json.dumps(meta, indent=2) + "\n")
     return Gallery.load(out, bundle)
+
+
+def _kind(info: dict | None) -> str:
+    if not info:
+        return "exact"
+    return info["factory"] if info["type"] == "factory" else info["type"]

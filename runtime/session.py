@@ -17,6 +17,7 @@ import numpy as np
 from . import manifest as mf
 from .backends import Backend, Runner, get_backend, thread_safe
 from .bundle import Bundle
+from .confidence import FEATURE_DEPTH, Calibrator, load_calibrator, stroke_features
 from .errors import SessionError
 from .gallery import Gallery
 from .head import CausalHead
@@ -36,13 +37,18 @@ class QueryResult:
     embedding: np.ndarray  # (E,) unit-norm sketch embedding
     feature: np.ndarray = field(repr=False)  # (D,) sketch-encoder output (ARNet: the embedding itself)
     timings: dict[str, float] = field(default_factory=dict)  # ms per phase, plus "total"
+    signals: np.ndarray | None = field(default=None, repr=False)  # confidence.FEATURES of this stroke
+    confidence: dict[str, float] | None = None  # {"top1": p, "top10": p}; None without a calibrator
 
     def to_dict(self) -> dict:
-        return {
+        doc = {
             "stroke": self.stroke,
             "results": [{"id": i, "score": round(float(s), 6)} for i, s in zip(self.ids, self.scores)],
             "timings_ms": {k: round(v, 3) for k, v in self.timings.items()},
         }
+        if self.confidence is not None:
+            doc["confidence"] = {k: round(v, 6) for k, v in self.confidence.items()}
+        return doc
 
 
 class Retriever:
@@ -63,11 +69,14 @@ class Retriever:
         topk: int = 10,
         threads: int | None = None,
         max_strokes: int | None = None,
+        confidence: Calibrator | str | None = "auto",
     ) -> None:
         self.bundle = bundle
         self.gallery = gallery
         if gallery is not None:
             gallery.check_compatible(bundle)
+        # "auto": the gallery folder's calibrator (checked against bundle and gallery) if it has one
+        self.confidence = load_calibrator(bundle, gallery) if isinstance(confidence, str) else confidence
         self.backend = backend if isinstance(backend, Backend) else get_backend(
             backend, threads=threads, cache_dir=bundle.path / ".cache", precision=precision)
         self.precision = precision
@@ -105,6 +114,7 @@ class Retriever:
             "family": self.bundle.family,
             "phase": self.bundle.phase,
             "gallery": None if self.gallery is None else len(self.gallery),
+            "confidence": self.confidence is not None,
         }
 
 
@@ -180,8 +190,8 @@ class StrokeSession:
         gallery = self.r.gallery
         if gallery is None:
             return np.zeros(0, np.int64), np.zeros(0, np.float32), []
-        idx, scores = gallery.search(embedding, self.r.topk)
-        return idx, scores, [gallery.ids[i] for i in idx]
+        idx, scores = gallery.search(embedding, max(self.r.topk, FEATURE_DEPTH))  # the features need 10
+        return idx, scores, [gallery.ids[i] for i in idx[: self.r.topk]]
 
     def finish_stroke(self, feature: np.ndarray, timings: dict[str, float] | None = None) -> QueryResult:
         """Phase 2 of a stroke: the encoder's (1, D) output -> head step (if any), search, the new result.
@@ -206,7 +216,17 @@ class StrokeSession:
         ms = {**self._pending, **(timings or {}), "head": (t1 - t0) * 1e3, "search": (t2 - t1) * 1e3}
         ms["total"] = float(sum(ms.values()))
         self._pending = None
-        result = QueryResult(self.num_strokes + 1, ids, idx, scores, embedding.copy(), feature[0].copy(), ms)
+        k = self.r.topk
+        signals = confidence = None
+        if len(idx):
+            prev = self.result
+            signals = stroke_features(scores, int(idx[0]), self.num_strokes + 1,
+                                      None if prev is None else prev.signals,
+                                      None if prev is None or not len(prev.indices) else int(prev.indices[0]))
+            if self.r.confidence is not None:
+                confidence = self.r.confidence.predict(signals)
+        result = QueryResult(self.num_strokes + 1, ids, idx[:k], scores[:k], embedding.copy(), feature[0].copy(), ms,
+                             signals, confidence)
         self._results.append(result)
         self._strokes.append(self._pending_xy)
         self._pending_xy = None

@@ -16,6 +16,7 @@ from .base import Backend, Runner, SerializedRunner, thread_safe
 from .openvino import OpenVINOBackend
 from .ort import PROVIDERS, OrtBackend
 from .tensorrt import TensorRTBackend
+from .triton import TritonBackend
 
 __all__ = [
     "AUTO_ORDER",
@@ -58,6 +59,9 @@ REGISTRY: dict[str, BackendEntry] = {
         OpenVINOBackend, lambda threads, cache_dir: OpenVINOBackend(threads=threads, cache_dir=cache_dir),
         lambda: OpenVINOBackend.available(), auto_default=lambda: OpenVINOBackend.preferred(),
     ),
+    # remote encoders: only with a server named (--triton-url / $DCSSA_TRITON_URL); never `auto`'s pick
+    "triton": BackendEntry(TritonBackend, lambda threads, cache_dir: TritonBackend(threads=threads),
+                           lambda: TritonBackend.available(), auto_default=lambda: False),
 }
 #: ``auto``'s one preference list, fastest first: native TensorRT, onnxruntime's GPU providers,
 #: OpenVINO (on Intel CPUs, or wherever a precision only it runs is asked for), onnxruntime CPU

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..cli_options import bundle_option, output_options, runtime_options
+from ..cli_options import bundle_option, gallery_option, output_options, runtime_options
 
 # Literal copies of protocols.PROTOCOLS / STEP_KINDS (a test checks they agree).
 PROTOCOL_CHOICES = ("causal", "paper")
@@ -77,3 +77,50 @@ def eval_command(dataset: Path, layout: str, bundle: Path, split: str, protocol:
     table = [line for line in md.splitlines() if line.startswith(("|", "## "))]
     click.echo("\n".join(table))
     click.echo(f"report written: {out} ({', '.join(doc['files'])})")
+
+
+@click.command("calibrate-confidence")
+@click.option("--dataset", required=True, type=click.Path(path_type=Path),
+              help="Dataset folder ROOT/DS whose photos the gallery indexes (sketches with ground truth, as strokes).")
+@click.option("--format", "layout", type=click.Choice(["qmul", "arnet"]), default="qmul", show_default=True,
+              help="arnet: ARNet's layout, strokes from <Name>_Coordinate beside it; index trainB and testB together.")
+@bundle_option()
+@gallery_option
+@click.option("--fit-split", type=click.Choice(["train", "test"]), default="train", show_default=True,
+              help="Sketches the calibrator is fitted on.")
+@click.option("--holdout-split", type=click.Choice(["train", "test"]), default="test", show_default=True,
+              help="Held-out sketches it is measured on (reliability, ECE, Brier, early stop).")
+@runtime_options()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("confidence-out"), show_default=True,
+              help="Report folder (written atomically): confidence.json, confidence.md, reliability.png, early_stop.png.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N sketches of each split.")
+@output_options(json="the report", force="OUT folder and the gallery's calibrator")
+def calibrate_confidence_command(dataset: Path, layout: str, bundle: Path, gallery: Path, fit_split: str, holdout_split: str,
+                                 backend: str, precision: str, threads: int | None, out: Path, limit: int | None,
+                                 as_json: bool, quiet: bool, force: bool) -> None:
+    """Fit the per-stroke confidence (P(top-1 is the target), P(target in top 10)) and measure it.
+
+    Replays the sketches of both splits stroke by stroke on the gallery (causal: what a user sees),
+    fits one logistic model per probability on the fit split (scikit-learn) and stores it, with the
+    rows it was fitted on, as GALLERY/confidence.json (the gallery it is for); queries and the server then report the
+    probabilities. The held-out split gives the report: calibration against the raw top-1 score and
+    the early-stop trade-off.
+    """
+    from ..cli_util import DEMO_WARNING, fail_cleanly, warn
+
+    with fail_cleanly():
+        from ..bundle import Bundle
+        from .confidence import REPORT_MD, calibrate
+
+        b = Bundle.load(bundle)
+        if b.demo and not as_json:
+            click.echo(DEMO_WARNING, err=True)
+        rep = calibrate(dataset, b, gallery, out,
+                        fit_split=fit_split, holdout_split=holdout_split, layout=layout, backend=backend, precision=precision,
+                        threads=threads, limit=limit, force=force, progress=not (quiet or as_json), warn=warn)
+    if as_json:
+        click.echo(json.dumps(rep, indent=1))
+        return
+    md = (out / REPORT_MD).read_text()
+    click.echo("\n".join(line for line in md.splitlines() if line.startswith(("|", "## "))))
+    click.echo(f"calibrator written: {rep['calibrator']}; report: {out} ({', '.join(rep['files'])})")

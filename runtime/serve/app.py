@@ -53,26 +53,26 @@ def add_sessions(app: FastAPI, service: Service) -> None:
     """The session API: open (or rebuild), read, add a stroke, undo, reset, delete."""
     max_points = service.config.max_points
 
-    @app.post("/v1/sessions", response_model=SessionState, status_code=201, responses=ERRORS)
+    @app.post("/v1/sessions", response_model=SessionState, response_model_exclude_unset=True, status_code=201, responses=ERRORS)
     async def create_session(body: SketchIn | None = Body(None)) -> dict:
         """Open a session; with the strokes drawn so far it is rebuilt (after a restart or expiry)."""
         return await service.create(sketch_from(body, max_points))
 
-    @app.get("/v1/sessions/{session_id}", response_model=SessionState, responses=ERRORS)
+    @app.get("/v1/sessions/{session_id}", response_model=SessionState, response_model_exclude_unset=True, responses=ERRORS)
     async def get_session(session_id: str) -> dict:
         return await service.get(session_id)
 
-    @app.post("/v1/sessions/{session_id}/strokes", response_model=SessionState, responses=ERRORS)
+    @app.post("/v1/sessions/{session_id}/strokes", response_model=SessionState, response_model_exclude_unset=True, responses=ERRORS)
     async def add_stroke(session_id: str, body: StrokeIn) -> dict:
         """Add one stroke; returns the top-K photos for the sketch so far and the stroke's timings."""
         return await service.stroke(session_id, stroke_from(body, max_points), body.after)
 
-    @app.post("/v1/sessions/{session_id}/undo", response_model=SessionState, responses=ERRORS)
+    @app.post("/v1/sessions/{session_id}/undo", response_model=SessionState, response_model_exclude_unset=True, responses=ERRORS)
     async def undo(session_id: str) -> dict:
         """Remove the last stroke; returns the results as they were before it."""
         return await service.undo(session_id)
 
-    @app.post("/v1/sessions/{session_id}/reset", response_model=SessionState, responses=ERRORS)
+    @app.post("/v1/sessions/{session_id}/reset", response_model=SessionState, response_model_exclude_unset=True, responses=ERRORS)
     async def reset(session_id: str) -> dict:
         return await service.reset(session_id)
 

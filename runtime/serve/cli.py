@@ -101,11 +101,15 @@ def _announce(r, config, *, url: str, host: str, photos_available: bool, as_json
         click.echo(DEMO_WARNING, err=True)
     if host not in LOOPBACK:
         warn(f"listening on {host}: there is no authentication; anyone who reaches it can use it")
+    if r.confidence is None:
+        warn("the gallery has no confidence calibrator: responses carry no confidence "
+             "(fit one with `dcssa-rt calibrate-confidence`)")
     if not photos_available:
         warn("the photos folder is not available; thumbnails will 404 (pass --photos DIR)")
     facts = {"url": url, "backend": r.backend.name, "gallery": len(r.gallery), "max_sessions": config.max_sessions,
              "max_strokes": r.max_strokes, "session_memory_bound_bytes": mem,
              "max_batch": config.max_batch, "batch_window_ms": config.batch_window_ms,
+             "confidence": r.confidence is not None, "confidence_threshold": config.confidence_threshold,
              "session_store": "memory" if config.session_store == "memory" else "redis"}
     if as_json:
         click.echo(json.dumps(facts))
@@ -149,11 +153,15 @@ def _announce(r, config, *, url: str, host: str, photos_available: bool, as_json
 @click.option("--max-points", type=click.IntRange(1), default=4096, show_default=True, help="Points per stroke.")
 @click.option("--max-body-kb", type=click.IntRange(1), default=1024, show_default=True, help="Request body / message size.")
 @click.option("--topk", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--confidence-threshold", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
+              help="Calibrated P(top-1 is the photo being drawn) at which responses say found=true and the page shows "
+                   "'found it?' (needs GALLERY/confidence.json from `dcssa-rt calibrate-confidence`).")
 @runtime_options()
 @output_options(json="the startup facts (url, limits)")
 def serve(bundle: Path, gallery: Path, photos: Path | None, host: str, port: int, max_sessions: int,
-          session_ttl: float, session_store: str, store_timeout: float, max_batch: int, batch_window_ms: float, max_queue: int, max_strokes: int | None,
-          max_points: int, max_body_kb: int, topk: int, backend: str, precision: str, threads: int | None,
+          session_ttl: float, session_store: str, store_timeout: float, max_batch: int, batch_window_ms: float,
+          max_queue: int, max_strokes: int | None, max_points: int, max_body_kb: int, topk: int,
+          confidence_threshold: float, backend: str, precision: str, threads: int | None,
           as_json: bool, quiet: bool) -> None:
     """Serve the drawing page (GET /) and the session API (/v1/..., spec at /openapi.json).
 
@@ -173,7 +181,8 @@ def serve(bundle: Path, gallery: Path, photos: Path | None, host: str, port: int
         config = serve_config(max_sessions=max_sessions, session_ttl=session_ttl, session_store=session_store,
                               store_timeout=store_timeout, max_batch=max_batch,
                               batch_window_ms=batch_window_ms, max_queue=max_queue,
-                              max_body_bytes=max_body_kb * 1024, max_points=max_points)
+                              max_body_bytes=max_body_kb * 1024, max_points=max_points,
+                              confidence_threshold=confidence_threshold)
         _warm_up(r)
         app = create_app(r, photos_root=photos, config=config)
         _check_store(app.state.service.store)

@@ -68,6 +68,15 @@ class Match(BaseModel):
     url: str = Field(description="GET it for a thumbnail (add ?size=full for the original file)")
 
 
+class Confidence(BaseModel):
+    """Calibrated probabilities of the latest stroke; present only when the gallery has a calibrator."""
+
+    top1: float = Field(description="P(the first result is the photo being drawn)")
+    top10: float = Field(description="P(the photo being drawn is among the first 10 results)")
+    threshold: float = Field(description="the server's --confidence-threshold on top1")
+    found: bool = Field(description="top1 >= threshold: the page shows its 'found it?' indicator")
+
+
 class SessionState(BaseModel):
     """A session after an operation: its stroke count and the top-K of its latest stroke."""
 
@@ -78,6 +87,8 @@ class SessionState(BaseModel):
         default_factory=dict, description="per phase of this stroke: rasterise, preprocess, queue, encode, head, search, total"
     )
     batch_size: int | None = Field(None, description="strokes (of all sessions) in this stroke's encoder call")
+    confidence: Confidence | None = Field(
+        None, description="absent without a fitted calibrator (`dcssa-rt calibrate-confidence`) or without strokes")
 
 
 class ErrorOut(BaseModel):
@@ -100,6 +111,8 @@ class Health(BaseModel):
     batch_window_ms: float
     session_memory_bound_bytes: int
     photos: bool
+    confidence: bool = Field(description="the gallery has a confidence calibrator (results carry probabilities)")
+    confidence_threshold: float
 
 
 ERRORS = {

@@ -62,8 +62,13 @@ class Service:
             for pid, s in zip(res.ids, res.scores)
         ]
         timings = {} if result is None else {k: round(v, 3) for k, v in result.timings.items()}
-        return {"id": sid, "stroke": session.num_strokes, "results": matches,
-                "timings_ms": timings, "batch_size": batch}
+        doc = {"id": sid, "stroke": session.num_strokes, "results": matches,
+               "timings_ms": timings, "batch_size": batch}
+        if res is not None and res.confidence is not None:  # absent without a calibrator, never made up
+            thr = self.config.confidence_threshold
+            doc["confidence"] = {"top1": res.confidence["top1"], "top10": res.confidence["top10"], "threshold": thr,
+                                 "found": res.confidence["top1"] >= thr}
+        return doc
 
     async def _apply(self, session: StrokeSession, xy: np.ndarray) -> tuple[QueryResult, int]:
         self.start()
@@ -143,4 +148,5 @@ class Service:
                 "session_store": self.store.kind, "max_sessions": self.config.max_sessions,
                 "gallery": 0 if r.gallery is None else len(r.gallery), "backend": r.backend.name,
                 "max_batch": self.config.max_batch, "batch_window_ms": self.config.batch_window_ms,
-                "session_memory_bound_bytes": self.memory_bound["total"], "photos": self.photos.available}
+                "session_memory_bound_bytes": self.memory_bound["total"], "photos": self.photos.available,
+                "confidence": r.confidence is not None, "confidence_threshold": self.config.confidence_threshold}

@@ -216,18 +216,26 @@ def keys_of(sid: str) -> list[str]:
 
 
 def encode_result(r: QueryResult) -> bytes:
-    return json.dumps({"stroke": r.stroke, "ids": r.ids, "indices": [int(i) for i in r.indices],
-                       "scores": [float(s) for s in r.scores],
-                       "embedding": base64.b64encode(np.asarray(r.embedding, "<f4").tobytes()).decode()},
-                      separators=(",", ":")).encode()
+    """A stroke's result as stored: what the client is shown again after an undo, and the confidence
+    signals the next stroke's features build on (floats in JSON round-trip exactly)."""
+    doc = {"stroke": r.stroke, "ids": r.ids, "indices": [int(i) for i in r.indices],
+           "scores": [float(s) for s in r.scores],
+           "embedding": base64.b64encode(np.asarray(r.embedding, "<f4").tobytes()).decode()}
+    if r.signals is not None:
+        doc["signals"] = [float(x) for x in r.signals]
+    if r.confidence is not None:
+        doc["confidence"] = {k: float(v) for k, v in r.confidence.items()}
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def decode_result(raw: bytes) -> QueryResult:
     d = json.loads(raw)
     emb = np.frombuffer(base64.b64decode(d["embedding"]), "<f4").astype(np.float32)
+    signals = None if "signals" not in d else np.asarray(d["signals"], np.float64)
     # the step feature is not stored (K/V rows carry what the head needs): restored results have none
     return QueryResult(d["stroke"], list(d["ids"]), np.asarray(d["indices"], np.int64),
-                       np.asarray(d["scores"], np.float32), emb, np.zeros(0, np.float32), {})
+                       np.asarray(d["scores"], np.float32), emb, np.zeros(0, np.float32), {},
+                       signals, d.get("confidence"))
 
 
 def redis_url(url: str) -> str:

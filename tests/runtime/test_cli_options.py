@@ -20,23 +20,27 @@ WIDE = {"terminal_width": 10_000, "max_content_width": 10_000}  # one help entry
 
 # shared options each command must show (beyond its own)
 RT_SHARED = {
-    "query": ["--bundle", "--gallery", "--backend", "--precision", "--threads", "--json", "--quiet"],
-    "index": ["--bundle", "--backend", "--threads", "--json", "--quiet", "--force"],
-    "info": ["--bundle", "--json"],
+    "query": ["--bundle", "--gallery", "--backend", "--precision", "--threads", "--json", "--quiet", "--triton-url", "--triton-prefix"],
+    "index": ["--bundle", "--backend", "--threads", "--json", "--quiet", "--force", "--triton-url", "--triton-prefix"],
+    "info": ["--bundle", "--gallery", "--json"],
     "make-dataset": ["--json", "--force"],
-    "bench": ["--bundle", "--gallery", "--backend", "--precision", "--threads", "--json", "--quiet", "--force"],
-    "eval": ["--bundle", "--gallery", "--backend", "--precision", "--threads", "--json", "--quiet", "--force"],
-    "serve": ["--bundle", "--gallery", "--backend", "--precision", "--threads", "--json", "--quiet"],
+    "bench": ["--bundle", "--gallery", "--backend", "--precision", "--threads", "--json", "--quiet", "--force", "--triton-url", "--triton-prefix"],
+    "eval": ["--bundle", "--gallery", "--backend", "--precision", "--threads", "--json", "--quiet", "--force", "--triton-url", "--triton-prefix"],
+    "serve": ["--bundle", "--gallery", "--backend", "--precision", "--threads", "--json", "--quiet", "--triton-url", "--triton-prefix"],
+    "calibrate-confidence": ["--bundle", "--gallery", "--backend", "--precision", "--threads", "--json", "--quiet",
+                             "--force", "--triton-url", "--triton-prefix"],
 }
 EXPORT_SHARED = {
     None: ["--json", "--quiet", "--force"],
     "demo-checkpoint": ["--json", "--quiet"],
     "calibrate": ["--threads", "--json", "--quiet"],
     "engines": ["--json", "--quiet"],
+    "triton": ["--json", "--quiet", "--force"],
 }
 # the minimum each command needs besides the option under test
-REQUIRED = {"query": ["strokes.json"], "index": ["photos"], "make-dataset": ["out"], "eval": ["--dataset", "ds"]}
-BACKEND_COMMANDS = ["query", "index", "bench", "eval", "serve"]
+REQUIRED = {"query": ["strokes.json"], "index": ["photos"], "make-dataset": ["out"], "eval": ["--dataset", "ds"],
+            "calibrate-confidence": ["--dataset", "ds"]}
+BACKEND_COMMANDS = ["query", "index", "bench", "eval", "serve", "calibrate-confidence"]
 
 
 def export_cli() -> click.Group:

@@ -20,7 +20,7 @@ import pytest
 
 import dcssa.runtime
 
-BLOCKED = ("torch", "dcssa.export", "dcssa.calibration")
+BLOCKED = ("torch", "dcssa.export", "dcssa.calibration", "sklearn")
 MODULES = ["dcssa.runtime"] + sorted(
     m.name for m in pkgutil.walk_packages(dcssa.runtime.__path__, "dcssa.runtime.", onerror=lambda _name: None)
 )
@@ -119,7 +119,16 @@ def test_a_query_run_never_loads_torch_export_or_calibration(tmp_path):
 
     bundle = write_tiny_bundle(tmp_path / "bundle")
     gallery = tmp_path / "gallery"
-    write_tiny_gallery(bundle, gallery, photos=4)
+    g = write_tiny_gallery(bundle, gallery, photos=4)
+    # a calibrator in the gallery: applying it is numpy, never scikit-learn
+    from dcssa.runtime.bundle import Bundle
+    from dcssa.runtime.confidence import CONFIDENCE_FILE, FEATURES, SCHEMA, fingerprint
+
+    n = len(FEATURES)
+    model = {"kind": "logistic", "mean": [0.0] * n, "scale": [1.0] * n, "coef": [1.0] + [0.0] * (n - 1), "intercept": 0.0}
+    (gallery / CONFIDENCE_FILE).write_text(json.dumps({
+        "schema": SCHEMA, "features": list(FEATURES), "models": {"top1": model, "top10": model},
+        "fingerprint": fingerprint(Bundle.load(bundle), g)}))
     strokes = tmp_path / "sketch.json"
     strokes.write_text(json.dumps({"strokes": [s.tolist() for s in random_sketch(np.random.default_rng(2), 3)]}))
     proc = _python(["-c", _QUERY, "query", str(strokes), "--bundle", str(bundle), "--gallery", str(gallery),
@@ -130,6 +139,8 @@ def test_a_query_run_never_loads_torch_export_or_calibration(tmp_path):
     lines = [json.loads(line) for line in doc["stdout"].splitlines() if line.startswith("{")]
     assert [line["stroke"] for line in lines] == [1, 2, 3]
     assert all(len(line["results"]) == 2 for line in lines)
+    # P = sigmoid(top-1 score): the calibrator was applied
+    assert all(abs(line["confidence"]["top1"] - 1 / (1 + np.exp(-line["results"][0]["score"]))) < 2e-6 for line in lines)
     loaded = [m for m in doc["modules"] if any(m == b or m.startswith(b + ".") for b in BLOCKED)]
     assert loaded == []
     assert "dcssa.runtime.session" in doc["modules"]  # the list is the query's, not an empty interpreter's

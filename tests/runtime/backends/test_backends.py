@@ -113,7 +113,7 @@ def test_gpu_backend_absent_is_a_clear_error(name, provider):
 
 
 def test_registry_names_every_backend_once():
-    assert backend_names() == ("ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "openvino")
+    assert backend_names() == ("ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "openvino", "triton")
     assert set(available_backends()) <= set(backend_names())
 
 

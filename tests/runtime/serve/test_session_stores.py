@@ -160,8 +160,23 @@ def test_restore_continues_like_the_original(tiny_retriever, sketches):
     assert np.array_equal(restored.canvas.image, original.canvas.image)
     a, b = original.add_stroke(strokes[3]), restored.add_stroke(strokes[3])
     assert a.ids == b.ids and np.array_equal(a.scores, b.scores)
+    # the confidence features build on the previous stroke's (top-1 held for how long, score change)
+    assert a.signals is not None and np.array_equal(a.signals, b.signals)
     assert restored.undo().ids == original.undo().ids
     assert np.array_equal(restored.canvas.image, original.canvas.image)
+
+
+def test_stored_results_round_trip_exactly(tiny_retriever, sketches):
+    from dcssa.runtime.serve.sessions import decode_result, encode_result
+
+    s = tiny_retriever.session()
+    for xy in sketches[2][:3]:
+        r = s.add_stroke(xy)
+    r.confidence = {"top1": 0.123456789012345, "top10": 0.9}  # as a calibrator would set it
+    back = decode_result(encode_result(r))
+    assert back.ids == r.ids and np.array_equal(back.indices, r.indices) and np.array_equal(back.scores, r.scores)
+    assert np.array_equal(back.embedding, r.embedding) and np.array_equal(back.signals, r.signals)
+    assert back.confidence == r.confidence and back.stroke == r.stroke
 
 
 def test_unreachable_store_is_503_not_500(tiny_retriever):
