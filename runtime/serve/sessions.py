@@ -401,7 +401,12 @@ class RedisStore:
         self._forget(sid)  # until committed, the local copy may be ahead of the store
         before = session.num_strokes
         t1 = time.perf_counter()
-        value = await op(session)
+        try:
+            value = await op(session)
+        except BaseException:
+            if session.num_strokes == before:  # refused or rolled back (bad stroke, nothing to undo): unchanged
+                self._remember(sid, version, session)
+            raise
         t2 = time.perf_counter()
         after = session.num_strokes
         if after == before:  # a read, or an undo/reset with nothing to drop: nothing to commit
