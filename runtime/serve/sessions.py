@@ -178,7 +178,9 @@ class MemoryStore:
 # KEYS: meta, strokes, kv, results. ARGV: expected version, rows kept, ttl (ms), then per appended
 # stroke three values: its points, its K/V row ("" without a step head) and its result.
 # Returns the new version, -1 for a session that is gone, -2 for a stale version (retry).
-_COMMIT = """
+# The shebang (Redis >= 7, Valkey) makes a full server (maxmemory, noeviction) refuse the whole
+# script up front, instead of letting it write halfway once its first write has passed.
+_COMMIT = """#!lua
 local v = redis.call('HGET', KEYS[1], 'version')
 if not v then return -1 end
 if tonumber(v) ~= tonumber(ARGV[1]) then return -2 end
@@ -199,8 +201,9 @@ for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
 return nv
 """
 
-# KEYS: meta, strokes, kv, results. ARGV: ttl (ms). The version (nil: no such session); refreshes the TTL.
-_TOUCH = """
+# KEYS: meta, strokes, kv, results. ARGV: ttl (ms). The version (nil: no such session); refreshes the
+# TTL. Allowed when Redis is full: it only re-times keys, so reads still work then.
+_TOUCH = """#!lua flags=allow-oom
 local v = redis.call('HGET', KEYS[1], 'version')
 if not v then return nil end
 for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
@@ -296,6 +299,12 @@ class RedisStore:
         try:
             return await coro
         except self._errors as exc:
+            if type(exc).__name__ == "OutOfMemoryError":
+                raise StoreUnavailable(
+                    f"the session store is full (Redis maxmemory reached) while trying to {what}; "
+                    "nothing was applied",
+                    hint=f"retry later; operators: raise maxmemory of the Redis server at {self._where()} "
+                         "or lower --session-ttl (sessions leave by their TTL)") from None
             raise StoreUnavailable(
                 f"the session store is unreachable or failing while trying to {what} "
                 f"({type(exc).__name__}: {exc}); nothing was applied",
@@ -337,8 +346,8 @@ class RedisStore:
                 return await p.execute()
 
         version, strokes, kv, results = await self._call("load the session", fetch())
-        if version is None:
-            raise not_found()
+        if version is None or len(results) != len(strokes) or (self.stateful and len(kv) != len(strokes)):
+            raise not_found()  # gone, or some of its keys expired first: rebuilt by the client
         t0 = time.perf_counter()
         d = self.retriever.bundle.feature_dim
         xs = [np.frombuffer(s, "<f8").reshape(-1, 2) for s in strokes]

@@ -196,6 +196,37 @@ def test_unreachable_store_is_503_not_500(tiny_retriever):
         assert c.get("/healthz").json()["session_store"] == "redis"
 
 
+def test_a_full_redis_is_503_and_nothing_is_half_written(tiny_retriever, redis_server, sketches):
+    """deploy/redis.conf refuses writes at maxmemory (noeviction): the stroke is a 503, not applied."""
+    r = redis_server.client()
+    with TestClient(app_for(tiny_retriever, redis_server.url)) as c:
+        sid = c.post("/v1/sessions").json()["id"]
+        want = offline(tiny_retriever, sketches[0][:2])
+        same_topk(c.post(f"/v1/sessions/{sid}/strokes", json={"stroke": sketches[0][0].tolist()}).json(), want[0])
+        limit = r.config_get("maxmemory")["maxmemory"]
+        r.config_set("maxmemory", 1)
+        try:
+            res = c.post(f"/v1/sessions/{sid}/strokes", json={"stroke": sketches[0][1].tolist()})
+            assert res.status_code == 503 and res.json()["error"] == "store_unavailable"
+            assert "full" in res.json()["message"] and "maxmemory" in res.json()["hint"]
+        finally:
+            r.config_set("maxmemory", limit)
+        assert c.get(f"/v1/sessions/{sid}").json()["stroke"] == 1
+        same_topk(c.post(f"/v1/sessions/{sid}/strokes", json={"stroke": sketches[0][1].tolist()}).json(), want[1])
+
+
+def test_a_session_with_a_key_gone_is_404_to_rebuild(tiny_retriever, redis_server, sketches):
+    """Keys expire one by one: a session missing one of its lists is gone, not a 500 or a wrong answer."""
+    from dcssa.runtime.serve.sessions import keys_of
+
+    with TestClient(app_for(tiny_retriever, redis_server.url)) as a:
+        sid = a.post("/v1/sessions", json={"strokes": [x.tolist() for x in sketches[1][:2]]}).json()["id"]
+    redis_server.client().delete(keys_of(sid)[2])  # its K/V rows
+    with TestClient(app_for(tiny_retriever, redis_server.url)) as b:  # a replica without it in its cache
+        r = b.get(f"/v1/sessions/{sid}")
+        assert r.status_code == 404 and "POST /v1/sessions" in r.json()["hint"]
+
+
 @pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "localhost:6379", "redis"])
 def test_a_bad_store_url_is_a_one_line_error(url, tiny):
     r = CliRunner().invoke(cli, ["serve", "--bundle", str(tiny / "bundle"), "--gallery", str(tiny / "gallery"),
