@@ -59,7 +59,8 @@ def gallery_matrix(bundle: Bundle, *, photos: Path | None = None, gallery: Path 
         raise DcssaError(
             "no gallery to rank against for the fidelity report",
             path=bundle.path,
-            hint="pass --photos FOLDER (catalogue images) or --gallery GALLERY, or use --data with a photo/ folder",
+            hint="pass --photos FOLDER (catalogue images) or --gallery GALLERY, or sketch data (--data, or --calib "
+                 "of the one-shot export) with a photo/ folder",
         )
     paths = list_images(Path(photos))
     if len(paths) < 2:
