@@ -186,7 +186,9 @@ def prepare(bundle: Bundle, data: str | Path, work: Path, *, photos: Path | None
     held = bundle_prefix_set(bundle, held_sketches).subsample(max_heldout)
     say(f"{len(calib)} calibration prefixes ({len(calib_sketches)} sketches), "
         f"{len(held)} held-out prefixes ({len(held_sketches)} sketches)")
-    gal = fd.gallery_matrix(bundle, photos=photos or (None if gallery else sk.photos), gallery=gallery, backend=backend)
+    gal = fd.protocol_gallery(fd.gallery_matrix(bundle, photos=photos or (None if gallery else sk.photos),
+                                                gallery=gallery, backend=backend), held)
+    say(f"fidelity gallery: {len(gal.ids)} photos ({gal.rule})")
     with Progress(quiet).bar(len(held), "fp32 reference", "raster") as bar:
         ref = fd.reference(bundle, held, gal, backend, on_batch=bar.update)
     return Prepared(bundle, str(data), calib, held, gal, ref, backend, work, quiet, say)
@@ -284,7 +286,8 @@ def commit_stages(prep: Prepared, stages: Sequence[StageOutput]) -> dict:
         m["precisions"] = sorted({p for per in m["graphs"].values() for p in per}, key=_precision_order)
         info = m.setdefault("calibration", {})
         info.update({"data": prep.data, "calibration_prefixes": len(prep.calib), "heldout_prefixes": len(prep.held),
-                     "heldout_sketches": len(prep.held.sketches), "gallery": prep.gallery.source, "created": stamp})
+                     "heldout_sketches": len(prep.held.sketches), "gallery": prep.gallery.source,
+                     "gallery_photos": len(prep.gallery.ids), "gallery_rule": prep.gallery.rule, "created": stamp})
         if int8 is not None:
             info["int8"] = int8
 
