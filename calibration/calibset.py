@@ -207,6 +207,24 @@ def split_heldout(sketches: Sequence[Sketch], share: float = 0.5, seed: int = 0)
     return calib, held
 
 
+def spread_sketches(sketches: Sequence[Sketch], max_prefixes: int | None) -> list[Sketch]:
+    """Whole sketches, spread evenly over ``sketches``, with at most ``max_prefixes`` stroke prefixes in
+    all (at least one sketch).
+
+    Held-out prefixes go through the causal stroke head sketch by sketch: dropping single prefixes
+    would leave their strokes out of the head's K/V cache, giving embeddings no live session shows.
+    """
+    counts = [len(s.strokes) for s in sketches]
+    if max_prefixes is None or sum(counts) <= max_prefixes:
+        return list(sketches)
+    n = len(sketches)
+    for k in range(n, 0, -1):
+        idx = np.unique(np.linspace(0, n - 1, k).round().astype(int))
+        if k == 1 or sum(counts[i] for i in idx) <= max_prefixes:
+            return [sketches[i] for i in idx]
+    return []  # pragma: no cover - no sketches at all
+
+
 # -- prefix rasters --------------------------------------------------------------------------------
 
 

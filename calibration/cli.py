@@ -105,7 +105,8 @@ def export_precisions(out: Path, precision: str, calib: str | None, recipe: str,
 @fidelity_gallery_options
 @click.option("--max-calib", type=click.IntRange(1), default=96, show_default=True,
               help="Calibration rasters (stroke prefixes), spread over the calibration sketches.")
-@click.option("--max-heldout", type=click.IntRange(1), default=None, help="Cap on held-out prefixes.")
+@click.option("--max-heldout", type=click.IntRange(1), default=None,
+              help="Cap on held-out prefixes, met with whole sketches spread over the held-out ones (at least one).")
 @click.option("--methods", default="minmax,percentile,entropy", show_default=True,
               help="Calibration methods the search compares.")
 @threads_option()

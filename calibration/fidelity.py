@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from dcssa.runtime.evaluation import metrics as M
 from dcssa.runtime.head import CausalHead
 from dcssa.runtime.gallery import Gallery, embed_photos, list_images, read_images
 
-from .calibset import PrefixSet
+from .calibset import PrefixSet, Sketch
 
 TOPK = 10
 TARGETS = {"top10_overlap": 0.90, "top1_agreement": 0.90, "latency_ratio": 0.50}
@@ -76,7 +76,7 @@ def gallery_matrix(bundle: Bundle, *, photos: Path | None = None, gallery: Path 
 PROTOCOL_RULE = "the photos the held-out (test) sketches depict, as `dcssa-rt eval` ranks them"
 
 
-def protocol_gallery(gallery: GalleryMatrix, held: PrefixSet) -> GalleryMatrix:
+def protocol_gallery(gallery: GalleryMatrix, sketches: Sequence[Sketch]) -> GalleryMatrix:
     """The gallery `dcssa-rt eval` would rank these held-out sketches against, when it is defined.
 
     On data with a train/test split the held-out sketches are the test split, and eval ranks them
@@ -84,7 +84,6 @@ def protocol_gallery(gallery: GalleryMatrix, held: PrefixSet) -> GalleryMatrix:
     near-ties that flip top-1 between fp32 and int8 (90.8% vs 94.1% on the demo, issue 19). Data
     without that split (strokes folders, synthetic sketches) keeps the whole gallery.
     """
-    sketches = held.sketches
     if not sketches or any(s.split != "test" or s.target is None for s in sketches):
         return gallery
     rows, missing = M.protocol_gallery_rows(gallery.ids, [s.target for s in sketches])

@@ -57,10 +57,9 @@ def test_protocol_gallery_rows_by_hand():
 
 
 def _held(targets, split):
-    from dcssa.calibration.calibset import PrefixSet, Sketch
+    from dcssa.calibration.calibset import Sketch
 
-    sketches = [Sketch(f"s{i}", [], t, split) for i, t in enumerate(targets)]
-    return PrefixSet(np.zeros((0, 1, 1), np.uint8), np.zeros(0, int), np.zeros(0, int), sketches, None)
+    return [Sketch(f"s{i}", [], t, split) for i, t in enumerate(targets)]
 
 
 def test_protocol_gallery_keeps_the_test_split_photos_only():
