@@ -30,7 +30,7 @@ from dcssa.runtime.errors import DcssaError
 from dcssa.runtime.progress import Progress, Say, silent
 
 from . import fidelity as fd
-from .calibset import PrefixSet, bundle_prefix_set, load_sketch_data, split_heldout
+from .calibset import PrefixSet, bundle_prefix_set, load_sketch_data, split_heldout, spread_sketches
 from .fp16 import convert_fp16
 from .int8 import CPU_ACTIVATIONS, TENSORRT_ACTIVATIONS, Int8Recipe
 from .search import SearchContext, plot_curve, run_search
@@ -183,10 +183,13 @@ def prepare(bundle: Bundle, data: str | Path, work: Path, *, photos: Path | None
     sk = load_sketch_data(data)
     calib_sketches, held_sketches = split_heldout(sk.sketches, heldout_share)
     calib = bundle_prefix_set(bundle, calib_sketches).subsample(max_calib)
-    held = bundle_prefix_set(bundle, held_sketches).subsample(max_heldout)
+    held = bundle_prefix_set(bundle, spread_sketches(held_sketches, max_heldout))  # whole sketches: causal head
     say(f"{len(calib)} calibration prefixes ({len(calib_sketches)} sketches), "
-        f"{len(held)} held-out prefixes ({len(held_sketches)} sketches)")
-    gal = fd.gallery_matrix(bundle, photos=photos or (None if gallery else sk.photos), gallery=gallery, backend=backend)
+        f"{len(held)} held-out prefixes ({len(held.sketches)} of {len(held_sketches)} sketches)")
+    # the gallery of every held-out sketch, as `dcssa-rt eval --limit` keeps every photo of the split
+    gal = fd.protocol_gallery(fd.gallery_matrix(bundle, photos=photos or (None if gallery else sk.photos),
+                                                gallery=gallery, backend=backend), held_sketches)
+    say(f"fidelity gallery: {len(gal.ids)} photos ({gal.rule})")
     with Progress(quiet).bar(len(held), "fp32 reference", "raster") as bar:
         ref = fd.reference(bundle, held, gal, backend, on_batch=bar.update)
     return Prepared(bundle, str(data), calib, held, gal, ref, backend, work, quiet, say)
@@ -284,7 +287,8 @@ def commit_stages(prep: Prepared, stages: Sequence[StageOutput]) -> dict:
         m["precisions"] = sorted({p for per in m["graphs"].values() for p in per}, key=_precision_order)
         info = m.setdefault("calibration", {})
         info.update({"data": prep.data, "calibration_prefixes": len(prep.calib), "heldout_prefixes": len(prep.held),
-                     "heldout_sketches": len(prep.held.sketches), "gallery": prep.gallery.source, "created": stamp})
+                     "heldout_sketches": len(prep.held.sketches), "gallery": prep.gallery.source,
+                     "gallery_photos": len(prep.gallery.ids), "gallery_rule": prep.gallery.rule, "created": stamp})
         if int8 is not None:
             info["int8"] = int8
 

@@ -125,26 +125,45 @@ def _parse_synthetic(spec: str) -> tuple[int, int]:
 def load_sketch_data(data: str | Path) -> SketchData:
     """Read sketches (and the photo folder, when the layout has one) from ``data``."""
     text = str(data)
-    if text == "synthetic" or text.startswith("synthetic:"):
+    if _is_synthetic(text):
         count, seed = _parse_synthetic(text)
         return SketchData(synthetic_sketches(count, seed), None, text)
     path = Path(data)
+    photos = data_photo_dir(data)
     if path.is_file():
         if path.suffix.lower() == ".json":
             return SketchData([Sketch(path.stem, load_strokes_file(path), _qmul_target(path.stem))], None, text)
-        return SketchData(read_qmul_pickle(path), _photo_dir(path.parent), text)
+        return SketchData(read_qmul_pickle(path), photos, text)
     if not path.is_dir():
         raise CalibrationDataError("no such file or folder", path=path, hint=DATA_HINT)
     pickles = sorted(p for p in path.glob("*_Coordinate")) + sorted(
         p for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES
     )
     if pickles:
-        return SketchData(read_qmul_pickle(pickles[0]), _photo_dir(path), text)
+        return SketchData(read_qmul_pickle(pickles[0]), photos, text)
     folder = path / "strokes" if (path / "strokes").is_dir() else path
     sketches = read_strokes_folder(folder)
     if not sketches:
         raise CalibrationDataError("no sketches found (no *_Coordinate pickle, no *.json)", path=path, hint=DATA_HINT)
-    return SketchData(sketches, _photo_dir(path), text)
+    return SketchData(sketches, photos, text)
+
+
+def _is_synthetic(text: str) -> bool:
+    return text == "synthetic" or text.startswith("synthetic:")
+
+
+def data_photo_dir(data: str | Path) -> Path | None:
+    """The photo folder :func:`load_sketch_data` would find beside ``data``, without reading the sketches.
+
+    Lets a command refuse data without photos before it spends a minute exporting.
+    """
+    text = str(data)
+    path = Path(data)
+    if _is_synthetic(text) or (path.is_file() and path.suffix.lower() == ".json"):
+        return None
+    if path.is_file():
+        return _photo_dir(path.parent)
+    return _photo_dir(path) if path.is_dir() else None
 
 
 def _photo_dir(root: Path) -> Path | None:
@@ -186,6 +205,24 @@ def split_heldout(sketches: Sequence[Sketch], share: float = 0.5, seed: int = 0)
             hint="give at least 2 sketches (a dozen or more for a meaningful report)",
         )
     return calib, held
+
+
+def spread_sketches(sketches: Sequence[Sketch], max_prefixes: int | None) -> list[Sketch]:
+    """Whole sketches, spread evenly over ``sketches``, with at most ``max_prefixes`` stroke prefixes in
+    all (at least one sketch).
+
+    Held-out prefixes go through the causal stroke head sketch by sketch: dropping single prefixes
+    would leave their strokes out of the head's K/V cache, giving embeddings no live session shows.
+    """
+    counts = [len(s.strokes) for s in sketches]
+    if max_prefixes is None or sum(counts) <= max_prefixes:
+        return list(sketches)
+    n = len(sketches)
+    for k in range(n, 0, -1):
+        idx = np.unique(np.linspace(0, n - 1, k).round().astype(int))
+        if k == 1 or sum(counts[i] for i in idx) <= max_prefixes:
+            return [sketches[i] for i in idx]
+    return []  # pragma: no cover - no sketches at all
 
 
 # -- prefix rasters --------------------------------------------------------------------------------

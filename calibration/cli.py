@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dcssa.runtime.cli_options import output_options, threads_option
+from dcssa.runtime.cli_options import compose, output_options, threads_option
 from dcssa.runtime.cli_util import fail_cleanly, stdout_for_json
 from dcssa.runtime.progress import Progress
 
@@ -20,6 +20,15 @@ RECIPE_HELP = ("INT8 recipe: 'search' (measure methods, per-block sensitivity an
 
 #: ``--recipe``, the same on ``dcssa-export`` (with ``--precision``) and ``dcssa-export calibrate``
 recipe_option = click.option("--recipe", default="search", show_default=True, help=RECIPE_HELP)
+
+#: ``--photos`` / ``--gallery`` of the fidelity report, the same on ``dcssa-export`` and ``dcssa-export calibrate``
+fidelity_gallery_options = compose(
+    click.option("--photos", type=click.Path(path_type=Path), default=None,
+                 help="Photo folder for the fidelity gallery [default: the sketch data's photo/ folder, "
+                      "else BUNDLE/gallery]."),
+    click.option("--gallery", "fidelity_gallery", type=click.Path(path_type=Path), default=None,
+                 help="An existing gallery folder of this bundle's photo encoder, instead of --photos."),
+)
 
 
 def _print_fidelity(manifest: dict, precisions, as_json: bool) -> None:
@@ -39,16 +48,31 @@ def _print_fidelity(manifest: dict, precisions, as_json: bool) -> None:
                 click.echo(summary_line(key, rep) + flag)
 
 
-def check_precision_args(precision: str, calib: str | None) -> list[str]:
-    """Validate ``--precision/--calib`` of the main export command; returns the reduced precisions."""
+def check_precision_args(precision: str, calib: str | None, *, photos: Path | None = None,
+                         gallery: Path | None = None) -> list[str]:
+    """Validate ``--precision/--calib/--photos/--gallery`` of the main export command before the export
+    runs; returns the reduced precisions.
+
+    The bundle is new, so it has no gallery of its own: the fidelity report needs photos from the
+    data, ``--photos`` or ``--gallery``. Saying so now spares the user a minute of export first.
+    """
     from dcssa.runtime.errors import DcssaError
 
     from .bundle import parse_precisions
+    from .calibset import data_photo_dir
 
     wanted = [p for p in parse_precisions(precision) if p != "fp32"]
     if wanted and calib is None:
         raise DcssaError(f"--precision {','.join(wanted)} needs --calib DATA (calibration and held-out sketches)",
-                         hint="e.g. --calib Shapes/ (a make-dataset folder) or --calib synthetic:24 for a quick check")
+                         hint="e.g. --calib Shapes/ (a make-dataset folder), or a folder of strokes JSON with "
+                              "--photos CATALOGUE/ (the photos the fidelity report ranks)")
+    if wanted and photos is None and gallery is None and data_photo_dir(calib) is None:
+        raise DcssaError(
+            f"--calib {calib} has no photo folder beside the sketches, so the fidelity report of "
+            f"{','.join(wanted)} has no gallery to rank against",
+            hint="pass --photos FOLDER (the catalogue images) or --gallery GALLERY (built by `dcssa-rt index` "
+                 "with this checkpoint's bundle), or --calib a dataset folder holding photo/",
+        )
     return wanted
 
 
@@ -58,14 +82,16 @@ def _family(bundle: Path) -> str:
     return Bundle.load(bundle).family
 
 
-def export_precisions(out: Path, precision: str, calib: str | None, recipe: str, say: Progress) -> dict | None:
+def export_precisions(out: Path, precision: str, calib: str | None, recipe: str, say: Progress, *,
+                      photos: Path | None = None, gallery: Path | None = None) -> dict | None:
     """The ``--precision/--calib`` step of the main export command, after the fp32 bundle exists."""
     from .bundle import calibrate_bundle, load_recipe
 
-    wanted = check_precision_args(precision, calib)
+    wanted = check_precision_args(precision, calib, photos=photos, gallery=gallery)
     if not wanted:
         return None
-    manifest = calibrate_bundle(out, calib, wanted, recipe=load_recipe(recipe, _family(out)), quiet=say.quiet, say=say)
+    manifest = calibrate_bundle(out, calib, wanted, recipe=load_recipe(recipe, _family(out)), photos=photos,
+                                gallery=gallery, quiet=say.quiet, say=say)
     if not say.quiet:
         _print_fidelity(manifest, wanted, False)
     return manifest
@@ -76,19 +102,18 @@ def export_precisions(out: Path, precision: str, calib: str | None, recipe: str,
 @click.option("--data", required=True, help=DATA_HELP)
 @click.option("--precision", default="int8", show_default=True, help="Comma list of fp16, int8.")
 @recipe_option
-@click.option("--photos", type=click.Path(path_type=Path), default=None,
-              help="Photo folder for the fidelity gallery [default: DATA's photo/ folder, else BUNDLE/gallery].")
-@click.option("--gallery", type=click.Path(path_type=Path), default=None, help="An existing gallery folder instead.")
+@fidelity_gallery_options
 @click.option("--max-calib", type=click.IntRange(1), default=96, show_default=True,
               help="Calibration rasters (stroke prefixes), spread over the calibration sketches.")
-@click.option("--max-heldout", type=click.IntRange(1), default=None, help="Cap on held-out prefixes.")
+@click.option("--max-heldout", type=click.IntRange(1), default=None,
+              help="Cap on held-out prefixes, met with whole sketches spread over the held-out ones (at least one).")
 @click.option("--methods", default="minmax,percentile,entropy", show_default=True,
               help="Calibration methods the search compares.")
 @threads_option()
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
               help="Keep range caches and the search record (search.json, curve PNG) here.")
 @output_options(json="the fidelity reports and the recipe")
-def calibrate(bundle: Path, data: str, precision: str, recipe: str, photos: Path | None, gallery: Path | None,
+def calibrate(bundle: Path, data: str, precision: str, recipe: str, photos: Path | None, fidelity_gallery: Path | None,
               max_calib: int, max_heldout: int | None, methods: str, threads: int | None, workdir: Path | None,
               as_json: bool, quiet: bool) -> None:
     """Add FP16 / INT8 graphs to an existing BUNDLE, with a retrieval-fidelity report for each.
@@ -104,7 +129,7 @@ def calibrate(bundle: Path, data: str, precision: str, recipe: str, photos: Path
         wanted = parse_precisions(precision, PRECISIONS)
         manifest = calibrate_bundle(
             bundle, data, wanted, recipe=load_recipe(recipe, _family(bundle)), search_record=load_search_record(recipe),
-            methods=[m.strip() for m in methods.split(",") if m.strip()], photos=photos, gallery=gallery,
+            methods=[m.strip() for m in methods.split(",") if m.strip()], photos=photos, gallery=fidelity_gallery,
             max_calib=max_calib, max_heldout=max_heldout, threads=threads, workdir=workdir, quiet=say.quiet, say=say,
         )
     _print_fidelity(manifest, wanted, as_json)

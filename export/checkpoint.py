@@ -8,6 +8,7 @@ they are read with ``weights_only=True``: a file that needs arbitrary code to un
 from __future__ import annotations
 
 import pickle
+import pickletools
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,25 +51,129 @@ class LoadedCheckpoint:
     demo: bool = False
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive since torch 1.6
+READ_HINT = ("pass the .pth file torch.save() wrote; if it was copied or downloaded, copy it again and compare its "
+             "size and sha256 with the original")
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+_GET_OPS = {"GET", "BINGET", "LONG_BINGET"}
+_PUT_OPS = {"PUT", "BINPUT", "LONG_BINPUT"}
+
+
 def read_pickle(path: Path) -> object:
-    """``torch.load`` with ``weights_only=True`` and errors that say what is wrong with the file."""
+    """``torch.load`` with ``weights_only=True`` and errors that say what is wrong with the file.
+
+    torch reports a text file, a truncated archive and a pickle that wants to run code with the
+    same few exception types; the file itself tells them apart (see :func:`_unsafe_imports`).
+    """
     if not path.is_file():
         raise CheckpointError("no such file", path=path, hint="pass the .pth file written by the training code")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            "refused: the file needs more than tensors and plain containers to unpickle "
-            f"(it would run code from the file: {str(exc).splitlines()[0]})",
-            path=path,
-            hint="re-save it from a trusted environment with torch.save(model.state_dict(), path)",
-        ) from None
-    except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise CheckpointError(
-            f"cannot be read as a PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'})",
-            path=path,
-            hint="the file is truncated or not a torch.save() file; copy it again from the training machine",
-        ) from None
+    except Exception as exc:  # noqa: BLE001 - garbage bytes raise KeyError, EOFError, RuntimeError, ...
+        unsafe = _unsafe_imports(path)
+        if unsafe:
+            raise CheckpointError(
+                "refused: the file needs more than tensors and plain containers to unpickle "
+                f"(it would run code from the file: it imports {', '.join(unsafe[:3])})",
+                path=path,
+                hint="re-save it from a trusted environment with torch.save(model.state_dict(), path)",
+            ) from None
+        raise CheckpointError(f"is not a readable PyTorch checkpoint: {_why_unreadable(path, exc)}", path=path,
+                              hint=READ_HINT) from None
+
+
+def _why_unreadable(path: Path, exc: BaseException) -> str:
+    """What the bytes are instead of a checkpoint, in the user's terms."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        return "the file is empty (0 bytes)"
+    if head.startswith(ZIP_MAGIC):
+        if not zipfile.is_zipfile(path):
+            return "a zip archive cut short (its end, the central directory, is missing): the file is truncated"
+        return "a zip archive, but not one torch.save() wrote (no data.pkl in it)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if text and all(c.isprintable() or c in "\r\n\t" for c in text):
+        return f"it is text ({text.splitlines()[0][:40]!r}...), not torch.save() data"
+    if head.startswith(b"\x93NUMPY"):
+        return "a numpy .npy file, not torch.save() data"
+    with open(path, "rb") as f:
+        if _pickle_globals(f) is not None and not f.read(1):  # one whole pickle, nothing after it
+            return "a plain pickle (pickle.dump), not torch.save() data"
+    if isinstance(exc, pickle.UnpicklingError):  # torch's text here is about weights_only, not about the file
+        return f"truncated, or another format (it starts with bytes {head[:8].hex(' ')})"
+    detail = str(exc).splitlines()[0] if str(exc) else "the data ends too early"
+    return f"truncated, or another format ({type(exc).__name__}: {detail[:160]})"
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(magic)) == magic
+
+
+def _allowed_globals() -> set[str]:
+    """What ``torch.load(weights_only=True)`` imports by itself (a private torch function; empty if it moves,
+    which only makes the refusal stricter)."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        return set(_get_allowed_globals())
+    except (ImportError, AttributeError):  # pragma: no cover - another torch
+        return set()
+
+
+def _pickle_globals(f) -> list[str] | None:
+    """The globals one pickle stream in ``f`` imports, read opcode by opcode (nothing is executed);
+    None when the bytes are not one whole pickle."""
+    names: list[str] = []
+    strings: list[object] = []  # what string-pushing opcodes pushed, for STACK_GLOBAL's operands
+    memo: dict[object, object] = {}
+    last: object = None  # the newest pushed value when it is a string
+    try:
+        for op, arg, _pos in pickletools.genops(f):
+            if op.name in _PUT_OPS or op.name == "MEMOIZE":
+                memo[arg if op.name != "MEMOIZE" else len(memo)] = last
+                continue
+            last = arg if op.name in _STRING_OPS else memo.get(arg) if op.name in _GET_OPS else None
+            if last is not None:
+                strings.append(last)
+            if op.name in ("GLOBAL", "INST"):
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL":
+                mod, name = (strings[-2:] if len(strings) >= 2 else [None, None])
+                names.append(f"{mod}.{name}" if isinstance(mod, str) and isinstance(name, str) else "an unnamed global")
+    except Exception:  # noqa: BLE001 - pickletools raises ValueError, but odd bytes may raise others
+        return None
+    return names
+
+
+def _unsafe_imports(path: Path) -> list[str]:
+    """Globals beyond torch's weights-only set that the file's complete pickles import ([]: none, or no pickle).
+
+    A torch.save archive keeps its pickle in ``*/data.pkl``; a legacy torch file or a plain pickle is a
+    sequence of pickles at the start of the file (then raw tensor data, where parsing stops).
+    """
+    found: list[str] = []
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                for member in (n for n in zf.namelist() if n.endswith("data.pkl")):
+                    with zf.open(member) as f:
+                        found += _pickle_globals(f) or []
+        elif not _starts_with(path, ZIP_MAGIC):  # a zip cut short is no pickle
+            with open(path, "rb") as f:
+                for _ in range(5):  # legacy format: magic number, protocol, sys info, the objects, storage keys
+                    names = _pickle_globals(f)
+                    if names is None:
+                        break
+                    found += names
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError):
+        return []
+    allowed = _allowed_globals()
+    return list(dict.fromkeys(n for n in found if n not in allowed))
 
 
 def _as_state_dict(obj: object, path: Path) -> dict[str, object]:

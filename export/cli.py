@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from dcssa.calibration.cli import DATA_HELP, calibrate, engines, recipe_option
+from dcssa.calibration.cli import DATA_HELP, calibrate, engines, fidelity_gallery_options, recipe_option
 from dcssa.runtime.cli_options import output_options
 from dcssa.runtime.cli_util import DEMO_WARNING, fail_cleanly, stdout_for_json
 from dcssa.runtime.progress import Progress
@@ -45,10 +45,12 @@ from .model import DEFAULT_EMBED, DEFAULT_HEADS
               help="Comma list of fp32, fp16, int8: reduced precisions are calibrated on --calib right after export.")
 @click.option("--calib", default=None, help=f"Data for --precision. {DATA_HELP}")
 @recipe_option
+@fidelity_gallery_options
 @click.pass_context
 def main(ctx: click.Context, ckpt: tuple[Path, ...], out: Path, family: str | None, num_heads: int | None,
          phase: str | None, sketch_canvas: int | None, line_width: int | None,
-         as_json: bool, quiet: bool, force: bool, precision: str, calib: str | None, recipe: str) -> None:
+         as_json: bool, quiet: bool, force: bool, precision: str, calib: str | None, recipe: str,
+         photos: Path | None, fidelity_gallery: Path | None) -> None:
     """Export a trained DC-SSA or ARNet checkpoint to a verified ONNX bundle the runtime can serve.
 
     \b
@@ -68,14 +70,16 @@ def main(ctx: click.Context, ckpt: tuple[Path, ...], out: Path, family: str | No
 
     say = Progress(quiet or as_json)
     with fail_cleanly(), stdout_for_json(as_json):
-        check_precision_args(precision, calib)  # before the export, not after 40 s of it
+        # before the export, not after 40 s of it
+        check_precision_args(precision, calib, photos=photos, gallery=fidelity_gallery)
         if line_width is not None and line_width % 2 == 0:
             raise click.BadParameter(f"{line_width} is even: lines are drawn symmetrically about the stroke",
                                      param_hint="--line-width")
         manifest = export_bundle(list(ckpt), out, num_heads=num_heads, phase=int(phase) if phase else None,
                                  family=family, sketch_canvas=sketch_canvas, line_width=line_width,
                                  force=force, say=say)
-        manifest = export_precisions(out, precision, calib, recipe, say) or manifest
+        manifest = export_precisions(out, precision, calib, recipe, say, photos=photos,
+                                     gallery=fidelity_gallery) or manifest
     say(f"bundle written: {out}")
     if manifest["demo"]:
         click.echo(DEMO_WARNING, err=True)

@@ -174,3 +174,24 @@ def agreement(top: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> dic
         same.extend(a[:, 0] == b[:, 0])
         overlap.extend(len(set(x) & set(y)) / max(len(y), 1) for x, y in zip(a.tolist(), b.tolist()))
     return {"top1_identical": float(np.mean(same)), "topk_overlap": float(np.mean(overlap))}
+
+
+def protocol_gallery_rows(photo_ids: Sequence[str], targets: Sequence[str]) -> tuple[list[int], list[str]]:
+    """Rows of the photos ``targets`` name, each once, in order of first appearance; and the targets
+    with no photo.
+
+    The published protocol ranks a split's sketches against the photos that split's sketches
+    depict, not the whole photo folder: more photos mean more near-ties, so agreement and accuracy
+    depend on this choice. `dcssa-rt eval` and the calibration fidelity report both take their
+    gallery from here (ids and targets compare exactly: the callers spell them alike).
+    """
+    row = {}
+    for i, pid in enumerate(photo_ids):
+        row.setdefault(pid, i)
+    rows, missing = [], []
+    for t in dict.fromkeys(targets):
+        if t in row:
+            rows.append(row[t])
+        else:
+            missing.append(t)
+    return rows, missing

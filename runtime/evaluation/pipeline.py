@@ -70,16 +70,13 @@ def parse_compare(text: str, backend: str) -> list[RunConfig]:
 
 def _eval_gallery(full: Gallery, split: QmulSplit) -> Gallery:
     """The split's photos only (deduplicated, in first-appearance order), as float32 rows."""
-    index = {pid: i for i, pid in enumerate(full.ids)}
-    rows = []
-    for name in split.photos:
-        pid = split.photo_id(name)
-        if pid not in index:
-            raise DatasetError(
-                "photo could not be embedded (unreadable image)", path=split.photo_path(name),
-                hint="replace the file with a readable PNG",
-            )
-        rows.append(index[pid])
+    names = {split.photo_id(n): n for n in split.photos}
+    rows, missing = M.protocol_gallery_rows(full.ids, list(names))
+    if missing:
+        raise DatasetError(
+            "photo could not be embedded (unreadable image)", path=split.photo_path(names[missing[0]]),
+            hint="replace the file with a readable PNG",
+        )
     emb = np.asarray(full.embeddings[rows], np.float32)
     meta = {**full.meta, "count": len(rows)}
     return Gallery(None, emb, [full.ids[i] for i in rows], meta)

@@ -46,7 +46,9 @@ def test_manifest_records_graphs_reports_and_recipe(calibrated, int8_blocks):
         for v in (rep["top1_agreement"], rep["top10_overlap"], rep["embedding_cosine"]["mean"]):
             assert 0.0 <= v <= 1.0 + 1e-6
         assert rep["embedding_cosine"]["min"] <= rep["embedding_cosine"]["mean"]
-        assert rep["held_out"]["prefixes"] == 4
+        # --max-heldout 4 is met with whole sketches (or one sketch when a single one has more strokes)
+        assert rep["held_out"]["prefixes"] <= 4 or rep["held_out"]["sketches"] == 1
+        assert rep["held_out"]["prefixes"] == manifest["calibration"]["heldout_prefixes"]
     lat = manifest["fidelity"]["int8"]["latency"]
     assert lat["ratio"] == pytest.approx(lat["reduced_ms"] / lat["fp32_ms"])
     assert "latency" not in manifest["fidelity"]["fp16"]

@@ -66,6 +66,20 @@ def test_subsample_spreads_over_the_set():
     assert ps.subsample(None) is ps and ps.subsample(10_000) is ps
 
 
+def test_spread_sketches_keeps_whole_sketches_under_the_cap():
+    from dcssa.calibration.calibset import Sketch, spread_sketches
+
+    sk = [Sketch(f"s{i}", [np.zeros((2, 2))] * n) for i, n in enumerate((3, 1, 4, 2, 5))]  # 15 strokes in all
+    assert spread_sketches(sk, None) == sk and spread_sketches(sk, 15) == sk
+    # 4 evenly spread sketches (0, 1, 3, 4) need 11 prefixes, 3 (0, 2, 4) need 12, 2 (0, 4) need 8
+    assert [s.name for s in spread_sketches(sk, 11)] == ["s0", "s1", "s3", "s4"]
+    assert [s.name for s in spread_sketches(sk, 10)] == ["s0", "s4"]
+    assert [s.name for s in spread_sketches(sk, 2)] == ["s0"]  # at least one sketch, even beyond the cap
+    ps = prefix_set(spread_sketches(sk, 10))
+    for k, idx in enumerate(ps.sequences()):  # every kept sketch has all its prefixes, in stroke order
+        assert ps.stroke[idx].tolist() == list(range(1, len(ps.sketches[k].strokes) + 1))
+
+
 def test_sources_qmul_pickle_strokes_folder_synthetic(dataset):
     coords = pickle.loads(next(dataset.glob("*_Coordinate")).read_bytes())
     data = load_sketch_data(dataset)

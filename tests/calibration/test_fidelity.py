@@ -45,3 +45,29 @@ def test_interleaved_latency_times_blocks_and_skips_each_hand_over(monkeypatch):
     assert lat["fp32_ms"] == 10_000.0 and lat["reduced_ms"] == 4_000.0  # perf_counter units are seconds
     assert lat["ratio"] == 0.4 and lat["runs"] == 6
     assert order == ["a", "b"] + (["a"] * 4 + ["b"] * 4) * 2
+
+
+def test_protocol_gallery_rows_by_hand():
+    from dcssa.runtime.evaluation.metrics import protocol_gallery_rows
+
+    ids = ["a.png", "b.png", "c.png", "d.png"]
+    rows, missing = protocol_gallery_rows(ids, ["c.png", "a.png", "c.png", "x.png", "d.png"])
+    assert rows == [2, 0, 3]  # first appearance, once each
+    assert missing == ["x.png"]
+
+
+def _held(targets, split):
+    from dcssa.calibration.calibset import Sketch
+
+    return [Sketch(f"s{i}", [], t, split) for i, t in enumerate(targets)]
+
+
+def test_protocol_gallery_keeps_the_test_split_photos_only():
+    emb = np.eye(5, dtype=np.float32)
+    gal = fd.GalleryMatrix(emb, ["p0", "p1", "p2", "p3", "p4"], "photos/")
+    sub = fd.protocol_gallery(gal, _held(["p3", "p1", "p3"], "test"))
+    assert sub.ids == ["p3", "p1"] and sub.rule == fd.PROTOCOL_RULE
+    np.testing.assert_array_equal(sub.embeddings, emb[[3, 1]])
+    # no train/test split (a strokes folder), or a target without a photo: the whole gallery
+    assert fd.protocol_gallery(gal, _held(["p3", "p1"], None)) is gal
+    assert fd.protocol_gallery(gal, _held(["p3", "zz"], "test")) is gal

@@ -198,14 +198,31 @@ def test_known_harmless_extras_are_ignored(demo_state_dict, scratch):
 # ----------------------------------------------------------------------------- bad files
 
 
+def _error_for(path: Path) -> str:
+    """The loader's error for ``path``, which must name the file and say how to fix it."""
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    msg = str(err.value)
+    assert str(path) in msg and "\n  fix: " in msg
+    return msg
+
+
 def _refusal(sd, scratch) -> str:
     """Save ``sd`` as a checkpoint and return the loader's error, which must name the file."""
     path = scratch / "best_top5_model.pth"
     torch.save(sd, path)
-    with pytest.raises(CheckpointError) as err:
-        load_checkpoint(path)
-    msg = str(err.value)
-    assert str(path) in msg
+    return _error_for(path)
+
+
+HOSTILE = "would run code"
+UNREADABLE = "is not a readable PyTorch checkpoint"
+
+
+def _unreadable(path: Path) -> str:
+    """The error for a file that is no checkpoint at all: said so, never called a code-running pickle."""
+    msg = _error_for(path)
+    assert UNREADABLE in msg and HOSTILE not in msg and "refused" not in msg
+    assert "torch.save() wrote" in msg  # the fix names what to pass instead
     return msg
 
 
@@ -220,9 +237,37 @@ def test_missing_required_key_is_named(demo_state_dict, scratch):
 
 
 def test_truncated_file(truncated_file):
-    with pytest.raises(CheckpointError) as err:
-        load_checkpoint(truncated_file)
-    assert str(truncated_file) in str(err.value)
+    assert "truncated" in _unreadable(truncated_file)
+
+
+@pytest.mark.parametrize("keep", [4, 30, 0.5, 0.99], ids=["4-bytes", "30-bytes", "half", "all-but-1%"])
+def test_truncated_small_torch_save_zip(keep, tmp_path):
+    whole = tmp_path / "whole.pth"
+    torch.save({"linear.head_layer.weight": torch.arange(64 * 32, dtype=torch.float32).reshape(64, 32)}, whole)
+    data = whole.read_bytes()
+    assert data[:4] == b"PK\x03\x04"  # torch.save writes a zip archive
+    path = tmp_path / "best_top5_model.pth"
+    path.write_bytes(data[: keep if isinstance(keep, int) else int(len(data) * keep)])
+    assert "truncated" in _unreadable(path)
+
+
+def test_text_file(tmp_path):
+    path = tmp_path / "best_top5_model.pth"
+    path.write_text("epoch 12, top5 0.41\nsaved by train.py\n")
+    msg = _unreadable(path)
+    assert "text ('epoch 12, top5 0.41'" in msg
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "best_top5_model.pth"
+    path.touch()
+    assert "empty (0 bytes)" in _unreadable(path)
+
+
+def test_plain_pickle_of_numbers(tmp_path):
+    path = tmp_path / "best_top5_model.pth"
+    path.write_bytes(pickle.dumps({"epoch": 3, "acc": [0.1, 0.2]}))
+    assert "plain pickle" in _unreadable(path)
 
 
 class _RunsCommand:
@@ -236,7 +281,7 @@ class _RunsCommand:
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
-@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+@pytest.mark.parametrize("writer", ["pickle", "pickle-protocol-0", "torch.save", "torch.save-legacy"])
 def test_hostile_pickle_is_refused_without_running(writer, tmp_path):
     # Control: the payload is live, unpickling it unrestricted really runs the command.
     control = tmp_path / "control-ran"
@@ -246,15 +291,14 @@ def test_hostile_pickle_is_refused_without_running(writer, tmp_path):
     marker = tmp_path / "payload-ran"
     path = tmp_path / "best_top5_model.pth"
     payload = {"linear.head_layer.weight": torch.zeros(64, 2048), "evil": _RunsCommand(marker)}
-    if writer == "pickle":
+    if writer.startswith("pickle"):
         with open(path, "wb") as f:
-            pickle.dump(payload, f)
+            pickle.dump(payload, f, protocol=0 if writer.endswith("-0") else None)
     else:
-        torch.save(payload, path)
-    with pytest.raises(CheckpointError) as err:
-        load_checkpoint(path)
-    assert "refused" in str(err.value)
-    assert str(path) in str(err.value)
+        torch.save(payload, path, _use_new_zipfile_serialization=not writer.endswith("-legacy"))
+    msg = _error_for(path)
+    assert "refused" in msg and HOSTILE in msg and UNREADABLE not in msg
+    assert f"{os.system.__module__}.system" in msg.split("imports ", 1)[1]  # the import that runs code is named
     assert not marker.exists()
 
 
@@ -318,6 +362,16 @@ def test_cli_truncated_checkpoint(truncated_file, tmp_path):
     result = CliRunner().invoke(export_cli, ["--ckpt", str(truncated_file), "--out", str(out), "-q"])
     _assert_clean_failure(result, truncated_file, out)
     assert list(tmp_path.iterdir()) == []
+    assert UNREADABLE in result.output and HOSTILE not in result.output
+
+
+def test_cli_text_file_is_not_called_hostile(tmp_path):
+    ckpt, out = tmp_path / "notes.pth", tmp_path / "X"
+    ckpt.write_text("not a checkpoint\n")
+    result = CliRunner().invoke(export_cli, ["--ckpt", str(ckpt), "--out", str(out), "-q"])
+    _assert_clean_failure(result, ckpt, out)
+    assert result.exit_code == 2
+    assert f"{ckpt}: {UNREADABLE}: it is text" in result.output and HOSTILE not in result.output
 
 
 @pytest.mark.parametrize(

@@ -31,9 +31,9 @@ RT_SHARED = {
                              "--force", "--triton-url", "--triton-prefix"],
 }
 EXPORT_SHARED = {
-    None: ["--json", "--quiet", "--force"],
+    None: ["--json", "--quiet", "--force", "--recipe", "--photos", "--gallery"],
     "demo-checkpoint": ["--json", "--quiet"],
-    "calibrate": ["--threads", "--json", "--quiet"],
+    "calibrate": ["--threads", "--json", "--quiet", "--recipe", "--photos", "--gallery"],
     "engines": ["--json", "--quiet"],
     "triton": ["--json", "--quiet", "--force"],
 }
@@ -95,9 +95,12 @@ def test_shared_options_have_one_wording_everywhere():
         if opt.multiple or (name == "serve" and flag == "--bundle") or (name, flag) == ("eval", "--gallery"):
             continue  # bench's repeatable flavour, serve's demo fallback, eval's OUT/gallery: said on purpose
         text = re.sub(r"Print .* as JSON", "Print ... as JSON", re.sub(r"existing .*\.", "existing ...", opt.help))
-        wording.setdefault(flag, set()).add(f"{text} default={opt.default!r}")
+        # dcssa-export's --gallery is the fidelity report's (calibration data first): one wording of its own
+        key = f"{flag} (fidelity)" if group is cli and flag == "--gallery" else flag
+        wording.setdefault(key, set()).add(f"{text} default={opt.default!r}")
     for flag, seen in wording.items():
         assert len(seen) == 1, f"{flag} is worded or defaulted {len(seen)} ways: {seen}"
+    assert "--gallery (fidelity)" in wording and "--photos" in wording  # both export forms were compared
 
 
 @pytest.mark.parametrize("name", BACKEND_COMMANDS)
