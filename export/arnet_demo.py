@@ -9,7 +9,6 @@ It demonstrates and tests the pipeline; it is no trained model.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from dcssa.runtime.progress import Say, silent
 from dcssa.runtime.recipes import PhotoRecipe, arnet_preprocessing
 
 from .checkpoint import DEMO_MARKER_KEY
-from .demo import catalogue_images, centred_pca
+from .demo import catalogue_images, centred_pca, save_atomically
 from .vit import ARNetEncoder, ViTConfig
 
 #: timm's ViT sizes at patch 16 / 224 px (heads = width / 64)
@@ -75,12 +74,4 @@ def write_arnet_demo(out: str | Path, *, size: str = "base", embed: int = DEFAUL
     sd["encoder.head.bias"] = torch.zeros(1000)
     ckpt = {"img_model": sd, "skt_model": {k: v.clone() for k, v in sd.items()}, "epoch": 0, "loss": 0.0,
             "top1": 0.0, "top5": 0.0, "top10": 0.0, DEMO_MARKER_KEY: torch.tensor(seed)}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(ckpt, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return save_atomically(ckpt, out)

@@ -83,19 +83,24 @@ def plain_random_model(
     return model.eval()
 
 
-def save_checkpoint(model: DCSSA, out: str | Path, *, seed: int) -> Path:
-    """``torch.save(model.state_dict())`` as the authors do, plus the demo marker; atomic."""
+def save_atomically(obj: object, out: str | Path) -> Path:
+    """``torch.save`` to a temporary name, then renamed: no half-written checkpoint is ever left."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    sd = model.state_dict()
-    sd[DEMO_MARKER_KEY] = torch.tensor(seed)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        torch.save(sd, tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+def save_checkpoint(model: DCSSA, out: str | Path, *, seed: int) -> Path:
+    """``torch.save(model.state_dict())`` as the authors do, plus the demo marker; atomic."""
+    sd = model.state_dict()
+    sd[DEMO_MARKER_KEY] = torch.tensor(seed)
+    return save_atomically(sd, out)
 
 
 def catalogue_images(catalogue: str | Path | None, shapes: int = 40, seed: int = 0) -> list[Image.Image]:
