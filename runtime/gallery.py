@@ -325,7 +325,7 @@ def _spec_of(info: dict) -> IndexSpec:
     return spec
 
 
-def _update_index(plan: _Plan, emb: np.ndarray, labels: np.ndarray, say: Say, bar) -> FaissIndex:
+def _update_index(plan: _Plan, emb: np.ndarray, labels: np.ndarray, say: Say, bar, queries: dict) -> FaissIndex:
     """The old gallery's index with the removed labels dropped and the new rows added; rebuilt from the
     stored embeddings (no photo re-embedded) when its type cannot remove (FAISS's HNSW)."""
     from .faiss_index import build_index, load_index, measure_and_tune
@@ -334,14 +334,14 @@ def _update_index(plan: _Plan, emb: np.ndarray, labels: np.ndarray, say: Say, ba
     fi = load_index(plan.old.path, info, mmap=False)
     if not fi.remove(plan.removed):
         say(f"index: {info['factory']} cannot remove vectors; rebuilding it from the stored embeddings")
-        rebuilt = build_index(emb, labels, _spec_of(info), shards=info.get("shards", 1), say=say, bar=bar)
+        rebuilt = build_index(emb, labels, _spec_of(info), shards=info.get("shards", 1), say=say, bar=bar, **queries)
         rebuilt.info.update(type=info["type"], rebuilt_on_removal=True)
         return rebuilt
     n_new = len(emb) - len(plan.keep_rows)
     fi.add(emb[len(plan.keep_rows):], labels[len(plan.keep_rows):], bar)
     spec = _spec_of(info)
     fixed = None if info.get("tuned") else info.get("search_params")
-    fi.info.update(measure_and_tune(fi, emb, labels, spec, fixed=fixed, say=say))
+    fi.info.update(measure_and_tune(fi, emb, labels, spec, fixed=fixed, say=say, **queries))
     fi.info.update(appended=info.get("appended", 0) + n_new, removed=info.get("removed", 0) + len(plan.removed))
     return fi
 
@@ -416,6 +416,13 @@ def build_gallery(
         ids = new_ids
         labels = np.arange(len(ids), dtype=np.int64)
         spec_info = None
+    queries: dict = {}  # recall queries: partial sketches when tracings lie beside the photos
+    if spec_info or (index is not None and index.kind != "exact"):
+        from .sketch_queries import sketch_queries
+
+        found = sketch_queries(photos, bundle, backend or get_backend("ort-cpu"), progress=progress, say=say)
+        if found is not None:
+            queries = {"queries": found[0], "query_source": found[1]}
     with staged_dir(out, force=force or append) as tmp:
         emb = _write_matrix(tmp / EMBEDDINGS, plan, new_emb, dtype)
         np.save(tmp / LABELS, labels)
@@ -428,11 +435,11 @@ def build_gallery(
         ibar = Progress(quiet=not progress).bar(len(ids), "indexing", "photo", leave=False)
         try:
             if spec_info:
-                fi = _update_index(plan, emb, labels, say, ibar.update)
+                fi = _update_index(plan, emb, labels, say, ibar.update, queries)
             elif index is not None and index.kind != "exact":
                 from .faiss_index import build_index
 
-                fi = build_index(emb, labels, index, shards=shards, say=say, bar=ibar.update)
+                fi = build_index(emb, labels, index, shards=shards, say=say, bar=ibar.update, **queries)
         finally:
             ibar.close()
         if fi is not None:
