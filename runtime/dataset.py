@@ -43,6 +43,21 @@ def catalogue(photos: int, seed: int = 0) -> list[list]:
     return [shape for _, shape, _ in generate(photos, 1, seed)]
 
 
+def _keep_tracing(tmp: Path, coords: dict, split: str, pname: str, n: int, strokes: list) -> np.ndarray:
+    """Record one tracing in both forms the dataset carries: the coordinate pickle's entry and
+    ``strokes/<photo>_<n>.json`` for ``dcssa-rt query``; returns its points."""
+    points = strokes_to_points(strokes)
+    coords[f"/{split}/{pname}_{n}"] = points.astype(np.float32)
+    doc = {"strokes": [np.round(s, 2).tolist() for s in strokes], "target": f"{pname}.png"}
+    (tmp / "strokes" / f"{pname}_{n}.json").write_text(json.dumps(doc) + "\n")
+    return points
+
+
+def _write_coordinates(tmp: Path, name: str, coords: dict) -> None:
+    with open(tmp / f"{name}_Coordinate", "wb") as f:
+        pickle.dump(coords, f)
+
+
 def write_dataset(
     out: str | Path,
     *,
@@ -64,11 +79,8 @@ def write_dataset(
             line_drawing(shape).save(tmp / "photo" / f"{pname}.png")
             split = "test" if i < n_test else "train"
             for n, strokes in enumerate(tracings, 1):
-                coords[f"/{split}/{pname}_{n}"] = strokes_to_points(strokes).astype(np.float32)
-                doc = {"strokes": [np.round(s, 2).tolist() for s in strokes], "target": f"{pname}.png"}
-                (tmp / "strokes" / f"{pname}_{n}.json").write_text(json.dumps(doc) + "\n")
-        with open(tmp / f"{name}_Coordinate", "wb") as f:
-            pickle.dump(coords, f)
+                _keep_tracing(tmp, coords, split, pname, n, strokes)
+        _write_coordinates(tmp, name, coords)
         (tmp / "README.txt").write_text(
             "SYNTHETIC dataset written by `dcssa-rt make-dataset` (line drawings of random shapes and\n"
             f"jittered tracings of them), seed {seed}. Not real data.\n"
@@ -114,13 +126,9 @@ def write_arnet_dataset(
             split = "test" if i < n_test else "train"
             arnet_photo(shape).save(tmp / f"{split}B" / f"{pname}.png")
             for n, strokes in enumerate(tracings, 1):
-                points = strokes_to_points(strokes)
-                coords[f"/{split}/{pname}_{n}"] = points.astype(np.float32)
+                points = _keep_tracing(tmp, coords, split, pname, n, strokes)
                 Image.fromarray(pipe.render(pipe.rasterize(points))).save(tmp / f"{split}A" / f"{pname}_{n:0{width}d}.png")
-                doc = {"strokes": [np.round(s, 2).tolist() for s in strokes], "target": f"{pname}.png"}
-                (tmp / "strokes" / f"{pname}_{n}.json").write_text(json.dumps(doc) + "\n")
-        with open(tmp / f"{name}_Coordinate", "wb") as f:
-            pickle.dump(coords, f)
+        _write_coordinates(tmp, name, coords)
         (tmp / "README.txt").write_text(
             "SYNTHETIC dataset in ARNet's layout written by `dcssa-rt make-dataset --format arnet` (line drawings\n"
             f"of random shapes in B, rendered jittered tracings of them in A), seed {seed}. Not real data.\n"
