@@ -30,15 +30,18 @@ from dcssa.runtime.errors import DcssaError
 from dcssa.runtime.progress import Progress, Say, silent
 
 from . import fidelity as fd
+from . import task as T
 from .calibset import PrefixSet, bundle_prefix_set, load_sketch_data, split_heldout, spread_sketches
 from .fp16 import convert_fp16
 from .int8 import CPU_ACTIVATIONS, TENSORRT_ACTIVATIONS, Int8Recipe
 from .search import SearchContext, plot_curve, run_search
 
-PRECISIONS = ("fp16", "int8")
+PRECISIONS = ("fp16", "int8", "bf16")
 FP16_GRAPHS = (mf.SKETCH_ENCODER, mf.PHOTO_ENCODER)
 CURVE_PNG = "int8-tradeoff.png"
-SEARCH_RECORD = ("methods", "sensitivity", "order", "curve", "chosen", "float_blocks")  # kept in the manifest
+BF16_CURVE_PNG = "bf16-tradeoff.png"
+SEARCH_RECORD = ("objective", "methods", "sensitivity", "sensitivity_sketches", "order", "curve", "chosen", "float_blocks",
+                 "seconds")  # kept in the manifest
 # The recipe the search chose on the structured demo model (see README, "Precision"): used when
 # no search is asked for. A trained checkpoint deserves its own search (--recipe search).
 DEFAULT_RECIPE = Int8Recipe(
@@ -158,6 +161,11 @@ class Prepared:
     work: Path
     quiet: bool = False
     say: Say = silent
+    objective: T.Objective = field(default_factory=T.Objective)
+    noise: dict = field(default_factory=dict)
+    threads: int | None = None
+    patience: int | None = 2
+    sensitivity_sketches: int | None = 32
 
     def bar(self, total: int, desc: str):
         return Progress(self.quiet).bar(total, desc, "raster")
@@ -171,13 +179,16 @@ class StageOutput:
     entries: dict[tuple[str, str], dict] = field(default_factory=dict)
     reports: dict[str, dict] = field(default_factory=dict)
     int8: dict | None = None  # the manifest's calibration.int8 record
+    bf16: dict | None = None  # the manifest's calibration.bf16 record (the plan is the encoder spec's f32_scopes)
 
 
 def prepare(bundle: Bundle, data: str | Path, work: Path, *, photos: Path | None = None,
             gallery: Path | None = None, max_calib: int = 96, max_heldout: int | None = None,
             heldout_share: float = 0.5, threads: int | None = None, quiet: bool = False,
-            say: Say = silent) -> Prepared:
-    """Read the sketches, split them by sketch, rank the gallery and run the fp32 reference once."""
+            say: Say = silent, objective: T.Objective | None = None, noise_floor: bool = True,
+            patience: int | None = 2, sensitivity_sketches: int | None = 32) -> Prepared:
+    """Read the sketches, split them by sketch, rank the gallery and run the fp32 reference once
+    (and the noise floor: fp32 on the same sketches moved by a pixel, jittered again)."""
     backend = get_backend("ort-cpu", threads=threads)
     say(f"reading calibration data: {data}")
     sk = load_sketch_data(data)
@@ -192,7 +203,19 @@ def prepare(bundle: Bundle, data: str | Path, work: Path, *, photos: Path | None
     say(f"fidelity gallery: {len(gal.ids)} photos ({gal.rule})")
     with Progress(quiet).bar(len(held), "fp32 reference", "raster") as bar:
         ref = fd.reference(bundle, held, gal, backend, on_batch=bar.update)
-    return Prepared(bundle, str(data), calib, held, gal, ref, backend, work, quiet, say)
+    objective = objective or T.Objective()
+    if ref.task is None:
+        say("the held-out sketches name no photo of the gallery: agreement with fp32 is the only yardstick")
+    else:
+        say(f"task yardstick on {len(ref.targets)} held-out sketches with their photo; {objective.describe()}")
+    noise = {}
+    if noise_floor:
+        with Progress(quiet).bar(len(held) * len(T.PERTURBATIONS), "noise floor (fp32, moved strokes)", "raster") as bar:
+            noise = fd.noise_floor(bundle, held, gal, ref, backend, on_batch=bar.update)
+        for kind, rec in noise.items():
+            say(fd.noise_line(kind, rec))
+    return Prepared(bundle, str(data), calib, held, gal, ref, backend, work, quiet, say, objective, noise, threads,
+                    patience, sensitivity_sketches)
 
 
 def fp16_stage(prep: Prepared) -> StageOutput:
@@ -207,7 +230,8 @@ def fp16_stage(prep: Prepared) -> StageOutput:
         out.entries[(name, "fp16")] = {"file": fname, "precision": "fp16", "fp32_nodes": typing["fp32_nodes"]}
     with prep.bar(len(prep.held), "fp16 fidelity") as bar:
         rep = fd.fidelity_report(prep.bundle, prep.work / f"{mf.SKETCH_ENCODER}.fp16.onnx", "fp16", prep.held,
-                                 prep.gallery, prep.ref, backend=prep.backend, latency_rasters=0, on_batch=bar.update)
+                                 prep.gallery, prep.ref, backend=prep.backend, latency_rasters=0, on_batch=bar.update,
+                                 objective=prep.objective)
     rep["note"] = "fp16 targets GPU backends; onnxruntime CPU runs it through casts, so no CPU latency is reported"
     out.reports["fp16"] = rep
     prep.say(fd.summary_line("fp16", rep))
@@ -216,7 +240,8 @@ def fp16_stage(prep: Prepared) -> StageOutput:
 
 def _context(prep: Prepared, *, symmetric: bool, latency_rasters: int = 6) -> SearchContext:
     return SearchContext(prep.bundle, prep.calib, prep.held, prep.gallery, prep.ref, prep.work, prep.backend,
-                         symmetric=symmetric, say=prep.say, latency_rasters=latency_rasters)
+                         symmetric=symmetric, say=prep.say, latency_rasters=latency_rasters, objective=prep.objective,
+                         patience=prep.patience, sensitivity_sketches=prep.sensitivity_sketches)
 
 
 def _quantised(prep: Prepared, ctx: SearchContext, recipe: Int8Recipe, out: Path, what: str, *,
@@ -259,10 +284,40 @@ def int8_stage(prep: Prepared, recipe: Int8Recipe | None = None, *, search_recor
     out.int8 = {
         "recipe": recipe.record(symmetric=False),
         "tensorrt_recipe": recipe.record(symmetric=True),
-        "search": None if search is None else {k: search[k] for k in SEARCH_RECORD},
+        "search": None if search is None else {k: search[k] for k in SEARCH_RECORD if k in search},
     }
     if png is not None:
         out.int8["curve_png"] = CURVE_PNG
+    return out
+
+
+def bf16_stage(prep: Prepared, *, latency_rasters: int = 6) -> StageOutput:
+    """The OpenVINO bf16 plan of the sketch encoder: searched, reported, written into its spec."""
+    from .bf16 import Bf16Search, check_bf16_machine, run_bf16_search
+
+    check_bf16_machine()
+    out = StageOutput()
+    ctx = Bf16Search(prep.bundle, prep.held, prep.gallery, prep.ref, prep.backend, prep.work, threads=prep.threads,
+                     objective=prep.objective, latency_rasters=latency_rasters, patience=prep.patience,
+                     sensitivity_sketches=prep.sensitivity_sketches, say=prep.say)
+    record = run_bf16_search(ctx)
+    chosen = record["chosen"]["f32_scopes"]
+    with prep.bar(len(prep.held), "bf16 fidelity") as bar:
+        ctx.on_batch = bar.update
+        rep = ctx.evaluate(chosen)
+    rep["note"] = "OpenVINO bf16 execution of the fp32 graph with the chosen f32 scopes; latency against OpenVINO fp32"
+    out.reports["bf16"] = rep
+    prep.say(fd.summary_line("bf16", rep) + f" (f32: {', '.join(chosen) or 'none'})")
+    if record["curve"]:
+        from .search import plot_curve
+
+        png = plot_curve({**record, "chosen": {"blocks": record["chosen"]["blocks"]}}, prep.work / "bf16-curve.png",
+                         title="bf16 sketch encoder (OpenVINO): fidelity vs latency",
+                         xlabel="blocks in bf16, cumulatively, least sensitive first (the rest f32)")
+        if png is not None:
+            out.files[BF16_CURVE_PNG] = png
+            record["curve_png"] = BF16_CURVE_PNG
+    out.bf16 = {**record, "plan": {"graph": mf.SKETCH_ENCODER, "f32_scopes": chosen}}
     return out
 
 
@@ -277,6 +332,7 @@ def commit_stages(prep: Prepared, stages: Sequence[StageOutput]) -> dict:
     stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     files = {name: tmp for st in stages for name, tmp in st.files.items()}
     int8 = next((st.int8 for st in stages if st.int8 is not None), None)
+    bf16 = next((st.bf16 for st in stages if st.bf16 is not None), None)
 
     def update(m: dict) -> None:
         for st in stages:
@@ -289,8 +345,19 @@ def commit_stages(prep: Prepared, stages: Sequence[StageOutput]) -> dict:
         info.update({"data": prep.data, "calibration_prefixes": len(prep.calib), "heldout_prefixes": len(prep.held),
                      "heldout_sketches": len(prep.held.sketches), "gallery": prep.gallery.source,
                      "gallery_photos": len(prep.gallery.ids), "gallery_rule": prep.gallery.rule, "created": stamp})
+        info["objective"] = prep.objective.record()
+        info.pop("noise_floor", None)  # measured on these held-out sketches, or not at all
+        if prep.noise:
+            info["noise_floor"] = prep.noise
         if int8 is not None:
             info["int8"] = int8
+        if bf16 is not None:
+            info["bf16"] = bf16
+            # the plan is data of the graph: OpenVINO's bf16 mode reads the fp32 entry's f32_scopes
+            entry = m["graphs"][mf.SKETCH_ENCODER]["fp32"]
+            entry.pop("f32_scopes", None)
+            if bf16["plan"]["f32_scopes"]:
+                entry["f32_scopes"] = list(bf16["plan"]["f32_scopes"])
 
     return commit(bundle.path, files, update)
 
@@ -327,8 +394,15 @@ def calibrate_bundle(
     workdir: Path | None = None,
     quiet: bool = False,
     say: Say = silent,
+    objective: T.Objective | None = None,
+    noise_floor: bool = True,
+    patience: int | None = 2,
+    sensitivity_sketches: int | None = 32,
 ) -> dict:
-    """Add ``precisions`` to the bundle; returns the new manifest. ``recipe=None`` runs the search."""
+    """Add ``precisions`` to the bundle; returns the new manifest. ``recipe=None`` runs the search.
+
+    ``bf16`` is a plan, not a graph file: which blocks OpenVINO keeps in f32 (searched).
+    """
     bundle_path = Path(bundle_path)
     precisions = [p for p in precisions if p != "fp32"]
     for p in precisions:
@@ -337,11 +411,15 @@ def calibrate_bundle(
     bundle = Bundle.load(bundle_path)
     with _workdir(bundle_path, workdir) as work:
         prep = prepare(bundle, data, work, photos=photos, gallery=gallery, max_calib=max_calib,
-                       max_heldout=max_heldout, heldout_share=heldout_share, threads=threads, quiet=quiet, say=say)
+                       max_heldout=max_heldout, heldout_share=heldout_share, threads=threads, quiet=quiet, say=say,
+                       objective=objective, noise_floor=noise_floor, patience=patience,
+                       sensitivity_sketches=sensitivity_sketches)
         stages = []
         if "fp16" in precisions:
             stages.append(fp16_stage(prep))
         if "int8" in precisions:
             stages.append(int8_stage(prep, recipe, search_record=search_record, methods=methods,
                                      latency_rasters=latency_rasters))
+        if "bf16" in precisions:
+            stages.append(bf16_stage(prep, latency_rasters=latency_rasters))
         return commit_stages(prep, stages)

@@ -253,6 +253,14 @@ class PrefixSet:
         """Indices of each sketch's prefixes, in stroke order (for the causal stroke head)."""
         return [np.nonzero(self.sketch == k)[0] for k in range(len(self.sketches))]
 
+    def only(self, sketches: Sequence[int]) -> PrefixSet:
+        """The prefixes of the listed sketches (whole sketches, in the listed order)."""
+        keep = [int(k) for k in sketches]
+        rows = np.concatenate([np.nonzero(self.sketch == k)[0] for k in keep]) if keep else np.zeros(0, int)
+        remap = {k: i for i, k in enumerate(keep)}
+        return PrefixSet(self.canvases[rows], np.asarray([remap[int(k)] for k in self.sketch[rows]], int),
+                         self.stroke[rows], [self.sketches[k] for k in keep], self.pipeline)
+
     def subsample(self, limit: int | None, seed: int = 0) -> PrefixSet:
         """At most ``limit`` prefixes, spread evenly over the set (keeps early and late strokes)."""
         if limit is None or len(self) <= limit:

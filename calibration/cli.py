@@ -39,13 +39,19 @@ def _print_fidelity(manifest: dict, precisions, as_json: bool) -> None:
         click.echo(json.dumps({"precisions": manifest["precisions"], "fidelity": fid,
                                "calibration": manifest.get("calibration", {})}, indent=2))
         return
+    from .fidelity import noise_line
+
     for p in precisions:
         for key in (p, f"{p}-tensorrt"):
             if key in fid:
                 rep = fid[key]
-                ok = rep.get("meets_targets")
-                flag = "" if ok is None else ("  [meets targets]" if ok else "  [BELOW TARGET: see README, Precision]")
+                ok = rep.get("meets_objective", rep.get("meets_targets"))
+                used = rep.get("objective_used", "agreement")
+                flag = "" if ok is None else (f"  [keeps the {used} objective]" if ok
+                                              else f"  [MISSES the {used} objective: see README, Precision]")
                 click.echo(summary_line(key, rep) + flag)
+    for kind, rec in manifest.get("calibration", {}).get("noise_floor", {}).items():
+        click.echo(noise_line(kind, rec))
 
 
 def check_precision_args(precision: str, calib: str | None, *, photos: Path | None = None,
@@ -100,8 +106,23 @@ def export_precisions(out: Path, precision: str, calib: str | None, recipe: str,
 @click.command("calibrate")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--data", required=True, help=DATA_HELP)
-@click.option("--precision", default="int8", show_default=True, help="Comma list of fp16, int8.")
+@click.option("--precision", default="int8", show_default=True,
+              help="Comma list of fp16, int8, bf16 (bf16: search which blocks OpenVINO keeps in f32; needs a CPU "
+                   "with native bf16).")
 @recipe_option
+@click.option("--objective", type=click.Choice(["task", "agreement"]), default="task", show_default=True,
+              help="What a plan must keep: the task accuracy on held-out sketches (within --max-drop), or "
+                   "agreement with fp32 (top-1 and top-10 >= 90%). Data without ground truth uses agreement.")
+@click.option("--max-drop", default=None, metavar="METRIC=DROP,...",
+              help="Largest loss against fp32 a plan may have, on the one-sided 95% upper bound over held-out "
+                   "sketches (paired bootstrap) [default: m@B=0.01,acc@10=0.02]; metrics: acc@1, acc@10, "
+                   "stroke_acc@1, stroke_acc@10, m@A, m@B.")
+@click.option("--patience", type=click.IntRange(1), default=2, show_default=True,
+              help="Stop a trade-off curve after this many points in a row miss the objective.")
+@click.option("--sensitivity-sketches", type=click.IntRange(2), default=32, show_default=True,
+              help="Held-out sketches the per-block sensitivity order is measured on (the curve uses all).")
+@click.option("--noise-floor/--no-noise-floor", default=True, show_default=True,
+              help="Also measure fp32 on the same sketches moved by one pixel and jittered again.")
 @fidelity_gallery_options
 @click.option("--max-calib", type=click.IntRange(1), default=96, show_default=True,
               help="Calibration rasters (stroke prefixes), spread over the calibration sketches.")
@@ -115,22 +136,31 @@ def export_precisions(out: Path, precision: str, calib: str | None, recipe: str,
 @output_options(json="the fidelity reports and the recipe")
 def calibrate(bundle: Path, data: str, precision: str, recipe: str, photos: Path | None, fidelity_gallery: Path | None,
               max_calib: int, max_heldout: int | None, methods: str, threads: int | None, workdir: Path | None,
+              objective: str, max_drop: str | None, patience: int, sensitivity_sketches: int, noise_floor: bool,
               as_json: bool, quiet: bool) -> None:
-    """Add FP16 / INT8 graphs to an existing BUNDLE, with a retrieval-fidelity report for each.
+    """Add FP16 / INT8 graphs and a bf16 plan to an existing BUNDLE, with a fidelity report for each.
+
+    Fidelity is judged by the task where the held-out sketches name their photo: the change of
+    acc@1/acc@10 (per stroke and finished), m@A, m@B against fp32, with paired bootstrap bounds,
+    beside the noise floor (fp32 on strokes moved by one pixel); agreement with fp32 is reported too.
 
     \b
-    dcssa-export calibrate dcssa-bundle --data Shapes/ --precision int8,fp16
-    dcssa-export calibrate dcssa-bundle --data Shapes/ --recipe default   # no search
+    dcssa-export calibrate dcssa-bundle --data Shapes/ --precision int8,bf16,fp16
+    dcssa-export calibrate dcssa-bundle --data Shapes/ --recipe default   # no int8 search
+    dcssa-export calibrate dcssa-bundle --data Shapes/ --precision bf16 --max-drop m@B=0.005
     """
     from .bundle import PRECISIONS, calibrate_bundle, load_recipe, load_search_record, parse_precisions
+    from .task import Objective, parse_max_drop
 
     say = Progress(quiet or as_json)
     with fail_cleanly(), stdout_for_json(as_json):  # onnxruntime's calibrators print to stdout
         wanted = parse_precisions(precision, PRECISIONS)
+        goal = Objective(objective, parse_max_drop(max_drop))
         manifest = calibrate_bundle(
             bundle, data, wanted, recipe=load_recipe(recipe, _family(bundle)), search_record=load_search_record(recipe),
             methods=[m.strip() for m in methods.split(",") if m.strip()], photos=photos, gallery=fidelity_gallery,
             max_calib=max_calib, max_heldout=max_heldout, threads=threads, workdir=workdir, quiet=say.quiet, say=say,
+            objective=goal, noise_floor=noise_floor, patience=patience, sensitivity_sketches=sensitivity_sketches,
         )
     _print_fidelity(manifest, wanted, as_json)
 

@@ -82,57 +82,82 @@ def snippets_trusted() -> bool:
     return cpu_vendor() == "GenuineIntel" and "avx512f" in _cpuinfo("flags").split()
 
 
-def scope_cut(model, scope: str) -> str | None:
-    """Friendly name of the last op of ``scope``, when its output is all the rest of the graph needs.
+def in_scope(name: str, scope: str) -> bool:
+    """Whether an op named ``name`` lies in module scope ``scope`` (``/trunk/MaxPool`` is not
+    ``/trunk/MaxPool_1``, ``blocks.1`` not ``blocks.10``)."""
+    return name == scope or name.startswith(scope.rstrip("/") + "/")
 
-    The exporter names ops by module scope (``/trunk/Conv2d_1a_3x3/...``, ``/attention/...``); the
-    last op of a scope in topological order is a valid cut when nothing after it reads an earlier
-    non-constant value (the image, say). None when the graph has no such boundary (no ops of that
-    scope, as in the stroke head, or unscoped names).
-    """
-    ops = model.get_ordered_ops()  # topological order
-    inside = [op for op in ops if op.get_friendly_name().startswith(scope) and op.get_type_name() != "Constant"]
-    if not inside or len(inside[-1].outputs()) != 1:
-        return None
-    cut = inside[-1]
-    if sum(op.get_friendly_name() == cut.get_friendly_name() for op in ops) != 1:
-        return None
-    before, stack = set(), [cut]
-    while stack:
-        node = stack.pop()
-        if node.get_name() in before:
-            continue
-        before.add(node.get_name())
-        stack.extend(v.get_node() for v in node.input_values())
-    for op in ops:
-        if op.get_name() in before:
-            continue
+
+_FREE = ("Parameter", "Constant", "Result")
+
+
+def _valid_cuts(ops) -> list[bool]:
+    """For each op (topological order): whether its single output is all that later ops need of it
+    and everything before it (the graph's input included), so the graph can be split right after it."""
+    pos = {op.get_name(): i for i, op in enumerate(ops)}
+    last_use = [-1] * len(ops)
+    param_last = -1
+    for j, op in enumerate(ops):
         for value in op.input_values():
             src = value.get_node()
-            if src.get_name() in before and src.get_name() != cut.get_name() and src.get_type_name() != "Constant":
-                return None
-    return cut.get_friendly_name()
+            kind = src.get_type_name()
+            if kind == "Parameter":
+                param_last = max(param_last, j)
+            elif kind != "Constant" and src.get_name() in pos:
+                i = pos[src.get_name()]
+                last_use[i] = max(last_use[i], j)
+    names = [op.get_friendly_name() for op in ops]
+    counts = {n: names.count(n) for n in set(names)}
+    out, reach = [], param_last  # the furthest use of anything strictly before position p
+    for p, op in enumerate(ops):
+        out.append(reach <= p and len(op.outputs()) == 1 and counts[names[p]] == 1)
+        reach = max(reach, last_use[p])
+    return out
 
 
 def bf16_plan(model, f32_scopes: Sequence[str], tail: str = "bf16") -> tuple[list[str], list[str]]:
     """(cuts, precision of each of the len(cuts) + 1 segments) for running ``model`` in bf16 mode.
 
-    Each scope in ``f32_scopes`` (graph order) ends an f32 segment at its last op; the rest runs in
-    ``tail``. Scopes the graph lacks are skipped and neighbouring segments of one precision are
-    merged; a graph with none of the scopes runs in bf16 as a single segment.
+    Ops in any of ``f32_scopes`` (module scopes such as ``/trunk/Conv2d_1a_3x3``, anywhere in the
+    graph) run in f32, the others in ``tail``; ops without a scope (``Identity_3``) go with the op
+    before them. A change of precision becomes a cut after the last op of a run; where that op is
+    not a clean boundary (a residual reads past it), the cut moves to the next one that is, and the
+    ops in between keep the earlier precision. A graph with none of the scopes is one ``tail`` segment.
     """
-    segs = [(c, "fp32") for c in (scope_cut(model, scope) for scope in f32_scopes) if c is not None]
-    if not segs:  # nothing known to keep apart: what was asked for
-        return [], ["bf16"]
-    segs.append((None, tail))
-    cuts, precisions = [], []
-    for cut, prec in segs:
-        if precisions and precisions[-1] == prec:
-            cuts[-1] = cut  # extend the previous segment
+    ops = [op for op in model.get_ordered_ops() if op.get_type_name() not in _FREE]
+    scopes = [s for s in f32_scopes if s]
+    marks: list[str | None] = []
+    for op in ops:
+        name = op.get_friendly_name()
+        if any(in_scope(name, sc) for sc in scopes):
+            marks.append("fp32")
+        else:
+            marks.append(tail if name.startswith("/") else None)
+    if "fp32" not in marks:
+        return [], [tail]
+    first = next(m for m in marks if m is not None)
+    precs, cur = [], first
+    for m in marks:
+        cur = m or cur
+        precs.append(cur)
+    valid = _valid_cuts(ops)
+    cuts, precisions = [], [precs[0]]
+    i = 0
+    while i < len(ops) - 1:
+        if precs[i + 1] == precisions[-1]:
+            i += 1
             continue
-        cuts.append(cut)
-        precisions.append(prec)
-    return [c for c in cuts if c is not None], precisions
+        p = i
+        while p < len(ops) - 1 and not valid[p]:
+            p += 1
+        if p >= len(ops) - 1:
+            break  # no clean boundary left: the rest keeps the current precision
+        nxt = precs[p + 1]
+        if nxt != precisions[-1]:
+            cuts.append(ops[p].get_friendly_name())
+            precisions.append(nxt)
+        i = p + 1
+    return cuts, precisions
 
 
 def split_model(model, cuts: Sequence[str]) -> list:

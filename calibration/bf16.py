@@ -1,0 +1,191 @@
+"""Which blocks of the sketch encoder stay f32 when OpenVINO runs it in bf16: a measured plan.
+
+bf16 is an execution mode over the fp32 graph (runtime/backends/openvino.py): the blocks a plan
+lists as ``f32_scopes`` run in f32, the rest on the CPU's bf16 units, the graph split at block
+boundaries. Without a plan the runtime keeps the family's default (DC-SSA: the first convolution
+in f32). The search here chooses per bundle, on the held-out sketches, like the int8 search:
+
+1. every block in bf16 (one segment, the cheapest plan) and the default plan, timed; when every
+   block in bf16 keeps the objective there is nothing to keep in f32;
+2. otherwise per-block sensitivity: one block at a time in bf16, on a subset of the sketches;
+3. the curve: blocks go to bf16 cumulatively, least sensitive first, each point timed against
+   OpenVINO fp32 in interleaved blocks; the fastest point that keeps the objective wins, else the
+   closest, said so.
+
+The chosen f32 scopes are written into the sketch encoder's spec in the manifest, where the
+OpenVINO backend reads them for ``--precision bf16``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from dcssa.runtime import manifest as mf
+from dcssa.runtime.backends import Backend
+from dcssa.runtime.bundle import Bundle
+from dcssa.runtime.errors import DcssaError
+from dcssa.runtime.progress import Say, silent
+
+from . import fidelity as fd
+from . import task as T
+from .calibset import PrefixSet
+from .search import choose, held_subset, point, sensitivity_order, task_text, trade_off_table, walk_curve
+
+_UNIT = (re.compile(r"^(/encoder/blocks/blocks\.\d+)(/|$)"), re.compile(r"^(/trunk/[^/]+)"),
+         re.compile(r"^(/encoder/[^/]+)"), re.compile(r"^(/[^/]+)"))
+
+
+def unit_of(name: str) -> str | None:
+    """The module scope a bf16 plan switches as one piece: an Inception block or stem layer
+    (``/trunk/Mixed_6b``), the spatial attention (``/attention``), a ViT block; None when unscoped."""
+    for rx in _UNIT:
+        m = rx.match(name)
+        if m:
+            return m.group(1)
+    return None
+
+
+def bf16_units(model: onnx.ModelProto) -> list[str]:
+    """The graph's switchable scopes in graph order (only those holding real arithmetic)."""
+    heavy = {"Conv", "MatMul", "Gemm"}
+    units: list[str] = []
+    for n in model.graph.node:
+        u = unit_of(n.name)
+        if u is not None and n.op_type in heavy and u not in units:
+            units.append(u)
+    return units
+
+
+def _openvino(threads: int | None, f32_scopes: Sequence[str] | None = None):
+    from dcssa.runtime.backends.openvino import OpenVINOBackend
+
+    return OpenVINOBackend(threads=threads, bf16_f32_scopes=f32_scopes)
+
+
+def check_bf16_machine() -> None:
+    """A bf16 plan can only be measured where OpenVINO has native bf16 kernels."""
+    from dcssa.runtime.backends.openvino import device_capabilities
+
+    try:
+        caps = device_capabilities("CPU")
+    except Exception as exc:  # noqa: BLE001 - not installed or broken
+        raise DcssaError(f"OpenVINO is not usable here ({exc})", hint="pip install 'dcssa-rt[openvino]'") from None
+    if "BF16" not in caps:
+        raise DcssaError(
+            f"this CPU has no native bf16 (OpenVINO capabilities: {', '.join(caps)}): a bf16 plan measured here "
+            "would time emulation", hint="run `dcssa-export calibrate --precision bf16` on the machine that serves "
+                                         "(AMX or AVX512-BF16), or drop bf16 from --precision")
+
+
+@dataclass
+class Bf16Search:
+    """What one bf16 plan evaluation needs (the fp32 reference comes from onnxruntime, as for int8)."""
+
+    bundle: Bundle
+    held: PrefixSet
+    gallery: fd.GalleryMatrix
+    ref: fd.Reference
+    head_backend: Backend
+    workdir: Path
+    threads: int | None = None
+    objective: T.Objective = field(default_factory=T.Objective)
+    latency_rasters: int = 6
+    latency_repeats: int = 2
+    patience: int | None = 2
+    sensitivity_sketches: int | None = 32
+    say: Say = silent
+    on_batch: Callable[[int], None] = lambda _n: None
+    _baseline: object = None
+
+    @property
+    def fp32(self) -> Path:
+        return self.bundle.graph_path(mf.SKETCH_ENCODER, "fp32")
+
+    @property
+    def spec(self) -> mf.GraphSpec:
+        return self.bundle.graph_spec(mf.SKETCH_ENCODER, "fp32")
+
+    def baseline(self):
+        """OpenVINO fp32 of the same graph: what a bf16 plan's latency is compared with."""
+        if self._baseline is None:
+            self._baseline = _openvino(self.threads).load(self.fp32, self.spec)
+        return self._baseline
+
+    def evaluate(self, f32_scopes: Sequence[str], *, latency: bool = True, held: PrefixSet | None = None,
+                 ref: fd.Reference | None = None) -> dict:
+        enc = _openvino(self.threads, list(f32_scopes)).load(self.fp32, self.spec, precision="bf16")
+        report = fd.fidelity_report(
+            self.bundle, self.fp32, "bf16", held or self.held, self.gallery, ref or self.ref,
+            backend=self.head_backend, encoder=enc, baseline=self.baseline() if latency else None,
+            latency_rasters=self.latency_rasters if latency else 0, latency_repeats=self.latency_repeats,
+            on_batch=self.on_batch, objective=self.objective,
+        )
+        report["plan"] = {"f32_scopes": list(f32_scopes), "segments": list(enc.precisions)}
+        return report
+
+
+def run_bf16_search(ctx: Bf16Search, units: Sequence[str] | None = None) -> dict:
+    """The search of the module docstring; returns its record (also written to workdir/bf16-search.json)."""
+    t0 = time.perf_counter()
+    units = list(units or bf16_units(onnx.load(str(ctx.fp32), load_external_data=False)))
+    default = [s for s in ctx.spec.f32_scopes]
+    ctx.say(f"bf16 plan search over {len(units)} blocks, objective: {ctx.objective.describe()}")
+
+    def plan_point(label: str, f32: Sequence[str]) -> dict:
+        r = ctx.evaluate(f32)
+        p = {**point(label, r), "f32_scopes": list(f32), "segments": r["plan"]["segments"]}
+        ctx.say(f"  {label:28s} {task_text(p, ctx.objective)} top-1 {p['top1_agreement']:.1%} "
+                f"latency {p['latency_ratio']:.2f}x of OpenVINO fp32")
+        return p
+
+    everything = plan_point("every block in bf16", [])
+    reference_points = [everything]
+    if default:
+        reference_points.append(plan_point("default plan (" + ", ".join(s.rstrip("/").rsplit("/", 1)[-1] for s in default) + " f32)",
+                                           default))
+    sens, order, curve = [], [], []
+    if ctx.objective.faithful(everything):
+        chosen, ok = choose(reference_points, ctx.objective)  # the fastest of the plans timed that keep it
+        ctx.say("  every block in bf16 keeps the objective: no search needed, the faster plan of those timed wins")
+    else:
+        held, ref = held_subset(ctx.held, ctx.ref, ctx.gallery, ctx.sensitivity_sketches)
+        ctx.say(f"bf16 plan search: per-block sensitivity ({len(held.sketches)} held-out sketches)")
+        for u in units:
+            r = ctx.evaluate([v for v in units if v != u], latency=False, held=held, ref=ref)
+            sens.append({"block": u, **point(u, r)})
+            ctx.say(f"  only {u:24s} in bf16: top-1 {r['top1_agreement']:.1%} top-10 {r['top10_overlap']:.1%} "
+                    f"cosine {r['embedding_cosine']['mean']:.4f}")
+        order = sensitivity_order(sens)
+        ctx.say("bf16 plan search: trade-off curve (least sensitive blocks to bf16 first)")
+
+        def evaluate(blocks: list[str]) -> dict:
+            f32 = [u for u in units if u not in blocks]
+            r = ctx.evaluate(f32)
+            return {**point(f"{len(blocks)} blocks bf16", r), "f32_scopes": f32, "segments": r["plan"]["segments"]}
+
+        curve = walk_curve(order, evaluate, ctx.objective, ctx.say, ctx.patience)
+        chosen, ok = choose([*curve, *reference_points], ctx.objective)
+        if not ok:
+            ctx.say(f"NO bf16 plan keeps the objective ({ctx.objective.describe()}); kept the closest:\n"
+                    f"{trade_off_table(curve, ctx.objective)}")
+    record = {
+        "objective": ctx.objective.record(),
+        "units": units,
+        "reference_points": reference_points,
+        "sensitivity": sens,
+        "order": order,
+        "curve": curve,
+        "chosen": {"label": chosen["label"], "f32_scopes": chosen["f32_scopes"], "meets_objective": ok,
+                   "latency_ratio": chosen["latency_ratio"], "blocks": len(units) - len(chosen["f32_scopes"])},
+        "latency_against": "OpenVINO fp32 of the same graph, interleaved blocks",
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    (ctx.workdir / "bf16-search.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record

@@ -1,0 +1,176 @@
+"""The task yardstick of reduced precision: does the user still find the photo they are drawing?
+
+Agreement with fp32 (same top-1, top-10 overlap) counts every swap among wrong photos as an error
+and never asks about the target. Where the held-out sketches name their photo, a plan is judged
+instead by the change of the on-the-fly task metrics against fp32 on the same sketches -- acc@1 and
+acc@10 at every stroke and on finished sketches, m@A (mean percentile of the target) and m@B (mean
+reciprocal rank), the target's mean rank -- each with a paired bootstrap bound over sketches
+(:mod:`dcssa.runtime.evaluation.paired`). Ranks are those `dcssa-rt eval` computes.
+
+The noise floor puts those changes in proportion: the same comparison for fp32 itself when the
+strokes move by one pixel, or when the hand's tremor is drawn again. A plan whose loss stays inside
+that floor changes results less than the user's hand does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dcssa.runtime.errors import DcssaError
+from dcssa.runtime.evaluation import metrics as M
+from dcssa.runtime.evaluation.paired import HIGHER_IS_BETTER, paired_bootstrap
+
+from .calibset import PrefixSet, Sketch
+
+TASK_METRICS = ("acc@1", "acc@10", "stroke_acc@1", "stroke_acc@10", "m@A", "m@B", "mean_rank")
+#: default --max-drop: absolute, on the one-sided 95% upper bound of the drop (issue 19)
+DEFAULT_MAX_DROP = {"m@B": 0.01, "acc@10": 0.02}
+#: agreement targets of --objective agreement (the rule before the task yardstick)
+AGREEMENT_TARGETS = {"top10_overlap": 0.90, "top1_agreement": 0.90}
+
+
+@dataclass
+class SketchTargets:
+    """Which held-out sketches have their photo in the gallery: sketch index -> gallery row."""
+
+    sketches: list[int]
+    rows: list[int]
+    gallery_size: int
+
+    def __len__(self) -> int:
+        return len(self.sketches)
+
+
+def sketch_targets(prefixes: PrefixSet, ids: Sequence[str]) -> SketchTargets | None:
+    """The sketches whose target photo is in the gallery; None when none is (no ground truth)."""
+    where = {g: i for i, g in enumerate(ids)}
+    seqs = prefixes.sequences()
+    ks = [k for k, s in enumerate(prefixes.sketches) if s.target in where and len(seqs[k])]
+    if not ks:
+        return None
+    return SketchTargets(ks, [where[prefixes.sketches[k].target] for k in ks], len(ids))
+
+
+def per_sketch(embeddings: np.ndarray, prefixes: PrefixSet, photos: np.ndarray, targets: SketchTargets) -> dict[str, np.ndarray]:
+    """Every task metric per sketch (one value each), from the rank of the target at every stroke."""
+    seqs = prefixes.sequences()
+    n = targets.gallery_size
+    rows: dict[str, list[float]] = {m: [] for m in TASK_METRICS}
+    for k, t in zip(targets.sketches, targets.rows):
+        r = M.step_ranks(embeddings[seqs[k]], photos, t)  # eval's ranks: float32 distances, ties count against
+        rows["acc@1"].append(float(r[-1] <= 1))
+        rows["acc@10"].append(float(r[-1] <= 10))
+        rows["stroke_acc@1"].append(float(np.mean(r <= 1)))
+        rows["stroke_acc@10"].append(float(np.mean(r <= 10)))
+        rows["m@A"].append(float(M.percentile(r, n).mean()))
+        rows["m@B"].append(float(np.mean(1.0 / r)))
+        rows["mean_rank"].append(float(r.mean()))
+    return {m: np.asarray(v) for m, v in rows.items()}
+
+
+def means(values: dict[str, np.ndarray]) -> dict[str, float]:
+    return {m: float(np.mean(v)) for m, v in values.items()}
+
+
+def compare_task(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], *, seed: int = 0) -> dict:
+    """Per metric the fp32 and candidate means and the drop with its bounds (see paired_bootstrap)."""
+    return paired_bootstrap(reference, candidate, seed=seed)
+
+
+# -- --max-drop and the objective of the searches --------------------------------------------------
+
+
+def parse_max_drop(text: str | None) -> dict[str, float]:
+    """``"m@B=0.01,acc@10=0.02"`` -> {metric: limit}; None or "" -> the default."""
+    if not text:
+        return dict(DEFAULT_MAX_DROP)
+    out = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        name, _, value = item.partition("=")
+        name = name.strip()
+        if name not in HIGHER_IS_BETTER:
+            raise DcssaError(f"--max-drop: unknown metric {name!r}",
+                             hint=f"write METRIC=DROP pairs, metrics among {', '.join(HIGHER_IS_BETTER)}; e.g. m@B=0.01,acc@10=0.02")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise DcssaError(f"--max-drop: {item.strip()!r} has no number", hint="e.g. m@B=0.01,acc@10=0.02") from None
+    if not out:
+        raise DcssaError("--max-drop names no metric", hint="e.g. m@B=0.01,acc@10=0.02")
+    return out
+
+
+@dataclass
+class Objective:
+    """What a plan must keep: the task (drop bounds) or agreement with fp32 (targets).
+
+    ``task`` needs held-out sketches with their photos in the gallery; without them the searches
+    fall back to agreement and say so (:meth:`for_report`).
+    """
+
+    kind: str = "task"
+    max_drop: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MAX_DROP))
+    targets: dict[str, float] = field(default_factory=lambda: dict(AGREEMENT_TARGETS))
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("task", "agreement"):
+            raise DcssaError(f"unknown objective {self.kind!r}", hint="use --objective task or agreement")
+
+    def effective(self, point: dict) -> str:
+        return "task" if self.kind == "task" and point.get("task") else "agreement"
+
+    def faithful(self, point: dict) -> bool:
+        """Whether a curve point / report keeps what this objective protects."""
+        if self.effective(point) == "task":
+            task = point["task"]
+            return all(m in task and task[m]["drop_upper"] <= lim + 1e-12 for m, lim in self.max_drop.items())
+        return all(point[k] >= v for k, v in self.targets.items())
+
+    def closeness(self, point: dict) -> tuple:
+        """Larger is closer to meeting the objective (for 'keep the closest' when none meets)."""
+        if self.effective(point) == "task":
+            task = point["task"]
+            excess = [task[m]["drop_upper"] - lim for m, lim in self.max_drop.items() if m in task]
+            return (-max(excess, default=0.0), point.get("top10_overlap", 0.0))
+        return (min(point[k] - v for k, v in self.targets.items()), point.get("top1_agreement", 0.0))
+
+    def describe(self) -> str:
+        if self.kind == "task":
+            return "task accuracy: " + ", ".join(f"{m} drop <= {v:g}" for m, v in self.max_drop.items()) + \
+                   " (one-sided 95% upper bound over held-out sketches)"
+        return "agreement with fp32: " + ", ".join(f"{k} >= {v:.0%}" for k, v in self.targets.items())
+
+    def record(self) -> dict:
+        return {"kind": self.kind, "max_drop": dict(self.max_drop), "agreement_targets": dict(self.targets),
+                "rule": self.describe()}
+
+
+# -- the noise floor ---------------------------------------------------------------------------------
+
+#: perturbations no user controls, in pixels of the 256 input frame
+PERTURBATIONS = ("shift-1px", "jitter-1px")
+
+
+def perturb(sketches: Sequence[Sketch], kind: str, *, seed: int = 1) -> list[Sketch]:
+    """The same sketches moved by one pixel (right and down), or every point jittered by N(0, 1 px)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in sketches:
+        strokes = []
+        for st in s.strokes:
+            st = np.array(st, dtype=np.float64, copy=True)
+            if kind == "shift-1px":
+                st[:, :2] += 1.0
+            elif kind == "jitter-1px":
+                st[:, :2] += rng.normal(0.0, 1.0, size=st[:, :2].shape)
+            else:
+                raise ValueError(f"unknown perturbation {kind!r}")
+            st[:, :2] = np.clip(st[:, :2], 0.0, 255.0)
+            strokes.append(st)
+        out.append(Sketch(s.name, strokes, s.target, s.split))
+    return out
