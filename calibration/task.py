@@ -135,9 +135,10 @@ class Objective:
         """Larger is closer to meeting the objective (for 'keep the closest' when none meets)."""
         if self.effective(point) == "task":
             task = point["task"]
-            excess = [task[m]["drop_upper"] - lim for m, lim in self.max_drop.items() if m in task]
-            return (-max(excess, default=0.0), point.get("top10_overlap", 0.0))
-        return (min(point[k] - v for k, v in self.targets.items()), point.get("top1_agreement", 0.0))
+            excess = sum(max(0.0, task[m]["drop_upper"] - lim) for m, lim in self.max_drop.items() if m in task)
+            return (-excess, point.get("top10_overlap", 0.0), point.get("top1_agreement", 0.0))
+        short = sum(max(0.0, v - point[k]) for k, v in self.targets.items())
+        return (-short, point.get("top10_overlap", 0.0), point.get("top1_agreement", 0.0))
 
     def describe(self) -> str:
         if self.kind == "task":

@@ -211,6 +211,37 @@ def test_split_graph_in_f32_equals_the_whole_graph(bundle, backend, rasters, ort
     assert np.abs(runner.run({"images": rasters[:3]})["features"] - ort_features[:3]).max() <= 1e-4
 
 
+def test_scopes_match_whole_path_parts():
+    assert ovb.in_scope("/trunk/MaxPool", "/trunk/MaxPool") and ovb.in_scope("/trunk/Mixed_5b/x/Conv", "/trunk/Mixed_5b")
+    assert not ovb.in_scope("/trunk/MaxPool_1", "/trunk/MaxPool")
+    assert not ovb.in_scope("/encoder/blocks/blocks.10/mlp", "/encoder/blocks/blocks.1")
+
+
+def test_a_plan_may_keep_a_block_in_the_middle_in_f32(bundle, backend, rasters, ort_features):
+    """f32 for Mixed_6a only: bf16 before, f32, bf16 after, cut at the blocks' own outputs; the same
+    chain compiled all in f32 reproduces onnxruntime, so the cuts lose nothing."""
+    path = bundle.graph_path(mf.SKETCH_ENCODER)
+    model = ovb._core().read_model(str(path))
+    cuts, precisions = ovb.bf16_plan(model, ["/trunk/Mixed_6a"])
+    assert precisions == ["bf16", "fp32", "bf16"]
+    assert cuts[0].startswith("/trunk/Mixed_5d/") and cuts[1].startswith("/trunk/Mixed_6a/")
+    runner = ovb.OpenVINORunner(backend, ovb.split_model(model, cuts), ["fp32"] * 3, mf.GraphSpec("chain", {}, {}), path)
+    assert np.abs(runner.run({"images": rasters[:3]})["features"] - ort_features[:3]).max() <= 1e-4
+    # neighbouring f32 blocks merge into one segment; the attention's residual is no place to cut
+    assert ovb.bf16_plan(model, ["/trunk/Mixed_6a", "/trunk/Mixed_6b"])[1] == ["bf16", "fp32", "bf16"]
+    cuts, precisions = ovb.bf16_plan(model, ["/attention"])
+    assert precisions == ["bf16", "fp32"] and cuts[0].startswith("/trunk/Mixed_7c/")
+
+
+@needs_bf16
+def test_the_bf16_mode_runs_each_segment_in_its_precision(bundle):
+    r = ovb.OpenVINOBackend(bf16_f32_scopes=["/trunk/Mixed_6a"]).load(
+        bundle.graph_path(mf.SKETCH_ENCODER), bundle.graph_spec(mf.SKETCH_ENCODER), precision="bf16")
+    assert r.precisions == ("bf16", "fp32", "bf16")
+    got = [_runtime_precisions(s) for s in r.stages]
+    assert set(got[0]) == {"bf16"} and got[1] == {"f32": sum(got[1].values())} and set(got[2]) == {"bf16"}
+
+
 @pytest.fixture(scope="module")
 def fp32_run(bundle, gallery2, sketches):
     """The onnxruntime fp32 session's answers on every prefix: the rankings to keep."""
