@@ -189,8 +189,12 @@ def _print_info(doc: dict) -> None:
         click.echo(f"  parity {name:18s} max abs err {rep['max_abs_err']:.2e}")
     for prec, rep in doc["fidelity"].items():
         lat = f", encoder {rep['latency']['ratio']:.2f}x fp32" if rep.get("latency") else ""
+        task = rep.get("task") or {}
+        drops = "".join(f"  {m} drop <= {task[m]['drop_upper']:+.3f}" for m in ("m@B", "acc@10") if m in task)
         click.echo(f"  fidelity {prec:16s} top-1 {rep['top1_agreement']:.1%}  top-10 {rep['top10_overlap']:.1%}  "
-                   f"cosine {rep['embedding_cosine']['mean']:.4f}{lat}")
+                   f"cosine {rep['embedding_cosine']['mean']:.4f}{drops}{lat}")
+    if doc.get("bf16_plan") is not None:
+        click.echo(f"  bf16 plan (openvino): f32 {', '.join(doc['bf16_plan']) or 'nothing'}")
     click.echo(f"backends available: {', '.join(doc['backends_available'])}")
     g = doc.get("gallery")
     if g:
@@ -223,6 +227,10 @@ def info(bundle: Path, gallery: Path, as_json: bool) -> None:
         b = Bundle.load(bundle)
         doc = {**b.describe(), "parity": b.manifest.get("parity", {}), "backends_available": available_backends()}
         doc["fidelity"] = b.manifest.get("fidelity", {})  # reduced precisions vs fp32 (dcssa-export calibrate)
+        from . import manifest as mf
+
+        if "bf16" in b.manifest.get("calibration", {}):  # a searched plan: the blocks OpenVINO's bf16 keeps in f32
+            doc["bf16_plan"] = list(b.graph_spec(mf.SKETCH_ENCODER, "fp32").f32_scopes)
         where = gallery  # BUNDLE/gallery may be absent; a gallery the user names must not be
         if (where / GALLERY_META).is_file():
             try:
