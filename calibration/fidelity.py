@@ -173,7 +173,8 @@ def noise_floor(bundle: Bundle, prefixes: PrefixSet, gallery: GalleryMatrix, ref
         rec = {"top1_agreement": agree["top1_identical"], "top10_overlap": agree["topk_overlap"],
                "embedding_cosine": {"mean": float(_cos(e, ref.embeddings).mean())}}
         if ref.task is not None:
-            rec["task"] = T.compare_task(ref.task, T.per_sketch(e, moved, gallery.embeddings, ref.targets))
+            rec["task"] = T.compare_task(ref.task, T.per_sketch(e, moved, gallery.embeddings, ref.targets),
+                                         keys=T.sketch_keys(prefixes, ref.targets))
         out[kind] = rec
     return out
 
@@ -266,7 +267,7 @@ def fidelity_report(
     }
     if ref.task is not None:
         mine = T.per_sketch(e, prefixes, gallery.embeddings, ref.targets)
-        report["task"] = T.compare_task(ref.task, mine)
+        report["task"] = T.compare_task(ref.task, mine, keys=T.sketch_keys(prefixes, ref.targets))
         report["target_accuracy"] = {"fp32": target_accuracy(ref.task), precision: target_accuracy(mine)}
     if latency_rasters:
         fp32 = baseline or load_encoder(bundle, backend)

@@ -21,11 +21,10 @@ import numpy as np
 
 from dcssa.runtime.errors import DcssaError
 from dcssa.runtime.evaluation import metrics as M
-from dcssa.runtime.evaluation.paired import HIGHER_IS_BETTER, paired_bootstrap
+from dcssa.runtime.evaluation.paired import HIGHER_IS_BETTER, TASK_METRICS, paired_bootstrap, sketch_values
 
 from .calibset import PrefixSet, Sketch
 
-TASK_METRICS = ("acc@1", "acc@10", "stroke_acc@1", "stroke_acc@10", "m@A", "m@B", "mean_rank")
 #: default --max-drop: absolute, on the one-sided 95% upper bound of the drop (issue 19)
 DEFAULT_MAX_DROP = {"m@B": 0.01, "acc@10": 0.02}
 #: agreement targets of --objective agreement (the rule before the task yardstick)
@@ -55,29 +54,26 @@ def sketch_targets(prefixes: PrefixSet, ids: Sequence[str]) -> SketchTargets | N
 
 
 def per_sketch(embeddings: np.ndarray, prefixes: PrefixSet, photos: np.ndarray, targets: SketchTargets) -> dict[str, np.ndarray]:
-    """Every task metric per sketch (one value each), from the rank of the target at every stroke."""
+    """Every task metric per sketch (one value each), from the rank of the target at every stroke,
+    computed as `dcssa-rt eval --compare` computes them (the same two functions)."""
     seqs = prefixes.sequences()
-    n = targets.gallery_size
-    rows: dict[str, list[float]] = {m: [] for m in TASK_METRICS}
-    for k, t in zip(targets.sketches, targets.rows):
-        r = M.step_ranks(embeddings[seqs[k]], photos, t)  # eval's ranks: float32 distances, ties count against
-        rows["acc@1"].append(float(r[-1] <= 1))
-        rows["acc@10"].append(float(r[-1] <= 10))
-        rows["stroke_acc@1"].append(float(np.mean(r <= 1)))
-        rows["stroke_acc@10"].append(float(np.mean(r <= 10)))
-        rows["m@A"].append(float(M.percentile(r, n).mean()))
-        rows["m@B"].append(float(np.mean(1.0 / r)))
-        rows["mean_rank"].append(float(r.mean()))
-    return {m: np.asarray(v) for m, v in rows.items()}
+    ranks = [M.step_ranks(embeddings[seqs[k]], photos, t) for k, t in zip(targets.sketches, targets.rows)]
+    return sketch_values(ranks, targets.gallery_size)
 
 
 def means(values: dict[str, np.ndarray]) -> dict[str, float]:
     return {m: float(np.mean(v)) for m, v in values.items()}
 
 
-def compare_task(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], *, seed: int = 0) -> dict:
-    """Per metric the fp32 and candidate means and the drop with its bounds (see paired_bootstrap)."""
-    return paired_bootstrap(reference, candidate, seed=seed)
+def compare_task(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], *, seed: int = 0,
+                 keys: Sequence[str] | None = None) -> dict:
+    """Per metric the fp32 and candidate means and the drop with its bounds (see paired_bootstrap);
+    ``keys``: the sketches' names, for bounds independent of the listing order."""
+    return paired_bootstrap(reference, candidate, seed=seed, keys=keys)
+
+
+def sketch_keys(prefixes: PrefixSet, targets: SketchTargets) -> list[str]:
+    return [prefixes.sketches[k].name for k in targets.sketches]
 
 
 # -- --max-drop and the objective of the searches --------------------------------------------------

@@ -27,6 +27,7 @@ from ..progress import Progress
 from ..session import Retriever
 from ..strokes import points_to_strokes
 from . import metrics as M
+from .paired import bootstrap_description, paired_bootstrap, sketch_values
 from .protocols import SketchEvaluator, SketchOutcome
 from .arnet import ArnetSplit, load_arnet_split, png_run
 from .qmul import DatasetError, QmulSplit, load_split
@@ -159,7 +160,7 @@ def _run_one(evaluate: SketchEvaluator, label: str, data: QmulSplit, photos: Gal
             bar.update(1)
     ranks = [o.ranks for o in res]
     r = evaluate.r
-    run = {"label": label, "backend": r.backend.name, "precision": r.precision,
+    run = {"label": label, "backend": r.backend.name, "precision": r.precision, "gallery_photos": len(photos),
            "seconds": round(time.perf_counter() - t0, 2), "metrics": M.summarize(ranks, len(photos))}
     if protocol == "paper":
         values, notes = M.summarize_published(ranks, len(photos))
@@ -179,6 +180,13 @@ def _add_agreement(runs: list[dict], outcomes: list[list[SketchOutcome]], config
         agree = M.agreement([o.top for o in res], [o.top for o in outcomes[ref]])
         run["agreement"] = {"reference": runs[ref]["label"], "top1_identical": agree["top1_identical"],
                             f"top{TOPK}_overlap": agree["topk_overlap"]}
+        if run is not runs[ref]:  # the task change against the reference, with its bounds (as calibrate reports it)
+            n = runs[ref]["gallery_photos"]
+            run["task_change"] = {
+                "reference": runs[ref]["label"], "method": bootstrap_description(),
+                "metrics": paired_bootstrap(sketch_values([o.ranks for o in outcomes[ref]], n),
+                                            sketch_values([o.ranks for o in res], n), keys=[o.key for o in res]),
+            }
 
 
 def _document(data: QmulSplit, photos: Gallery, b: Bundle, protocol: str, steps: str, ginfo: dict,

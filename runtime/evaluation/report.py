@@ -81,6 +81,17 @@ def markdown(doc: dict) -> str:
     if doc["protocol"] == "paper":
         lines += ["## Corrected values", ""]
     lines += _rows(doc, "metrics", agreement=True)
+    changed = [r for r in runs if r.get("task_change")]
+    if changed:
+        lines += ["", f"## Task change against {changed[0]['task_change']['reference']}", "",
+                  "Loss against the reference on the same sketches (positive = worse), with the one-sided 95% upper "
+                  "bound of a paired bootstrap over sketches: what `dcssa-export calibrate` judges plans by.", "",
+                  "| run | m@B drop (upper) | acc@10 drop (upper) | acc@1 drop (upper) | sketches changed (m@B) |",
+                  "|---|---|---|---|---|"]
+        for r in changed:
+            t = r["task_change"]["metrics"]
+            cells = [f"{t[m]['drop']:+.4f} ({t[m]['drop_upper']:+.4f})" for m in ("m@B", "acc@10", "acc@1")]
+            lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {t['m@B']['sketches_changed']} |")
     if doc["protocol"] == "paper":
         lines += ["", "## As the published evaluation code computes them", "",
                   "For comparison with published tables only: wm@A / wm@B are running averages over sketches "

@@ -143,3 +143,9 @@ def test_calibrate_and_eval_compare_report_the_same_agreement(bundle2, dataset, 
     assert rep["top10_overlap"] == int8["agreement"]["top10_overlap"]
     assert rep["target_accuracy"]["fp32"]["acc@1"] == fp32["metrics"]["acc@1"]
     assert rep["target_accuracy"]["int8"]["acc@10"] == int8["metrics"]["acc@10"]
+    # and the same task change with the same bounds (one function computes them for both)
+    for m in ("m@B", "acc@10", "m@A"):
+        assert rep["task"][m]["drop"] == pytest.approx(int8["task_change"]["metrics"][m]["drop"], abs=1e-12)
+        assert rep["task"][m]["drop_upper"] == pytest.approx(int8["task_change"]["metrics"][m]["drop_upper"], abs=1e-12)
+    assert rep["task"]["m@B"]["reference"] == pytest.approx(fp32["metrics"]["m@B"])
+    assert "Task change against" in (tmp_path / "eval" / "eval.md").read_text()
