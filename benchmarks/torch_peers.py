@@ -209,8 +209,13 @@ def _fresh_inductor_cache():
 def _variants(fam: _Family, peers: tuple[str, ...], out: TorchMethods) -> list[_Variant]:
     """The requested peers that can run here; the others go to ``out.skipped`` with the reason."""
     found = []
-    cl = copy.deepcopy(fam.encoder).to(memory_format=torch.channels_last) if fam.conv_net and (
-        "channels-last" in peers or "bf16" in peers) else None
+    copies: dict[str, nn.Module] = {}
+
+    def channels_last() -> nn.Module:  # one NHWC copy of the weights, shared by channels-last and bf16
+        if "cl" not in copies:
+            copies["cl"] = copy.deepcopy(fam.encoder).to(memory_format=torch.channels_last)
+        return copies["cl"]
+
     for peer in peers:
         name = method_name(peer)
         if peer == "eager":
@@ -220,17 +225,18 @@ def _variants(fam: _Family, peers: tuple[str, ...], out: TorchMethods) -> list[_
                 out.skipped[name] = ("not applicable: a ViT has one convolution (patch embedding) and then works on "
                                      "token matrices without a memory format; it would time torch-eager again")
                 continue
-            found.append(_Variant(name, "eager fp32, model and input in torch.channels_last", cl, channels_last=True))
+            found.append(_Variant(name, "eager fp32, model and input in torch.channels_last", channels_last(),
+                                  channels_last=True))
         elif peer == "bf16":
             flags = native_bf16()
             if not flags:
                 out.skipped[name] = (f"this CPU has no native bf16 (none of {', '.join(NATIVE_BF16_FLAGS)} in "
                                      "/proc/cpuinfo): autocast would emulate bf16, slower than fp32")
                 continue
-            how = f"torch.autocast('cpu', bfloat16){' + channels_last' if cl is not None else ''}, " \
+            how = f"torch.autocast('cpu', bfloat16){' + channels_last' if fam.conv_net else ''}, " \
                   f"embedding cast to float32 (CPU: {' '.join(flags)})"
-            found.append(_Variant(name, how, cl if cl is not None else fam.encoder, channels_last=cl is not None,
-                                  bf16=True))
+            found.append(_Variant(name, how, channels_last() if fam.conv_net else fam.encoder,
+                                  channels_last=fam.conv_net, bf16=True))
         elif peer == "compile":
             found.append(_Variant(name, "torch.compile(encoder), mode default, backend inductor (CPU), fp32",
                                   torch.compile(fam.encoder)))
