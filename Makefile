@@ -24,7 +24,8 @@ demo: $(STAMP)
 demo-arnet: $(STAMP)
 	bash examples/demo_arnet.sh $(OUT)/arnet
 
-# README "Performance": demo bundle + its int8 graphs, then `dcssa-rt bench` (about 7 minutes here).
+# README "Performance": demo bundle + its int8 graphs, then `dcssa-rt bench` (about 7 minutes here, measured
+# before the PyTorch peers; torch-compile's first compile adds 2.5-3 minutes on 2 busy cores).
 bench: $(STAMP)
 	bash examples/bench.sh $(OUT) bench-out
 

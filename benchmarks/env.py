@@ -20,12 +20,17 @@ def cpu_model() -> str:
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (empty where there is none)."""
+    try:
+        return set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration, IndexError):
+        return set()
+
+
 def isa() -> str:
     """The vector extensions that decide which kernels the backends pick (fp32 / int8 / bf16)."""
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return ""
+    flags = cpu_flags()
     return " ".join(f for f in ISA_FLAGS if f in flags)
 
 

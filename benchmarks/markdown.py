@@ -24,10 +24,17 @@ def faster(x: float, than: str) -> str:
     return f"{x:.2f}x faster than {than}" if x >= 1 else f"{1 / x:.2f}x SLOWER than {than}"
 
 
-def summary_line(name: str, ratios: dict, strokes: int) -> str:
-    """One runtime method's speed-ups in words, as bench.md and bench.json's ``summary`` state them."""
+def summary_line(name: str, ratios: dict, strokes: int, best: str | None = None) -> str:
+    """One runtime method's speed-ups in words, as bench.md and bench.json's ``summary`` state them.
+
+    Against the best PyTorch peer ``best`` when one was measured (``ratios["vs best peer"]``), else
+    against torch-eager; then against naive.
+    """
     parts = []
-    if name in ratios.get("vs torch-eager", {}):
+    if best and name in ratios.get("vs best peer", {}):
+        parts.append(faster(ratios["vs best peer"][name]["whole_sketch"], f"the best PyTorch peer ({best})")
+                     + " over the whole sketch")
+    elif name in ratios.get("vs torch-eager", {}):
         parts.append(faster(ratios["vs torch-eager"][name]["whole_sketch"], "torch-eager") + " over the whole sketch")
     if name in ratios.get("vs naive", {}):
         r = ratios["vs naive"][name]
@@ -65,11 +72,39 @@ def _latency_table(rep: dict) -> list[str]:
     return lines
 
 
+def _peer_table(rep: dict) -> list[str]:
+    """The PyTorch peers: what each runs, its first call (torch-compile: the compile) apart from the
+    per-stroke medians, and how its outputs compare with torch-eager's."""
+    peers = rep.get("torch_peers") or {}
+    if not peers:
+        return []
+    best = (rep.get("best_torch_peer") or {}).get("method")
+    lines = ["", "## PyTorch peers", "",
+             row(["peer", "setup", "first call ms (compile included)", "whole sketch ms",
+                  "vs torch-eager: max abs embedding diff", "top-1 same", "top-10 overlap"]), rule(7)]
+    for name, p in peers.items():
+        same = p.get("vs_torch_eager")
+        cmp = [f"{same['max_abs_embedding_diff']:.2e}", f"{same['top1_same']:.0%}", f"{same['top10_overlap']:.0%}"] \
+            if same else ["(reference)", "", ""]
+        total = rep["per_stroke"].get(name, {}).get("total_median_ms")
+        label = f"**{name}** (best)" if name == best else name
+        lines.append(row([label, p["setup"], f"{p['first_call_ms']:.0f}", f"{total:.0f}" if total else "n/a", *cmp]))
+    if best:
+        lines += ["", f"Best PyTorch peer: **{best}** ({rep['best_torch_peer']['total_median_ms']:.0f} ms over the "
+                  "whole sketch, median; its first call / compile is not counted in it). The runtime's speed-ups "
+                  "against it are the \"vs best peer\" table."]
+    absent = {n: why for n, why in rep["skipped"].items() if n.startswith("torch-")}
+    lines += [f"- `{n}` left out: {why}" for n, why in absent.items()]
+    return lines
+
+
 def _ratio_tables(rep: dict) -> list[str]:
     lines: list[str] = []
+    best = (rep.get("best_torch_peer") or {}).get("method")
     for base, table in rep["ratios"].items():
         cols = list(next(iter(table.values())).keys()) if table else []
-        lines += ["", f"## Speed-up {base} (x, higher is better)", "", row(["method", *cols]), rule(len(cols) + 1)]
+        title = f"vs best peer ({best})" if base == "vs best peer" and best else base
+        lines += ["", f"## Speed-up {title} (x, higher is better)", "", row(["method", *cols]), rule(len(cols) + 1)]
         lines += [row([name, *[f"{r[c]:.2f}" for c in cols]]) for name, r in table.items()]
     return lines
 
@@ -107,7 +142,8 @@ def _search_table(rep: dict) -> list[str]:
 
 def markdown(rep: dict) -> str:
     """The whole bench.md."""
-    lines = [*_header(rep), "", *_latency_table(rep), *_ratio_tables(rep), *_phase_table(rep), *_search_table(rep),
+    lines = [*_header(rep), "", *_latency_table(rep), *_peer_table(rep), *_ratio_tables(rep), *_phase_table(rep),
+             *_search_table(rep),
              *_index_table(rep)]
     return "\n".join(lines) + "\n"
 

@@ -35,10 +35,12 @@ def plot_latency(rep: dict, path: Path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     env = rep["env"]
+    best = (rep.get("best_torch_peer") or {}).get("method")
     fig, ax = _figure((7.5, 4.8))
     for name, v in rep["per_stroke"].items():
         x = np.arange(1, len(v["median_ms"]) + 1)
-        (line,) = ax.plot(x, v["median_ms"], marker="o", ms=3, label=name)
+        (line,) = ax.plot(x, v["median_ms"], marker="o", ms=3, label=_label(rep, name, best),
+                          lw=2.5 if name == best else 1.5)
         ax.fill_between(x, v["median_ms"], v["p90_ms"], color=line.get_color(), alpha=0.12, lw=0)
     ax.set_yscale("log")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -47,6 +49,15 @@ def plot_latency(rep: dict, path: Path) -> None:
     _finish(ax, f"Per-stroke latency, {env['cpu']}, {env['cores']} cores, {env['threads']} threads, "
                 f"GPU: {env['gpu'] or 'none'}")
     fig.savefig(path, dpi=DPI)
+
+
+def _label(rep: dict, name: str, best: str | None) -> str:
+    """Legend entry: the best PyTorch peer is named so; torch-compile's compile time is shown apart."""
+    label = f"{name} (best PyTorch peer)" if name == best else name
+    first = (rep.get("torch_peers") or {}).get(name, {}).get("first_call_ms")
+    if name == "torch-compile" and first is not None:
+        label += f" [compile: {first / 1e3:.0f} s, not plotted]"
+    return label
 
 
 def plot_search(rep: dict, path: Path) -> None:

@@ -9,13 +9,20 @@ bench.json schema (``schema: "dcssa-bench/1"``):
   config       sketch source, strokes, repeats, bundle, gallery size, demo flag, checkpoint (and how
                it was found: given, or next to the bundle with the sha256 the manifest records)
   per_stroke   {method: {"median_ms": [per stroke], "p90_ms": [per stroke], "total_median_ms": float}}
-  skipped      {method: reason} for methods not available here
+  skipped      {method: reason} for methods not available here (a peer the CPU cannot run, no checkpoint, ...)
+  torch_peers  {torch-* method: {"setup": what runs, "first_call_ms": the first encoder call, timed apart
+               from per_stroke (torch-compile: the compile, from an empty inductor cache; also
+               "inductor_cache"), "vs_torch_eager": {"max_abs_embedding_diff", "top1_same",
+               "top10_overlap"} over the strokes of the last repeat}} (see benchmarks/torch_peers.py)
+  best_torch_peer  {"method", "total_median_ms", "by"}: the fastest torch-* peer over the whole
+               sketch (per-stroke medians; compile time not counted), or null
   phases       {runtime method: {phase: median ms}}
   undo_ms, peak_rss_mb  {runtime method: value}
   cold_first_stroke_ms  {runtime method: {"load", "first_stroke", "total"}}: a restart (bundle
                hash checks + gallery + graphs, compiled-model caches warm), then the first stroke
   summary      one line per runtime method: its speed-ups, as bench.md states them
-  ratios       {"vs torch-eager" | "vs naive": {method: {"stroke_1", "stroke_10", "stroke_20", "whole_sketch"}}}
+  ratios       {"vs best peer" | "vs torch-eager" | "vs naive": {method: {"stroke_1", "stroke_10", "stroke_20",
+               "whole_sketch"}}}; "vs best peer" divides by best_torch_peer's medians
   search       [{size, dim, k, ours_ms, faiss_flat_ip_ms?, faiss_flat_ip_1thread_ms?, same_topk_as_faiss?}]
   indexes      [{size, dim, index, factory, build_s, bytes_per_photo, search_params, p50_ms, p99_ms, recall_at_10}]
                (--index-sizes; absent otherwise)
@@ -45,8 +52,11 @@ from .markdown import markdown, summary_line
 from .plots import plots
 from .search_scaling import DEFAULT_SIZES, index_comparison, search_scaling
 
+PEERS = sl.PEERS
+BEST_PEER = "best peer"
+
 SCHEMA = "dcssa-bench/1"
-BASELINES = ("naive", "torch-eager")
+EAGER = "torch-eager"
 RATIO_STROKES = (1, 10, 20)
 GIVEN = "given (--ckpt)"
 FOUND = "found beside the bundle (sha256 as recorded in its manifest)"
@@ -78,6 +88,8 @@ class Methods:
     skipped: dict[str, str] = field(default_factory=dict)
     checkpoint: Path | list[Path] | None = None
     checkpoint_found: str | None = None
+    #: torch-* peer -> {"setup", "first_call_ms", ...} (torch_peers.TorchMethods.peers)
+    torch_peers: dict[str, dict] = field(default_factory=dict)
 
 
 def runtime_methods(bundle: Bundle, gallery: Gallery, sketch: list[np.ndarray], backends: list[str] | None,
@@ -99,8 +111,9 @@ def runtime_methods(bundle: Bundle, gallery: Gallery, sketch: list[np.ndarray], 
 
 
 def add_torch_baselines(found: Methods, bundle: Bundle, gallery: Gallery, sketch: list[np.ndarray],
-                        ckpt: Path | list[Path] | None, threads: int | None, say: Say = silent) -> None:
-    """Put the PyTorch baselines first in ``found``, or say in ``skipped`` why they cannot run."""
+                        ckpt: Path | list[Path] | None, threads: int | None, say: Say = silent,
+                        peers: tuple[str, ...] = PEERS) -> None:
+    """Put ``naive`` and the PyTorch ``peers`` first in ``found``, or say in ``skipped`` why they cannot run."""
     how = GIVEN
     if ckpt is None:
         ckpt, how = find_source_checkpoint(bundle), FOUND
@@ -112,9 +125,15 @@ def add_torch_baselines(found: Methods, bundle: Bundle, gallery: Gallery, sketch
             names = ", ".join(c["name"] for c in bundle.manifest.get("source", {}).get("checkpoints", [])) or "?"
             raise RuntimeError(f"the checkpoint the bundle was exported from ({names}) is not beside the bundle: "
                                "pass it with --ckpt to get the PyTorch baselines")
-        found.methods[:0] = sl.torch_methods(bundle, ckpt, gallery, sketch, threads)
+        if peers:
+            say(f"PyTorch peers: {', '.join(peers)} (first calls, torch-compile compiles)")
+        torch_found = sl.torch_methods(bundle, ckpt, gallery, sketch, threads, peers)
     except Exception as exc:  # noqa: BLE001 - torch absent or no checkpoint: say so in the report
-        found.skipped.update({name: str(exc).splitlines()[0] for name in BASELINES})
+        found.skipped.update({name: str(exc).splitlines()[0] for name in ("naive", *(f"torch-{p}" for p in peers))})
+        return
+    found.methods[:0] = torch_found.methods
+    found.torch_peers = torch_found.peers
+    found.skipped.update(torch_found.skipped)
 
 
 def per_stroke_stats(ms: dict[str, np.ndarray]) -> dict[str, dict]:
@@ -148,21 +167,47 @@ def measure_all(found: Methods, sketch: list[np.ndarray], bundle_path: Path, gal
     }
 
 
-def speedups(per_stroke: dict[str, dict], strokes: int) -> dict[str, dict]:
-    """Each method's speed-up over each baseline measured: at strokes 1, 10, 20 and over the sketch."""
+def best_torch_peer(per_stroke: dict[str, dict], peers: dict[str, dict]) -> dict | None:
+    """The fastest measured torch-* peer over the whole sketch (per-stroke medians; compile time apart)."""
+    measured = [n for n in peers if n in per_stroke]
+    if not measured:
+        return None
+    best = min(measured, key=lambda n: per_stroke[n]["total_median_ms"])
+    return {"method": best, "total_median_ms": per_stroke[best]["total_median_ms"],
+            "by": "whole-sketch median (sum of per-stroke times; first call / compile not counted)"}
+
+
+def speedups(per_stroke: dict[str, dict], strokes: int, best: str | None = None) -> dict[str, dict]:
+    """Each method's speed-up over each baseline measured: at strokes 1, 10, 20 and over the sketch.
+
+    ``best``: the best PyTorch peer, compared against under the key ``"vs best peer"`` (first).
+    """
     ratios = {}
-    for base in ("torch-eager", "naive"):
+    bases = [(f"vs {BEST_PEER}", best)] if best else []
+    for key, base in [*bases, (f"vs {EAGER}", EAGER), ("vs naive", "naive")]:
         if base not in per_stroke:
             continue
         ref = per_stroke[base]
-        ratios[f"vs {base}"] = {}
+        ratios[key] = {}
         for name, v in per_stroke.items():
             if name == base:
                 continue
             picks = {f"stroke_{s}": ref["median_ms"][s - 1] / v["median_ms"][s - 1] for s in RATIO_STROKES if s <= strokes}
             picks["whole_sketch"] = ref["total_median_ms"] / v["total_median_ms"]
-            ratios[f"vs {base}"][name] = {k: round(x, 2) for k, x in picks.items()}
+            ratios[key][name] = {k: round(x, 2) for k, x in picks.items()}
     return ratios
+
+
+def peer_report(found: Methods) -> dict[str, dict]:
+    """``torch_peers`` of bench.json: each peer's setup and first call, and its outputs against torch-eager's."""
+    from .torch_peers import agreement
+
+    outputs = {m.name: m.outputs for m in found.methods if m.name in found.torch_peers}
+    out = {}
+    for name, info in found.torch_peers.items():
+        same = agreement(outputs[EAGER], outputs[name]) if EAGER in outputs and name != EAGER else None
+        out[name] = {**info, "vs_torch_eager": same}
+    return out
 
 
 def write_outputs(out: Path, report: dict, *, force: bool) -> None:
@@ -187,6 +232,7 @@ def run_bench(
     threads: int | None = None,
     search_sizes=DEFAULT_SIZES,
     index_sizes=(),
+    peers: tuple[str, ...] = PEERS,
     force: bool = False,
     say: Say = silent,
 ) -> dict:
@@ -198,9 +244,10 @@ def run_bench(
     sketch = load_strokes_file(strokes_file) if strokes_file else random_sketch(np.random.default_rng(0), strokes)
     sketch = sketch[:strokes]
     found = runtime_methods(bundle, gallery, sketch, backends, precisions, threads)
-    add_torch_baselines(found, bundle, gallery, sketch, ckpt, threads, say)
+    add_torch_baselines(found, bundle, gallery, sketch, ckpt, threads, say, tuple(peers))
     measured = measure_all(found, sketch, bundle_path, gallery_path, repeats=repeats, threads=threads, say=say)
-    ratios = speedups(measured["per_stroke"], len(sketch))
+    best = best_torch_peer(measured["per_stroke"], found.torch_peers)
+    ratios = speedups(measured["per_stroke"], len(sketch), best["method"] if best else None)
     search = search_scaling(search_sizes, dim=bundle.embed_dim, progress=say) if search_sizes else []
     indexes = [row for n in index_sizes for row in index_comparison(n, bundle.embed_dim, progress=say)]
     ckpt = found.checkpoint
@@ -218,9 +265,12 @@ def run_bench(
             "checkpoint": [str(p) for p in ckpt] if isinstance(ckpt, list) else (str(ckpt) if ckpt else None),
             "checkpoint_found": found.checkpoint_found,
         },
-        "summary": [summary_line(n, ratios, len(sketch)) for n in measured["per_stroke"] if n in found.runtime],
+        "summary": [summary_line(n, ratios, len(sketch), best["method"] if best else None)
+                    for n in measured["per_stroke"] if n in found.runtime],
         "per_stroke": measured["per_stroke"],
         "skipped": found.skipped,
+        "torch_peers": peer_report(found),
+        "best_torch_peer": best,
         **{k: measured[k] for k in ("phases", "undo_ms", "cold_first_stroke_ms", "peak_rss_mb")},
         "ratios": ratios,
         "search": search,

@@ -1,4 +1,4 @@
-"""Per-stroke latency of one 20-stroke sketch: research-code style (naive), eager PyTorch, our runtime.
+"""Per-stroke latency of one 20-stroke sketch: research-code style (naive), the PyTorch peers, our runtime.
 
 All methods run the same sketch on the same machine, interleaved repeat by repeat (method order
 rotates every repeat) after a warm-up sketch, so drift and caches hit every method alike.
@@ -6,8 +6,9 @@ rotates every repeat) after a warm-up sketch, so drift and caches hit every meth
 * ``naive``: what the research code does for a live user: at stroke t rasterise and encode all t
   partial sketches again, then the full head, in eager PyTorch (ARNet, which has no head: rasterise
   the whole partial sketch again and encode it).
-* ``torch-eager``: the authors' modules used well: one encoder pass at stroke t (on the kept canvas),
-  then the head on the prefix, eager PyTorch under ``inference_mode``.
+* ``torch-eager``, ``torch-channels-last``, ``torch-bf16``, ``torch-compile``: the authors' modules
+  used well (one encoder pass at stroke t on the kept canvas, then the head on the prefix), run the
+  ways a PyTorch user would try first; see :mod:`.torch_peers`.
 * ``runtime/<backend>/<precision>``: our stroke session.
 """
 
@@ -25,9 +26,10 @@ import numpy as np
 
 from dcssa.runtime import Bundle, Gallery, Retriever
 from dcssa.runtime.progress import Say, silent
-from dcssa.runtime.strokes import strokes_to_points
 
 SETTLE_S = 0.2
+#: the PyTorch peers (``--peers``), in table order; peer ``p`` is the method ``torch-p`` (:mod:`.torch_peers`)
+PEERS = ("eager", "channels-last", "bf16", "compile")
 T = TypeVar("T")
 
 
@@ -43,6 +45,8 @@ class Method:
     start: Callable[[], None]  # a new sketch (session) begins
     stroke: Callable[[int], object]  # add stroke t (0-based)
     phases: list[dict] = field(default_factory=list)
+    #: what ``stroke`` returned for each stroke of the last timed repeat (for output checks)
+    outputs: list = field(default_factory=list)
 
 
 def runtime_method(retriever: Retriever, sketch: list[np.ndarray], name: str) -> Method:
@@ -61,80 +65,13 @@ def runtime_method(retriever: Retriever, sketch: list[np.ndarray], name: str) ->
     return m
 
 
-def torch_methods(bundle: Bundle, ckpt, gallery: Gallery, sketch: list[np.ndarray], threads: int | None) -> list[Method]:
-    """The two PyTorch baselines, built from the checkpoint (needs the [export] extra)."""
-    import torch
+def torch_methods(bundle: Bundle, ckpt, gallery: Gallery, sketch: list[np.ndarray], threads: int | None,
+                  peers: Sequence[str] | None = None):
+    """``naive`` and the PyTorch peers (:mod:`.torch_peers`, needs the [export] extra): a ``TorchMethods``."""
+    from . import torch_peers
 
-    if threads:
-        torch.set_num_threads(threads)
-    if bundle.family == "arnet":
-        return _arnet_methods(bundle, ckpt, gallery, sketch)
-    from dcssa.export.checkpoint import load_checkpoint
-
-    model = load_checkpoint(ckpt, num_heads=bundle.heads).model.eval()
-    pipe = bundle.sketch_pipeline  # the runtime's own canvas and preprocessing: only the model differs
-    photos = torch.from_numpy(np.array(gallery.embeddings, np.float32))  # a copy: the gallery is a read-only memmap
-    state: dict = {}
-
-    def head(feats):
-        return model.attn(feats) if bundle.phase == 2 else model.sketch_linear(feats)
-
-    def search(e):
-        return torch.topk(photos @ e, min(10, len(photos)))
-
-    def naive_start() -> None:
-        pass
-
-    def naive_stroke(t: int) -> object:
-        with torch.inference_mode():
-            rasters = np.concatenate([pipe.preprocess(pipe.rasterize(strokes_to_points(sketch[: i + 1])))
-                                      for i in range(t + 1)])
-            feats = model.sketch_feature(torch.from_numpy(rasters))
-            return search(head(feats)[-1])
-
-    def eager_start() -> None:
-        state["canvas"] = pipe.canvas()
-        state["feats"] = []
-
-    def eager_stroke(t: int) -> object:
-        with torch.inference_mode():
-            state["canvas"].add_stroke(sketch[t])
-            f = model.sketch_feature(torch.from_numpy(pipe.preprocess(state["canvas"].image)))
-            state["feats"].append(f)
-            return search(head(torch.cat(state["feats"]))[-1])
-
-    return [Method("naive", naive_start, naive_stroke), Method("torch-eager", eager_start, eager_stroke)]
-
-
-def _arnet_methods(bundle: Bundle, ckpt, gallery: Gallery, sketch: list[np.ndarray]) -> list[Method]:
-    """ARNet's baselines: no head, so each stroke is one encoder pass; naive redraws from scratch."""
-    import torch
-
-    from dcssa.export.arnet import load_arnet_checkpoint
-
-    path = ckpt[0] if isinstance(ckpt, (list, tuple)) else ckpt
-    model = load_arnet_checkpoint(path, num_heads=bundle.heads).sketch.eval()
-    pipe = bundle.sketch_pipeline
-    photos = torch.from_numpy(np.array(gallery.embeddings, np.float32))
-    state: dict = {}
-
-    def search(e):
-        return torch.topk(photos @ e, min(10, len(photos)))
-
-    def naive_stroke(t: int) -> object:
-        with torch.inference_mode():
-            x = pipe.preprocess(pipe.rasterize(strokes_to_points(sketch[: t + 1])))
-            return search(model(torch.from_numpy(x))[0])
-
-    def eager_start() -> None:
-        state["canvas"] = pipe.canvas()
-
-    def eager_stroke(t: int) -> object:
-        with torch.inference_mode():
-            state["canvas"].add_stroke(sketch[t])
-            return search(model(torch.from_numpy(pipe.preprocess(state["canvas"].image)))[0])
-
-    return [Method("naive", lambda: None, naive_stroke), Method("torch-eager", eager_start, eager_stroke)]
+    return torch_peers.torch_methods(bundle, ckpt, gallery, sketch, threads,
+                                     tuple(torch_peers.PEERS if peers is None else peers))
 
 
 def measure(methods: list[Method], strokes: int, repeats: int, say: Say = silent) -> dict[str, np.ndarray]:
@@ -153,10 +90,12 @@ def measure(methods: list[Method], strokes: int, repeats: int, say: Say = silent
             # take the cores from this method's first stroke (a drawing user pauses between strokes)
             time.sleep(SETTLE_S)
             m.start()
+            m.outputs = []
             for t in range(strokes):
                 t0 = time.perf_counter()
-                m.stroke(t)
+                res = m.stroke(t)
                 out[m.name][r, t] = (time.perf_counter() - t0) * 1e3
+                m.outputs.append(res)
     return out
 
 

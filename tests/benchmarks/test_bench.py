@@ -21,7 +21,7 @@ def test_bench_writes_report_tables_and_plots(bundle2: Path, gallery2: Path, dem
     try:
         res = CliRunner().invoke(rt, ["bench", "--bundle", str(bundle2), "--gallery", str(gallery2), "--out", str(out),
                                       "--max-strokes", "2", "--repeats", "2",
-                                      "--backend", "ort-cpu", "--search-sizes", "500,2000"])
+                                      "--backend", "ort-cpu", "--search-sizes", "500,2000", "--peers", "eager"])
     finally:
         beside.unlink()
     assert res.exit_code == 0, res.output
@@ -29,6 +29,7 @@ def test_bench_writes_report_tables_and_plots(bundle2: Path, gallery2: Path, dem
     assert rep["config"]["checkpoint"] == [str(beside)] and "beside the bundle" in rep["config"]["checkpoint_found"]
     assert rep["schema"] == "dcssa-bench/1"
     assert set(rep["per_stroke"]) == {"naive", "torch-eager", "runtime/ort-cpu/fp32"}
+    assert rep["best_torch_peer"]["method"] == "torch-eager" and set(rep["torch_peers"]) == {"torch-eager"}
     for v in rep["per_stroke"].values():
         assert len(v["median_ms"]) == 2 and all(x > 0 for x in v["median_ms"])
         assert all(p >= m for p, m in zip(v["p90_ms"], v["median_ms"]))
@@ -44,6 +45,7 @@ def test_bench_writes_report_tables_and_plots(bundle2: Path, gallery2: Path, dem
     assert 150 < rep["peak_rss_mb"]["runtime/ort-cpu/fp32"] < 2048
     whole = ps["torch-eager"]["total_median_ms"] / ps["runtime/ort-cpu/fp32"]["total_median_ms"]
     said = f"{whole:.2f}x faster than torch-eager" if whole >= 1 else f"{1 / whole:.2f}x SLOWER than torch-eager"
+    said = said.replace("torch-eager", "the best PyTorch peer (torch-eager)")
     assert rep["summary"][0].startswith(f"runtime/ort-cpu/fp32: {said} over the whole sketch"), rep["summary"]
     assert [s["size"] for s in rep["search"]] == [500, 2000]
     md = (out / "bench.md").read_text()

@@ -113,3 +113,51 @@ def test_plots_skip_the_search_plot_without_a_search_section(tmp_path: Path):
     rep["search"] = []
     assert plots(rep, tmp_path) == ["latency_per_stroke.png"]
     assert [p.name for p in tmp_path.iterdir()] == ["latency_per_stroke.png"]
+
+
+def _peer_report() -> dict:
+    rep = _report(faiss=False)
+    rep["per_stroke"]["torch-eager"] = {"median_ms": [8.0] * 5, "p90_ms": [9.0] * 5, "total_median_ms": 40.0}
+    rep["per_stroke"]["torch-compile"] = {"median_ms": [5.0] * 5, "p90_ms": [6.0] * 5, "total_median_ms": 25.0}
+    rep["skipped"] = {"torch-bf16": "this CPU has no native bf16"}
+    rep["torch_peers"] = {
+        "torch-eager": {"setup": "eager fp32", "first_call_ms": 120.4, "vs_torch_eager": None},
+        "torch-compile": {"setup": "torch.compile(encoder)", "first_call_ms": 61234.5, "inductor_cache": "empty",
+                          "vs_torch_eager": {"max_abs_embedding_diff": 3.1e-6, "top1_same": 1.0, "top10_overlap": 0.95}},
+    }
+    rep["best_torch_peer"] = {"method": "torch-compile", "total_median_ms": 25.0, "by": "whole-sketch median"}
+    rep["ratios"] = speedups(rep["per_stroke"], 5, "torch-compile")
+    rep["summary"] = [summary_line(RT, rep["ratios"], 5, "torch-compile")]
+    return rep
+
+
+def test_best_peer_ratios_summary_and_peer_table():
+    rep = _peer_report()
+    assert list(rep["ratios"]) == ["vs best peer", "vs torch-eager", "vs naive"]
+    assert rep["ratios"]["vs best peer"][RT]["whole_sketch"] == round(25.0 / 12.6, 2)
+    assert rep["ratios"]["vs best peer"]["torch-eager"]["whole_sketch"] == round(25.0 / 40.0, 2)
+    assert "torch-compile" not in rep["ratios"]["vs best peer"]
+    assert rep["summary"] == [f"{RT}: 1.98x faster than the best PyTorch peer (torch-compile) over the whole sketch; "
+                              "11.90x faster than naive at whole sketch, 11.90x faster than naive over the sketch"]
+    lines = markdown(rep).splitlines()
+    want = [
+        "## PyTorch peers",
+        "| peer | setup | first call ms (compile included) | whole sketch ms | vs torch-eager: max abs embedding diff "
+        "| top-1 same | top-10 overlap |",
+        "| torch-eager | eager fp32 | 120 | 40 | (reference) |  |  |",
+        "| **torch-compile** (best) | torch.compile(encoder) | 61234 | 25 | 3.10e-06 | 100% | 95% |",
+        "- `torch-bf16` left out: this CPU has no native bf16",
+        "## Speed-up vs best peer (torch-compile) (x, higher is better)",
+        f"| {RT} | 2.50 | 1.98 |",
+    ]
+    missing = [w for w in want if w not in lines]
+    assert not missing, "\n".join(lines)
+    assert any(line.startswith("Best PyTorch peer: **torch-compile** (25 ms") for line in lines)
+
+
+def test_latency_plot_names_the_best_peer_and_the_compile_time():
+    from dcssa.benchmarks.plots import _label
+
+    rep = _peer_report()
+    assert _label(rep, "torch-compile", "torch-compile") == "torch-compile (best PyTorch peer) [compile: 61 s, not plotted]"
+    assert _label(rep, "torch-eager", "torch-compile") == "torch-eager"
