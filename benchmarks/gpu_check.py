@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_bench:
         _run([_bin("dcssa-rt"), "bench", "--bundle", str(bundle), "--gallery", str(gallery), "--out",
               str(out / "bench"), "--backend", "tensorrt", "--backend", "ort-trt", "--repeats", "2",
-              "--search-sizes", "", "--force"], out / "bench.log")
+              "--search-sizes", "", "--peers", "eager", "--force"], out / "bench.log")
         report["bench"] = str(out / "bench" / "bench.json")
     report["seconds"] = round(time.perf_counter() - started, 1)
     (out / "gpu-check.json").write_text(json.dumps(report, indent=2) + "\n")
