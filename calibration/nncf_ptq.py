@@ -143,7 +143,7 @@ def ignored_nodes(model: onnx.ModelProto, recipe: Int8Recipe) -> list[str]:
 
 @contextlib.contextmanager
 def _nncf_output(nncf, quiet: bool) -> Iterator[None]:
-    """NNCF's log lines and progress bars go to the *current* ``sys.stdout`` (so a CLI's ``--json``
+    """NNCF's warnings and progress bars go to the *current* ``sys.stdout`` (so a CLI's ``--json``
     redirection applies: nncf's handler holds the stdout of import time), and nowhere when quiet.
     NNCF's logger is put back as it was afterwards."""
     from nncf.common.logging.logger import nncf_logger
@@ -156,8 +156,8 @@ def _nncf_output(nncf, quiet: bool) -> Iterator[None]:
     try:
         for h in handlers:
             h.setStream(sink or sys.stdout)
-        if quiet:
-            nncf_logger.setLevel(logging.ERROR)
+        # its INFO lines name every node it leaves unquantised (hundreds): warnings only
+        nncf_logger.setLevel(logging.ERROR if quiet else logging.WARNING)
         with contextlib.redirect_stdout(sink) if sink else contextlib.nullcontext():
             yield
     finally:
