@@ -12,6 +12,7 @@ and, with ``--openvino``, each Q/DQ graph's latency on OpenVINO against OpenVINO
 Variants (``--variants``, comma list; default: all but the ``-trt`` ones):
 
 - ``ort-default``: onnxruntime.quantization ``quantize_static`` with our ranges and ``--recipe default``
+- ``ort-all``: the same quantiser on every searchable block (what ``nncf-mixed`` quantises)
 - ``nncf-mixed``: NNCF, preset MIXED, every layer its patterns allow, fast bias correction
 - ``nncf-recipe``: the same with the default recipe's float blocks as NNCF's ignored scope
 - ``nncf-sq``: NNCF MIXED with SmoothQuant (matmul 0.95 and convolution 0.5; model_type TRANSFORMER)
@@ -46,7 +47,7 @@ from .env import environment
 from .markdown import row, rule
 
 SQ_ALPHAS = {"matmul": 0.95, "convolution": 0.5}
-DEFAULT_VARIANTS = ("ort-default", "nncf-mixed", "nncf-recipe", "nncf-sq", "nncf-recipe-sq", "aimet-adaround")
+DEFAULT_VARIANTS = ("ort-default", "ort-all", "nncf-mixed", "nncf-recipe", "nncf-sq", "nncf-recipe-sq", "aimet-adaround")
 ALL_VARIANTS = (*DEFAULT_VARIANTS, "ort-default-trt", "nncf-recipe-trt")
 
 
@@ -57,17 +58,24 @@ class Variant:
     make: Callable[[Path, object, Progress], dict]  # (out path, Prepared, progress) -> summary/options
 
 
-def _ort(symmetric: bool) -> Callable:
+def _ort(symmetric: bool, every_block: bool = False) -> Callable:
     def make(out: Path, prep, say: Progress) -> dict:
+        from dataclasses import replace
+
         from dcssa.calibration.bundle import DEFAULT_RECIPE
-        from dcssa.calibration.int8 import collect_ranges, quantize_int8
+        from dcssa.calibration.int8 import collect_ranges, quantize_int8, searchable_blocks
 
         fp32 = prep.bundle.graph_path(mf.SKETCH_ENCODER, "fp32")
+        recipe = DEFAULT_RECIPE
+        if every_block:  # what NNCF quantises without an ignored scope, with our quantiser
+            import onnx
+
+            recipe = replace(DEFAULT_RECIPE, blocks=searchable_blocks(onnx.load(str(fp32), load_external_data=False)))
         cache = out.with_suffix(".ranges.json")
         with say.bar(len(prep.calib), "ort ranges", "raster") as bar:
-            collect_ranges(fp32, prep.calib, DEFAULT_RECIPE.method, cache, symmetric=symmetric, on_batch=bar.update)
-        summary = quantize_int8(fp32, out, DEFAULT_RECIPE, cache, symmetric=symmetric)
-        return {"quantiser": "ort", "options": DEFAULT_RECIPE.record(symmetric=symmetric), "summary": summary}
+            collect_ranges(fp32, prep.calib, recipe.method, cache, symmetric=symmetric, on_batch=bar.update)
+        summary = quantize_int8(fp32, out, recipe, cache, symmetric=symmetric)
+        return {"quantiser": "ort", "options": recipe.record(symmetric=symmetric), "summary": summary}
 
     return make
 
@@ -135,6 +143,8 @@ class _Skip(Exception):
 
 VARIANTS = {
     "ort-default": Variant("ort-default", "onnxruntime quantize_static, --recipe default (entropy, 8 blocks)", _ort(False)),
+    "ort-all": Variant("ort-all", "onnxruntime quantize_static, entropy, every searchable block (stem to 7c, "
+                       "attention projections)", _ort(False, every_block=True)),
     "nncf-mixed": Variant("nncf-mixed", "NNCF MIXED, all layers, fast bias correction", _nncf(False, False)),
     "nncf-recipe": Variant("nncf-recipe", "NNCF MIXED, default recipe's float blocks ignored, fast bias correction",
                            _nncf(True, False)),
