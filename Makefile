@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.dcssa-installed
+# what only the tests need beyond the demo's extras: NNCF (tests/calibration/test_nncf.py)
+TEST_STAMP := $(VENV)/.dcssa-test-installed
 OUT    := demo-out
 # torch/torchvision pinned to the releases this project is tested with (x86_64 wheels; see README
 # for Jetson/aarch64).
@@ -34,7 +36,11 @@ bench: $(STAMP)
 gpu-check: $(STAMP)
 	$(PY) -m dcssa.benchmarks.gpu_check --bundle $(OUT)/bundle --out gpu-check-out
 
-test: $(STAMP)
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[export,dev,nncf]'
+	touch $(TEST_STAMP)
+
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q
 
 clean:

@@ -34,6 +34,7 @@ from . import task as T
 from .calibset import PrefixSet, bundle_prefix_set, load_sketch_data, split_heldout, spread_sketches
 from .fp16 import convert_fp16
 from .int8 import CPU_ACTIVATIONS, TENSORRT_ACTIVATIONS, Int8Recipe
+from .nncf_ptq import NNCF_CPU_ACTIVATIONS, NNCF_TENSORRT_ACTIVATIONS, QUANTISERS, NncfOptions
 from .search import SearchContext, plot_curve, run_search
 
 PRECISIONS = ("fp16", "int8", "bf16")
@@ -79,6 +80,12 @@ def load_recipe(spec: str | Path | None, family: str = mf.DCSSA) -> Int8Recipe |
     for key in ("chosen", "calibration"):
         if isinstance(doc, dict) and key in doc:
             doc = doc[key].get("recipe", doc[key].get("int8", {}).get("recipe", doc[key]))
+    if isinstance(doc, dict) and doc.get("quantiser") == "nncf":
+        # an NNCF graph's record: the recipe whose float blocks were its ignored scope, if any
+        if not isinstance(doc.get("ignored_recipe"), dict):
+            raise DcssaError("that int8 graph was made by NNCF on every layer: it has no recipe of blocks", path=path,
+                             hint="pass --recipe all with --quantiser nncf, or default / a recipe JSON file")
+        doc = doc["ignored_recipe"]
     if not isinstance(doc, dict) or "blocks" not in doc:
         raise DcssaError("not a recipe (no 'blocks')", path=path, hint="pass search, default or a recipe JSON file")
     return Int8Recipe.from_dict(doc)
@@ -280,8 +287,10 @@ def int8_stage(prep: Prepared, recipe: Int8Recipe | None = None, *, search_recor
     fname, sname = _hashed_name(mf.SKETCH_ENCODER, "int8", cpu), _hashed_name(mf.SKETCH_ENCODER, "int8sym", sym)
     out.files[fname], out.files[sname] = cpu, sym
     out.entries[(mf.SKETCH_ENCODER, "int8")] = {"file": fname, "precision": "int8", "activations": CPU_ACTIVATIONS,
-                                                "tensorrt_file": sname, "tensorrt_activations": TENSORRT_ACTIVATIONS}
+                                                "tensorrt_file": sname, "tensorrt_activations": TENSORRT_ACTIVATIONS,
+                                                "quantiser": "ort"}
     out.int8 = {
+        "quantiser": "ort",
         "recipe": recipe.record(symmetric=False),
         "tensorrt_recipe": recipe.record(symmetric=True),
         "search": None if search is None else {k: search[k] for k in SEARCH_RECORD if k in search},
@@ -318,6 +327,42 @@ def bf16_stage(prep: Prepared, *, latency_rasters: int = 6) -> StageOutput:
             out.files[BF16_CURVE_PNG] = png
             record["curve_png"] = BF16_CURVE_PNG
     out.bf16 = {**record, "plan": {"graph": mf.SKETCH_ENCODER, "f32_scopes": chosen}}
+    return out
+
+
+def nncf_int8_stage(prep: Prepared, options: NncfOptions, *, latency_rasters: int = 8) -> StageOutput:
+    """The int8 sketch encoder twice by NNCF from the same options and calibration rasters: preset
+    MIXED (asymmetric activations) for onnxruntime CPU, with latency, and PERFORMANCE with signed
+    activations (int8, zero point 0) for TensorRT. The manifest records the options as the recipe."""
+    from .nncf_ptq import quantize_nncf
+
+    out = StageOutput()
+    fp32 = prep.bundle.graph_path(mf.SKETCH_ENCODER, "fp32")
+    graphs = {False: prep.work / f"{mf.SKETCH_ENCODER}.int8.onnx", True: prep.work / f"{mf.SKETCH_ENCODER}.int8sym.onnx"}
+    records = {}
+    for symmetric, what, key in ((False, "int8", "int8"), (True, "int8 (TensorRT graph)", "int8-tensorrt")):
+        opts = options.for_target(symmetric=symmetric)
+        prep.say(f"{what}: quantising with {opts.short()}")
+        with prep.bar(len(prep.calib), f"nncf ({opts.preset})") as bar:
+            summary = quantize_nncf(fp32, graphs[symmetric], prep.calib, opts, quiet=prep.quiet,
+                                    on_batch=bar.update)
+        with prep.bar(len(prep.held), f"{what} fidelity") as bar:
+            rep = fd.fidelity_report(prep.bundle, graphs[symmetric], "int8", prep.held, prep.gallery, prep.ref,
+                                     backend=prep.backend, latency_rasters=0 if symmetric else latency_rasters,
+                                     on_batch=bar.update, objective=prep.objective)
+        records[symmetric] = opts.record()
+        rep["recipe"], rep["quantisation"] = records[symmetric], summary
+        if symmetric:
+            rep["note"] = "symmetric-activation Q/DQ graph for TensorRT, measured on onnxruntime CPU"
+        out.reports[key] = rep
+        prep.say(fd.summary_line(what, rep))
+    cpu, sym = graphs[False], graphs[True]
+    fname, sname = _hashed_name(mf.SKETCH_ENCODER, "int8", cpu), _hashed_name(mf.SKETCH_ENCODER, "int8sym", sym)
+    out.files[fname], out.files[sname] = cpu, sym
+    out.entries[(mf.SKETCH_ENCODER, "int8")] = {"file": fname, "precision": "int8", "activations": NNCF_CPU_ACTIVATIONS,
+                                                "tensorrt_file": sname, "tensorrt_activations": NNCF_TENSORRT_ACTIVATIONS,
+                                                "quantiser": "nncf"}
+    out.int8 = {"quantiser": "nncf", "recipe": records[False], "tensorrt_recipe": records[True], "search": None}
     return out
 
 
@@ -398,12 +443,25 @@ def calibrate_bundle(
     noise_floor: bool = True,
     patience: int | None = 2,
     sensitivity_sketches: int | None = 32,
+    quantiser: str = "ort",
+    nncf: NncfOptions | None = None,
 ) -> dict:
     """Add ``precisions`` to the bundle; returns the new manifest. ``recipe=None`` runs the search.
 
     ``bf16`` is a plan, not a graph file: which blocks OpenVINO keeps in f32 (searched).
+    ``quantiser="nncf"``: the int8 graphs come from NNCF with ``nncf`` options (default: MIXED, fast
+    bias correction, every layer); ``recipe``, when given, becomes its ignored scope (its float blocks)
+    unless ``nncf`` names one itself.
     """
     bundle_path = Path(bundle_path)
+    if quantiser not in QUANTISERS:
+        raise DcssaError(f"unknown quantiser {quantiser!r}", hint=f"choose among {', '.join(QUANTISERS)}")
+    if quantiser == "nncf":
+        from dataclasses import replace
+
+        nncf = nncf or NncfOptions()
+        if recipe is not None and nncf.ignored_recipe is None:
+            nncf = replace(nncf, ignored_recipe=recipe)
     precisions = [p for p in precisions if p != "fp32"]
     for p in precisions:
         if p not in PRECISIONS:
@@ -417,7 +475,9 @@ def calibrate_bundle(
         stages = []
         if "fp16" in precisions:
             stages.append(fp16_stage(prep))
-        if "int8" in precisions:
+        if "int8" in precisions and quantiser == "nncf":
+            stages.append(nncf_int8_stage(prep, nncf, latency_rasters=latency_rasters))
+        elif "int8" in precisions:
             stages.append(int8_stage(prep, recipe, search_record=search_record, methods=methods,
                                      latency_rasters=latency_rasters))
         if "bf16" in precisions:

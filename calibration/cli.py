@@ -15,11 +15,13 @@ DATA_HELP = ("Sketches: a QMUL *_Coordinate pickle, a folder of strokes JSON, a 
              "folder (its photo/ folder, or testB/ in ARNet's layout, becomes the fidelity gallery), or synthetic:N[:SEED].")
 RECIPE_HELP = ("INT8 recipe: 'search' (measure methods, per-block sensitivity and the trade-off curve, then "
                "choose; slow), 'default' (the recipe chosen on the demo model), or a JSON file (a recipe, a "
-               "search.json, or another bundle's manifest.json).")
+               "search.json, or another bundle's manifest.json). With `calibrate --quantiser nncf`: the recipe "
+               "whose float blocks NNCF ignores ('default' or a file), or 'all' (ignore none). "
+               "[default: search; default with --quantiser nncf]")
 
 
 #: ``--recipe``, the same on ``dcssa-export`` (with ``--precision``) and ``dcssa-export calibrate``
-recipe_option = click.option("--recipe", default="search", show_default=True, help=RECIPE_HELP)
+recipe_option = click.option("--recipe", default=None, help=RECIPE_HELP)
 
 #: ``--photos`` / ``--gallery`` of the fidelity report, the same on ``dcssa-export`` and ``dcssa-export calibrate``
 fidelity_gallery_options = compose(
@@ -88,7 +90,7 @@ def _family(bundle: Path) -> str:
     return Bundle.load(bundle).family
 
 
-def export_precisions(out: Path, precision: str, calib: str | None, recipe: str, say: Progress, *,
+def export_precisions(out: Path, precision: str, calib: str | None, recipe: str | None, say: Progress, *,
                       photos: Path | None = None, gallery: Path | None = None) -> dict | None:
     """The ``--precision/--calib`` step of the main export command, after the fp32 bundle exists."""
     from .bundle import calibrate_bundle, load_recipe
@@ -130,14 +132,21 @@ def export_precisions(out: Path, precision: str, calib: str | None, recipe: str,
               help="Cap on held-out prefixes, met with whole sketches spread over the held-out ones (at least one).")
 @click.option("--methods", default="minmax,percentile,entropy", show_default=True,
               help="Calibration methods the search compares.")
+@click.option("--quantiser", type=click.Choice(["ort", "nncf"]), default="ort", show_default=True,
+              help="What makes the int8 graphs: onnxruntime.quantization with our ranges and --recipe (ort), or "
+                   "NNCF's post-training quantisation (nncf; pip install 'dcssa-rt[nncf]'), where --recipe default "
+                   "or FILE gives the float blocks NNCF ignores and --recipe all ignores none.")
+@click.option("--smooth-quant", default=None, metavar="ALPHAS",
+              help="nncf only: SmoothQuant alphas, e.g. 'matmul=0.95,convolution=0.5' (a negative alpha turns a "
+                   "layer type off); NNCF applies it with model_type TRANSFORMER. [default: off]")
 @threads_option()
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
               help="Keep range caches and the search record (search.json, curve PNG) here.")
 @output_options(json="the fidelity reports and the recipe")
-def calibrate(bundle: Path, data: str, precision: str, recipe: str, photos: Path | None, fidelity_gallery: Path | None,
-              max_calib: int, max_heldout: int | None, methods: str, threads: int | None, workdir: Path | None,
-              objective: str, max_drop: str | None, patience: int, sensitivity_sketches: int, noise_floor: bool,
-              as_json: bool, quiet: bool) -> None:
+def calibrate(bundle: Path, data: str, precision: str, recipe: str | None, photos: Path | None, fidelity_gallery: Path | None,
+              max_calib: int, max_heldout: int | None, methods: str, quantiser: str, smooth_quant: str | None,
+              threads: int | None, workdir: Path | None, objective: str, max_drop: str | None, patience: int,
+              sensitivity_sketches: int, noise_floor: bool, as_json: bool, quiet: bool) -> None:
     """Add FP16 / INT8 graphs and a bf16 plan to an existing BUNDLE, with a fidelity report for each.
 
     Fidelity is judged by the task where the held-out sketches name their photo: the change of
@@ -148,21 +157,66 @@ def calibrate(bundle: Path, data: str, precision: str, recipe: str, photos: Path
     dcssa-export calibrate dcssa-bundle --data Shapes/ --precision int8,bf16,fp16
     dcssa-export calibrate dcssa-bundle --data Shapes/ --recipe default   # no int8 search
     dcssa-export calibrate dcssa-bundle --data Shapes/ --precision bf16 --max-drop m@B=0.005
+    dcssa-export calibrate dcssa-bundle --data Shapes/ --quantiser nncf --recipe default
     """
     from .bundle import PRECISIONS, calibrate_bundle, load_recipe, load_search_record, parse_precisions
     from .task import Objective, parse_max_drop
 
     say = Progress(quiet or as_json)
-    with fail_cleanly(), stdout_for_json(as_json):  # onnxruntime's calibrators print to stdout
+    with fail_cleanly(), stdout_for_json(as_json):  # onnxruntime's calibrators (and NNCF) print to stdout
         wanted = parse_precisions(precision, PRECISIONS)
         goal = Objective(objective, parse_max_drop(max_drop))
+        nncf_options, int8_recipe = _quantiser_args(quantiser, recipe, smooth_quant, bundle)
         manifest = calibrate_bundle(
-            bundle, data, wanted, recipe=load_recipe(recipe, _family(bundle)), search_record=load_search_record(recipe),
+            bundle, data, wanted, recipe=int8_recipe, search_record=load_search_record(recipe),
             methods=[m.strip() for m in methods.split(",") if m.strip()], photos=photos, gallery=fidelity_gallery,
             max_calib=max_calib, max_heldout=max_heldout, threads=threads, workdir=workdir, quiet=say.quiet, say=say,
             objective=goal, noise_floor=noise_floor, patience=patience, sensitivity_sketches=sensitivity_sketches,
+            quantiser=quantiser, nncf=nncf_options,
         )
     _print_fidelity(manifest, wanted, as_json)
+
+
+def parse_smooth_quant(text: str | None) -> dict[str, float] | None:
+    """``'matmul=0.95,convolution=0.5'`` -> alphas; None / '' / 'off' -> None."""
+    from dcssa.runtime.errors import DcssaError
+
+    if text is None or text.strip().lower() in ("", "off", "none"):
+        return None
+    alphas = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        try:
+            alphas[key.strip()] = float(value)
+        except ValueError:
+            raise DcssaError(f"bad --smooth-quant item {part!r}", hint="write e.g. matmul=0.95,convolution=0.5") from None
+    if set(alphas) - {"matmul", "convolution"}:
+        raise DcssaError(f"--smooth-quant: unknown layer type(s) {sorted(set(alphas) - {'matmul', 'convolution'})}",
+                         hint="give alphas for matmul and/or convolution")
+    return alphas
+
+
+def _quantiser_args(quantiser: str, recipe: str | None, smooth_quant: str | None, bundle: Path):
+    """(NNCF options or None, the int8 recipe or None) for ``--quantiser/--recipe/--smooth-quant``."""
+    from dcssa.runtime.errors import DcssaError
+
+    from .bundle import load_recipe
+
+    if quantiser == "ort":
+        if smooth_quant is not None:
+            raise DcssaError("--smooth-quant is an NNCF option", hint="add --quantiser nncf, or drop --smooth-quant")
+        if recipe == "all":
+            raise DcssaError("--recipe all (no ignored scope) is for --quantiser nncf",
+                             hint="with ort pass search, default or a recipe JSON file")
+        return None, load_recipe(recipe, _family(bundle))
+    from .nncf_ptq import NncfOptions
+
+    recipe = "default" if recipe is None else recipe
+    if recipe == "search":
+        raise DcssaError("the recipe search measures the ort quantiser; NNCF takes a recipe's float blocks as its "
+                         "ignored scope, or none", hint="with --quantiser nncf pass --recipe default, all or a recipe JSON file")
+    ignored = None if recipe == "all" else load_recipe(recipe, _family(bundle))
+    return NncfOptions(ignored_recipe=ignored, smooth_quant=parse_smooth_quant(smooth_quant)), None
 
 
 @click.command("engines")

@@ -49,7 +49,7 @@ from .model import DEFAULT_EMBED, DEFAULT_HEADS
 @click.pass_context
 def main(ctx: click.Context, ckpt: tuple[Path, ...], out: Path, family: str | None, num_heads: int | None,
          phase: str | None, sketch_canvas: int | None, line_width: int | None,
-         as_json: bool, quiet: bool, force: bool, precision: str, calib: str | None, recipe: str,
+         as_json: bool, quiet: bool, force: bool, precision: str, calib: str | None, recipe: str | None,
          photos: Path | None, fidelity_gallery: Path | None) -> None:
     """Export a trained DC-SSA or ARNet checkpoint to a verified ONNX bundle the runtime can serve.
 

@@ -25,3 +25,23 @@ def test_cuda_python_is_bounded_to_one_cuda_major_per_extra():
         assert Version(f"{major + 1}.0.0") not in spec and Version(f"{major - 1}.8.0") not in spec, extra
     # cu12 needs the cuda.bindings layout (12.6+), which cuda_memory imports first
     assert Version("12.5.0") not in _cuda_python("cu12").specifier
+
+
+def test_nncf_is_an_optional_extra_the_runtime_never_imports():
+    """`dcssa-export calibrate --quantiser nncf` needs the `nncf` extra; nothing else may import it
+    (``import nncf`` also pulls in torch and openvino when they are installed), and `make test`
+    installs it so that its tests run."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[1]
+    (req,) = [Requirement(r) for r in EXTRAS["nncf"]]
+    assert req.name == "nncf" and Version("3.4.0") in req.specifier and Version("4.0.0") not in req.specifier
+    assert not any("nncf" in r for extra, reqs in EXTRAS.items() if extra != "nncf" for r in reqs)
+    assert not [p for p in (root / "runtime").rglob("*.py") if "nncf" in p.read_text()]
+    makefile = (root / "Makefile").read_text()
+    assert ",nncf]'" in makefile and "test: $(TEST_STAMP)" in makefile
+    code = ("import sys, dcssa.runtime, dcssa.calibration.bundle, dcssa.calibration.cli, dcssa.export.cli; "
+            "print('nncf' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
