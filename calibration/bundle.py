@@ -334,18 +334,34 @@ def nncf_int8_stage(prep: Prepared, options: NncfOptions, *, latency_rasters: in
     """The int8 sketch encoder twice by NNCF from the same options and calibration rasters: preset
     MIXED (asymmetric activations) for onnxruntime CPU, with latency, and PERFORMANCE with signed
     activations (int8, zero point 0) for TensorRT. The manifest records the options as the recipe."""
+    from .nncf_control import TaskScore, quantize_with_task_control, tensorrt_options
     from .nncf_ptq import quantize_nncf
 
     out = StageOutput()
     fp32 = prep.bundle.graph_path(mf.SKETCH_ENCODER, "fp32")
     graphs = {False: prep.work / f"{mf.SKETCH_ENCODER}.int8.onnx", True: prep.work / f"{mf.SKETCH_ENCODER}.int8sym.onnx"}
     records = {}
+    float_layers: list[str] = []
     for symmetric, what, key in ((False, "int8", "int8"), (True, "int8 (TensorRT graph)", "int8-tensorrt")):
         opts = options.for_target(symmetric=symmetric)
+        if symmetric and options.accuracy_control:
+            opts = tensorrt_options(options, float_layers)  # the layers the CPU graph's search kept float
         prep.say(f"{what}: quantising with {opts.short()}")
-        with prep.bar(len(prep.calib), f"nncf ({opts.preset})") as bar:
-            summary = quantize_nncf(fp32, graphs[symmetric], prep.calib, opts, quiet=prep.quiet,
-                                    on_batch=bar.update)
+        if opts.accuracy_control:
+            score = TaskScore(prep.bundle, prep.held, prep.gallery, prep.ref, prep.backend, prep.objective, prep.work,
+                              say=prep.say)
+            prep.say(f"nncf accuracy control: validation on {len(score)} held-out sketches, ranking on "
+                     f"{min(opts.ranking_sketches, len(score))}; {prep.objective.describe()}")
+            with prep.bar(len(prep.calib), f"nncf ({opts.preset})") as bar:
+                summary = quantize_with_task_control(fp32, graphs[symmetric], prep.calib, score, opts,
+                                                     quiet=prep.quiet, on_batch=bar.update)
+            float_layers = summary["float_layers"]
+            prep.say(f"nncf accuracy control: {len(float_layers)} layers kept float after {summary['validations']} "
+                     f"validations in {summary['seconds']:.0f} s")
+        else:
+            with prep.bar(len(prep.calib), f"nncf ({opts.preset})") as bar:
+                summary = quantize_nncf(fp32, graphs[symmetric], prep.calib, opts, quiet=prep.quiet,
+                                        on_batch=bar.update)
         with prep.bar(len(prep.held), f"{what} fidelity") as bar:
             rep = fd.fidelity_report(prep.bundle, graphs[symmetric], "int8", prep.held, prep.gallery, prep.ref,
                                      backend=prep.backend, latency_rasters=0 if symmetric else latency_rasters,
@@ -362,7 +378,14 @@ def nncf_int8_stage(prep: Prepared, options: NncfOptions, *, latency_rasters: in
     out.entries[(mf.SKETCH_ENCODER, "int8")] = {"file": fname, "precision": "int8", "activations": NNCF_CPU_ACTIVATIONS,
                                                 "tensorrt_file": sname, "tensorrt_activations": NNCF_TENSORRT_ACTIVATIONS,
                                                 "quantiser": "nncf"}
-    out.int8 = {"quantiser": "nncf", "recipe": records[False], "tensorrt_recipe": records[True], "search": None}
+    search = None
+    if options.accuracy_control:
+        q = out.reports["int8"]["quantisation"]
+        search = {"kind": "nncf.quantize_with_accuracy_control, validated on the task objective",
+                  "objective": prep.objective.record(), "float_layers": q["float_layers"],
+                  "validations": q["validations"], "full_validations": q["full_validations"],
+                  "seconds": round(q["seconds"], 1), "meets_objective": out.reports["int8"].get("meets_objective")}
+    out.int8 = {"quantiser": "nncf", "recipe": records[False], "tensorrt_recipe": records[True], "search": search}
     return out
 
 

@@ -16,7 +16,8 @@ DATA_HELP = ("Sketches: a QMUL *_Coordinate pickle, a folder of strokes JSON, a 
 RECIPE_HELP = ("INT8 recipe: 'search' (measure methods, per-block sensitivity and the trade-off curve, then "
                "choose; slow), 'default' (the recipe chosen on the demo model), or a JSON file (a recipe, a "
                "search.json, or another bundle's manifest.json). With `calibrate --quantiser nncf`: the recipe "
-               "whose float blocks NNCF ignores ('default' or a file), or 'all' (ignore none). "
+               "whose float blocks NNCF ignores ('default' or a file), 'all' (ignore none), or 'search' (NNCF's "
+               "quantize_with_accuracy_control chooses the float layers, validated on the task objective). "
                "[default: search; default with --quantiser nncf]")
 
 
@@ -122,7 +123,8 @@ def export_precisions(out: Path, precision: str, calib: str | None, recipe: str 
 @click.option("--patience", type=click.IntRange(1), default=2, show_default=True,
               help="Stop a trade-off curve after this many points in a row miss the objective.")
 @click.option("--sensitivity-sketches", type=click.IntRange(2), default=32, show_default=True,
-              help="Held-out sketches the per-block sensitivity order is measured on (the curve uses all).")
+              help="Held-out sketches the per-block sensitivity order is measured on (the curve uses all); with "
+                   "--quantiser nncf --recipe search, NNCF's ranking subset.")
 @click.option("--noise-floor/--no-noise-floor", default=True, show_default=True,
               help="Also measure fp32 on the same sketches moved by one pixel and jittered again.")
 @fidelity_gallery_options
@@ -166,7 +168,7 @@ def calibrate(bundle: Path, data: str, precision: str, recipe: str | None, photo
     with fail_cleanly(), stdout_for_json(as_json):  # onnxruntime's calibrators (and NNCF) print to stdout
         wanted = parse_precisions(precision, PRECISIONS)
         goal = Objective(objective, parse_max_drop(max_drop))
-        nncf_options, int8_recipe = _quantiser_args(quantiser, recipe, smooth_quant, bundle)
+        nncf_options, int8_recipe = _quantiser_args(quantiser, recipe, smooth_quant, bundle, sensitivity_sketches)
         manifest = calibrate_bundle(
             bundle, data, wanted, recipe=int8_recipe, search_record=load_search_record(recipe),
             methods=[m.strip() for m in methods.split(",") if m.strip()], photos=photos, gallery=fidelity_gallery,
@@ -196,7 +198,8 @@ def parse_smooth_quant(text: str | None) -> dict[str, float] | None:
     return alphas
 
 
-def _quantiser_args(quantiser: str, recipe: str | None, smooth_quant: str | None, bundle: Path):
+def _quantiser_args(quantiser: str, recipe: str | None, smooth_quant: str | None, bundle: Path,
+                    sensitivity_sketches: int = 32):
     """(NNCF options or None, the int8 recipe or None) for ``--quantiser/--recipe/--smooth-quant``."""
     from dcssa.runtime.errors import DcssaError
 
@@ -212,9 +215,9 @@ def _quantiser_args(quantiser: str, recipe: str | None, smooth_quant: str | None
     from .nncf_ptq import NncfOptions
 
     recipe = "default" if recipe is None else recipe
-    if recipe == "search":
-        raise DcssaError("the recipe search measures the ort quantiser; NNCF takes a recipe's float blocks as its "
-                         "ignored scope, or none", hint="with --quantiser nncf pass --recipe default, all or a recipe JSON file")
+    if recipe == "search":  # NNCF's own search of the float layers, validated on the task objective
+        return NncfOptions(accuracy_control=True, smooth_quant=parse_smooth_quant(smooth_quant),
+                           ranking_sketches=sensitivity_sketches), None
     ignored = None if recipe == "all" else load_recipe(recipe, _family(bundle))
     return NncfOptions(ignored_recipe=ignored, smooth_quant=parse_smooth_quant(smooth_quant)), None
 

@@ -76,7 +76,11 @@ class NncfOptions:
     (``{"matmul": 0.95, "convolution": -1}``; a negative alpha switches that type off); NNCF runs
     SmoothQuant only for ``model_type=TRANSFORMER``, so asking for it sets that model type, which
     also brings NNCF's transformer patterns (see :meth:`record`). ``subset_size``: at most this
-    many calibration rasters (None: every one given).
+    many calibration rasters (None: every one given). ``accuracy_control``: NNCF's
+    ``quantize_with_accuracy_control`` chooses the float layers against the task objective
+    (:mod:`.nncf_control`), reverting at most ``max_iterations`` groups, ranked on
+    ``ranking_sketches`` held-out sketches. ``ignored_nodes``: node names NNCF leaves float besides
+    the recipe's (the TensorRT graph repeats the accuracy-controlled graph's float layers this way).
     """
 
     preset: str = "mixed"
@@ -85,6 +89,10 @@ class NncfOptions:
     ignored_recipe: Int8Recipe | None = None
     smooth_quant: dict[str, float] | None = None
     target_device: str = "ANY"
+    accuracy_control: bool = False
+    max_iterations: int = 30
+    ranking_sketches: int = 32
+    ignored_nodes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -107,6 +115,7 @@ class NncfOptions:
         """The manifest / report record (with the quantiser's name and version)."""
         d = asdict(self)
         d["ignored_recipe"] = None if self.ignored_recipe is None else self.ignored_recipe.to_dict()
+        d["ignored_nodes"] = list(self.ignored_nodes)
         return {
             "quantiser": "nncf",
             "nncf_version": nncf_version(),
@@ -122,6 +131,10 @@ class NncfOptions:
         parts.append("fast bias correction" if self.fast_bias_correction else "bias correction")
         if self.ignored_recipe is not None:
             parts.append(f"float blocks of a {len(self.ignored_recipe.blocks)}-block recipe ignored")
+        if self.accuracy_control:
+            parts.append(f"accuracy control on the task (at most {self.max_iterations} groups reverted)")
+        if self.ignored_nodes:
+            parts.append(f"{len(self.ignored_nodes)} more layers kept float")
         if self.smooth_quant:
             parts.append("SmoothQuant " + ", ".join(f"{k} {v:g}" for k, v in sorted(self.smooth_quant.items())))
         return ", ".join(parts)
@@ -249,6 +262,7 @@ def quantize_nncf(
     nncf = require_nncf()
     model = onnx.load(str(fp32_path))
     names = ignored_nodes(model, options.ignored_recipe) if options.ignored_recipe is not None else []
+    names = sorted(set(names) | set(options.ignored_nodes))
     if options.ignored_recipe is not None and len(names) == sum(n.op_type != "Constant" for n in model.graph.node):
         raise QuantisationError(
             f"the recipe leaves no node of {Path(fp32_path).name} to quantise "

@@ -166,11 +166,8 @@ def test_signed_rewrite_keeps_the_range(tmp_path):
     assert "s" not in inits and "z" not in inits  # the old pair is gone
 
 
-def test_cli_refuses_nncf_with_the_recipe_search(bundle2, dataset):
+def test_cli_refuses_smooth_quant_without_nncf(bundle2, dataset):
     from dcssa.export.cli import main
 
-    res = CliRunner().invoke(main, ["calibrate", str(bundle2), "--data", str(dataset), "--quantiser", "nncf",
-                                    "--recipe", "search"])
-    assert res.exit_code == 2 and "--recipe default, all or a recipe JSON file" in res.output
     res = CliRunner().invoke(main, ["calibrate", str(bundle2), "--data", str(dataset), "--smooth-quant", "matmul=0.9"])
     assert res.exit_code == 2 and "--quantiser nncf" in res.output
