@@ -9,7 +9,7 @@ latency ratio to fp32 on onnxruntime CPU, measured in alternating blocks
 (:func:`~dcssa.calibration.fidelity.interleaved_latency`). Also the wall time of making the graph
 and, with ``--openvino``, each Q/DQ graph's latency on OpenVINO against OpenVINO fp32.
 
-Variants (``--variants``, comma list; default: all but the ``-trt`` ones):
+Variants (``--variants``, comma list; default: all but ``nncf-control`` and the ``-trt`` ones):
 
 - ``ort-default``: onnxruntime.quantization ``quantize_static`` with our ranges and ``--recipe default``
 - ``ort-all``: the same quantiser on every searchable block (what ``nncf-mixed`` quantises)
@@ -17,6 +17,9 @@ Variants (``--variants``, comma list; default: all but the ``-trt`` ones):
 - ``nncf-recipe``: the same with the default recipe's float blocks as NNCF's ignored scope
 - ``nncf-sq``: NNCF MIXED with SmoothQuant (matmul 0.95 and convolution 0.5; model_type TRANSFORMER)
 - ``nncf-recipe-sq``: ``nncf-recipe`` with SmoothQuant
+- ``nncf-control``: NNCF's ``quantize_with_accuracy_control`` from every layer, reverting layers to
+  float until the task objective (default ``--max-drop``) holds (``calibrate --quantiser nncf
+  --recipe search``; ranked on 16 held-out sketches)
 - ``aimet-adaround``: AIMET-ONNX AdaRound (weights) + min/max activation encodings, when aimet-onnx
   is importable (not a project dependency; skipped with the reason otherwise)
 - ``ort-default-trt`` / ``nncf-recipe-trt``: the symmetric-activation (TensorRT) graphs, on demand
@@ -48,7 +51,7 @@ from .markdown import row, rule
 
 SQ_ALPHAS = {"matmul": 0.95, "convolution": 0.5}
 DEFAULT_VARIANTS = ("ort-default", "ort-all", "nncf-mixed", "nncf-recipe", "nncf-sq", "nncf-recipe-sq", "aimet-adaround")
-ALL_VARIANTS = (*DEFAULT_VARIANTS, "ort-default-trt", "nncf-recipe-trt")
+ALL_VARIANTS = (*DEFAULT_VARIANTS, "nncf-control", "ort-default-trt", "nncf-recipe-trt")
 
 
 @dataclass
@@ -92,6 +95,17 @@ def _nncf(ignored: bool, sq: bool, symmetric: bool = False) -> Callable:
         return {"quantiser": "nncf", "options": opts.record(), "summary": summary}
 
     return make
+
+
+def _nncf_control(out: Path, prep, say: Progress) -> dict:
+    from dcssa.calibration.nncf_control import TaskScore, quantize_with_task_control
+    from dcssa.calibration.nncf_ptq import NncfOptions
+
+    opts = NncfOptions(accuracy_control=True, ranking_sketches=16)
+    score = TaskScore(prep.bundle, prep.held, prep.gallery, prep.ref, prep.backend, prep.objective, prep.work, say=say)
+    fp32 = prep.bundle.graph_path(mf.SKETCH_ENCODER, "fp32")
+    summary = quantize_with_task_control(fp32, out, prep.calib, score, opts, quiet=say.quiet)
+    return {"quantiser": "nncf", "options": opts.record(), "summary": summary}
 
 
 #: AdaRound's budget (``--adaround-iterations/--adaround-rasters``). AIMET recommends 10000 iterations
@@ -151,6 +165,8 @@ VARIANTS = {
     "nncf-sq": Variant("nncf-sq", "NNCF MIXED + SmoothQuant (matmul 0.95, conv 0.5), all layers", _nncf(False, True)),
     "nncf-recipe-sq": Variant("nncf-recipe-sq", "NNCF MIXED + SmoothQuant, default recipe's float blocks ignored",
                               _nncf(True, True)),
+    "nncf-control": Variant("nncf-control", "NNCF quantize_with_accuracy_control, validated on the task objective "
+                            "(m@B, acc@10 upper bounds), from every layer", _nncf_control),
     "aimet-adaround": Variant("aimet-adaround", "AIMET-ONNX AdaRound (--adaround-iterations per layer) + min/max, "
                               "all layers, per-channel weights", _adaround),
     "ort-default-trt": Variant("ort-default-trt", "ort-default, symmetric int8 activations (TensorRT graph)", _ort(True)),
@@ -188,7 +204,7 @@ def run_compare(bundle_path: Path, data: str, out: Path, variants: list[str], *,
     graphs.mkdir(exist_ok=True)
     bundle = Bundle.load(bundle_path)
     prep = prepare(bundle, data, graphs, photos=photos, gallery=gallery, max_calib=max_calib,
-                   max_heldout=max_heldout, threads=threads, quiet=quiet, say=say)
+                   max_heldout=max_heldout, threads=threads, quiet=quiet, say=say, noise_floor=False)
     results: dict[str, dict] = {}
     for k, name in enumerate(variants):
         v = VARIANTS[name]
@@ -253,9 +269,15 @@ def _acc(rep: dict) -> str:
     return f"{ref.get('acc@1', float('nan')):.2f} -> {mine.get('acc@1', float('nan')):.2f}"
 
 
+def _drop(rep: dict, metric: str) -> str:
+    t = (rep.get("task") or {}).get(metric)
+    return "-" if not t else f"{t['drop']:+.3f} ({t['drop_upper']:+.3f})"
+
+
 def markdown(rep: dict) -> str:
     env = rep["env"]
     head = ["variant", "cosine mean / min", "top-1 agreement", "top-10 overlap", "acc@1 fp32 -> int8",
+            "m@B drop (95% upper)", "acc@10 drop (upper)",
             "ort CPU latency vs fp32", "OpenVINO int8 vs OV fp32", "time to make (s)"]
     lines = [
         f"Bundle {rep['bundle']}; data {rep['data']}: {rep['calibration_prefixes']} calibration prefixes, "
@@ -281,7 +303,8 @@ def markdown(rep: dict) -> str:
         ov_cell = (f"{ov['ratio']:.2f}x ({ov['reduced_ms']:.0f} / {ov['fp32_ms']:.0f} ms)" if "ratio" in ov
                    else ov.get("error", "-"))
         lines.append(row([name, f"{c['mean']:.4f} / {c['min']:.4f}", f"{f['top1_agreement']:.1%}",
-                          f"{f['top10_overlap']:.1%}", _acc(f), lat_cell, ov_cell, f"{r['calibrate_seconds']:.0f}"]))
+                          f"{f['top10_overlap']:.1%}", _acc(f), _drop(f, "m@B"), _drop(f, "acc@10"), lat_cell, ov_cell,
+                          f"{r['calibrate_seconds']:.0f}"]))
     lines += ["", *[f"- {n}: {r['describe']}" for n, r in rep["variants"].items()], *notes]
     return "\n".join(lines) + "\n"
 

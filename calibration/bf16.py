@@ -6,7 +6,8 @@ boundaries. Without a plan the runtime keeps the family's default (DC-SSA: the f
 in f32). The search here chooses per bundle, on the held-out sketches, like the int8 search:
 
 1. every block in bf16 (one segment, the cheapest plan) and the default plan, timed; when every
-   block in bf16 keeps the objective there is nothing to keep in f32;
+   block in bf16 keeps the objective there is nothing to keep in f32, and when the default plan
+   keeps it with one block in f32 no other plan runs more in bf16 (:func:`settled_by_reference`);
 2. otherwise per-block sensitivity: one block at a time in bf16, on a subset of the sketches;
 3. the curve: blocks go to bf16 cumulatively, least sensitive first, each point timed against
    OpenVINO fp32 in interleaved blocks; the fastest point that keeps the objective wins, else the
@@ -131,6 +132,22 @@ class Bf16Search:
         return report
 
 
+def settled_by_reference(points: Sequence[dict], default_f32: int, objective: T.Objective) -> tuple[dict, bool] | None:
+    """(chosen, True) when the timed reference plans already decide the search, else None.
+
+    ``points``: every block in bf16, then the default plan (``default_f32`` blocks in f32). Either all
+    in bf16 keeps the objective (the faster plan of those kept wins), or the default plan keeps it
+    with a single block in f32 while all in bf16 does not: every other plan keeps at least one block
+    in f32 too, so none runs more of the graph in bf16 (on the 40-shape demo the curve's latency fell
+    as blocks went to bf16, and the default plan was the fastest point measured, README).
+    """
+    if objective.faithful(points[0]):
+        return choose(list(points), objective)
+    if default_f32 == 1 and len(points) > 1 and objective.faithful(points[1]):
+        return points[1], True
+    return None
+
+
 def run_bf16_search(ctx: Bf16Search, units: Sequence[str] | None = None) -> dict:
     """The search of the module docstring; returns its record (also written to workdir/bf16-search.json)."""
     t0 = time.perf_counter()
@@ -151,9 +168,13 @@ def run_bf16_search(ctx: Bf16Search, units: Sequence[str] | None = None) -> dict
         reference_points.append(plan_point("default plan (" + ", ".join(s.rstrip("/").rsplit("/", 1)[-1] for s in default) + " f32)",
                                            default))
     sens, order, curve = [], [], []
-    if ctx.objective.faithful(everything):
-        chosen, ok = choose(reference_points, ctx.objective)  # the fastest of the plans timed that keep it
-        ctx.say("  every block in bf16 keeps the objective: no search needed, the faster plan of those timed wins")
+    settled = settled_by_reference(reference_points, len(default), ctx.objective)
+    if settled is not None:
+        chosen, ok = settled
+        ctx.say("  every block in bf16 keeps the objective: no search needed, the faster plan of those timed wins"
+                if ctx.objective.faithful(everything) else
+                "  the default plan keeps the objective with one block in f32, and every block in bf16 does not: "
+                "no plan keeps more in bf16, no search needed")
     else:
         held, ref = held_subset(ctx.held, ctx.ref, ctx.gallery, ctx.sensitivity_sketches)
         ctx.say(f"bf16 plan search: per-block sensitivity ({len(held.sketches)} held-out sketches)")

@@ -122,3 +122,25 @@ def test_the_chosen_bf16_plan_is_written_into_the_encoder_spec(prep):
     x = prep.held.images(0, 1)
     r = OpenVINOBackend().load(b.graph_path(mf.SKETCH_ENCODER), b.graph_spec(mf.SKETCH_ENCODER), precision="bf16")
     assert r.precisions == ("bf16",) and np.isfinite(r.run({mf.IMAGES: x})[mf.encoder_output(r.spec)]).all()
+
+
+def test_reference_plans_settle_the_bf16_search_when_they_can():
+    """Hand-made points: the search stops at the reference plans exactly when no other plan could
+    keep more blocks in bf16 (no OpenVINO needed)."""
+    from dcssa.calibration.bf16 import settled_by_reference
+
+    def pt(label, drop_upper, latency):
+        return {"label": label, "task": {"m@B": {"drop_upper": drop_upper}}, "latency_ratio": latency,
+                "top1_agreement": 0.9, "top10_overlap": 0.9}
+
+    goal = T.Objective("task", {"m@B": 0.01})
+    everything, default = pt("all", 0.02, 0.50), pt("default", 0.005, 0.45)
+    assert settled_by_reference([everything, default], 1, goal) == (default, True)
+    # a default plan of two f32 blocks: a plan with one f32 block may exist, search on
+    assert settled_by_reference([everything, default], 2, goal) is None
+    # neither keeps it: search on
+    assert settled_by_reference([everything, pt("default", 0.011, 0.45)], 1, goal) is None
+    # all in bf16 keeps it: the faster of the two timed plans that keep it
+    fast_default = pt("default", 0.0, 0.40)
+    assert settled_by_reference([pt("all", 0.009, 0.50), fast_default], 1, goal) == (fast_default, True)
+    assert settled_by_reference([pt("all", 0.009, 0.50)], 0, goal)[0]["label"] == "all"
