@@ -60,3 +60,25 @@ def test_fastpath_replays_sessions_and_scores_fidelity(bundle2: Path, gallery2: 
     table = markdown(rep).splitlines()
     assert table[0].startswith("| method | ms / stroke (median) | encoder ms | x ort fp32 |")
     assert table[2].startswith(f"| {ref} |") and table[2].endswith("| reference | - | - |")
+
+
+def test_ptq_compare_table_carries_the_task_drops_and_the_failures():
+    from dcssa.benchmarks.ptq_compare import markdown as ptq_markdown
+
+    fid = {"embedding_cosine": {"mean": 0.99, "min": 0.95}, "top1_agreement": 0.9, "top10_overlap": 0.97,
+           "target_accuracy": {"fp32": {"acc@1": 0.55}, "int8": {"acc@1": 0.5}},
+           "task": {"m@B": {"drop": 0.0041, "drop_upper": 0.0093}, "acc@10": {"drop": 0.0, "drop_upper": 0.0}},
+           "latency": {"ratio": 0.7, "reduced_ms": 70.0, "fp32_ms": 100.0}}
+    rep = {"bundle": "b", "data": "d", "calibration_prefixes": 96, "heldout": {"prefixes": 726, "sketches": 120},
+           "gallery": {"photos": 20, "rule": "r"},
+           "env": {"cpu": "cpu", "isa": "avx512", "cores": 2, "load_average": (1.0, 1.0, 1.0), "onnxruntime": "1",
+                   "openvino": "2", "nncf": "3", "aimet_onnx": None},
+           "variants": {"nncf-control": {"describe": "x", "fidelity": fid, "calibrate_seconds": 600.0,
+                                         "openvino_latency": {"ratio": 0.3, "reduced_ms": 30.0, "fp32_ms": 100.0}},
+                        "aimet-adaround": {"describe": "y", "skipped": "aimet-onnx is not installed"}}}
+    lines = ptq_markdown(rep).splitlines()
+    head = [c.strip() for c in lines[3].strip("|").split("|")]
+    cells = dict(zip(head, (c.strip() for c in lines[5].strip("|").split("|"))))
+    assert cells["m@B drop (95% upper)"] == "+0.004 (+0.009)" and cells["acc@10 drop (upper)"] == "+0.000 (+0.000)"
+    assert cells["acc@1 fp32 -> int8"] == "0.55 -> 0.50" and cells["OpenVINO int8 vs OV fp32"].startswith("0.30x")
+    assert any("aimet-adaround: skipped: aimet-onnx is not installed" in x for x in lines)
