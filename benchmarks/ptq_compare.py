@@ -346,9 +346,11 @@ def main(bundle: Path, data: str, photos: Path | None, gallery: Path | None, var
                           max_heldout=max_heldout, latency_rasters=latency_rasters, latency_repeats=latency_repeats,
                           openvino=openvino, threads=threads, quiet=quiet)
         rep["seconds"] = round(time.time() - t0, 1)
-    (out / "ptq-compare.json").write_text(json.dumps(rep, indent=2) + "\n")
     md = markdown(rep)
-    (out / "ptq-compare.md").write_text(md)
+    for name, text in (("ptq-compare.json", json.dumps(rep, indent=2) + "\n"), ("ptq-compare.md", md)):
+        tmp = out / f".{name}.tmp"  # a reader never sees half a report
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
     click.echo(md)
 
 
