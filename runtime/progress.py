@@ -1,7 +1,9 @@
 """One progress reporter for every long job: timestamped step lines and bars, on stderr.
 
 Library functions take a :data:`Say` callable (default: silent) and never print themselves; the
-CLIs hand them a :class:`Progress`, so ``--json`` keeps stdout clean and ``-q`` silences both kinds.
+CLIs hand them a :class:`Progress`. Progress never touches stdout. Both ``-q`` and ``--json`` silence
+it (step lines and bars alike): a script that asks for JSON gets the JSON on stdout and only errors on
+stderr, so its logs stay free of carriage-return bars.
 """
 
 from __future__ import annotations
