@@ -249,7 +249,8 @@ def read_images(paths: list[Path], *, strict: bool = False,
         yield i, img
 
 
-#: embeds ``paths``: (paths, on_skip(path, exc), on_done(n)) -> {index into paths: embedding}
+#: embeds ``paths``: (paths, on_skip(path, exc), on_done(n)) -> {index into paths: embedding}; one with
+#: intermediate files (Ray's shards) may have a ``discard_shards()`` that runs once the gallery is written
 Embedder = Callable[[list[Path], Callable[[Path, Exception], None], Callable[[int], None]], dict[int, np.ndarray]]
 
 
@@ -447,6 +448,9 @@ def build_gallery(
             meta["index"] = {**fi.info, "files": files, "bytes": sum((tmp / f).stat().st_size for f in files)}
         del emb
         (tmp / GALLERY_META).write_text(json.dumps(meta, indent=2) + "\n")
+    discard = getattr(embed, "discard_shards", None)  # an embedder's intermediate files (Ray's shards) go now
+    if discard is not None:
+        discard()
     return Gallery.load(out, bundle)
 
 

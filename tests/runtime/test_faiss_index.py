@@ -282,24 +282,83 @@ def test_corrupted_index_and_foreign_gallery_are_refused(tiny, photos, tmp_path)
 # -- Ray ---------------------------------------------------------------------------------------------------
 
 
-def test_ray_embeds_like_the_local_index(tiny, photos, tmp_path):
-    pytest.importorskip("ray", reason="the [ray] extra is not installed")
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray instance for the module's Ray tests (each start costs ~10 s on 2 cores)."""
+    ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
     from dcssa.runtime.errors import BackendError
+    from dcssa.runtime.ray_index import start_ray
+
+    try:
+        start_ray("local")
+    except BackendError as exc:
+        pytest.skip(f"Ray cannot start on this machine: {exc}")
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_embeds_like_the_local_index(local_ray, tiny, photos, tmp_path):
     from dcssa.runtime.gallery import build_gallery
     from dcssa.runtime.ray_index import ray_embedder
 
     (photos / "broken.png").write_bytes(b"not an image")
     b = Bundle.load(tiny)
     local = build_gallery(photos, b, tmp_path / "local", progress=False)
-    embed = ray_embedder(b, address="local", actors=2, batch_size=4)
-    try:
-        remote = build_gallery(photos, b, tmp_path / "ray", progress=False, embedder=embed)
-    except BackendError as exc:
-        if "could not start" in str(exc):
-            pytest.skip(f"Ray cannot start on this machine: {exc}")
-        raise
+    shards = tmp_path / "shards"
+    embed = ray_embedder(b, actors=2, batch_size=4, shards=shards)
+    remote = build_gallery(photos, b, tmp_path / "ray", progress=False, embedder=embed)
     assert remote.ids == local.ids and remote.meta["skipped"] == local.meta["skipped"] == ["broken.png"]
     assert np.abs(np.asarray(remote.embeddings) - np.asarray(local.embeddings)).max() <= 1e-5
+    # the workers wrote shards (more than one: 41 files in batches of 4), gone once the gallery is written
+    assert embed.stats["shards"] > 1 and embed.stats["embedded"] == 41 and not shards.exists()
+
+
+def test_an_interrupted_ray_job_resumes_from_its_shards(local_ray, tiny, photos, tmp_path):
+    """A job that wrote part of the catalogue is resumed: only photos without a shard row, or whose
+    file changed since, are embedded again; a torn shard and another encoder's shards are dropped."""
+    import shutil
+
+    from dcssa.runtime.gallery import build_gallery, list_images
+    from dcssa.runtime.ray_index import ray_embedder
+
+    b = Bundle.load(tiny)
+    paths = list_images(photos)
+    shards = tmp_path / "shards"
+    first = ray_embedder(b, actors=1, batch_size=4, shards=shards)
+    got = first(paths[:25], lambda p, e: None, lambda n: None)  # the job "dies" after 25 photos
+    assert sorted(got) == list(range(25)) and len(list(shards.glob("*.parquet"))) > 1
+    (shards / "torn.parquet").write_bytes(b"PAR1 cut short")  # a shard a killed worker left half-written
+    changed = paths[3]
+    shutil.copyfile(paths[30], changed)  # an already embedded photo replaced since
+
+    messages: list[str] = []
+    done: list[int] = []
+    again = ray_embedder(b, actors=1, batch_size=4, shards=shards, say=messages.append)
+    resumed = again(paths, lambda p, e: None, done.append)
+    assert again.stats["resumed"] == 24 and again.stats["embedded"] == 16  # 15 new + the replaced one
+    assert sum(done) == 40 and any("torn.parquet" in m for m in messages)
+    local = build_gallery(photos, b, tmp_path / "local", progress=False)
+    want = {local.ids.index(p.relative_to(photos).as_posix()): p for p in paths}
+    for row, p in want.items():
+        assert np.abs(resumed[paths.index(p)] - np.asarray(local.embeddings[row])).max() <= 1e-5
+
+    # shards of another photo encoder are never merged: opening the folder for it discards them
+    other = ray_embedder(Bundle.load(write_tiny_bundle(tmp_path / "other", seed=1)), shards=shards, say=messages.append)
+    other.shards.open(messages.append)
+    assert any("another photo encoder" in m for m in messages) and not list(shards.glob("*.parquet"))
+
+
+def test_ray_index_cli_strict_keeps_the_shards_for_a_resume(local_ray, tiny, photos, tmp_path):
+    (photos / "zz-broken.png").write_bytes(b"not an image")
+    out = tmp_path / "gallery"
+    shards = tmp_path / ".gallery.ray-shards"
+    res = run("index", photos, "--bundle", tiny, "--out", out, "--ray", "--ray-actors", "1", "--strict", "-q")
+    assert res.exit_code != 0 and "zz-broken.png" in res.output and "resumes" in res.output
+    assert not out.exists() and len(list(shards.glob("*.parquet"))) > 0
+    (photos / "zz-broken.png").unlink()
+    res = run("index", photos, "--bundle", tiny, "--out", out, "--ray", "--ray-actors", "1", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["count"] == 40 and not shards.exists()
 
 
 def test_an_arnet_gallery_takes_a_faiss_index(arnet_bundle, arnet_dataset, tmp_path):
