@@ -40,8 +40,12 @@ $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[export,dev,nncf]'
 	touch $(TEST_STAMP)
 
+# pytest-xdist workers: two keep both cores of the CI machine busy while one test waits on a service
+# or a subprocess; every worker holds torch and a few models (~2-3 GB), so raise it with the memory.
+TEST_WORKERS ?= 2
+
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(OUT) dcssa-bundle bench-out gpu-check-out .pytest_cache

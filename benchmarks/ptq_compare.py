@@ -193,7 +193,10 @@ def _openvino_latency(prep, path: Path, rasters: int, repeats: int) -> dict:
 def run_compare(bundle_path: Path, data: str, out: Path, variants: list[str], *, photos: Path | None = None,
                 gallery: Path | None = None, max_calib: int = 96, max_heldout: int | None = None,
                 latency_rasters: int = 8, latency_repeats: int = 3, openvino: bool = False,
-                threads: int | None = None, quiet: bool = False) -> dict:
+                threads: int | None = None, quiet: bool = False,
+                on_variant: Callable[[dict], None] = lambda _rep: None) -> dict:
+    """The report; ``on_variant`` gets it after every variant (``complete`` false until the last), so a
+    run stopped after hours keeps what it measured."""
     from dcssa.calibration import fidelity as fd
     from dcssa.calibration.bundle import prepare
     from dcssa.runtime.bundle import Bundle
@@ -206,6 +209,24 @@ def run_compare(bundle_path: Path, data: str, out: Path, variants: list[str], *,
     prep = prepare(bundle, data, graphs, photos=photos, gallery=gallery, max_calib=max_calib,
                    max_heldout=max_heldout, threads=threads, quiet=quiet, say=say, noise_floor=False)
     results: dict[str, dict] = {}
+
+    def report(complete: bool) -> dict:
+        return {
+            "schema": "dcssa-ptq-compare/1",
+            "complete": complete,
+            "variants_asked": list(variants),
+            "env": {**environment(threads), "load_average": os.getloadavg(), "nncf": _version("nncf"),
+                    "aimet_onnx": _version("aimet-onnx")},
+            "bundle": str(bundle_path),
+            "data": str(data),
+            "calibration_prefixes": len(prep.calib),
+            "heldout": {"sketches": len(prep.held.sketches), "prefixes": len(prep.held)},
+            "gallery": {"photos": len(prep.gallery.ids), "rule": prep.gallery.rule, "source": prep.gallery.source},
+            "latency": {"rasters": latency_rasters, "repeats": latency_repeats,
+                        "scheme": "fidelity.interleaved_latency: fp32 and the variant in alternating blocks"},
+            "variants": dict(results),
+        }
+
     for k, name in enumerate(variants):
         v = VARIANTS[name]
         say(f"[{k + 1}/{len(variants)}] {name}: {v.describe}")
@@ -216,11 +237,13 @@ def run_compare(bundle_path: Path, data: str, out: Path, variants: list[str], *,
         except _Skip as exc:
             say(f"  skipped: {exc}")
             results[name] = {"describe": v.describe, "skipped": str(exc)}
+            on_variant(report(False))
             continue
         except Exception as exc:  # noqa: BLE001 - a failing tool is a result to record, not the end of the run
             say(f"  FAILED: {type(exc).__name__}: {exc}")
             results[name] = {"describe": v.describe, "failed": f"{type(exc).__name__}: {exc}",
                              "traceback": traceback.format_exc(limit=8)}
+            on_variant(report(False))
             continue
         seconds = time.perf_counter() - t0
         with say.bar(len(prep.held), f"{name} fidelity", "raster") as bar:
@@ -236,19 +259,8 @@ def run_compare(bundle_path: Path, data: str, out: Path, variants: list[str], *,
                 res["openvino_latency"] = {"error": exc.message}
         results[name] = res
         say("  " + fd.summary_line(name, rep) + f", made in {seconds:.0f} s")
-    return {
-        "schema": "dcssa-ptq-compare/1",
-        "env": {**environment(threads), "load_average": os.getloadavg(), "nncf": _version("nncf"),
-                "aimet_onnx": _version("aimet-onnx")},
-        "bundle": str(bundle_path),
-        "data": str(data),
-        "calibration_prefixes": len(prep.calib),
-        "heldout": {"sketches": len(prep.held.sketches), "prefixes": len(prep.held)},
-        "gallery": {"photos": len(prep.gallery.ids), "rule": prep.gallery.rule, "source": prep.gallery.source},
-        "latency": {"rasters": latency_rasters, "repeats": latency_repeats,
-                    "scheme": "fidelity.interleaved_latency: fp32 and the variant in alternating blocks"},
-        "variants": results,
-    }
+        on_variant(report(False))
+    return report(True)
 
 
 def _version(dist: str) -> str | None:
@@ -290,6 +302,10 @@ def markdown(rep: dict) -> str:
         row(head),
         rule(len(head)),
     ]
+    if not rep.get("complete", True):
+        done = len(rep["variants"])
+        lines.insert(2, f"**Partial**: {done} of {len(rep.get('variants_asked', []))} variants measured so far "
+                        "(the run was stopped or is still running).")
     notes = []
     for name, r in rep["variants"].items():
         if "fidelity" not in r:
@@ -342,15 +358,20 @@ def main(bundle: Path, data: str, photos: Path | None, gallery: Path | None, var
         if bad or not names:
             raise DcssaError(f"unknown variant {', '.join(bad) or repr(variants)}", hint=f"choose among {', '.join(ALL_VARIANTS)}")
         t0 = time.time()
+
+        def save(rep: dict) -> str:
+            rep["seconds"] = round(time.time() - t0, 1)
+            md = markdown(rep)
+            for name, text in (("ptq-compare.json", json.dumps(rep, indent=2) + "\n"), ("ptq-compare.md", md)):
+                tmp = out / f".{name}.tmp"  # a reader never sees half a report
+                tmp.write_text(text)
+                os.replace(tmp, out / name)
+            return md
+
         rep = run_compare(bundle, data, out, names, photos=photos, gallery=gallery, max_calib=max_calib,
                           max_heldout=max_heldout, latency_rasters=latency_rasters, latency_repeats=latency_repeats,
-                          openvino=openvino, threads=threads, quiet=quiet)
-        rep["seconds"] = round(time.time() - t0, 1)
-    md = markdown(rep)
-    for name, text in (("ptq-compare.json", json.dumps(rep, indent=2) + "\n"), ("ptq-compare.md", md)):
-        tmp = out / f".{name}.tmp"  # a reader never sees half a report
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+                          openvino=openvino, threads=threads, quiet=quiet, on_variant=save)
+        md = save(rep)
     click.echo(md)
 
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from session_artefacts import shared
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -15,7 +16,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 def demo_ckpt(tmp_path_factory) -> Path:
     from dcssa.export.demo import write_demo_checkpoint
 
-    return write_demo_checkpoint(tmp_path_factory.mktemp("ckpt") / "best_top5_model.pth", seed=0)
+    return shared(tmp_path_factory, "ckpt", lambda d: write_demo_checkpoint(d / "best_top5_model.pth", seed=0))
 
 
 @pytest.fixture(scope="session")
@@ -36,9 +37,11 @@ def ref_model(demo_ckpt):
 def bundle2(demo_ckpt, tmp_path_factory) -> Path:
     from dcssa.export.bundle import export_bundle
 
-    out = tmp_path_factory.mktemp("b2") / "bundle"
-    export_bundle([demo_ckpt], out)
-    return out
+    def make(d: Path) -> Path:
+        export_bundle([demo_ckpt], d / "bundle")
+        return d / "bundle"
+
+    return shared(tmp_path_factory, "b2", make)
 
 
 @pytest.fixture(scope="session")
@@ -46,25 +49,29 @@ def bundle1(demo_ckpt, tmp_path_factory) -> Path:
     """Phase-1 bundle from the same weights (the phase-2 file read as phase 1)."""
     from dcssa.export.bundle import export_bundle
 
-    out = tmp_path_factory.mktemp("b1") / "bundle"
-    export_bundle([demo_ckpt], out, phase=1)
-    return out
+    def make(d: Path) -> Path:
+        export_bundle([demo_ckpt], d / "bundle", phase=1)
+        return d / "bundle"
+
+    return shared(tmp_path_factory, "b1", make)
 
 
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory) -> Path:
     from dcssa.runtime.dataset import write_dataset
 
-    return write_dataset(tmp_path_factory.mktemp("data"), photos=12, seed=3)
+    return shared(tmp_path_factory, "data", lambda d: write_dataset(d, photos=12, seed=3))
 
 
 @pytest.fixture(scope="session")
 def gallery2(bundle2, dataset, tmp_path_factory) -> Path:
     from dcssa.runtime import Bundle, build_gallery
 
-    out = tmp_path_factory.mktemp("g2") / "gallery"
-    build_gallery(dataset / "photo", Bundle.load(bundle2), out, progress=False)
-    return out
+    def make(d: Path) -> Path:
+        build_gallery(dataset / "photo", Bundle.load(bundle2), d / "gallery", progress=False)
+        return d / "gallery"
+
+    return shared(tmp_path_factory, "g2", make)
 
 
 class _CountingRunner:
@@ -119,31 +126,38 @@ def arnet_ckpt(tmp_path_factory) -> Path:
     import torch
 
     pytest.importorskip("timm")
-    path = tmp_path_factory.mktemp("arnet") / "model_Best.pth"
-    torch.save(timm_arnet_state_dicts(), path)
-    return path
+
+    def make(d: Path) -> Path:
+        torch.save(timm_arnet_state_dicts(), d / "model_Best.pth")
+        return d / "model_Best.pth"
+
+    return shared(tmp_path_factory, "arnet", make)
 
 
 @pytest.fixture(scope="session")
 def arnet_bundle(arnet_ckpt, tmp_path_factory) -> Path:
     from dcssa.export.bundle import export_bundle
 
-    out = tmp_path_factory.mktemp("ab") / "bundle"
-    export_bundle([arnet_ckpt], out)
-    return out
+    def make(d: Path) -> Path:
+        export_bundle([arnet_ckpt], d / "bundle")
+        return d / "bundle"
+
+    return shared(tmp_path_factory, "ab", make)
 
 
 @pytest.fixture(scope="session")
 def arnet_dataset(tmp_path_factory) -> Path:
     from dcssa.runtime.dataset import write_arnet_dataset
 
-    return write_arnet_dataset(tmp_path_factory.mktemp("adata"), photos=8, sketches_per_photo=2, seed=4)
+    return shared(tmp_path_factory, "adata", lambda d: write_arnet_dataset(d, photos=8, sketches_per_photo=2, seed=4))
 
 
 @pytest.fixture(scope="session")
 def arnet_gallery(arnet_bundle, arnet_dataset, tmp_path_factory) -> Path:
     from dcssa.runtime import Bundle, build_gallery
 
-    out = tmp_path_factory.mktemp("ag") / "gallery"
-    build_gallery(arnet_dataset / "testB", Bundle.load(arnet_bundle), out, progress=False)
-    return out
+    def make(d: Path) -> Path:
+        build_gallery(arnet_dataset / "testB", Bundle.load(arnet_bundle), d / "gallery", progress=False)
+        return d / "gallery"
+
+    return shared(tmp_path_factory, "ag", make)

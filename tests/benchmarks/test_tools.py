@@ -82,3 +82,44 @@ def test_ptq_compare_table_carries_the_task_drops_and_the_failures():
     assert cells["m@B drop (95% upper)"] == "+0.004 (+0.009)" and cells["acc@10 drop (upper)"] == "+0.000 (+0.000)"
     assert cells["acc@1 fp32 -> int8"] == "0.55 -> 0.50" and cells["OpenVINO int8 vs OV fp32"].startswith("0.30x")
     assert any("aimet-adaround: skipped: aimet-onnx is not installed" in x for x in lines)
+
+
+def test_ptq_compare_saves_the_report_after_every_variant(monkeypatch, tmp_path):
+    """A comparison runs for hours: a stopped run keeps the variants it finished, marked partial."""
+    import json
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    import dcssa.calibration.bundle as cb
+    import dcssa.runtime.bundle as rb
+    from dcssa.benchmarks import ptq_compare as pc
+
+    out = tmp_path / "out"
+    seen: list[dict] = []
+
+    def first(path, prep, say):
+        raise pc._Skip("first is not installed")
+
+    def second(path, prep, say):  # by now the first variant's result is on disk, marked partial
+        seen.append(json.loads((out / "ptq-compare.json").read_text()))
+        seen.append({"md": (out / "ptq-compare.md").read_text()})
+        raise RuntimeError("second broke")
+
+    class Held(list):
+        sketches = [0, 1]
+
+    prep = SimpleNamespace(calib=[0] * 3, held=Held([0] * 5), gallery=SimpleNamespace(
+        ids=["a"], rule="every photo", source="s"))
+    monkeypatch.setattr(rb.Bundle, "load", staticmethod(lambda path: object()))
+    monkeypatch.setattr(cb, "prepare", lambda *a, **k: prep)
+    monkeypatch.setattr(pc, "VARIANTS", {"one": pc.Variant("one", "d1", first), "two": pc.Variant("two", "d2", second)})
+    res = CliRunner().invoke(pc.main, ["--bundle", str(tmp_path), "--data", "synthetic:2", "--variants", "one,two",
+                                       "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    partial, md = seen
+    assert partial["complete"] is False and list(partial["variants"]) == ["one"]
+    assert "**Partial**: 1 of 2 variants" in md["md"]
+    final = json.loads((out / "ptq-compare.json").read_text())
+    assert final["complete"] is True and final["variants"]["two"]["failed"] == "RuntimeError: second broke"
+    assert "Partial" not in (out / "ptq-compare.md").read_text()

@@ -5,6 +5,7 @@ Calibration runs on a handful of rasters to keep the suite fast.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 import onnxruntime
 import pytest
 from PIL import Image
+from session_artefacts import shared
 
 from dcssa.calibration.bundle import calibrate_bundle
 from dcssa.calibration.int8 import Int8Recipe
@@ -33,11 +35,14 @@ def int8_recipe() -> Int8Recipe:
 
 @pytest.fixture(scope="session")
 def calibrated(bundle2, dataset, gallery2, int8_recipe, tmp_path_factory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("calib") / "bundle"
-    shutil.copytree(bundle2, out)
-    manifest = calibrate_bundle(out, dataset, ["int8", "fp16"], recipe=int8_recipe, gallery=gallery2,
-                                max_calib=3, max_heldout=4, latency_rasters=2, quiet=True)
-    return out, manifest
+    def make(d: Path) -> Path:
+        shutil.copytree(bundle2, d / "bundle")
+        calibrate_bundle(d / "bundle", dataset, ["int8", "fp16"], recipe=int8_recipe, gallery=gallery2,
+                         max_calib=3, max_heldout=4, latency_rasters=2, quiet=True)
+        return d / "bundle"
+
+    out = shared(tmp_path_factory, "calib", make)
+    return out, json.loads((out / "manifest.json").read_text())  # what calibrate_bundle wrote and returned
 
 
 @pytest.fixture(scope="session")
