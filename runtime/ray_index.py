@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -269,6 +270,7 @@ class RayEmbedder:
         try:
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = False  # ours is the bar; Ray's would interleave with it
+            logging.getLogger("ray.data").setLevel(logging.WARNING)  # and so would its INFO lines
             pool = self.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
             self.say(f"ray: {len(todo)} photos on {pool} photo-encoder actors, shards in {self.shards.path}")
             # reading is I/O, not compute: reads take no CPU slot, so a pool as large as the cluster
