@@ -228,7 +228,7 @@ class RayEmbedder:
             self._run_job(todo, watch)
         new = [f for f in self.shards.files() if f not in before]
         tables = self.shards.read(new, say=self.say)
-        rows = self._merge(tables, where, on_skip=on_skip)
+        rows = self._merge(tables, where, on_skip=on_skip, check_files=False)
         watch.poll()  # count shards the watcher had not seen, then top up to what the merge found
         on_done(max(0, len(rows) - sum(watch.counted.values())))
         missing = len(todo) - sum(len(t["path"]) for t in tables)
@@ -238,15 +238,17 @@ class RayEmbedder:
         self.stats = {"shards": len(self.shards.files()), "resumed": len(done), "embedded": len(todo)}
         return {**done, **rows}
 
-    def _merge(self, tables: list[dict], where: dict[str, int], *, on_skip=None) -> dict[int, np.ndarray]:
-        """Rows of these shards for the photos asked for, whose file is unchanged; errors re-raised or
+    def _merge(self, tables: list[dict], where: dict[str, int], *, on_skip=None,
+               check_files: bool = True) -> dict[int, np.ndarray]:
+        """Rows of these shards for the photos asked for, whose file is unchanged (``check_files``: the
+        shards of an earlier job; this job's were stat-ed by the workers just now); errors re-raised or
         reported (``on_skip``) only when given, so a resumed job retries the photos that failed."""
         out: dict[int, np.ndarray] = {}
         failed: dict[int, str] = {}
         for t in tables:
             for path, size, mtime, emb, err in zip(t["path"], t["size"], t["mtime_ns"], t["embedding"], t["error"]):
                 i = where.get(os.path.abspath(path))
-                if i is None or _stat(path) != (size, mtime):
+                if i is None or (check_files and _stat(path) != (size, mtime)):
                     continue
                 if err:
                     failed[i] = err
