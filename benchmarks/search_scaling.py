@@ -85,18 +85,20 @@ def _latencies_ms(fn: Callable[[np.ndarray], object], queries: np.ndarray) -> di
 
 
 def index_comparison(size: int, dim: int = 64, kinds=INDEX_KINDS, *, queries: int = 500, latency_queries: int = 300,
-                     seed: int = 0, target_recall: float = 0.95, progress: Say = silent) -> list[dict]:
+                     seed: int = 0, target_recall: float = 0.95, progress: Say = silent,
+                     on_row: Callable[[dict], None] = lambda _row: None) -> list[dict]:
     """One row per index kind (and the exact numpy search) at ``size`` random unit vectors.
 
     Recall@10 is measured against the exact search on held-out queries (catalogue vectors turned to
     cosine 0.9), with each index's search knob tuned to ``target_recall`` as `dcssa-rt index` does.
-    Single-query latency: FAISS on one OpenMP thread (its steady figure beside other thread pools)."""
+    Single-query latency: FAISS on one OpenMP thread (its steady figure beside other thread pools).
+    The exact reference is computed once for all kinds; ``on_row`` gets every row as it is measured."""
     import tempfile
     from pathlib import Path
 
     import faiss
 
-    from dcssa.runtime.faiss_index import IndexSpec, build_index, heldout_queries
+    from dcssa.runtime.faiss_index import IndexSpec, build_index, exact_topk_labels, heldout_queries
     from dcssa.runtime.gallery import top_k
 
     progress(f"index comparison: {size} random unit vectors of dim {dim}")
@@ -107,12 +109,15 @@ def index_comparison(size: int, dim: int = 64, kinds=INDEX_KINDS, *, queries: in
     rows = [{"size": size, "dim": dim, "index": "exact (numpy)", "factory": "-", "build_s": 0.0,
              "bytes_per_photo": dim * 4.0, "recall_at_10": 1.0, "search_params": {},
              **_latencies_ms(lambda x: top_k(emb @ x, 10), lat_q)}]
+    on_row(rows[0])
+    progress(f"index comparison: exact top-10 of {len(q)} held-out queries")
+    truth = exact_topk_labels(emb, labels, q)
     threads = faiss.omp_get_max_threads()
     for kind in kinds:
         progress(f"index comparison: {kind} at {size}")
         faiss.omp_set_num_threads(threads)
         fi = build_index(emb, labels, IndexSpec.parse(kind, target_recall=target_recall), queries=q,
-                         query_source="catalogue vectors turned to cosine 0.9", say=progress)
+                         query_source="catalogue vectors turned to cosine 0.9", truth=truth, say=progress)
         with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
             size_bytes = sum(p.stat().st_size for p in map(Path, [Path(tmp) / f for f in fi.save(Path(tmp))]))
         faiss.omp_set_num_threads(1)
@@ -124,6 +129,7 @@ def index_comparison(size: int, dim: int = 64, kinds=INDEX_KINDS, *, queries: in
                      "build_s": fi.info["build_s"], "bytes_per_photo": round(size_bytes / size, 2),
                      "recall_at_10": fi.info["recall_at_10"], "search_params": fi.info["search_params"],
                      "recall_curve": fi.info.get("recall_curve"), **lat})
+        on_row(rows[-1])
         del fi
     return rows
 
@@ -248,6 +254,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(args, say: Say) -> None:
+    """A 10M run takes hours: every measured row also goes to ``OUT.partial.json`` / ``.md`` beside
+    ``--out`` (``complete: false``) so a run that is stopped keeps what it measured; the finished
+    folder replaces them."""
     import json
 
     from dcssa.runtime.atomic import refuse_existing, staged_dir
@@ -255,22 +264,36 @@ def _run(args, say: Say) -> None:
     from .env import environment
 
     refuse_existing(args.out, args.force)  # before minutes of measuring, not after
-    rows = []
+    rows: list[dict] = []
+    env = environment(None)
+    config = {"queries": args.queries, "latency_queries": args.latency_queries,
+              "target_recall": args.target_recall, "kinds": args.kinds, "sizes": args.sizes}
+    partial = [args.out.with_name(args.out.name + ".partial.json"), args.out.with_name(args.out.name + ".partial.md")]
+
+    def save_partial(row: dict) -> None:
+        rows.append(row)
+        rep = {"schema": "dcssa-bench-indexes/1", "complete": False, "env": env, "config": config, "rows": rows}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        for path, text in zip(partial, (json.dumps(rep, indent=2) + "\n",
+                                        "**Partial** (the run has not finished)\n\n" + indexes_markdown(rep))):
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+
     for size in (int(s) for s in args.sizes.split(",") if s.strip()):
-        rows += index_comparison(size, args.dim, [k for k in args.kinds.split(",") if k], queries=args.queries,
-                                 latency_queries=args.latency_queries, target_recall=args.target_recall, progress=say)
-    report = {"schema": "dcssa-bench-indexes/1", "env": environment(None),
-              "config": {"queries": args.queries, "latency_queries": args.latency_queries,
-                         "target_recall": args.target_recall, "kinds": args.kinds, "sizes": args.sizes},
-              "rows": rows}
+        index_comparison(size, args.dim, [k for k in args.kinds.split(",") if k], queries=args.queries,
+                         latency_queries=args.latency_queries, target_recall=args.target_recall, progress=say,
+                         on_row=save_partial)
+    report = {"schema": "dcssa-bench-indexes/1", "complete": True, "env": env, "config": config, "rows": rows}
     if args.ray_bundle:
         report["ray"] = ray_vs_local(args.ray_bundle, args.ray_photos, progress=say)
     with staged_dir(args.out, force=args.force) as tmp:
         (tmp / "indexes.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "indexes.md").write_text(indexes_markdown(report))
         plot_indexes(report, tmp / "indexes.png")
+    for path in partial:
+        path.unlink(missing_ok=True)
     print(json.dumps(report, indent=2) if args.json else indexes_markdown(report))
-
 
 if __name__ == "__main__":
     main()

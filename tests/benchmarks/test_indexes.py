@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 pytest.importorskip("faiss", reason="the [faiss] extra is not installed")
@@ -24,5 +25,36 @@ def test_index_comparison_report(tmp_path, capsys):
     assert rows["ivf"]["factory"].startswith("IVF") and "nprobe" in rows["ivf"]["search_params"]
     assert 0 < rows["ivf"]["recall_at_10"] <= 1 and rows["ivf"]["p50_ms"] <= rows["ivf"]["p99_ms"]
     assert "| 3,000 | 16 | ivf |" in (out / "indexes.md").read_text()
+    assert rep["complete"] is True and not list(tmp_path.glob("*.partial.*"))  # the finished folder replaced them
     with pytest.raises(SystemExit):  # the folder exists: refused without --force, nothing overwritten
         main(["--sizes", "3000", "--dim", "16", "--kinds", "flat", "--out", str(out), "-q"])
+
+
+def test_stopped_run_keeps_the_rows_it_measured(tmp_path):
+    """A run that fails at its third index leaves the exact and flat rows in OUT.partial.json (and no OUT)."""
+    out = tmp_path / "idx"
+    with pytest.raises(SystemExit):  # "IVF5000" is no index_factory string: a clear error, exit != 0
+        main(["--sizes", "800", "--dim", "8", "--kinds", "flat,IVF5000", "--queries", "30",
+              "--latency-queries", "5", "--out", str(out), "-q"])
+    assert not out.exists()
+    rep = json.loads((tmp_path / "idx.partial.json").read_text())
+    assert rep["complete"] is False
+    assert [r["index"] for r in rep["rows"]] == ["exact (numpy)", "flat"]
+    assert rep["rows"][1]["recall_at_10"] == 1.0
+    assert (tmp_path / "idx.partial.md").read_text().startswith("**Partial**")
+
+
+def test_shared_exact_reference_gives_the_same_recall():
+    """build_index with a precomputed truth measures what it measures when it computes the truth itself."""
+    from dcssa.benchmarks.search_scaling import random_unit_vectors
+    from dcssa.runtime.faiss_index import IndexSpec, build_index, exact_topk_labels, heldout_queries
+
+    emb = random_unit_vectors(4000, 16, seed=3)
+    labels = np.arange(len(emb), dtype=np.int64) * 7 + 100  # labels that are not row numbers
+    q = heldout_queries(emb, 80, seed=4)
+    truth = exact_topk_labels(emb, labels, q)
+    own = build_index(emb, labels, IndexSpec.parse("ivf", nprobe=2), queries=q)
+    shared = build_index(emb, labels, IndexSpec.parse("ivf", nprobe=2), queries=q, truth=truth)
+    assert shared.info["recall_at_10"] == own.info["recall_at_10"] < 1.0
+    with pytest.raises(ValueError, match="rows"):
+        build_index(emb, labels, IndexSpec.parse("flat"), queries=q, truth=truth[:10])
