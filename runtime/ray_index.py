@@ -20,6 +20,7 @@ Ray is optional (the ``[ray]`` extra) and imported only when ``--ray`` is given.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -102,10 +103,14 @@ def start_ray(address: str, *, object_store_bytes: int = LOCAL_OBJECT_STORE_BYTE
         return False
     try:
         if address == "local":
+            auth = os.environ.get("RAY_AUTH_MODE") or "token"
             say(f"ray: starting a local instance ({num_cpus or os.cpu_count()} CPUs, object store "
-                f"{object_store_bytes >> 20} MiB)")
-            ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=object_store_bytes,
-                     include_dashboard=False, log_to_driver=False, configure_logging=False)
+                f"{object_store_bytes >> 20} MiB, auth mode {auth})")
+            # Ray's notice that token auth is on (its default) is said by the line above instead: its
+            # own warning would land in the progress bar, or on stderr under -q
+            with _quiet_logger("ray._private.authentication.authentication_token_setup"):
+                ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=object_store_bytes,
+                         include_dashboard=False, log_to_driver=False, configure_logging=False)
         else:
             say(f"ray: connecting to {address}")
             ray.init(address=address, log_to_driver=False, configure_logging=False)
@@ -113,6 +118,17 @@ def start_ray(address: str, *, object_store_bytes: int = LOCAL_OBJECT_STORE_BYTE
         raise BackendError(f"Ray could not start or connect ({address}): {str(exc).strip().splitlines()[0][:200]}",
                            hint="check the address (`ray status`), or drop --ray to embed in this process") from None
     return True
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 class ShardFolder:
@@ -273,6 +289,7 @@ class RayEmbedder:
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = False  # ours is the bar; Ray's would interleave with it
             logging.getLogger("ray.data").setLevel(logging.WARNING)  # and so would its INFO lines
+            logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled": we did that
             pool = self.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
             self.say(f"ray: {len(todo)} photos on {pool} photo-encoder actors, shards in {self.shards.path}")
             # reading is I/O, not compute: reads take no CPU slot, so a pool as large as the cluster

@@ -361,6 +361,27 @@ def test_ray_index_cli_strict_keeps_the_shards_for_a_resume(local_ray, tiny, pho
     assert json.loads(res.output)["count"] == 40 and not shards.exists()
 
 
+def test_quiet_ray_index_prints_no_ray_notices(tiny, photos, tmp_path):
+    """-q promises errors only on stderr: Ray's notices about token auth (on, its default) and about the
+    progress bars we turned off must not leak from a fresh process that starts its own local instance."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("ray", reason="the [ray] extra is not installed")
+    out = tmp_path / "gallery"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    proc = subprocess.run([sys.executable, "-m", "dcssa.runtime.cli", "index", str(photos), "--bundle", str(tiny),
+                           "--out", str(out), "--ray", "--ray-actors", "1", "-q"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    if proc.returncode != 0 and "Ray could not start" in proc.stderr:
+        pytest.skip(f"Ray cannot start on this machine: {proc.stderr.strip()[:200]}")
+    assert proc.returncode == 0, proc.stderr
+    assert len(Gallery.load(out, Bundle.load(tiny))) == 40
+    for notice in ("Token authentication", "Progress bars disabled", "INFO"):
+        assert notice not in proc.stderr, proc.stderr
+
+
 def test_an_arnet_gallery_takes_a_faiss_index(arnet_bundle, arnet_dataset, tmp_path):
     """A family is data: the ViT photo encoder's catalogue goes into an HNSW index unchanged and the
     head-less session ranks through it as through the exact search."""
