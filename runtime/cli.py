@@ -151,7 +151,7 @@ def index(photos: Path, bundle: Path, out: Path | None, batch_size: int, backend
             from .ray_index import default_shard_folder, ray_embedder
 
             embedder = ray_embedder(b, address=ray_address, actors=ray_actors, batch_size=batch_size,
-                                    strict=strict, threads=threads, shards=default_shard_folder(out), say=say)
+                                    strict=strict, threads=threads, backend=backend, shards=default_shard_folder(out), say=say)
         g = build_gallery(
             photos, b, out, backend=get_backend(backend, threads=threads), batch_size=batch_size,
             strict=strict, float16=fp16_storage, force=force, progress=not (quiet or as_json), warn=warn,

@@ -216,7 +216,8 @@ class RayEmbedder:
     """An :data:`~.gallery.Embedder` that runs the photo encoder in a Ray actor pool and writes shards.
 
     ``shards``: the shard folder (every node must reach it; default: a temporary folder here, which only
-    a local instance can use). Call :meth:`discard_shards` once the gallery is written."""
+    a local instance can use). ``backend`` is resolved by each actor on its own node (``auto`` picks
+    that node's best, as the local ``index`` does here). Call :meth:`discard_shards` once the gallery is written."""
 
     def __init__(self, bundle: Bundle, *, address: str = "local", actors: int | None = None, batch_size: int = 8,
                  strict: bool = False, threads: int | None = None, backend: str = "ort-cpu",
@@ -291,7 +292,7 @@ class RayEmbedder:
             logging.getLogger("ray.data").setLevel(logging.WARNING)  # and so would its INFO lines
             logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled": we did that
             pool = self.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
-            self.say(f"ray: {len(todo)} photos on {pool} photo-encoder actors, shards in {self.shards.path}")
+            self.say(f"ray: {len(todo)} photos on {pool} photo-encoder actors ({self.backend}), shards in {self.shards.path}")
             # reading is I/O, not compute: reads take no CPU slot, so a pool as large as the cluster
             # (one actor per CPU) still leaves them room (with a CPU each they deadlock on 2 cores)
             ds = ray.data.read_binary_files(todo, include_paths=True, num_cpus=0)
