@@ -70,16 +70,45 @@ def cpu_vendor() -> str:
     return _cpuinfo("vendor_id")
 
 
-def snippets_trusted() -> bool:
-    """Whether OpenVINO's JIT "snippets" subgraphs are trusted on this CPU: Intel with AVX-512 only.
+#: Key-sequence lengths the snippet probe runs (the stroke head's K/V cache grows by one per stroke).
+SNIPPET_PROBE_KEYS = range(1, 49)
+
+
+@functools.lru_cache(maxsize=None)
+def snippets_trusted(device: str = "CPU", threads: int | None = None) -> bool:
+    """Whether OpenVINO's JIT "snippets" subgraphs give the exact maths on this CPU: found by running one.
 
     OpenVINO 2026.4's snippet for the MatMul-Softmax-MatMul attention pattern returns wrong numbers
     once the key sequence is long enough (the stroke head's K/V cache after some strokes): from 8 keys
-    on an AVX2-only AMD EPYC (embeddings off by 0.1), from 16 keys on an AVX-512 AMD EPYC (Zen 4:
-    max error 7 on the plain attention graph of the tests). With snippets disabled the same ops run
-    as plain MatMul/Softmax kernels, exact and, measured on AVX2, no slower on our encoders. The
-    Intel AVX-512/AMX Xeons this project was measured on gave the exact maths with snippets on."""
-    return cpu_vendor() == "GenuineIntel" and "avx512f" in _cpuinfo("flags").split()
+    on an AVX2-only AMD EPYC (embeddings off by 0.1), from 16 on an AVX-512 AMD EPYC (Zen 4) and on an
+    AMX Xeon VM (max error 7 to 19), while other AVX-512/AMX Xeons gave the exact maths. No CPU flag
+    tells them apart, so the backend compiles that pattern once (about 80 ms, once per process) with
+    snippets on and compares it with numpy at every length in :data:`SNIPPET_PROBE_KEYS`. With snippets
+    disabled the same ops run as plain MatMul/Softmax kernels: exact and, measured, no slower on our
+    encoders. A probe that cannot run counts as untrusted."""
+    ov = _ov()
+    ops = optional_import("openvino.opset13", needed_for="the openvino backend", install="pip install 'dcssa-rt[openvino]'")
+    d = 64
+    q, k, v = (ops.parameter(shape, np.float32, name=n) for n, shape in (("q", [1, d]), ("K", [-1, d]), ("V", [-1, d])))
+    scores = ops.multiply(ops.matmul(q, k, False, True), ops.constant(np.float32(1 / np.sqrt(d))))
+    model = ov.Model([ops.matmul(ops.softmax(scores, -1), v, False, False)], [q, k, v], "snippet_probe")
+    cfg = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        cfg["INFERENCE_NUM_THREADS"] = int(threads)
+    rng = np.random.default_rng(0)
+    try:
+        request = _core().compile_model(model, device, cfg).create_infer_request()
+        for n in SNIPPET_PROBE_KEYS:
+            qa, ka, va = (rng.standard_normal(shape).astype(np.float32) for shape in ((1, d), (n, d), (n, d)))
+            s = (qa.astype(np.float64) @ ka.T.astype(np.float64)) / np.sqrt(d)
+            p = np.exp(s - s.max())
+            want = (p / p.sum()) @ va
+            got = request.infer({"q": qa, "K": ka, "V": va})[0]
+            if not np.abs(got - want).max() <= 1e-4:
+                return False
+    except Exception:  # noqa: BLE001 - OpenVINO raises plain RuntimeErrors; a broken probe proves nothing
+        return False
+    return True
 
 
 def in_scope(name: str, scope: str) -> bool:
@@ -300,7 +329,7 @@ class OpenVINOBackend(Backend):
             )
         self.threads = threads
         self.cache_dir = self._cache_folder(cache_dir)
-        self.snippets = snippets_trusted()
+        self.snippets = snippets_trusted(self.device, threads) if self.device == "CPU" else None
 
     @staticmethod
     def _cache_folder(cache_dir: Path | None) -> Path | None:

@@ -160,8 +160,8 @@ def _attention_graph(path, d):
 
 def test_attention_over_a_long_cache_matches_the_maths(backend, tmp_path):
     """OpenVINO's attention snippet is wrong from 8 keys on AVX2 AMD EPYCs, from 16 on AVX-512 ones
-    (Zen 4) (see snippets_trusted);
-    the backend must give the plain maths at every cache length a session reaches."""
+    (Zen 4) and on an AMX Xeon VM, right on other Xeons (see snippets_trusted); the backend must give
+    the plain maths at every cache length a session reaches."""
     d = 64
     path = _attention_graph(tmp_path / "attention.onnx", d)
     spec = mf.GraphSpec("attention", {"q": [1, d], "K": ["n", d], "V": ["n", d]}, {"out": [1, d]})
@@ -173,6 +173,27 @@ def test_attention_over_a_long_cache_matches_the_maths(backend, tmp_path):
         p = np.exp(s - s.max())
         want = (p / p.sum()) @ v
         assert np.abs(runner.run({"q": q, "K": k, "V": v})["out"] - want).max() <= 1e-5, n
+
+
+def test_the_snippet_probe_agrees_with_the_attention_graph_compiled_with_snippets_on(tmp_path):
+    """The probe's verdict is what a snippets-on compile of the ONNX attention graph (read from a file,
+    as bundles are) actually does here, on whichever kind of CPU the test runs."""
+    import openvino as ov
+
+    from dcssa.runtime.backends.openvino import SNIPPET_PROBE_KEYS, snippets_trusted
+
+    d = 64
+    compiled = ov.Core().compile_model(str(_attention_graph(tmp_path / "attention.onnx", d)), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32", "SNIPPETS_MODE": "ENABLE"})
+    rng = np.random.default_rng(7)
+    exact = True
+    for n in SNIPPET_PROBE_KEYS:
+        q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((1, d), (n, d), (n, d)))
+        s = (q.astype(np.float64) @ k.T.astype(np.float64)) / np.sqrt(d)
+        p = np.exp(s - s.max())
+        exact &= bool(np.abs(compiled({"q": q, "K": k, "V": v})[0] - (p / p.sum()) @ v).max() <= 1e-4)
+    assert snippets_trusted() is exact
+    assert get_backend("openvino").describe()["snippets"] is exact
 
 
 # -- bf16 -----------------------------------------------------------------------------------------
