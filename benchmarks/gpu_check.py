@@ -162,7 +162,7 @@ def encoder_pick(bundle_path: Path, runs: int = 50) -> dict:
     import numpy as np
 
     from dcssa.runtime import Bundle, Retriever
-    from dcssa.runtime import manifest as mf
+    from dcssa.runtime.contract import manifest as mf
 
     bundle = Bundle.load(bundle_path)
     x = np.zeros((1, 3, 299, 299), np.float32)
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from dcssa.runtime.synthetic import random_sketch
+    from dcssa.runtime.data.synthetic import random_sketch
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -32,11 +32,11 @@ import click
 import numpy as np
 
 from dcssa.runtime import Bundle, Gallery, Retriever
-from dcssa.runtime.cli_util import fail_cleanly
+from dcssa.runtime.cli.console import fail_cleanly
+from dcssa.runtime.data.synthetic import random_sketch
 from dcssa.runtime.errors import DcssaError
 from dcssa.runtime.progress import Progress
-from dcssa.runtime.strokes import MODEL_FRAME, parse_stroke
-from dcssa.runtime.synthetic import random_sketch
+from dcssa.runtime.stroke.parse import MODEL_FRAME, parse_stroke
 
 FRAME = 500.0  # clients draw on a 500 x 500 canvas and send that frame
 TOL = 1e-4

@@ -152,7 +152,7 @@ def _index_table(rep: dict) -> list[str]:
     """FAISS indexes against the exact search (`--index-sizes`), the table of search_scaling's script."""
     if not rep.get("indexes"):
         return []
-    from .search_scaling import indexes_markdown
+    from dcssa.benchmarks.search_scaling import indexes_markdown
 
     table = indexes_markdown({"env": rep["env"], "rows": rep["indexes"],
                               "config": {"queries": 500, "latency_queries": 300, "target_recall": 0.95}})

@@ -21,15 +21,14 @@ from pathlib import Path
 import click
 import numpy as np
 
+from dcssa.benchmarks.env import environment
+from dcssa.benchmarks.markdown import row, rule
+from dcssa.benchmarks.stroke_latency import rotated
 from dcssa.runtime import Bundle, Gallery, Retriever
-from dcssa.runtime.cli_util import fail_cleanly
+from dcssa.runtime.cli.console import fail_cleanly
 from dcssa.runtime.errors import DcssaError
 from dcssa.runtime.progress import Progress
-from dcssa.runtime.strokes import load_strokes_file
-
-from .env import environment
-from .markdown import row, rule
-from .stroke_latency import rotated
+from dcssa.runtime.stroke.parse import load_strokes_file
 
 REFERENCE = ("ort-cpu", "fp32")
 REFERENCE_NAME = "/".join(REFERENCE)

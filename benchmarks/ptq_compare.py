@@ -1,7 +1,7 @@
 """Our INT8 quantiser against the field's PTQ tools, on the same graph, calibration and held-out data.
 
 Every variant quantises the bundle's fp32 sketch encoder from the same calibration rasters (stroke
-prefixes of the calibration sketches, :func:`dcssa.calibration.bundle.prepare`, as ``dcssa-export
+prefixes of the calibration sketches, :func:`dcssa.calibration.job.prepare`, as ``dcssa-export
 calibrate`` reads them) and is judged by :func:`dcssa.calibration.fidelity.fidelity_report` on the
 same held-out prefixes, gallery and fp32 reference: cosine to fp32, top-1 agreement, top-10 overlap,
 target accuracy (and whatever else the report carries: it is passed through whole), and the encoder
@@ -41,13 +41,12 @@ from pathlib import Path
 import click
 import numpy as np
 
-from dcssa.runtime import manifest as mf
-from dcssa.runtime.cli_util import fail_cleanly
+from dcssa.benchmarks.env import environment
+from dcssa.benchmarks.markdown import row, rule
+from dcssa.runtime.cli.console import fail_cleanly
+from dcssa.runtime.contract import manifest as mf
 from dcssa.runtime.errors import DcssaError
 from dcssa.runtime.progress import Progress
-
-from .env import environment
-from .markdown import row, rule
 
 SQ_ALPHAS = {"matmul": 0.95, "convolution": 0.5}
 DEFAULT_VARIANTS = ("ort-default", "ort-all", "nncf-mixed", "nncf-recipe", "nncf-sq", "nncf-recipe-sq", "aimet-adaround")
@@ -65,8 +64,8 @@ def _ort(symmetric: bool, every_block: bool = False) -> Callable:
     def make(out: Path, prep, say: Progress) -> dict:
         from dataclasses import replace
 
-        from dcssa.calibration.bundle import DEFAULT_RECIPE
         from dcssa.calibration.int8 import collect_ranges, quantize_int8, searchable_blocks
+        from dcssa.calibration.job import DEFAULT_RECIPE
 
         fp32 = prep.bundle.graph_path(mf.SKETCH_ENCODER, "fp32")
         recipe = DEFAULT_RECIPE
@@ -85,7 +84,7 @@ def _ort(symmetric: bool, every_block: bool = False) -> Callable:
 
 def _nncf(ignored: bool, sq: bool, symmetric: bool = False) -> Callable:
     def make(out: Path, prep, say: Progress) -> dict:
-        from dcssa.calibration.bundle import DEFAULT_RECIPE
+        from dcssa.calibration.job import DEFAULT_RECIPE
         from dcssa.calibration.nncf_ptq import NncfOptions, quantize_nncf
 
         opts = NncfOptions(ignored_recipe=DEFAULT_RECIPE if ignored else None,
@@ -198,8 +197,8 @@ def run_compare(bundle_path: Path, data: str, out: Path, variants: list[str], *,
     """The report; ``on_variant`` gets it after every variant (``complete`` false until the last), so a
     run stopped after hours keeps what it measured."""
     from dcssa.calibration import fidelity as fd
-    from dcssa.calibration.bundle import prepare
-    from dcssa.runtime.bundle import Bundle
+    from dcssa.calibration.job import prepare
+    from dcssa.runtime.contract.bundle import Bundle
 
     say = Progress(quiet)
     out.mkdir(parents=True, exist_ok=True)

@@ -37,20 +37,19 @@ from pathlib import Path
 
 import numpy as np
 
+from dcssa.benchmarks import stroke_latency as sl
+from dcssa.benchmarks.env import environment
+from dcssa.benchmarks.markdown import markdown, summary_line
+from dcssa.benchmarks.plots import plots
+from dcssa.benchmarks.search_scaling import DEFAULT_SIZES, index_comparison, search_scaling
 from dcssa.runtime import Bundle, Gallery, Retriever
 from dcssa.runtime.atomic import refuse_existing, staged_dir
 from dcssa.runtime.backends import available_backends, execution_precisions
-from dcssa.runtime.bundle import sha256_file
+from dcssa.runtime.contract.bundle import sha256_file
+from dcssa.runtime.data.synthetic import random_sketch
 from dcssa.runtime.progress import Say, silent
 from dcssa.runtime.session import PHASES
-from dcssa.runtime.strokes import load_strokes_file
-from dcssa.runtime.synthetic import random_sketch
-
-from . import stroke_latency as sl
-from .env import environment
-from .markdown import markdown, summary_line
-from .plots import plots
-from .search_scaling import DEFAULT_SIZES, index_comparison, search_scaling
+from dcssa.runtime.stroke.parse import load_strokes_file
 
 PEERS = sl.PEERS
 BEST_PEER = "best peer"
@@ -200,7 +199,7 @@ def speedups(per_stroke: dict[str, dict], strokes: int, best: str | None = None)
 
 def peer_report(found: Methods) -> dict[str, dict]:
     """``torch_peers`` of bench.json: each peer's setup and first call, and its outputs against torch-eager's."""
-    from .torch_peers import agreement
+    from dcssa.benchmarks.torch_peers import agreement
 
     outputs = {m.name: m.outputs for m in found.methods if m.name in found.torch_peers}
     out = {}

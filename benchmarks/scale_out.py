@@ -29,14 +29,13 @@ from pathlib import Path
 import click
 import numpy as np
 
+from dcssa.benchmarks.env import cpu_model, isa
+from dcssa.benchmarks.load_test import FRAME, _metric, _offline, _run_clients, _same_topk, _to_client
+from dcssa.benchmarks.topology import Nginx, Redis, Replica, Unavailable
 from dcssa.runtime import Bundle, Gallery, Retriever
-from dcssa.runtime.cli_util import fail_cleanly
+from dcssa.runtime.cli.console import fail_cleanly
+from dcssa.runtime.data.synthetic import random_sketch
 from dcssa.runtime.errors import DcssaError
-from dcssa.runtime.synthetic import random_sketch
-
-from .env import cpu_model, isa
-from .load_test import FRAME, _metric, _offline, _run_clients, _same_topk, _to_client
-from .topology import Nginx, Redis, Replica, Unavailable
 
 
 class _Bar:
@@ -84,10 +83,9 @@ def _session_costs(retriever: Retriever, url: str, lb_port: int, sizes: tuple[in
     """MEMORY USAGE of a session of each size, and the time a replica takes to restore it from Redis."""
     import redis
 
+    from dcssa.benchmarks.topology import call
     from dcssa.runtime.serve.config import ServeConfig
     from dcssa.runtime.serve.sessions import RedisStore, keys_of
-
-    from .topology import call
 
     client = redis.Redis.from_url(url)
     rng = np.random.default_rng(99)

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from dcssa.runtime.gallery import Gallery
 from dcssa.runtime.progress import Say, silent
+from dcssa.runtime.search.gallery import Gallery
 
 DEFAULT_SIZES = (1_000, 10_000, 100_000, 1_000_000)
 
@@ -98,8 +98,8 @@ def index_comparison(size: int, dim: int = 64, kinds=INDEX_KINDS, *, queries: in
 
     import faiss
 
-    from dcssa.runtime.faiss_index import IndexSpec, build_index, exact_topk_labels, heldout_queries
-    from dcssa.runtime.gallery import top_k
+    from dcssa.runtime.indexing.faiss_build import IndexSpec, build_index, exact_topk_labels, heldout_queries
+    from dcssa.runtime.search.gallery import top_k
 
     progress(f"index comparison: {size} random unit vectors of dim {dim}")
     emb = random_unit_vectors(size, dim, seed)
@@ -145,8 +145,8 @@ def ray_vs_local(bundle_path, photos, *, actors: int | None = None, batch_size: 
 
     from dcssa.runtime import Bundle, build_gallery
     from dcssa.runtime.backends import get_backend
-    from dcssa.runtime.gallery import list_images
-    from dcssa.runtime.ray_index import ray_embedder, start_ray
+    from dcssa.runtime.data.photos import list_images
+    from dcssa.runtime.indexing.ray_embed import ray_embedder, start_ray
 
     bundle = Bundle.load(bundle_path)
     n = len(list_images(Path(photos)))
@@ -259,9 +259,8 @@ def _run(args, say: Say) -> None:
     folder replaces them."""
     import json
 
+    from dcssa.benchmarks.env import environment
     from dcssa.runtime.atomic import refuse_existing, staged_dir
-
-    from .env import environment
 
     refuse_existing(args.out, args.force)  # before minutes of measuring, not after
     rows: list[dict] = []

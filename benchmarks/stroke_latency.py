@@ -68,7 +68,7 @@ def runtime_method(retriever: Retriever, sketch: list[np.ndarray], name: str) ->
 def torch_methods(bundle: Bundle, ckpt, gallery: Gallery, sketch: list[np.ndarray], threads: int | None,
                   peers: Sequence[str] | None = None):
     """``naive`` and the PyTorch peers (:mod:`.torch_peers`, needs the [export] extra): a ``TorchMethods``."""
-    from . import torch_peers
+    from dcssa.benchmarks import torch_peers
 
     return torch_peers.torch_methods(bundle, ckpt, gallery, sketch, threads,
                                      tuple(torch_peers.PEERS if peers is None else peers))

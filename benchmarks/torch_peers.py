@@ -44,11 +44,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from dcssa.benchmarks.env import cpu_flags
+from dcssa.benchmarks.stroke_latency import PEERS, Method
 from dcssa.runtime import Bundle, Gallery
-from dcssa.runtime.strokes import strokes_to_points
-
-from .env import cpu_flags
-from .stroke_latency import PEERS, Method
+from dcssa.runtime.stroke.parse import strokes_to_points
+from dcssa.runtime.stroke.pipeline import SketchPipeline
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 TOP_K = 10
@@ -107,7 +107,7 @@ def _dcssa(bundle: Bundle, ckpt, sketch: list[np.ndarray]) -> _Family:
     from dcssa.export.checkpoint import load_checkpoint
 
     model = load_checkpoint(ckpt, num_heads=bundle.heads).model.eval()
-    pipe = bundle.sketch_pipeline
+    pipe = SketchPipeline(bundle.sketch_recipe)
 
     def head(feats: torch.Tensor) -> torch.Tensor:
         return model.attn(feats) if bundle.phase == 2 else model.sketch_linear(feats)
@@ -126,7 +126,7 @@ def _arnet(bundle: Bundle, ckpt, sketch: list[np.ndarray]) -> _Family:
 
     path = ckpt[0] if isinstance(ckpt, (list, tuple)) else ckpt
     model = load_arnet_checkpoint(path, num_heads=bundle.heads).sketch.eval()
-    pipe = bundle.sketch_pipeline
+    pipe = SketchPipeline(bundle.sketch_recipe)
 
     def naive(t: int) -> torch.Tensor:
         return model(torch.from_numpy(pipe.preprocess(pipe.rasterize(strokes_to_points(sketch[: t + 1])))))[0]
@@ -255,7 +255,7 @@ def torch_methods(bundle: Bundle, ckpt, gallery: Gallery, sketch: list[np.ndarra
     if threads:
         torch.set_num_threads(threads)
     fam = (_arnet if bundle.family == "arnet" else _dcssa)(bundle, ckpt, sketch)
-    pipe = bundle.sketch_pipeline  # the runtime's own canvas and preprocessing: only the model differs
+    pipe = SketchPipeline(bundle.sketch_recipe)  # the runtime's own canvas and preprocessing: only the model differs
     photos = torch.from_numpy(np.array(gallery.embeddings, np.float32))  # a copy: the gallery is a read-only memmap
 
     def search(e: torch.Tensor):

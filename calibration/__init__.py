@@ -6,8 +6,17 @@
 - :mod:`.search` -- calibration methods, per-block sensitivity, the fidelity/latency trade-off curve
 - :mod:`.fp16` -- FP16 graphs with LayerNorm, the attention scores and the normalisation in FP32
 - :mod:`.fidelity` -- cosine, top-1 agreement, top-10 overlap and latency against fp32
-- :mod:`.bundle` -- adds graphs, reports and the recipe to a bundle atomically
+- :mod:`.job` -- the calibrate job: adds graphs, reports and the recipe to a bundle atomically
 - :mod:`.engines` -- strongly typed TensorRT engines (GPU box)
 
 Uses onnx, onnxruntime.quantization and numpy; never torch.
 """
+
+from dcssa.runtime import compat as _compat
+
+#: import paths of the 0.1 layout (deprecated, removed in 0.3)
+MOVED = {
+    "dcssa.calibration.bundle": ("dcssa.calibration.job",),
+    "dcssa.calibration.cli": ("dcssa.calibration.commands",),
+}
+_compat.install(MOVED)

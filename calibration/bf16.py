@@ -28,16 +28,23 @@ from pathlib import Path
 
 import onnx
 
-from dcssa.runtime import manifest as mf
+from dcssa.calibration import fidelity as fd
+from dcssa.calibration import task as T
+from dcssa.calibration.calibset import PrefixSet
+from dcssa.calibration.search import (
+    choose,
+    held_subset,
+    point,
+    sensitivity_order,
+    task_text,
+    trade_off_table,
+    walk_curve,
+)
 from dcssa.runtime.backends import Backend
-from dcssa.runtime.bundle import Bundle
+from dcssa.runtime.contract import manifest as mf
+from dcssa.runtime.contract.bundle import Bundle
 from dcssa.runtime.errors import DcssaError
 from dcssa.runtime.progress import Say, silent
-
-from . import fidelity as fd
-from . import task as T
-from .calibset import PrefixSet
-from .search import choose, held_subset, point, sensitivity_order, task_text, trade_off_table, walk_curve
 
 _UNIT = (re.compile(r"^(/encoder/blocks/blocks\.\d+)(/|$)"), re.compile(r"^(/trunk/[^/]+)"),
          re.compile(r"^(/encoder/[^/]+)"), re.compile(r"^(/[^/]+)"))

@@ -4,7 +4,7 @@ A live session encodes the canvas after each stroke, so quantisation ranges must
 sketches, not only finished ones. Sketches come from a QMUL coordinate pickle, a folder of strokes
 JSON files, a dataset root written by ``dcssa-rt make-dataset`` (or laid out like QMUL), or the
 synthetic generator; prefixes are drawn and preprocessed by the bundle's
-:class:`~dcssa.runtime.pipeline.SketchPipeline`, the object a live session uses. Canvases are kept
+:class:`~dcssa.runtime.stroke.pipeline.SketchPipeline`, the object a live session uses. Canvases are kept
 as uint8 (160 kB each) and preprocessed on demand, so a few hundred prefixes fit.
 """
 
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dcssa.runtime.bundle import Bundle
+from dcssa.runtime.contract.bundle import Bundle
+from dcssa.runtime.data.synthetic import random_shape, tracing
 from dcssa.runtime.errors import DcssaError, StrokeError
-from dcssa.runtime.pipeline import SketchPipeline
-from dcssa.runtime.strokes import load_strokes_file, points_to_strokes
-from dcssa.runtime.synthetic import random_shape, tracing
+from dcssa.runtime.stroke.parse import load_strokes_file, points_to_strokes
+from dcssa.runtime.stroke.pipeline import SketchPipeline
 
 DATA_HINT = (
     "pass --data as a QMUL *_Coordinate pickle, a folder of strokes JSON files, a dataset folder "
@@ -289,4 +289,4 @@ def prefix_set(sketches: Sequence[Sketch], pipeline: SketchPipeline | None = Non
 
 def bundle_prefix_set(bundle: Bundle, sketches: Sequence[Sketch], *, max_strokes: int | None = None) -> PrefixSet:
     """:func:`prefix_set` through the bundle's sketch pipeline (its canvas, frame and preprocessing)."""
-    return prefix_set(sketches, bundle.sketch_pipeline, max_strokes=max_strokes)
+    return prefix_set(sketches, SketchPipeline(bundle.sketch_recipe), max_strokes=max_strokes)

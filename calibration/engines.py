@@ -21,14 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dcssa.runtime import manifest as mf
+from dcssa.calibration.job import commit
+from dcssa.runtime.backends.profiles import Shapes, graph_profiles
 from dcssa.runtime.backends.tensorrt import local_metadata
-from dcssa.runtime.bundle import Bundle
+from dcssa.runtime.contract import manifest as mf
+from dcssa.runtime.contract.bundle import Bundle
 from dcssa.runtime.errors import BundleError, DcssaError
-from dcssa.runtime.profiles import Shapes, graph_profiles
 from dcssa.runtime.progress import Say, silent
-
-from .bundle import commit
 
 TIMING_CACHE = "tensorrt.timing-cache"
 
@@ -39,7 +38,7 @@ class EngineBuildError(DcssaError):
 
 def profiles(bundle: Bundle, *, max_batch: int = 8, max_strokes: int | None = None,
              photo_max_side: int = 896) -> dict[str, dict[str, Shapes]]:
-    """(min, opt, max) shape per dynamic input of each graph (:func:`dcssa.runtime.profiles.graph_profiles`,
+    """(min, opt, max) shape per dynamic input of each graph (:func:`dcssa.runtime.backends.profiles.graph_profiles`,
     which ``--backend ort-trt`` passes to onnxruntime too)."""
     try:
         return graph_profiles(bundle, max_batch=max_batch, max_strokes=max_strokes, photo_max_side=photo_max_side)

@@ -18,16 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from dcssa.runtime import manifest as mf
+from dcssa.calibration import task as T
+from dcssa.calibration.calibset import PrefixSet, Sketch, bundle_prefix_set
 from dcssa.runtime.backends import Backend, Runner, get_backend
-from dcssa.runtime.bundle import Bundle
+from dcssa.runtime.contract import manifest as mf
+from dcssa.runtime.contract.bundle import Bundle
+from dcssa.runtime.data.photos import list_images, read_images
 from dcssa.runtime.errors import DcssaError
 from dcssa.runtime.evaluation import metrics as M
-from dcssa.runtime.head import CausalHead
-from dcssa.runtime.gallery import Gallery, embed_photos, list_images, read_images
-
-from . import task as T
-from .calibset import PrefixSet, Sketch, bundle_prefix_set
+from dcssa.runtime.indexing.embed import embed_photos
+from dcssa.runtime.search.gallery import Gallery
+from dcssa.runtime.stroke.head import CausalHead
 
 TOPK = 10
 #: agreement targets (``--objective agreement``) and the latency ratio the int8 search hopes for

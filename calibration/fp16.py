@@ -22,9 +22,8 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from dcssa.calibration.int8 import fix_ir_version, node_block
 from dcssa.runtime.errors import DcssaError
-
-from .int8 import fix_ir_version, node_block
 
 FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceL2", "Clip", "Expand", "Div")
 FP32_BLOCKS = ("attention.scores",)

@@ -26,11 +26,10 @@ from pathlib import Path
 
 import onnx
 
-from dcssa.runtime import manifest as mf
+from dcssa.calibration.calibset import PrefixSet
+from dcssa.calibration.reader import PrefixReader
+from dcssa.runtime.contract import manifest as mf
 from dcssa.runtime.errors import DcssaError
-
-from .calibset import PrefixSet
-from .reader import PrefixReader
 
 METHODS = ("minmax", "entropy", "percentile")
 # Operators whose outputs get ranges; quantising Concat/pools keeps int8 flowing between convs.

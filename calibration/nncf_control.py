@@ -29,15 +29,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from dcssa.calibration import fidelity as fd
+from dcssa.calibration import task as T
+from dcssa.calibration.calibset import PrefixSet
+from dcssa.calibration.int8 import QuantisationError, fix_ir_version
+from dcssa.calibration.nncf_ptq import NncfOptions, _advanced, _nncf_output, ignored_nodes, qdq_summary, require_nncf
 from dcssa.runtime.backends import Backend, Runner
-from dcssa.runtime.bundle import Bundle
+from dcssa.runtime.contract.bundle import Bundle
 from dcssa.runtime.progress import Say, silent
-
-from . import fidelity as fd
-from . import task as T
-from .calibset import PrefixSet
-from .int8 import QuantisationError, fix_ir_version
-from .nncf_ptq import NncfOptions, _advanced, _nncf_output, ignored_nodes, qdq_summary, require_nncf
 
 #: compute ops whose quantisation NNCF's accuracy control decides (the rest follow them)
 COMPUTE_OPS = ("Conv", "MatMul", "Gemm")

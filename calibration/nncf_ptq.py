@@ -30,13 +30,13 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import onnx
 
-from .calibset import PrefixSet
-from .int8 import ALWAYS_FLOAT_OPS, Int8Recipe, QuantisationError, fix_ir_version, node_block
+from dcssa.calibration.calibset import PrefixSet
+from dcssa.calibration.int8 import ALWAYS_FLOAT_OPS, Int8Recipe, QuantisationError, fix_ir_version, node_block
 
 QUANTISERS = ("ort", "nncf")
 PRESETS = ("mixed", "performance")

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from onnxruntime.quantization import CalibrationDataReader
 
-from dcssa.runtime import manifest as mf
-
-from .calibset import PrefixSet
+from dcssa.calibration.calibset import PrefixSet
+from dcssa.runtime.contract import manifest as mf
 
 
 class PrefixReader(CalibrationDataReader):

@@ -29,15 +29,21 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from dcssa.runtime import manifest as mf
-from dcssa.runtime.bundle import Bundle
+from dcssa.calibration import fidelity as fd
+from dcssa.calibration import task as T
+from dcssa.calibration.calibset import PrefixSet
+from dcssa.calibration.int8 import (
+    ATTENTION_BLOCKS,
+    STEM_POOLS,
+    TRUNK_BLOCKS,
+    Int8Recipe,
+    collect_ranges,
+    quantize_int8,
+    searchable_blocks,
+)
+from dcssa.runtime.contract import manifest as mf
+from dcssa.runtime.contract.bundle import Bundle
 from dcssa.runtime.progress import Say, silent
-
-from . import fidelity as fd
-from . import task as T
-from .calibset import PrefixSet
-from .int8 import (ATTENTION_BLOCKS, STEM_POOLS, TRUNK_BLOCKS, Int8Recipe, collect_ranges, quantize_int8,
-                   searchable_blocks)
 
 SEARCH_BLOCKS = (*TRUNK_BLOCKS, STEM_POOLS, "attention.proj")
 

@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dcssa.calibration.calibset import PrefixSet, Sketch
 from dcssa.runtime.errors import DcssaError
 from dcssa.runtime.evaluation import metrics as M
-from dcssa.runtime.evaluation.paired import HIGHER_IS_BETTER, TASK_METRICS, paired_bootstrap, sketch_values
-
-from .calibset import PrefixSet, Sketch
+from dcssa.runtime.evaluation.paired import HIGHER_IS_BETTER, paired_bootstrap, sketch_values
 
 #: default --max-drop: absolute, on the one-sided 95% upper bound of the drop (issue 19)
 DEFAULT_MAX_DROP = {"m@B": 0.01, "acc@10": 0.02}

@@ -4,7 +4,7 @@ ARNet's ``train_main.py`` saves ``{'img_model': state_dict, 'skt_model': state_d
 'loss', 'top1', 'top5', 'top10'}``: two separate encoders (weights not shared), each a whole timm
 ViT under ``encoder.*`` (with its unused 1000-class ``encoder.head``) and ``mlp_head.0``. A family is
 data plus this loader: the runtime serves the bundle with the graph specs and preprocessing the
-manifest records (:data:`dcssa.runtime.manifest.ARNET`), no ARNet code of its own.
+manifest records (:data:`dcssa.runtime.contract.manifest.ARNET`), no ARNet code of its own.
 """
 
 from __future__ import annotations
@@ -17,19 +17,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dcssa.runtime import manifest as mf
+from dcssa.export.checkpoint import DEMO_MARKER_KEY, CheckpointError, read_pickle
+from dcssa.export.onnx_io import export_onnx
+from dcssa.export.parity import PARITY_STROKES, TOLERANCE, ParityError, _err
+from dcssa.export.vit import ARNetEncoder, ViTConfig
 from dcssa.runtime.atomic import refuse_existing, staged_dir
 from dcssa.runtime.backends import get_backend
-from dcssa.runtime.bundle import new_manifest, sha256_file
-from dcssa.runtime.pipeline import PhotoPipeline, SketchPipeline
+from dcssa.runtime.contract import manifest as mf
+from dcssa.runtime.contract.bundle import new_manifest, sha256_file
+from dcssa.runtime.contract.recipes import (
+    ARNET_LINE_WIDTH,
+    ARNET_SKETCH_CANVAS,
+    PhotoRecipe,
+    SketchRecipe,
+    arnet_preprocessing,
+)
+from dcssa.runtime.data.synthetic import random_sketch, textured_photo
 from dcssa.runtime.progress import Say, silent
-from dcssa.runtime.recipes import ARNET_LINE_WIDTH, ARNET_SKETCH_CANVAS, PhotoRecipe, SketchRecipe, arnet_preprocessing
-from dcssa.runtime.synthetic import random_sketch, textured_photo
-
-from .checkpoint import DEMO_MARKER_KEY, CheckpointError, read_pickle
-from .onnx_io import export_onnx
-from .parity import PARITY_STROKES, TOLERANCE, ParityError, _err
-from .vit import ARNetEncoder, ViTConfig
+from dcssa.runtime.stroke.pipeline import PhotoPipeline, SketchPipeline
 
 ENCODERS = {"skt_model": mf.SKETCH_ENCODER, "img_model": mf.PHOTO_ENCODER}
 #: the unused ImageNet classifier of the timm ViT: in every checkpoint, never part of the embedding

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dcssa.runtime.dataset import arnet_photo, catalogue as catalogue_shapes
-from dcssa.runtime.pipeline import PhotoPipeline
+from dcssa.export.checkpoint import DEMO_MARKER_KEY
+from dcssa.export.demo import catalogue_images, centred_pca, save_atomically
+from dcssa.export.vit import ARNetEncoder, ViTConfig
+from dcssa.runtime.contract.recipes import PhotoRecipe, arnet_preprocessing
+from dcssa.runtime.data.datasets import arnet_photo
+from dcssa.runtime.data.datasets import catalogue as catalogue_shapes
 from dcssa.runtime.progress import Say, silent
-from dcssa.runtime.recipes import PhotoRecipe, arnet_preprocessing
-
-from .checkpoint import DEMO_MARKER_KEY
-from .demo import catalogue_images, centred_pca, save_atomically
-from .vit import ARNetEncoder, ViTConfig
+from dcssa.runtime.stroke.pipeline import PhotoPipeline
 
 #: timm's ViT sizes at patch 16 / 224 px (heads = width / 64)
 VIT_SIZES = {

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import torch
 
-from dcssa.runtime.bundle import sha256_file
+from dcssa.export.model import DCSSA, DEFAULT_HEADS
+from dcssa.runtime.contract.bundle import sha256_file
 from dcssa.runtime.errors import DcssaError
-
-from .model import DCSSA, DEFAULT_HEADS
 
 # Keys the authors' loaders silently skip (strict=False); real files carry them.
 HARMLESS_SUFFIXES = ("num_batches_tracked",)

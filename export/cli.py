@@ -1,7 +1,7 @@
 """``dcssa-export``: checkpoint -> verified bundle, and demo checkpoints.
 
 The group itself exports (``--ckpt``); its subcommands are standalone ``click.command``s registered
-from :data:`COMMANDS`, with the option groups of :mod:`dcssa.runtime.cli_options`.
+from :data:`COMMANDS`, with the option groups of :mod:`dcssa.runtime.cli.options`.
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ from pathlib import Path
 
 import click
 
-from dcssa.calibration.cli import DATA_HELP, calibrate, engines, fidelity_gallery_options, recipe_option
-from dcssa.runtime.cli_options import output_options
-from dcssa.runtime.cli_util import DEMO_WARNING, fail_cleanly, stdout_for_json
+from dcssa.calibration.commands import DATA_HELP, calibrate, engines, fidelity_gallery_options, recipe_option
+from dcssa.export.model import DEFAULT_EMBED, DEFAULT_HEADS
+from dcssa.runtime.cli.console import fail_cleanly, stdout_for_json
+from dcssa.runtime.cli.options import output_options
+from dcssa.runtime.contract.bundle import DEMO_WARNING
+from dcssa.runtime.contract.recipes import ARNET_LINE_WIDTH, ARNET_SKETCH_CANVAS
 from dcssa.runtime.progress import Progress
-
-from dcssa.runtime.recipes import ARNET_LINE_WIDTH, ARNET_SKETCH_CANVAS
-
-from .model import DEFAULT_EMBED, DEFAULT_HEADS
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,9 +63,8 @@ def main(ctx: click.Context, ckpt: tuple[Path, ...], out: Path, family: str | No
     if not ckpt:
         click.echo(ctx.get_help())
         ctx.exit(2)
-    from dcssa.calibration.cli import check_precision_args, export_precisions
-
-    from .bundle import export_bundle
+    from dcssa.calibration.commands import check_precision_args, export_precisions
+    from dcssa.export.job import export_bundle
 
     say = Progress(quiet or as_json)
     with fail_cleanly(), stdout_for_json(as_json):
@@ -120,14 +118,14 @@ def demo_checkpoint(out: Path, family: str, seed: int, phase: str, vit: str, emb
     say = Progress(quiet or as_json)
     with fail_cleanly(), stdout_for_json(as_json):
         if family == "arnet":
-            from .arnet_demo import DEFAULT_ARNET_EMBED, write_arnet_demo
+            from dcssa.export.arnet_demo import DEFAULT_ARNET_EMBED, write_arnet_demo
 
             if plain_random:
                 raise click.BadParameter("the ARNet demo is always structured", param_hint="--plain-random")
             path = write_arnet_demo(out, size=vit, embed=embed or DEFAULT_ARNET_EMBED, seed=seed, catalogue=catalogue,
                                     shapes=shapes, catalogue_seed=catalogue_seed, say=say)
         else:
-            from .demo import write_demo_checkpoint
+            from dcssa.export.demo import write_demo_checkpoint
 
             path = write_demo_checkpoint(out, seed=seed, phase=int(phase), embed=embed or DEFAULT_EMBED,
                                          structured=not plain_random, catalogue=catalogue, shapes=shapes,
@@ -163,7 +161,7 @@ def triton(bundle: Path, out: Path, platform: str, precision: str, max_batch: in
     tritonserver --model-repository triton-repo          # e.g. in NGC's tritonserver container
     dcssa-rt query sketch.json --backend triton --triton-url localhost:8001
     """
-    from .triton import write_repository
+    from dcssa.export.triton import write_repository
 
     with fail_cleanly(), stdout_for_json(as_json):
         doc = write_repository(bundle, out, platform=platform, precision=precision, max_batch=max_batch,

@@ -20,23 +20,20 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
-from dcssa.runtime.dataset import catalogue as catalogue_shapes
+from dcssa.export.checkpoint import DEMO_MARKER_KEY
+from dcssa.export.model import DCSSA, DEFAULT_EMBED, DEFAULT_HEADS, InceptionTrunk
+from dcssa.export.parity import partial_sketch_rasters
+from dcssa.runtime.data.datasets import catalogue as catalogue_shapes
+from dcssa.runtime.data.photos import list_images
+from dcssa.runtime.data.synthetic import line_drawing, random_shape, textured_photo
 from dcssa.runtime.errors import DcssaError
-from dcssa.runtime.gallery import list_images
-from dcssa.runtime.pipeline import PhotoPipeline
 from dcssa.runtime.progress import Say, silent
-from dcssa.runtime.synthetic import line_drawing, random_shape, textured_photo
-
-from .checkpoint import DEMO_MARKER_KEY
-from .model import DCSSA, DEFAULT_EMBED, DEFAULT_HEADS, InceptionTrunk
-from .parity import partial_sketch_rasters
-
+from dcssa.runtime.stroke.pipeline import PhotoPipeline
 
 
 @torch.no_grad()

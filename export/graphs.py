@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import DCSSA, Projection, SpatialAttention, StrokeHead
+from dcssa.export.model import DCSSA, Projection, SpatialAttention, StrokeHead
 
 
 def _split_in_proj(mha: nn.MultiheadAttention) -> tuple[torch.Tensor, ...]:

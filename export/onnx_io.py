@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from dcssa.runtime import manifest as mf
+from dcssa.runtime.contract import manifest as mf
 
 
 def export_onnx(

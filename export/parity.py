@@ -13,15 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dcssa.runtime import manifest as mf
+from dcssa.export.model import DCSSA
 from dcssa.runtime.backends import Backend, Runner, get_backend
+from dcssa.runtime.contract import manifest as mf
+from dcssa.runtime.data.synthetic import random_sketch, textured_photo
 from dcssa.runtime.errors import DcssaError
-from dcssa.runtime.head import CausalHead
-from dcssa.runtime.pipeline import PhotoPipeline, SketchPipeline
 from dcssa.runtime.progress import Say, silent
-from dcssa.runtime.synthetic import random_sketch, textured_photo
-
-from .model import DCSSA
+from dcssa.runtime.stroke.head import CausalHead
+from dcssa.runtime.stroke.pipeline import PhotoPipeline, SketchPipeline
 
 TOLERANCE = 1e-4
 PARITY_STROKES = 24

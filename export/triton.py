@@ -18,7 +18,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from dcssa.runtime import manifest as mf
 from dcssa.runtime.atomic import staged_dir
 from dcssa.runtime.backends.tensorrt import find_engine, rebuild_hint
 from dcssa.runtime.backends.triton import (
@@ -32,7 +31,8 @@ from dcssa.runtime.backends.triton import (
     manifest_sha256,
     remote_graph,
 )
-from dcssa.runtime.bundle import Bundle
+from dcssa.runtime.contract import manifest as mf
+from dcssa.runtime.contract.bundle import Bundle
 from dcssa.runtime.errors import BundleError, DcssaError
 
 #: --platform -> (Triton platform, model file name in the version folder)

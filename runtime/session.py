@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import manifest as mf
 from .backends import Backend, Runner, get_backend, thread_safe
-from .bundle import Bundle
-from .confidence import FEATURE_DEPTH, Calibrator, load_calibrator, stroke_features
+from .contract import manifest as mf
+from .contract.bundle import Bundle
 from .errors import SessionError
-from .gallery import Gallery
-from .head import CausalHead
-from .strokes import as_stroke
+from .search.confidence import FEATURE_DEPTH, Calibrator, load_calibrator, stroke_features
+from .search.gallery import Gallery
+from .stroke.head import CausalHead
+from .stroke.parse import as_stroke
+from .stroke.pipeline import SketchPipeline
 
 PHASES = ("rasterise", "preprocess", "encode", "head", "search")
 
@@ -82,7 +83,7 @@ class Retriever:
         self.precision = precision
         self.topk = topk
         self.max_strokes = max_strokes or bundle.max_strokes
-        self.pipeline = bundle.sketch_pipeline
+        self.pipeline = SketchPipeline(bundle.sketch_recipe)
         self.encoder = self.load(mf.SKETCH_ENCODER)
         self.encoder_output = bundle.sketch_output  # features for the head, or the embeddings (ARNet)
         self.head = None if bundle.head_graph is None else self.load(bundle.head_graph)

@@ -35,7 +35,7 @@ def ref_model(demo_ckpt):
 
 @pytest.fixture(scope="session")
 def bundle2(demo_ckpt, tmp_path_factory) -> Path:
-    from dcssa.export.bundle import export_bundle
+    from dcssa.export.job import export_bundle
 
     def make(d: Path) -> Path:
         export_bundle([demo_ckpt], d / "bundle")
@@ -47,7 +47,7 @@ def bundle2(demo_ckpt, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def bundle1(demo_ckpt, tmp_path_factory) -> Path:
     """Phase-1 bundle from the same weights (the phase-2 file read as phase 1)."""
-    from dcssa.export.bundle import export_bundle
+    from dcssa.export.job import export_bundle
 
     def make(d: Path) -> Path:
         export_bundle([demo_ckpt], d / "bundle", phase=1)
@@ -58,7 +58,7 @@ def bundle1(demo_ckpt, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory) -> Path:
-    from dcssa.runtime.dataset import write_dataset
+    from dcssa.runtime.data.datasets import write_dataset
 
     return shared(tmp_path_factory, "data", lambda d: write_dataset(d, photos=12, seed=3))
 
@@ -136,7 +136,7 @@ def arnet_ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def arnet_bundle(arnet_ckpt, tmp_path_factory) -> Path:
-    from dcssa.export.bundle import export_bundle
+    from dcssa.export.job import export_bundle
 
     def make(d: Path) -> Path:
         export_bundle([arnet_ckpt], d / "bundle")
@@ -147,7 +147,7 @@ def arnet_bundle(arnet_ckpt, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def arnet_dataset(tmp_path_factory) -> Path:
-    from dcssa.runtime.dataset import write_arnet_dataset
+    from dcssa.runtime.data.datasets import write_arnet_dataset
 
     return shared(tmp_path_factory, "adata", lambda d: write_arnet_dataset(d, photos=8, sketches_per_photo=2, seed=4))
 

@@ -16,11 +16,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from dcssa.runtime import manifest as mf
 from dcssa.runtime.backends import get_backend
-from dcssa.runtime.bundle import Bundle, new_manifest
-from dcssa.runtime.gallery import Gallery, build_gallery
-from dcssa.runtime.synthetic import textured_photo
+from dcssa.runtime.contract import manifest as mf
+from dcssa.runtime.contract.bundle import Bundle, new_manifest
+from dcssa.runtime.data.synthetic import textured_photo
+from dcssa.runtime.indexing.build import build_gallery
+from dcssa.runtime.search.gallery import Gallery
 
 #: the sketch encoder's pool: 299 = 13 cells of 23 pixels a side. Small cells keep float32 sums of
 #: the near-constant background accurate (75-pixel cells put the features 2e-5 off float64)

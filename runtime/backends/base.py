@@ -4,7 +4,7 @@ Shaped after Polygraphy's loaders and runners: a :class:`Backend` turns a graph 
 :class:`Runner`; a runner only runs. :meth:`Runner.run` is concrete and the same for every
 backend (feeds checked against the graph's inputs, backend exceptions turned into
 :class:`BackendError`), and calls the backend's :meth:`Runner._run_impl`. What a backend may know
-about a graph comes from its :class:`~dcssa.runtime.manifest.GraphSpec`, never from its name.
+about a graph comes from its :class:`~dcssa.runtime.contract.manifest.GraphSpec`, never from its name.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import manifest as mf
+from ..contract import manifest as mf
 from ..errors import BackendError, DcssaError
 
 if TYPE_CHECKING:
-    from ..bundle import Bundle
+    from ..contract.bundle import Bundle
 
 REEXPORT_HINT = "the file may be corrupted: re-export the bundle with dcssa-export"
 

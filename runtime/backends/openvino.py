@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import manifest as mf
+from ..contract import manifest as mf
 from ..errors import BackendError
+from ..extras import optional_import
 from .base import REEXPORT_HINT, Backend, Runner, backend_error, spec_for
-from .optional import optional_import
 
 DEVICE_ENV = "DCSSA_OPENVINO_DEVICE"
 HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # INFERENCE_PRECISION_HINT per precision

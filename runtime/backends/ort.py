@@ -5,7 +5,7 @@ bundle's symmetric Q/DQ graph (``tensorrt_file``; the CPU int8 graph has uint8 a
 activations, which TensorRT refuses), with ``trt_int8_enable`` (onnxruntime builds before TensorRT 10
 need it for Q/DQ graphs) and ``trt_fp16_enable`` for the blocks the recipe keeps float; for fp16
 ``trt_fp16_enable``; and for every graph explicit optimisation profiles, the same ones
-``dcssa-export engines`` builds with (:mod:`dcssa.runtime.profiles`), so the head's growing K/V
+``dcssa-export engines`` builds with (:mod:`dcssa.runtime.backends.profiles`), so the head's growing K/V
 cache does not rebuild the engine.
 """
 
@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import manifest as mf
+from ..contract import manifest as mf
 from ..errors import BackendError
-from ..profiles import graph_profiles, ort_trt_options
+from ..extras import optional_import
 from .base import REEXPORT_HINT, Backend, Runner, backend_error, spec_for
-from .optional import optional_import
+from .profiles import graph_profiles, ort_trt_options
 
 if TYPE_CHECKING:
-    from ..bundle import Bundle
+    from ..contract.bundle import Bundle
 
 PROVIDERS = {
     "ort-cpu": "CPUExecutionProvider",

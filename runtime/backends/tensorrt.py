@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import manifest as mf
+from ..contract import manifest as mf
 from ..errors import BackendError
+from ..extras import optional_import
 from .base import Backend, Runner, spec_for
-from .optional import optional_import
 
 if TYPE_CHECKING:
-    from ..bundle import Bundle
+    from ..contract.bundle import Bundle
 
 ALIGN = 256  # bytes; CUDA allocations and TensorRT tensor addresses
 

@@ -7,7 +7,7 @@ Every other graph (the stroke head, the projection) is loaded locally on onnxrun
 and the search never leaves the process, so sessions, ``serve``, ``eval`` and ``bench`` work
 unchanged.
 
-Which graphs go remote is read from their :class:`~dcssa.runtime.manifest.GraphSpec` (``heavy``
+Which graphs go remote is read from their :class:`~dcssa.runtime.contract.manifest.GraphSpec` (``heavy``
 and no ``state``: :func:`remote_graph`), the same rule the repository generator uses. Before the
 first request a runner checks that the server answers, that the model is loaded and ready, and
 that its config names this bundle's manifest hash, graph and precision, and the graph's tensors;
@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import manifest as mf
+from ..contract import manifest as mf
 from ..errors import BackendError
+from ..extras import optional_import
 from .base import Backend, Runner, backend_error, spec_for
-from .optional import optional_import
 from .ort import OrtBackend
 
 if TYPE_CHECKING:
-    from ..bundle import Bundle
+    from ..contract.bundle import Bundle
 
 URL_ENV = "DCSSA_TRITON_URL"
 PREFIX_ENV = "DCSSA_TRITON_PREFIX"
@@ -60,7 +60,7 @@ def remote_graph(spec: mf.GraphSpec) -> bool:
 
 def manifest_sha256(bundle: Bundle) -> str:
     """The sha256 of the bundle's manifest.json file: what each generated config records."""
-    from ..bundle import sha256_file
+    from ..contract.bundle import sha256_file
 
     return sha256_file(bundle.path / mf.MANIFEST)
 

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import manifest as mf
+from ..contract import manifest as mf
+from ..data.qmul import Sketch
 from ..errors import BackendError
-from ..head import CausalHead
 from ..session import Retriever
-from ..strokes import points_to_strokes
+from ..stroke.head import CausalHead
+from ..stroke.parse import points_to_strokes
 from .metrics import step_ranks
-from .qmul import Sketch
 
 PROTOCOLS = ("causal", "paper")
 STEP_KINDS = ("strokes", "points20")

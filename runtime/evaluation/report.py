@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from ..cli_util import DEMO_WARNING
+from ..contract.bundle import DEMO_WARNING
 from .metrics import METRIC_KEYS
 
 EVAL_JSON = "eval.json"

@@ -1,7 +1,7 @@
 """``dcssa-rt serve``: live drawing sessions over HTTP/WebSocket with dynamic encoder batching.
 
 Needs the ``[serve]`` extra (FastAPI, uvicorn); the rest of the runtime never imports this package.
-Names are imported lazily so ``dcssa.runtime.serve.cli`` loads without FastAPI installed.
+Names are imported lazily so ``dcssa.runtime.cli.serve`` loads without FastAPI installed.
 
     from dcssa.runtime.serve import ServeConfig, create_app
     app = create_app(retriever, config=ServeConfig(max_batch=8))

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import manifest as mf
 from ..backends import Runner
+from ..contract import manifest as mf
 from .errors import ServerBusy
 
 

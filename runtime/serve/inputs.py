@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import StrokeError
-from ..strokes import parse_stroke, parse_strokes
+from ..stroke.parse import parse_stroke, parse_strokes
 from .errors import BadRequest
 from .schemas import SketchIn, StrokeIn
 

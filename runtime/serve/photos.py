@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ..gallery import Gallery
+from ..search.gallery import Gallery
 from .errors import PhotoNotFound
 
 THUMB_SIDE = 256

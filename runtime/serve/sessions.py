@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from .. import manifest as mf
+from ..contract import manifest as mf
 from ..errors import DcssaError
 from ..session import QueryResult, Retriever, StrokeSession
 from .config import ServeConfig

@@ -57,7 +57,7 @@ def test_bench_writes_report_tables_and_plots(bundle2: Path, gallery2: Path, dem
 
 def test_search_scaling_matches_brute_force():
     from dcssa.benchmarks.search_scaling import search_scaling
-    from dcssa.runtime.gallery import Gallery
+    from dcssa.runtime.search.gallery import Gallery
 
     rows = search_scaling((300,), dim=16, k=5, repeats=1)
     assert rows[0]["size"] == 300 and rows[0]["ours_ms"] > 0
@@ -72,7 +72,7 @@ def test_find_source_checkpoint_checks_name_and_hash(tmp_path: Path):
     from types import SimpleNamespace
 
     from dcssa.benchmarks.run import find_source_checkpoint
-    from dcssa.runtime.bundle import sha256_file
+    from dcssa.runtime.contract.bundle import sha256_file
 
     ckpt = tmp_path / "model.pth"
     ckpt.write_bytes(b"weights" * 100)
@@ -94,7 +94,7 @@ def test_peak_rss_is_the_childs_own(bundle2: Path, gallery2: Path):
     import resource
 
     from dcssa.benchmarks.stroke_latency import peak_rss_mb
-    from dcssa.runtime.synthetic import random_sketch
+    from dcssa.runtime.data.synthetic import random_sketch
 
     ballast = np.ones(2 * 2**30 // 8)  # 2 GiB, touched: the parent's high-water mark is above it
     parent_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -105,7 +105,7 @@ def test_peak_rss_is_the_childs_own(bundle2: Path, gallery2: Path):
 
 
 def test_top_k_is_exact_with_ties_on_both_paths():
-    from dcssa.runtime.gallery import SAMPLE_MIN, top_k
+    from dcssa.runtime.search.gallery import SAMPLE_MIN, top_k
 
     rng = np.random.default_rng(7)
     for n in (1, 7, 1000, SAMPLE_MIN, 300_000):

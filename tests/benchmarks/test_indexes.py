@@ -47,7 +47,7 @@ def test_stopped_run_keeps_the_rows_it_measured(tmp_path):
 def test_shared_exact_reference_gives_the_same_recall():
     """build_index with a precomputed truth measures what it measures when it computes the truth itself."""
     from dcssa.benchmarks.search_scaling import random_unit_vectors
-    from dcssa.runtime.faiss_index import IndexSpec, build_index, exact_topk_labels, heldout_queries
+    from dcssa.runtime.indexing.faiss_build import IndexSpec, build_index, exact_topk_labels, heldout_queries
 
     emb = random_unit_vectors(4000, 16, seed=3)
     labels = np.arange(len(emb), dtype=np.int64) * 7 + 100  # labels that are not row numbers

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 from dcssa.benchmarks import torch_peers as tp  # noqa: E402
 from dcssa.runtime import Bundle, Gallery  # noqa: E402
 from dcssa.runtime.cli import main as rt  # noqa: E402
-from dcssa.runtime.synthetic import random_sketch  # noqa: E402
+from dcssa.runtime.data.synthetic import random_sketch  # noqa: E402
 
 STROKES = 3
 NO_BF16 = "this CPU has no native bf16 (avx512_bf16 / amx_bf16): the torch-bf16 peer is left out here"
@@ -190,7 +190,7 @@ def test_bench_reports_compile_time_apart_and_the_best_peer(arnet_bundle, arnet_
 
 def test_bench_peers_option_is_checked(bundle2: Path, gallery2: Path, tmp_path: Path):
     from dcssa.benchmarks.stroke_latency import PEERS
-    from dcssa.runtime.cli import BENCH_PEERS
+    from dcssa.runtime.cli.bench import BENCH_PEERS
 
     assert BENCH_PEERS == PEERS == tp.PEERS
     res = CliRunner().invoke(rt, ["bench", "--bundle", str(bundle2), "--gallery", str(gallery2),

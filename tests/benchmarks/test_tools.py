@@ -11,8 +11,8 @@ import pytest
 
 from dcssa.benchmarks.load_test import FRAME, _settings, _to_client
 from dcssa.benchmarks.stroke_latency import rotated
-from dcssa.runtime.strokes import parse_stroke
-from dcssa.runtime.synthetic import random_sketch
+from dcssa.runtime.data.synthetic import random_sketch
+from dcssa.runtime.stroke.parse import parse_stroke
 
 
 def test_rotated_gives_every_item_the_first_turn():
@@ -91,8 +91,8 @@ def test_ptq_compare_saves_the_report_after_every_variant(monkeypatch, tmp_path)
 
     from click.testing import CliRunner
 
-    import dcssa.calibration.bundle as cb
-    import dcssa.runtime.bundle as rb
+    import dcssa.calibration.job as cb
+    import dcssa.runtime.contract.bundle as rb
     from dcssa.benchmarks import ptq_compare as pc
 
     out = tmp_path / "out"

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 from session_artefacts import shared
 
-from dcssa.calibration.bundle import calibrate_bundle
 from dcssa.calibration.int8 import Int8Recipe
+from dcssa.calibration.job import calibrate_bundle
 
 INT8_BLOCKS = ("Mixed_5b", "Mixed_6a")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet, as the authors' transform

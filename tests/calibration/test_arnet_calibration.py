@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from dcssa.calibration.int8 import node_block, searchable_blocks
 from dcssa.export.cli import main as export_cli
-from dcssa.runtime import manifest as mf
+from dcssa.runtime.contract import manifest as mf
 
 
 def test_vit_node_names_map_to_blocks():

@@ -11,19 +11,12 @@ import pytest
 from tiny_bundle import write_tiny_bundle
 
 from dcssa.calibration import fidelity as fd
-from dcssa.calibration.bundle import (
-    Prepared,
-    StageOutput,
-    commit,
-    commit_stages,
-    load_recipe,
-    parse_precisions,
-)
 from dcssa.calibration.calibset import prefix_set, synthetic_sketches
 from dcssa.calibration.int8 import Int8Recipe
+from dcssa.calibration.job import Prepared, StageOutput, commit, commit_stages, load_recipe, parse_precisions
 from dcssa.runtime import Bundle
-from dcssa.runtime import manifest as mf
 from dcssa.runtime.backends import get_backend
+from dcssa.runtime.contract import manifest as mf
 from dcssa.runtime.errors import DcssaError
 
 
@@ -69,7 +62,7 @@ def test_failed_commit_leaves_the_old_bundle(calibrated, tmp_path, monkeypatch):
     before = (copy / mf.MANIFEST).read_text()
     staged = tmp_path / "new.onnx"
     staged.write_bytes(b"new graph")
-    import dcssa.calibration.bundle as cb
+    import dcssa.calibration.job as cb
 
     def boom(*_a, **_k):
         raise OSError("disk full")

@@ -24,10 +24,11 @@ from dcssa.calibration.calibset import (
     synthetic_sketches,
 )
 from dcssa.runtime import Bundle
-from dcssa.runtime import manifest as mf
+from dcssa.runtime.contract import manifest as mf
 from dcssa.runtime.errors import DcssaError
-from dcssa.runtime.raster import rasterize
-from dcssa.runtime.strokes import strokes_to_points
+from dcssa.runtime.stroke.parse import strokes_to_points
+from dcssa.runtime.stroke.raster import rasterize
+
 
 def test_prefixes_equal_full_rerasterisation(authors_transform):
     sketches = synthetic_sketches(2, seed=4)

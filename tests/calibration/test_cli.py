@@ -95,7 +95,7 @@ def test_export_precision_with_photos_end_to_end(demo_ckpt, dataset, tmp_path):
     assert rep["target_accuracy"]["fp32"]["sketches"] == cal["heldout_sketches"]
     assert 0.0 <= rep["top1_agreement"] <= 1.0 and rep["topk"] == min(10, n_photos)
     # the int8 graph is in the bundle, under the manifest's name and hash
-    from dcssa.runtime.bundle import Bundle, sha256_file
+    from dcssa.runtime.contract.bundle import Bundle, sha256_file
 
     entry = manifest["graphs"]["sketch_encoder"]["int8"]
     assert sha256_file(out / entry["file"]) == manifest["files"][entry["file"]]["sha256"]

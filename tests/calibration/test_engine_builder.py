@@ -14,8 +14,8 @@ from fake_tensorrt import FakeCuda, FakeTensorRT
 from tiny_bundle import write_tiny_bundle
 
 from dcssa.calibration import engines as eng
-from dcssa.runtime import manifest as mf
 from dcssa.runtime.backends import cuda_memory
+from dcssa.runtime.contract import manifest as mf
 
 
 @pytest.fixture

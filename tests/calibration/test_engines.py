@@ -10,8 +10,8 @@ from tiny_bundle import write_tiny_bundle
 from dcssa.calibration.calibset import synthetic_sketches
 from dcssa.calibration.engines import engine_sources, profiles
 from dcssa.runtime import Bundle, Retriever
-from dcssa.runtime import manifest as mf
 from dcssa.runtime.backends import tensorrt as trtb
+from dcssa.runtime.contract import manifest as mf
 
 HAS_GPU = trtb.TensorRTBackend.available()
 

@@ -12,7 +12,7 @@ import onnx
 from dcssa.calibration.calibset import prefix_set, synthetic_sketches
 from dcssa.calibration.fp16 import node_precisions
 from dcssa.runtime import Bundle
-from dcssa.runtime import manifest as mf
+from dcssa.runtime.contract import manifest as mf
 
 
 def test_fp16_keeps_the_fragile_nodes_in_fp32(calibrated, ort_session):

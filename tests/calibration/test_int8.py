@@ -19,9 +19,9 @@ import pytest
 from dcssa.calibration.calibset import PrefixSet, prefix_set, synthetic_sketches
 from dcssa.calibration.int8 import TRUNK_BLOCKS, Int8Recipe, collect_ranges, node_block, quantize_int8
 from dcssa.runtime import Bundle, Gallery, Retriever
-from dcssa.runtime import manifest as mf
-from dcssa.runtime.raster import rasterize
-from dcssa.runtime.strokes import strokes_to_points
+from dcssa.runtime.contract import manifest as mf
+from dcssa.runtime.stroke.parse import strokes_to_points
+from dcssa.runtime.stroke.raster import rasterize
 
 # -- graph blocks -----------------------------------------------------------------------------------
 

@@ -20,7 +20,8 @@ from click.testing import CliRunner
 from dcssa.calibration.calibset import load_sketch_data, prefix_set, split_heldout
 from dcssa.calibration.int8 import ALWAYS_FLOAT_OPS, Int8Recipe, node_block
 from dcssa.runtime import Bundle
-from dcssa.runtime import manifest as mf
+from dcssa.runtime.contract import manifest as mf
+from dcssa.runtime.stroke.pipeline import SketchPipeline
 
 pytest.importorskip("nncf", reason="nncf is not installed (pip install 'dcssa-rt[nncf]'; `make test` installs it)")
 
@@ -75,7 +76,7 @@ def test_manifest_names_the_quantiser_and_its_options(nncf_bundle, int8_blocks):
         assert b.manifest["fidelity"][key]["recipe"] == cal["recipe" if key == "int8" else "tensorrt_recipe"]
     assert "latency" in b.manifest["fidelity"]["int8"]
     # the record reads back as the recipe it ignored around (for --recipe MANIFEST, either quantiser)
-    from dcssa.calibration.bundle import load_recipe
+    from dcssa.calibration.job import load_recipe
 
     assert load_recipe(path / mf.MANIFEST).blocks == int8_blocks
 
@@ -127,7 +128,7 @@ def test_outputs_stay_close_to_fp32_in_onnxruntime(nncf_bundle, dataset, ort_ses
     b = Bundle.load(path)
     entry = b.graph_entry(mf.SKETCH_ENCODER, "int8")
     _calib, held = split_heldout(load_sketch_data(dataset).sketches)
-    x = prefix_set(held[:3], b.sketch_pipeline).images()
+    x = prefix_set(held[:3], SketchPipeline(b.sketch_recipe)).images()
     ref = ort_session(b.graph_path(mf.SKETCH_ENCODER, "fp32")).run(None, {mf.IMAGES: x})[0]
     for key in ("file", "tensorrt_file"):
         got = ort_session(b.verified_file(entry[key])).run(None, {mf.IMAGES: x})[0]

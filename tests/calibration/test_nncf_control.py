@@ -20,10 +20,10 @@ from click.testing import CliRunner
 
 from dcssa.calibration import fidelity as fd
 from dcssa.calibration import task as T
-from dcssa.calibration.bundle import prepare
 from dcssa.calibration.int8 import Int8Recipe, node_block
+from dcssa.calibration.job import prepare
 from dcssa.runtime import Bundle
-from dcssa.runtime import manifest as mf
+from dcssa.runtime.contract import manifest as mf
 
 pytest.importorskip("nncf", reason="nncf is not installed (pip install 'dcssa-rt[nncf]'; `make test` installs it)")
 

@@ -12,11 +12,11 @@ import shutil
 import numpy as np
 import pytest
 
-from dcssa.calibration import bundle as cb
+from dcssa.calibration import job as cb
 from dcssa.calibration import task as T
 from dcssa.calibration.search import run_search
 from dcssa.runtime import Bundle
-from dcssa.runtime import manifest as mf
+from dcssa.runtime.contract import manifest as mf
 
 BLOCKS = ["Mixed_6e", "Mixed_7a", "attention.proj"]
 

@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import ARNET_TINY, timm_arnet_state_dicts
+
 from dcssa.export.arnet import load_arnet_checkpoint
-from dcssa.export.bundle import export_bundle
 from dcssa.export.checkpoint import CheckpointError
 from dcssa.export.cli import main as export_cli
-from dcssa.runtime import manifest as mf
+from dcssa.export.job import export_bundle
 from dcssa.runtime.backends import get_backend
-from dcssa.runtime.bundle import Bundle
+from dcssa.runtime.contract import manifest as mf
+from dcssa.runtime.contract.bundle import Bundle
+from dcssa.runtime.stroke.pipeline import PhotoPipeline, SketchPipeline
 
 timm = pytest.importorskip("timm")
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
@@ -128,10 +129,10 @@ def test_graphs_match_timm_on_the_runtimes_own_inputs(arnet_bundle, arnet_ckpt):
     b = Bundle.load(arnet_bundle)
     raw = torch.load(arnet_ckpt, weights_only=True)
     rng = np.random.default_rng(1)
-    from dcssa.runtime.synthetic import random_sketch, textured_photo
+    from dcssa.runtime.data.synthetic import random_sketch, textured_photo
 
-    x_sketch = b.sketch_pipeline.prefix_images(random_sketch(rng, 5))
-    x_photo = np.concatenate([b.photo_pipeline.preprocess(textured_photo(rng, w, h)) for w, h in ((224, 224), (300, 200))])
+    x_sketch = SketchPipeline(b.sketch_recipe).prefix_images(random_sketch(rng, 5))
+    x_photo = np.concatenate([PhotoPipeline(b.photo_recipe).preprocess(textured_photo(rng, w, h)) for w, h in ((224, 224), (300, 200))])
     backend = get_backend("ort-cpu")
     for name, key, x in ((mf.SKETCH_ENCODER, "skt_model", x_sketch), (mf.PHOTO_ENCODER, "img_model", x_photo)):
         runner = backend.load(b.graph_path(name), b.graph_spec(name))
@@ -145,7 +146,7 @@ def test_cli_detects_the_family_and_overrides_the_sketch_drawing(arnet_ckpt, tmp
                                           "--sketch-canvas", "300", "--line-width", "5"])
     assert res.exit_code == 0, res.output
     assert "model family: arnet (detected from the checkpoint's keys)" in res.output
-    sk = Bundle.load(tmp_path / "b").sketch_pipeline.recipe
+    sk = Bundle.load(tmp_path / "b").sketch_recipe
     assert (sk.canvas, sk.line_width, sk.dilation) == (300, 5, 2)
     res = CliRunner().invoke(export_cli, ["--ckpt", str(arnet_ckpt), "--out", str(tmp_path / "c"), "--line-width", "4"])
     assert res.exit_code == 2 and "even" in res.output and not (tmp_path / "c").exists()

@@ -8,9 +8,9 @@ import torch
 
 from dcssa.export.demo import catalogue_images
 from dcssa.runtime import Bundle, Retriever, build_gallery
-from dcssa.runtime.dataset import write_dataset
-from dcssa.runtime.pipeline import PhotoPipeline
-from dcssa.runtime.strokes import load_strokes_file
+from dcssa.runtime.data.datasets import write_dataset
+from dcssa.runtime.stroke.parse import load_strokes_file
+from dcssa.runtime.stroke.pipeline import PhotoPipeline
 
 
 def test_branches_share_one_trunk_and_attention(demo_state_dict):

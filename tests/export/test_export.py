@@ -14,11 +14,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dcssa.export import bundle as export_bundle_mod
+from dcssa.export import job as export_bundle_mod
 from dcssa.export.cli import main as export_cli
 from dcssa.export.parity import ParityError, check_parity
-from dcssa.runtime import manifest as mf
-from dcssa.runtime.bundle import sha256_file
+from dcssa.runtime.contract import manifest as mf
+from dcssa.runtime.contract.bundle import sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -129,8 +129,8 @@ def test_existing_bundle_needs_force(demo_ckpt: Path, tmp_path: Path):
 def test_runtime_imports_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None; sys.modules['onnx'] = None\n"
-        "import dcssa.runtime, dcssa.runtime.cli, dcssa.runtime.session, dcssa.runtime.gallery\n"
-        "import dcssa.runtime.raster, dcssa.runtime.strokes, dcssa.runtime.dataset\n"
+        "import dcssa.runtime, dcssa.runtime.cli, dcssa.runtime.session, dcssa.runtime.search.gallery\n"
+        "import dcssa.runtime.stroke.raster, dcssa.runtime.stroke.parse, dcssa.runtime.data.datasets\n"
         "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
         "print('ok')"
     )

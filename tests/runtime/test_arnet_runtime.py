@@ -12,14 +12,15 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dcssa.runtime import Bundle, Gallery, Retriever
-from dcssa.runtime import manifest as mf
 from dcssa.runtime.cli import main as rt
+from dcssa.runtime.contract import manifest as mf
+from dcssa.runtime.contract.recipes import SketchRecipe, arnet_preprocessing
+from dcssa.runtime.data.arnet import load_arnet_split, pair_sketches
+from dcssa.runtime.data.synthetic import random_sketch
 from dcssa.runtime.errors import BundleError
-from dcssa.runtime.evaluation.arnet import acc_at_k, load_arnet_split, pair_sketches, target_ranks
-from dcssa.runtime.raster import Canvas, rasterize
-from dcssa.runtime.recipes import SketchRecipe, arnet_preprocessing
-from dcssa.runtime.strokes import strokes_to_points
-from dcssa.runtime.synthetic import random_sketch
+from dcssa.runtime.evaluation.png_run import acc_at_k, target_ranks
+from dcssa.runtime.stroke.parse import strokes_to_points
+from dcssa.runtime.stroke.raster import Canvas, rasterize
 
 torchvision = pytest.importorskip("torchvision")
 from torchvision import transforms  # noqa: E402
@@ -81,9 +82,9 @@ def test_session_encodes_each_partial_sketch_once_as_the_authors_transform_sees_
         results = [s.add_stroke(x) for x in strokes]
         assert enc.calls == 5
         for t, res in enumerate(results):
-            mask = r.bundle.sketch_pipeline.rasterize(strokes_to_points(strokes[: t + 1]))  # whole-sketch path
+            mask = r.pipeline.rasterize(strokes_to_points(strokes[: t + 1]))  # whole-sketch path
             x = authors_input(mask)
-            assert np.array_equal(r.bundle.sketch_pipeline.preprocess(mask), x)
+            assert np.array_equal(r.pipeline.preprocess(mask), x)
             want = enc.inner.run({mf.IMAGES: x})[mf.EMBEDDINGS][0]
             assert np.abs(res.embedding - want).max() < 1e-6
             scores = r.gallery.embeddings @ want

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from dcssa.runtime import Bundle, Gallery, Retriever, SessionError, StrokeError
-from dcssa.runtime.pipeline import SketchPipeline
-from dcssa.runtime.raster import rasterize
-from dcssa.runtime.strokes import strokes_to_points
-from dcssa.runtime.synthetic import random_sketch
+from dcssa.runtime.data.synthetic import random_sketch
+from dcssa.runtime.stroke.parse import strokes_to_points
+from dcssa.runtime.stroke.pipeline import SketchPipeline
+from dcssa.runtime.stroke.raster import rasterize
 
 STROKES = 22
 

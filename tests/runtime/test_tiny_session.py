@@ -23,12 +23,13 @@ pytest.importorskip("onnx", reason="the tiny bundle is written with onnx.helper"
 
 from tiny_bundle import TinyReference, write_tiny_bundle, write_tiny_gallery  # noqa: E402
 
-from dcssa.runtime import manifest as mf  # noqa: E402
 from dcssa.runtime.backends import get_backend  # noqa: E402
-from dcssa.runtime.bundle import Bundle  # noqa: E402
+from dcssa.runtime.contract import manifest as mf  # noqa: E402
+from dcssa.runtime.contract.bundle import Bundle  # noqa: E402
+from dcssa.runtime.data.synthetic import random_sketch  # noqa: E402
 from dcssa.runtime.errors import BundleError  # noqa: E402
 from dcssa.runtime.session import Retriever  # noqa: E402
-from dcssa.runtime.synthetic import random_sketch  # noqa: E402
+from dcssa.runtime.stroke.pipeline import PhotoPipeline, SketchPipeline
 
 ATOL = 1e-5
 BLOCKED = ("torch", "dcssa.export", "dcssa.calibration")
@@ -118,7 +119,7 @@ def test_gallery_rows_are_the_reference_photo_embeddings(tiny, ref, gallery):
 
     photos = Path(gallery.meta["photos_root"])
     assert len(gallery) == 6
-    pipeline = Bundle.load(tiny).photo_pipeline
+    pipeline = PhotoPipeline(Bundle.load(tiny).photo_recipe)
     for row, pid in zip(gallery.embeddings, gallery.ids):
         with Image.open(photos / pid) as im:
             want = ref.photo_embeddings(pipeline.preprocess(im))[0]
@@ -130,7 +131,7 @@ def test_gallery_rows_are_the_reference_photo_embeddings(tiny, ref, gallery):
 
 def test_each_stroke_is_the_last_row_of_the_head_over_its_prefix(tiny, ref, gallery, strokes):
     """The causal property: stroke t sees strokes 1..t only, not the later ones the full head mixes in."""
-    feats = ref.sketch_features(Bundle.load(tiny).sketch_pipeline.prefix_images(strokes))
+    feats = ref.sketch_features(SketchPipeline(Bundle.load(tiny).sketch_recipe).prefix_images(strokes))
     results = _replay(tiny, gallery, strokes)
     full = ref.head_full(feats)
     photo = np.asarray(gallery.embeddings, np.float64)

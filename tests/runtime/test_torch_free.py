@@ -115,14 +115,14 @@ def test_a_query_run_never_loads_torch_export_or_calibration(tmp_path):
     pytest.importorskip("onnx", reason="the tiny bundle is written with onnx.helper")
     from tiny_bundle import write_tiny_bundle, write_tiny_gallery
 
-    from dcssa.runtime.synthetic import random_sketch
+    from dcssa.runtime.data.synthetic import random_sketch
 
     bundle = write_tiny_bundle(tmp_path / "bundle")
     gallery = tmp_path / "gallery"
     g = write_tiny_gallery(bundle, gallery, photos=4)
     # a calibrator in the gallery: applying it is numpy, never scikit-learn
-    from dcssa.runtime.bundle import Bundle
-    from dcssa.runtime.confidence import CONFIDENCE_FILE, FEATURES, SCHEMA, fingerprint
+    from dcssa.runtime.contract.bundle import Bundle
+    from dcssa.runtime.search.confidence import CONFIDENCE_FILE, FEATURES, SCHEMA, fingerprint
 
     n = len(FEATURES)
     model = {"kind": "logistic", "mean": [0.0] * n, "scale": [1.0] * n, "coef": [1.0] + [0.0] * (n - 1), "intercept": 0.0}

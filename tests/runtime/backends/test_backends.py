@@ -11,8 +11,8 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, checker, helper, numpy_helper, save_model
 
-from dcssa.runtime import manifest as mf
 from dcssa.runtime.backends import available_backends, backend_names, get_backend
+from dcssa.runtime.contract import manifest as mf
 from dcssa.runtime.errors import BackendError
 
 HAVE = set(onnxruntime.get_available_providers())

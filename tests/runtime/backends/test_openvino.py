@@ -18,11 +18,12 @@ import pytest
 ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install 'dcssa-rt[openvino]')")
 
 from dcssa.runtime import Bundle, Gallery, Retriever  # noqa: E402
-from dcssa.runtime import manifest as mf  # noqa: E402
 from dcssa.runtime.backends import available_backends, get_backend  # noqa: E402
 from dcssa.runtime.backends import openvino as ovb  # noqa: E402
+from dcssa.runtime.contract import manifest as mf  # noqa: E402
 from dcssa.runtime.errors import BackendError  # noqa: E402
-from dcssa.runtime.strokes import load_strokes_file  # noqa: E402
+from dcssa.runtime.stroke.parse import load_strokes_file  # noqa: E402
+from dcssa.runtime.stroke.pipeline import SketchPipeline
 
 GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(onnxruntime.get_available_providers())
 HAS_BF16 = "BF16" in [str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
@@ -72,10 +73,10 @@ def sketches(dataset):
 @pytest.fixture(scope="module")
 def rasters(bundle, sketches):
     """Preprocessed partial sketches (the canvas after strokes 1, 2 and all) of two sketches."""
-    pre = bundle.sketch_pipeline.preprocess
+    pre = SketchPipeline(bundle.sketch_recipe).preprocess
     out = []
     for sk in sketches[:2]:
-        c = bundle.sketch_pipeline.canvas()
+        c = SketchPipeline(bundle.sketch_recipe).canvas()
         for t, stroke in enumerate(sk):
             c.add_stroke(stroke)
             if t in (0, 1, len(sk) - 1):
@@ -315,7 +316,7 @@ def test_keeping_the_first_conv_in_f32_is_what_helps(bundle, backend, rasters, o
 @pytest.fixture(scope="module")
 def int8_bundle(bundle2, dataset, gallery2, tmp_path_factory):
     """A copy of bundle2 with an int8 Q/DQ sketch encoder (a few blocks, 3 calibration rasters)."""
-    calib = pytest.importorskip("dcssa.calibration.bundle", reason="needs the [export] extra to quantise")
+    calib = pytest.importorskip("dcssa.calibration.job", reason="needs the [export] extra to quantise")
     from dcssa.calibration.int8 import Int8Recipe
 
     out = _linked_copy(bundle2, tmp_path_factory.mktemp("ovint8") / "bundle")

@@ -17,11 +17,11 @@ import pytest
 from tiny_bundle import write_tiny_bundle
 
 from dcssa.runtime import Bundle, Retriever
-from dcssa.runtime import manifest as mf
 from dcssa.runtime.backends.ort import OrtBackend
-from dcssa.runtime.bundle import sha256_file
-from dcssa.runtime.profiles import ort_trt_options
-from dcssa.runtime.synthetic import random_sketch
+from dcssa.runtime.backends.profiles import ort_trt_options
+from dcssa.runtime.contract import manifest as mf
+from dcssa.runtime.contract.bundle import sha256_file
+from dcssa.runtime.data.synthetic import random_sketch
 
 TRT = "TensorrtExecutionProvider"
 

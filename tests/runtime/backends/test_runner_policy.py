@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dcssa.runtime import manifest as mf
 from dcssa.runtime.backends import Backend, Runner, SerializedRunner, thread_safe
 from dcssa.runtime.backends.ort import OrtBackend
+from dcssa.runtime.contract import manifest as mf
 from dcssa.runtime.errors import BackendError, SessionError
 
 STEP = mf.graph_spec(mf.HEAD_STEP, 4, 2)
@@ -221,7 +221,7 @@ def tiny(tmp_path_factory):
     pytest.importorskip("onnx", reason="the tiny bundle is written with onnx.helper")
     from tiny_bundle import write_tiny_bundle, write_tiny_gallery
 
-    from dcssa.runtime.bundle import Bundle
+    from dcssa.runtime.contract.bundle import Bundle
 
     root = tmp_path_factory.mktemp("tiny")
     bundle = write_tiny_bundle(root / "bundle")
@@ -234,8 +234,8 @@ def _draw(retriever, sketch: list[np.ndarray]) -> list:
 
 
 def test_a_retriever_serialises_runners_that_are_not_thread_safe(tiny):
+    from dcssa.runtime.data.synthetic import random_sketch
     from dcssa.runtime.session import Retriever
-    from dcssa.runtime.synthetic import random_sketch
 
     bundle, gallery = tiny
     backend = _UnsafeOrt()

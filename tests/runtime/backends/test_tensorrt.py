@@ -11,9 +11,9 @@ from tiny_bundle import write_tiny_bundle
 
 import dcssa.runtime.backends as backends
 from dcssa.runtime import Bundle
-from dcssa.runtime import manifest as mf
 from dcssa.runtime.backends import available_backends, backend_names, get_backend
 from dcssa.runtime.backends import tensorrt as trtb
+from dcssa.runtime.contract import manifest as mf
 from dcssa.runtime.errors import BackendError
 
 

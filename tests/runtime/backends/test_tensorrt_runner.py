@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from fake_tensorrt import FakeCuda, FakeTensorRT, head_engine, head_step
 
-from dcssa.runtime import manifest as mf
 from dcssa.runtime.backends import SerializedRunner, cuda_memory, thread_safe
 from dcssa.runtime.backends import tensorrt as trtb
+from dcssa.runtime.contract import manifest as mf
 from dcssa.runtime.errors import BackendError
 
 D, MAX_T = 4, 6

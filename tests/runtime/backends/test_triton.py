@@ -28,15 +28,16 @@ from triton_harness import parse_config, serve_repository  # noqa: E402
 
 from dcssa.export.cli import main as export_main  # noqa: E402
 from dcssa.export.triton import write_repository  # noqa: E402
-from dcssa.runtime import manifest as mf  # noqa: E402
 from dcssa.runtime.backends import get_backend  # noqa: E402
 from dcssa.runtime.backends.triton import TritonBackend  # noqa: E402
-from dcssa.runtime.bundle import Bundle  # noqa: E402
 from dcssa.runtime.cli import main as rt_main  # noqa: E402
+from dcssa.runtime.contract import manifest as mf  # noqa: E402
+from dcssa.runtime.contract.bundle import Bundle  # noqa: E402
+from dcssa.runtime.data.synthetic import random_sketch  # noqa: E402
 from dcssa.runtime.errors import BackendError  # noqa: E402
-from dcssa.runtime.gallery import Gallery, build_gallery  # noqa: E402
+from dcssa.runtime.indexing.build import build_gallery  # noqa: E402
+from dcssa.runtime.search.gallery import Gallery
 from dcssa.runtime.session import Retriever  # noqa: E402
-from dcssa.runtime.synthetic import random_sketch  # noqa: E402
 
 ATOL = 1e-5
 #: ONNX element type -> Triton DataType name (what a graph's tensor must be declared as)

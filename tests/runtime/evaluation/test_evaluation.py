@@ -19,14 +19,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dcssa.runtime import Bundle
+from dcssa.runtime.cli import evaluate as ecli
 from dcssa.runtime.cli import main as rt
-from dcssa.runtime.evaluation import cli as ecli
+from dcssa.runtime.data.qmul import DatasetError, load_coordinates, load_split
 from dcssa.runtime.evaluation import metrics as M
 from dcssa.runtime.evaluation.protocols import PROTOCOLS, STEP_KINDS, completion, points20_marks
-from dcssa.runtime.evaluation.qmul import DatasetError, load_coordinates, load_split
-from dcssa.runtime.pipeline import PhotoPipeline, SketchPipeline
-from dcssa.runtime.raster import rasterize, rasterize_steps
-from dcssa.runtime.strokes import points_to_strokes, strokes_to_points
+from dcssa.runtime.stroke.parse import points_to_strokes, strokes_to_points
+from dcssa.runtime.stroke.pipeline import PhotoPipeline, SketchPipeline
+from dcssa.runtime.stroke.raster import rasterize, rasterize_steps
 
 
 def run(*args):
@@ -175,7 +175,7 @@ def test_step_slicing_matches_the_rasteriser():
 
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory) -> Path:
-    from dcssa.runtime.dataset import write_dataset
+    from dcssa.runtime.data.datasets import write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("evaldata"), photos=6, test_share=1.0, seed=5)
 
@@ -320,9 +320,10 @@ def test_cli_dataset_errors_are_one_line_and_leave_nothing(bundle2, small_datase
 def test_cli_registration_is_light_and_consistent():
     assert ecli.PROTOCOL_CHOICES == PROTOCOLS and ecli.STEP_CHOICES == STEP_KINDS
     code = ("import sys, dcssa.runtime.cli as c; assert 'eval' in c.main.commands; "
-            "print(sorted(m for m in sys.modules if m.startswith(('matplotlib', 'torch', 'dcssa.runtime.evaluation.'))))")
+            "print(sorted(m for m in sys.modules if m.startswith(('matplotlib', 'torch', 'dcssa.runtime.evaluation.', "
+            "'dcssa.runtime.cli.evaluate'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['dcssa.runtime.evaluation.cli']"
+    assert out.strip() == "['dcssa.runtime.cli.evaluate']"
     assert run("eval", "--help").exit_code == 0
 
 
@@ -334,7 +335,7 @@ def test_cli_registration_is_light_and_consistent():
 @pytest.fixture(scope="module")
 def torch_photos(ref_model, small_dataset, bundle2):
     """Reference photo embeddings of the split's photos (names shape0000..shape0005, in order)."""
-    photos = Bundle.load(bundle2).photo_pipeline
+    photos = PhotoPipeline(Bundle.load(bundle2).photo_recipe)
     with torch.no_grad():
         return torch.cat([
             ref_model.photo_embedding(torch.from_numpy(photos.preprocess(Image.open(p))))
@@ -422,9 +423,9 @@ def test_eval_paper_protocol_end_to_end(causal_report, bundle2, small_dataset, r
 def test_causal_points20_is_the_step_head_over_point_slices(bundle2, small_dataset, tmp_path):
     """Second code path: causal step t == last row of the full head on steps 1..t."""
     from dcssa.runtime import Retriever
-    from dcssa.runtime.evaluation.pipeline import _eval_gallery
     from dcssa.runtime.evaluation.protocols import SketchEvaluator
-    from dcssa.runtime.gallery import Gallery
+    from dcssa.runtime.evaluation.run import _eval_gallery
+    from dcssa.runtime.search.gallery import Gallery
 
     b = Bundle.load(bundle2)
     split = load_split(small_dataset, limit=1)

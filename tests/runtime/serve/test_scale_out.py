@@ -20,8 +20,8 @@ pytest.importorskip("redis")
 pytest.importorskip("onnx", reason="the tiny bundle is written with onnx.helper")
 
 from dcssa.benchmarks.topology import Nginx, Redis, Replica, Unavailable, call  # noqa: E402
+from dcssa.runtime.data.synthetic import random_sketch  # noqa: E402
 from dcssa.runtime.serve.sessions import keys_of  # noqa: E402
-from dcssa.runtime.synthetic import random_sketch  # noqa: E402
 
 TOL = 1e-5
 TTL = 600  # seconds: long enough that no test's session expires by accident (the expiry test has its own replica)

@@ -23,10 +23,10 @@ from PIL import Image  # noqa: E402
 
 from dcssa.runtime import Bundle, Gallery, Retriever  # noqa: E402
 from dcssa.runtime.cli import main as cli  # noqa: E402
+from dcssa.runtime.data.synthetic import random_sketch  # noqa: E402
 from dcssa.runtime.serve import DynamicBatcher, ServeConfig, create_app, session_memory_bound  # noqa: E402
 from dcssa.runtime.serve.photos import PhotoStore  # noqa: E402
-from dcssa.runtime.strokes import parse_strokes  # noqa: E402
-from dcssa.runtime.synthetic import random_sketch  # noqa: E402
+from dcssa.runtime.stroke.parse import parse_strokes  # noqa: E402
 
 TOL = 1e-4  # batched vs single-raster encoder: same maths, different summation order
 

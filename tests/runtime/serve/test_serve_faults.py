@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from dcssa.runtime import Bundle, Gallery, Retriever  # noqa: E402
 from dcssa.runtime.backends import Runner  # noqa: E402
+from dcssa.runtime.data.synthetic import random_sketch  # noqa: E402
 from dcssa.runtime.errors import BackendError, BundleError, GalleryError, SessionError, StrokeError  # noqa: E402
 from dcssa.runtime.serve import ServeConfig, create_app  # noqa: E402
 from dcssa.runtime.serve.errors import (  # noqa: E402
@@ -32,7 +33,6 @@ from dcssa.runtime.serve.errors import (  # noqa: E402
     SessionNotFound,
     classify,
 )
-from dcssa.runtime.synthetic import random_sketch  # noqa: E402
 
 TOL = 1e-4  # batched vs single-raster encoder
 

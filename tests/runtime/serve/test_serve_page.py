@@ -31,7 +31,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 from dcssa.runtime import Bundle, Gallery, Retriever  # noqa: E402
-from dcssa.runtime.strokes import parse_stroke  # noqa: E402
+from dcssa.runtime.stroke.parse import parse_stroke  # noqa: E402
 
 
 @pytest.fixture(scope="module")

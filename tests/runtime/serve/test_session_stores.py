@@ -16,9 +16,9 @@ from click.testing import CliRunner  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from dcssa.runtime.cli import main as cli  # noqa: E402
+from dcssa.runtime.data.synthetic import random_sketch  # noqa: E402
 from dcssa.runtime.serve import ServeConfig, create_app  # noqa: E402
 from dcssa.runtime.session import StrokeSession  # noqa: E402
-from dcssa.runtime.synthetic import random_sketch  # noqa: E402
 
 TOL = 1e-5
 

@@ -1,0 +1,41 @@
+"""Shared CLI behaviour: user errors become one clear message and a non-zero exit, not a traceback;
+warnings and progress go to stderr, so stdout holds only what the command was asked for."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+
+import click
+
+from ..errors import DcssaError
+
+
+@contextlib.contextmanager
+def fail_cleanly() -> Iterator[None]:
+    try:
+        yield
+    except DcssaError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted; nothing half-written was left behind", err=True)
+        sys.exit(130)
+
+
+def warn(message: str) -> None:
+    """What library functions call (``warn=``) for something skipped or suspicious: one stderr line."""
+    click.echo(f"warning: {message}", err=True)
+
+
+@contextlib.contextmanager
+def stdout_for_json(as_json: bool) -> Iterator[None]:
+    """Under --json, send whatever the work prints to stdout (onnxruntime's calibrators do) to stderr,
+    so that stdout carries only the JSON document printed afterwards. The CLI owns the process: a
+    library call must not do this itself."""
+    if not as_json:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
