@@ -33,11 +33,11 @@ STROKES = 24
 def preflight() -> str | None:
     """Why the GPU check cannot run here (None when it can): TensorRT, the CUDA bindings, a device."""
     from dcssa.runtime.backends.tensorrt import TensorRTBackend
-    from dcssa.runtime.errors import BackendError
+    from dcssa.runtime.errors import DcssaError
 
     try:
         TensorRTBackend.unavailable_reason()
-    except BackendError as exc:
+    except DcssaError as exc:  # BackendError, or MissingExtra (no tensorrt package)
         return exc.message + (f" ({exc.hint})" if exc.hint else "")
     return None
 

@@ -10,17 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
+from dcssa.runtime.plotting import agg_figure
+
 LATENCY_PNG = "latency_per_stroke.png"
 SEARCH_PNG = "search_scaling.png"
 DPI = 120
 
 
-def _figure(size: tuple[float, float]):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, layout="tight")
-    FigureCanvasAgg(fig)
+def figure(size: tuple[float, float]):
+    """One Agg figure and its axes (matplotlib: the ``bench`` extra)."""
+    fig = agg_figure(size, "the benchmark plots", layout="tight")
     return fig, fig.subplots()
 
 
@@ -36,7 +35,7 @@ def plot_latency(rep: dict, path: Path) -> None:
 
     env = rep["env"]
     best = (rep.get("best_torch_peer") or {}).get("method")
-    fig, ax = _figure((7.5, 4.8))
+    fig, ax = figure((7.5, 4.8))
     for name, v in rep["per_stroke"].items():
         x = np.arange(1, len(v["median_ms"]) + 1)
         (line,) = ax.plot(x, v["median_ms"], marker="o", ms=3, label=_label(rep, name, best),
@@ -63,7 +62,7 @@ def _label(rep: dict, name: str, best: str | None) -> str:
 def plot_search(rep: dict, path: Path) -> None:
     """Exact top-10 search time against gallery size: ours, and FAISS when it was measured."""
     rows = rep["search"]
-    fig, ax = _figure((6, 4))
+    fig, ax = figure((6, 4))
     sizes = [r["size"] for r in rows]
     ax.plot(sizes, [r["ours_ms"] for r in rows], marker="o", label="dcssa-rt exact (numpy)")
     if "faiss_flat_ip_ms" in rows[0]:

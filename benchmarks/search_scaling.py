@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from dcssa.runtime.extras import optional
 from dcssa.runtime.progress import Say, silent
 from dcssa.runtime.search.gallery import Gallery
 
@@ -27,10 +28,7 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
 def search_scaling(sizes=DEFAULT_SIZES, dim: int = 64, k: int = 10, repeats: int = 9, seed: int = 0,
                    progress: Say = silent) -> list[dict]:
     rng = np.random.default_rng(seed)
-    try:
-        import faiss
-    except ImportError:
-        faiss = None
+    faiss = optional("faiss")
     rows = []
     for n in sizes:
         progress(f"search scaling: {n} photos")
@@ -205,9 +203,9 @@ def indexes_markdown(report: dict) -> str:
 
 
 def plot_indexes(report: dict, path) -> None:
-    from dcssa.benchmarks.plots import _figure
+    from dcssa.benchmarks.plots import figure
 
-    fig, ax = _figure((6.5, 4.2))
+    fig, ax = figure((6.5, 4.2))
     for size in sorted({r["size"] for r in report["rows"]}):  # noqa: B007
         for r in (r for r in report["rows"] if r["size"] == size):
             ax.scatter(r["p50_ms"], r["recall_at_10"], marker="o" if size < 5_000_000 else "s")

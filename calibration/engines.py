@@ -27,6 +27,7 @@ from dcssa.runtime.backends.tensorrt import local_metadata
 from dcssa.runtime.contract import manifest as mf
 from dcssa.runtime.contract.bundle import Bundle
 from dcssa.runtime.errors import BundleError, DcssaError
+from dcssa.runtime.extras import require
 from dcssa.runtime.progress import Say, silent
 
 TIMING_CACHE = "tensorrt.timing-cache"
@@ -63,15 +64,9 @@ def engine_sources(bundle: Bundle, precisions: Sequence[str]) -> list[tuple[str,
 
 
 def _tensorrt() -> Any:
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise EngineBuildError(
-            "building engines needs TensorRT's Python package (10.x or 11.x) on a machine with an NVIDIA GPU",
-            hint="run this on the GPU box (pip install tensorrt, or JetPack's python3-libnvinfer); "
-                 "CPU machines use --backend ort-cpu",
-        ) from None
-    return trt
+    return require("tensorrt", "building engines (TensorRT 10.x or 11.x, on a machine with an NVIDIA GPU)",
+                   hint="run this on the GPU box (pip install tensorrt, or JetPack's python3-libnvinfer); "
+                        "CPU machines use --backend ort-cpu")
 
 
 @dataclass

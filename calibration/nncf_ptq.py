@@ -37,6 +37,7 @@ import onnx
 
 from dcssa.calibration.calibset import PrefixSet
 from dcssa.calibration.int8 import ALWAYS_FLOAT_OPS, Int8Recipe, QuantisationError, fix_ir_version, node_block
+from dcssa.runtime.extras import require
 
 QUANTISERS = ("ort", "nncf")
 PRESETS = ("mixed", "performance")
@@ -58,13 +59,8 @@ def nncf_version() -> str | None:
 
 
 def require_nncf():
-    """``import nncf``, or a :class:`QuantisationError` saying how to install it."""
-    try:
-        import nncf
-    except ImportError as exc:
-        raise QuantisationError(f"the nncf quantiser needs NNCF, which is not importable ({exc})",
-                                hint=NNCF_HINT) from None
-    return nncf
+    """``import nncf``, or a :class:`~dcssa.runtime.errors.MissingExtra` saying how to install it."""
+    return require("nncf", "the nncf quantiser", hint=NNCF_HINT)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ from dcssa.calibration.int8 import (
 )
 from dcssa.runtime.contract import manifest as mf
 from dcssa.runtime.contract.bundle import Bundle
+from dcssa.runtime.extras import optional
+from dcssa.runtime.plotting import agg_figure
 from dcssa.runtime.progress import Say, silent
 
 SEARCH_BLOCKS = (*TRUNK_BLOCKS, STEM_POOLS, "attention.proj")
@@ -288,12 +290,7 @@ def plot_curve(record: dict, out: Path, title: str = "INT8 sketch encoder: fidel
     With the task objective the upper panel shows each bounded metric's drop (upper bound) against
     its limit; with agreement, top-1 agreement and top-10 overlap against their targets.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    if optional("matplotlib") is None:
         return None
     curve = record["curve"]
     if not curve:
@@ -301,8 +298,8 @@ def plot_curve(record: dict, out: Path, title: str = "INT8 sketch encoder: fidel
     obj = record.get("objective") or {"kind": "agreement", "max_drop": {}, "agreement_targets": T.AGREEMENT_TARGETS}
     x = [p["blocks"] for p in curve]
     chosen = record["chosen"]["blocks"]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.2), dpi=110, sharex=True,
-                                      gridspec_kw={"height_ratios": [3, 2]})
+    fig = agg_figure((8, 6.2), "the trade-off curve", layout=None, dpi=110)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     if obj["kind"] == "task" and all(p.get("task") for p in curve):
         for (m, lim), style in zip(obj["max_drop"].items(), ("o-", "s--", "d-.", "^:")):
             line, = top.plot(x, [p["task"][m]["drop_upper"] for p in curve], style, label=f"{m} drop, 95% upper bound")
@@ -329,5 +326,4 @@ def plot_curve(record: dict, out: Path, title: str = "INT8 sketch encoder: fidel
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
-    plt.close(fig)
     return out

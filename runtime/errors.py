@@ -43,5 +43,13 @@ class BackendError(DcssaError):
     """A backend or precision that is not available on this machine."""
 
 
+class MissingExtra(DcssaError):
+    """An optional package a command needs is not installed; the hint names the extra to install."""
+
+    def __init__(self, message: str, *, hint: str | None = None, package: str | None = None) -> None:
+        self.package = package
+        super().__init__(message, hint=hint)
+
+
 class SessionError(DcssaError):
     """Misuse of a stroke session (cache bound exceeded, undo on empty session ...)."""

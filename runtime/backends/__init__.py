@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BackendError
+from ..errors import BackendError, MissingExtra
 from .base import Backend, Runner, SerializedRunner, thread_safe
 from .openvino import OpenVINOBackend
 from .ort import PROVIDERS, OrtBackend
@@ -102,7 +102,7 @@ def _auto(threads: int | None, cache_dir: Path | None, precision: str | None) ->
             continue
         try:
             return get_backend(pick, threads=threads, cache_dir=cache_dir, precision=precision)
-        except BackendError as exc:  # installed but not working here: try the next one
+        except (BackendError, MissingExtra) as exc:  # not installed or not working here: try the next one
             reasons.append(f"{pick}: {exc.message}")
     raise BackendError(
         f"no backend available here runs {precision or 'fp32'}" + (f" ({'; '.join(reasons)})" if reasons else ""),
@@ -122,7 +122,10 @@ def get_backend(name: str = "auto", *, threads: int | None = None, cache_dir: Pa
             f"unknown backend {name!r}",
             hint=f"choose one of: auto, {', '.join(REGISTRY)} (available here: {', '.join(available_backends())})",
         )
-    backend = REGISTRY[name].make(threads, cache_dir)  # raises BackendError saying why not
+    try:
+        backend = REGISTRY[name].make(threads, cache_dir)  # raises BackendError saying why not
+    except MissingExtra as exc:  # asked for by name: the backend is what is unavailable, the extra is why
+        raise BackendError(f"backend {name!r} is not available here: {exc.message}", hint=exc.hint) from None
     if precision in _runs_modes():
         if precision not in backend.execution_precisions:
             runs = [n for n, e in REGISTRY.items() if precision in e.cls.execution_precisions]

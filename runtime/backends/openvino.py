@@ -30,7 +30,7 @@ import numpy as np
 
 from ..contract import manifest as mf
 from ..errors import BackendError
-from ..extras import optional_import
+from ..extras import require
 from .base import REEXPORT_HINT, Backend, Runner, backend_error, spec_for
 
 DEVICE_ENV = "DCSSA_OPENVINO_DEVICE"
@@ -38,8 +38,7 @@ HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # INFERENCE_PRECISION_HI
 
 
 def _ov():
-    return optional_import("openvino", needed_for="the openvino backend",
-                           install="pip install 'dcssa-rt[openvino]' (or pick --backend ort-cpu)")
+    return require("openvino", "the openvino backend", hint="pip install 'dcssa-rt[openvino]' (or pick --backend ort-cpu)")
 
 
 @functools.lru_cache(maxsize=1)
@@ -87,7 +86,7 @@ def snippets_trusted(device: str = "CPU", threads: int | None = None) -> bool:
     disabled the same ops run as plain MatMul/Softmax kernels: exact and, measured, no slower on our
     encoders. A probe that cannot run counts as untrusted."""
     ov = _ov()
-    ops = optional_import("openvino.opset13", needed_for="the openvino backend", install="pip install 'dcssa-rt[openvino]'")
+    ops = require("openvino.opset13", "the openvino backend")
     d = 64
     q, k, v = (ops.parameter(shape, np.float32, name=n) for n, shape in (("q", [1, d]), ("K", [-1, d]), ("V", [-1, d])))
     scores = ops.multiply(ops.matmul(q, k, False, True), ops.constant(np.float32(1 / np.sqrt(d))))

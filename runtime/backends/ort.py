@@ -20,7 +20,7 @@ import numpy as np
 
 from ..contract import manifest as mf
 from ..errors import BackendError
-from ..extras import optional_import
+from ..extras import require
 from .base import REEXPORT_HINT, Backend, Runner, backend_error, spec_for
 from .profiles import graph_profiles, ort_trt_options
 
@@ -35,7 +35,7 @@ PROVIDERS = {
 
 
 def _ort():
-    return optional_import("onnxruntime", needed_for="the onnxruntime backends", install="pip install onnxruntime")
+    return require("onnxruntime", "the onnxruntime backends")
 
 
 class OrtRunner(Runner):

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..contract import manifest as mf
-from ..errors import BackendError
-from ..extras import optional_import
+from ..errors import BackendError, MissingExtra
+from ..extras import require
 from .base import Backend, Runner, spec_for
 
 if TYPE_CHECKING:
@@ -139,18 +139,18 @@ def check_shape(name: str, shape: tuple[int, ...], lo: tuple[int, ...], hi: tupl
 
 
 @functools.lru_cache(maxsize=1)
-def _probe() -> BackendError | None:
+def _probe() -> BackendError | MissingExtra | None:
     """Why the tensorrt backend cannot run here (None when it can); asked once per process."""
     try:
         TensorRTBackend.unavailable_reason()
-    except BackendError as exc:
+    except (BackendError, MissingExtra) as exc:
         return exc
     return None
 
 
 def _trt():
-    return optional_import("tensorrt", needed_for="the tensorrt backend",
-                           install="on a GPU box: pip install tensorrt (JetPack ships it); or use --backend ort-trt / ort-cpu")
+    return require("tensorrt", "the tensorrt backend",
+                   hint="on a GPU box: pip install tensorrt (JetPack ships it); or use --backend ort-trt / ort-cpu")
 
 
 class TensorRTBackend(Backend):
@@ -175,7 +175,7 @@ class TensorRTBackend(Backend):
 
     @staticmethod
     def unavailable_reason() -> None:
-        """Raise BackendError saying why this backend cannot run here; return when it can."""
+        """Raise BackendError (or MissingExtra) saying why this backend cannot run here; return when it can."""
         from .cuda_memory import cuda_api
 
         _trt()

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..contract import manifest as mf
-from ..errors import BackendError
-from ..extras import optional_import
+from ..errors import BackendError, MissingExtra
+from ..extras import require
 from .base import Backend, Runner, backend_error, spec_for
 from .ort import OrtBackend
 
@@ -84,7 +84,7 @@ def parse_url(url: str) -> tuple[str, str]:
 
 
 def _client_module(protocol: str):
-    return optional_import(f"tritonclient.{protocol}", needed_for="the triton backend", install=INSTALL)
+    return require(f"tritonclient.{protocol}", "the triton backend", hint=INSTALL)
 
 
 def _param(config: Mapping, key: str) -> str | None:
@@ -216,7 +216,7 @@ class TritonBackend(Backend):
             return False
         try:
             _client_module(parse_url(os.environ[URL_ENV])[0])
-        except BackendError:
+        except (BackendError, MissingExtra):
             return False
         return True
 

@@ -14,6 +14,7 @@ import click
 
 from ..contract.bundle import DEMO_WARNING
 from ..errors import DcssaError
+from ..extras import require
 from .console import fail_cleanly, warn
 from .options import bundle_option, gallery_option, output_options, runtime_options
 
@@ -71,13 +72,12 @@ def _url(sock: socket.socket) -> str:
 
 def _server_modules():
     """uvicorn, ServeConfig and create_app: imported when serving, so the command loads without [serve]."""
-    try:
-        import uvicorn
+    for module in ("fastapi", "uvicorn", "prometheus_client"):
+        require(module, "dcssa-rt serve")
+    import uvicorn
 
-        from ..serve.app import ServeConfig, create_app
-    except ImportError as exc:
-        raise DcssaError(f"the server needs the [serve] extra ({exc.name} is missing)",
-                         hint="pip install 'dcssa-rt[serve]'") from None
+    from ..serve.app import ServeConfig, create_app
+
     return uvicorn, ServeConfig, create_app
 
 

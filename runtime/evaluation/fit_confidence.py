@@ -25,7 +25,9 @@ import numpy as np
 from ..atomic import refuse_existing, staged_dir
 from ..contract.bundle import Bundle
 from ..data.qmul import DatasetError, QmulSplit, load_split
-from ..errors import DcssaError
+from ..errors import DcssaError, MissingExtra
+from ..extras import require
+from ..plotting import agg_figure
 from ..progress import Progress
 from ..search.confidence import (
     CONFIDENCE_FILE,
@@ -128,12 +130,9 @@ def fit_model(x: np.ndarray, y: np.ndarray, *, what: str = "top1", where: str | 
         raise ConfidenceError(
             f"cannot fit P({what}): the {what} answer of every one of the {len(y)} fitting strokes is {state}",
             path=where, hint="fit on more, or more varied, sketches (another --fit-split or dataset)")
-    try:
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.preprocessing import StandardScaler
-    except ImportError as exc:
-        raise DcssaError(f"fitting the confidence needs scikit-learn ({exc.name} is missing)",
-                         hint="pip install 'dcssa-rt[confidence]'") from None
+    linear_model = require("sklearn.linear_model", "fitting the confidence")
+    preprocessing = require("sklearn.preprocessing", "fitting the confidence")
+    LogisticRegression, StandardScaler = linear_model.LogisticRegression, preprocessing.StandardScaler  # noqa: N806
     scaler = StandardScaler().fit(x)
     lr = LogisticRegression(C=1.0, max_iter=2000).fit(scaler.transform(x), y)
     return LogisticModel(scaler.mean_.astype(np.float64), scaler.scale_.astype(np.float64),
@@ -332,11 +331,7 @@ def markdown(rep: dict) -> str:
 
 
 def plot_reliability(rep: dict, path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 4.4), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = agg_figure((10, 4.4), f"the plot {RELIABILITY_PNG}")
     for ax, (t, v) in zip(fig.subplots(1, 2), rep["holdout"]["targets"].items()):
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
         for key, name, marker in (("calibrated", "calibrated", "o"), ("raw_score", "raw top-1 score", "s")):
@@ -354,11 +349,7 @@ def plot_reliability(rep: dict, path: Path) -> None:
 
 
 def plot_early_stop(rep: dict, path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.4), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = agg_figure((7, 4.4), f"the plot {EARLY_STOP_PNG}")
     ax = fig.subplots()
     rows = rep["holdout"]["early_stop"]["calibrated"]
     x = [r["threshold"] for r in rows]
@@ -380,7 +371,7 @@ def write_confidence_report(folder: Path, rep: dict, *, warn: Callable[[str], No
         plot_reliability(rep, folder / RELIABILITY_PNG)
         plot_early_stop(rep, folder / EARLY_STOP_PNG)
         files += [RELIABILITY_PNG, EARLY_STOP_PNG]
-    except ImportError:
+    except MissingExtra:
         warn("plots not written: matplotlib is missing (pip install 'dcssa-rt[report]')")
     rep["files"] = files
     (folder / REPORT_MD).write_text(markdown(rep))

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..contract.bundle import DEMO_WARNING
+from ..errors import MissingExtra
+from ..plotting import agg_figure
 from .metrics import METRIC_KEYS
 
 EVAL_JSON = "eval.json"
@@ -108,11 +110,7 @@ def markdown(doc: dict) -> str:
 
 def plot_progress(doc: dict, path: Path) -> None:
     """Mean 1/rank and mean percentile against sketch completion, one line per run."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = agg_figure((10, 4.2), f"the plot {PLOT}")
     axes = fig.subplots(1, 2)
     for run in doc["runs"]:
         c = run["curve"]
@@ -142,7 +140,7 @@ def write_report(folder: Path, doc: dict, *, warn: Callable[[str], None] = lambd
         if any("curve" in r for r in doc["runs"]):
             plot_progress(doc, folder / PLOT)
             files.append(PLOT)
-    except ImportError:
+    except MissingExtra:
         msg = f"{PLOT} not written: matplotlib is missing (pip install 'dcssa-rt[report]')"
         warn(msg)
         doc["notes"].append(msg)

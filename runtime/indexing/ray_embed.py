@@ -34,7 +34,7 @@ import numpy as np
 
 from ..contract.bundle import Bundle
 from ..errors import BackendError, GalleryError
-from ..extras import optional_import
+from ..extras import require
 from ..progress import Say, silent
 
 #: the job record in a shard folder: shards of another encoder or layout are never merged
@@ -46,7 +46,7 @@ LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
 
 
 def ray_module():
-    return optional_import("ray", needed_for="--ray (distributed indexing)", install="pip install 'dcssa-rt[ray]'")
+    return require("ray", "--ray (distributed indexing)")
 
 
 class PhotoEncoderActor:

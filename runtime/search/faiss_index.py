@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GalleryError
-from ..extras import optional_import
+from ..extras import require
 
 INDEX_FILE = "index.faiss"
 
@@ -24,8 +24,7 @@ ADD_CHUNK = 1 << 16
 
 def faiss_module():
     """FAISS, or a clear error saying how to install it."""
-    return optional_import("faiss", needed_for="--index flat|hnsw|ivf|ivfpq (FAISS indexes)",
-                           install="pip install 'dcssa-rt[faiss]'")
+    return require("faiss", "--index flat|hnsw|ivf|ivfpq (FAISS indexes)")
 
 
 @dataclass

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..contract import manifest as mf
 from ..errors import DcssaError
+from ..extras import require
 from ..session import QueryResult, Retriever, StrokeSession
 from .config import ServeConfig
 from .errors import ServerBusy, SessionNotFound, StoreUnavailable
@@ -264,14 +265,11 @@ class RedisStore:
     def __init__(self, retriever: Retriever, config: ServeConfig, url: str, *,
                  clock: Callable[[], float] = time.monotonic, on_drop: Callable[[str], None] | None = None,
                  metrics: Any = None) -> None:
-        try:
-            import redis.asyncio as aioredis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-            from redis.exceptions import RedisError
-        except ImportError:
-            raise DcssaError("--session-store redis:// needs the redis client (redis-py)",
-                             hint="pip install 'dcssa-rt[serve]'") from None
+        aioredis = require("redis.asyncio", "--session-store redis://")
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import RedisError
+
         self.retriever = retriever
         self.url = redis_url(url)
         self.ttl_ms = max(1, int(config.session_ttl * 1000))
