@@ -11,7 +11,7 @@ OUT    := demo-out
 # for Jetson/aarch64).
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo demo-arnet test test-all bench gpu-check clean
+.PHONY: demo demo-arnet test test-all bench gpu-check docs docs-build clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,8 +37,17 @@ gpu-check: $(STAMP)
 	$(PY) -m dcssa.benchmarks.gpu_check --bundle $(OUT)/bundle --out gpu-check-out
 
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[export,dev,nncf]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[export,dev,docs,nncf]'
 	touch $(TEST_STAMP)
+
+# The documentation site (mkdocs.yml). `docs-build` fails on a broken link, a missing page or an
+# unknown anchor (strict; never add -q: it hides those); `make docs` serves it at http://127.0.0.1:8000.
+# NO_MKDOCS_2_WARNING silences mkdocs-material's end-of-life banner only.
+docs-build: $(TEST_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+docs: $(TEST_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve -a 127.0.0.1:8000
 
 # pytest-xdist workers: two keep both cores of the CI machine busy while one test waits on a service
 # or a subprocess; every worker holds torch and a few models (~2-3 GB), so raise it with the memory.
@@ -47,11 +56,11 @@ TEST_WORKERS ?= 2
 # `make test` (and CI) leave out the tests marked slow (today one: torch.compile of the DC-SSA trunk,
 # 2.5 minutes of inductor on 2 cores; the ARNet compile test keeps the path covered); `make test-all`
 # runs every test.
-test: $(TEST_STAMP)
+test: docs-build
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
-test-all: $(TEST_STAMP)
+test-all: docs-build
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 clean:
-	rm -rf $(OUT) dcssa-bundle bench-out gpu-check-out .pytest_cache
+	rm -rf $(OUT) dcssa-bundle bench-out gpu-check-out .pytest_cache site
