@@ -24,22 +24,18 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 import click
 import numpy as np
 
+from dcssa.benchmarks.clients import metric, offline, run_clients, same_topk, to_client
 from dcssa.runtime import Bundle, Gallery, Retriever
 from dcssa.runtime.cli.console import fail_cleanly
 from dcssa.runtime.data.synthetic import random_sketch
 from dcssa.runtime.errors import DcssaError
 from dcssa.runtime.progress import Progress
-from dcssa.runtime.stroke.parse import MODEL_FRAME, parse_stroke
-
-FRAME = 500.0  # clients draw on a 500 x 500 canvas and send that frame
-TOL = 1e-4
 
 
 def _require_loopback(url: str) -> None:
@@ -79,85 +75,6 @@ class Server:
                 self.proc.wait()
 
 
-def _to_client(stroke: np.ndarray) -> list:
-    """A model-frame stroke as a client on a FRAME x FRAME canvas posts it."""
-    return (stroke * (FRAME / MODEL_FRAME)).round(2).tolist()
-
-
-async def _wait_healthy(client, url: str, limit: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            if (await client.get(url + "healthz")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.2)
-    raise DcssaError(f"{url} never became healthy")
-
-
-async def _run_clients(url: str, sketches: list[list[list]], timeout: float, time_limit: float, progress) -> dict:
-    import httpx
-
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    finals: list[dict | None] = [None] * len(sketches)
-    limits = httpx.Limits(max_connections=len(sketches) + 2)
-
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-        await _wait_healthy(client, url, 120)
-
-        async def one(i: int, strokes: list[list]) -> None:
-            try:
-                r = await client.post(url + "v1/sessions")
-                r.raise_for_status()
-                sid = r.json()["id"]
-                for s in strokes:
-                    t0 = time.perf_counter()
-                    r = await client.post(f"{url}v1/sessions/{sid}/strokes", json={"stroke": s, "frame": [FRAME, FRAME]})
-                    dt = time.perf_counter() - t0
-                    if r.status_code != 200:
-                        key = f"http_{r.status_code}"
-                        errors[key] = errors.get(key, 0) + 1
-                        return
-                    latencies.append(dt * 1e3)
-                    finals[i] = r.json()
-                    progress(1)
-            except (httpx.HTTPError, KeyError, ValueError) as exc:
-                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-
-        start = time.perf_counter()
-        try:
-            await asyncio.wait_for(asyncio.gather(*(one(i, s) for i, s in enumerate(sketches))), time_limit)
-        except asyncio.TimeoutError:
-            errors["time_limit"] = errors.get("time_limit", 0) + 1
-        wall = time.perf_counter() - start
-        metrics = (await client.get(url + "metrics")).text
-    return {"latencies_ms": latencies, "errors": errors, "finals": finals, "wall_s": wall, "metrics": metrics}
-
-
-def _metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return float("nan")
-
-
-def _same_topk(served: dict | None, want, gallery) -> bool:
-    """Equal top-K up to near-ties (batched and single encoder calls differ by float rounding)."""
-    if served is None or served["stroke"] != want.stroke:
-        return False
-    ids = [m["id"] for m in served["results"]]
-    scores = np.array([m["score"] for m in served["results"]])
-    if len(ids) != len(want.ids) or not np.allclose(scores, want.scores, atol=TOL):
-        return False
-    offline = gallery.scores(want.embedding)
-    pos = {pid: i for i, pid in enumerate(gallery.ids)}
-    return ids == want.ids or bool(np.allclose(offline[[pos[i] for i in ids]], want.scores, atol=TOL))
-
-
 def _settings(batching: tuple[str, ...], url: str | None) -> list[tuple[str, int | None, float | None]]:
     """(label, max_batch, window_ms) per server to start; one "external" entry for --url."""
     if url:
@@ -172,25 +89,13 @@ def _settings(batching: tuple[str, ...], url: str | None) -> list[tuple[str, int
     return settings
 
 
-def _offline(retriever: Retriever, sketches: list[list[list]], bar) -> list:
-    """The expectation: an offline session's last result on exactly the strokes each client sends."""
-    want = []
-    for sk in sketches:
-        s = retriever.session()
-        for stroke in sk:
-            res = s.add_stroke(parse_stroke(stroke, frame=[FRAME, FRAME]))
-        want.append(res)
-        bar.update(1)
-    return want
-
-
 def _summary(setting: tuple[str, int | None, float | None], got: dict, want: list, gallery) -> dict:
     """One setting's row: latency percentiles, throughput, encoder batching, isolation."""
     name, mb, win = setting
     lat = np.array(got["latencies_ms"]) if got["latencies_ms"] else np.array([np.nan])
-    mismatched = [i for i, (f, w) in enumerate(zip(got["finals"], want)) if not _same_topk(f, w, gallery)]
+    mismatched = [i for i, (f, w) in enumerate(zip(got["finals"], want)) if not same_topk(f, w, gallery)]
     m = got["metrics"]
-    batches = _metric(m, "dcssa_encoder_batch_size_count")
+    batches = metric(m, "dcssa_encoder_batch_size_count")
     return {
         "setting": name, "max_batch": mb, "batch_window_ms": win,
         "strokes_ok": int(len(got["latencies_ms"])), "errors": got["errors"],
@@ -198,7 +103,7 @@ def _summary(setting: tuple[str, int | None, float | None], got: dict, want: lis
         "mean_ms": round(float(lat.mean()), 1), "wall_s": round(got["wall_s"], 2),
         "throughput_strokes_per_s": round(len(got["latencies_ms"]) / got["wall_s"], 2),
         "encoder_calls": int(batches) if batches == batches else None,
-        "mean_batch": round(_metric(m, "dcssa_encoder_batch_size_sum") / batches, 2) if batches else None,
+        "mean_batch": round(metric(m, "dcssa_encoder_batch_size_sum") / batches, 2) if batches else None,
         "isolation_ok": not mismatched, "mismatched_clients": mismatched,
     }
 
@@ -240,13 +145,13 @@ def main(bundle: Path, gallery: Path | None, clients: int, strokes: int, batchin
         b = Bundle.load(bundle)
         retriever = Retriever(b, Gallery.load(gallery, b), backend="ort-cpu", topk=10)
         rng = np.random.default_rng(seed)
-        sketches = [[_to_client(s) for s in random_sketch(rng, strokes)] for _ in range(clients)]
+        sketches = [[to_client(s) for s in random_sketch(rng, strokes)] for _ in range(clients)]
         settings = _settings(batching, url)
         if url:
             url = url if url.endswith("/") else url + "/"
             _require_loopback(url)
         with progress.bar(clients, "offline sessions") as bar:
-            want = _offline(retriever, sketches, bar)
+            want = offline(retriever, sketches, bar)
         report = {"clients": clients, "strokes_per_client": strokes, "cpu_count": os.cpu_count(),
                   "backend": retriever.backend.name, "gallery": len(retriever.gallery), "runs": []}
         for setting in settings:
@@ -258,7 +163,7 @@ def main(bundle: Path, gallery: Path | None, clients: int, strokes: int, batchin
             _require_loopback(target)
             try:
                 with progress.bar(clients * strokes, setting[0], "stroke") as bar:
-                    got = asyncio.run(_run_clients(target, sketches, timeout, time_limit, bar.update))
+                    got = asyncio.run(run_clients(target, sketches, timeout, time_limit, bar.update))
             finally:
                 if server is not None:
                     server.stop()

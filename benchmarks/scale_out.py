@@ -29,8 +29,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from dcssa.benchmarks.clients import FRAME, metric, offline, run_clients, same_topk, to_client
 from dcssa.benchmarks.env import cpu_model, isa
-from dcssa.benchmarks.load_test import FRAME, _metric, _offline, _run_clients, _same_topk, _to_client
 from dcssa.benchmarks.topology import Nginx, Redis, Replica, Unavailable
 from dcssa.runtime import Bundle, Gallery, Retriever
 from dcssa.runtime.cli.console import fail_cleanly
@@ -53,7 +53,7 @@ def _metrics(port: int) -> str:
 
 def _summary(name: str, got: dict, want: list, gallery) -> dict:
     lat = np.array(got["latencies_ms"]) if got["latencies_ms"] else np.array([np.nan])
-    mismatched = [i for i, (f, w) in enumerate(zip(got["finals"], want)) if not _same_topk(f, w, gallery)]
+    mismatched = [i for i, (f, w) in enumerate(zip(got["finals"], want)) if not same_topk(f, w, gallery)]
     return {
         "setting": name, "strokes_ok": len(got["latencies_ms"]), "errors": got["errors"],
         "p50_ms": round(float(np.percentile(lat, 50)), 1), "p95_ms": round(float(np.percentile(lat, 95)), 1),
@@ -65,13 +65,13 @@ def _summary(name: str, got: dict, want: list, gallery) -> dict:
 
 def _store_stats(texts: list[str]) -> dict:
     """Per-replica store histograms summed: mean time per operation on Redis, rebuilds, conflicts."""
-    total = {k: sum(_metric(t, k) for t in texts) for k in (
+    total = {k: sum(metric(t, k) for t in texts) for k in (
         "dcssa_store_seconds_sum", "dcssa_store_seconds_count", "dcssa_session_rebuild_seconds_sum",
         "dcssa_session_rebuild_seconds_count", "dcssa_store_conflicts_total", "dcssa_strokes_total")}
     ops = total["dcssa_store_seconds_count"]
     rebuilds = total["dcssa_session_rebuild_seconds_count"]
     return {
-        "operations": int(ops), "strokes_per_replica": [int(_metric(t, "dcssa_strokes_total")) for t in texts],
+        "operations": int(ops), "strokes_per_replica": [int(metric(t, "dcssa_strokes_total")) for t in texts],
         "store_ms_per_operation": round(1e3 * total["dcssa_store_seconds_sum"] / ops, 2) if ops else None,
         "rebuilds": int(rebuilds),
         "rebuild_ms_mean": round(1e3 * total["dcssa_session_rebuild_seconds_sum"] / rebuilds, 2) if rebuilds else None,
@@ -210,19 +210,19 @@ def main(bundle: Path, gallery: Path | None, clients: int, strokes: int, replica
         b = Bundle.load(bundle)
         retriever = Retriever(b, Gallery.load(gallery, b), backend="ort-cpu", topk=10)
         rng = np.random.default_rng(7)
-        sketches = [[_to_client(s) for s in random_sketch(rng, strokes)] for _ in range(clients)]
-        want = _offline(retriever, sketches, _Bar())
+        sketches = [[to_client(s) for s in random_sketch(rng, strokes)] for _ in range(clients)]
+        want = offline(retriever, sketches, _Bar())
         sizes = tuple(int(x) for x in session_sizes.split(",") if x)
         env = {"cpu": cpu_model(), "isa": isa(), "cores": os.cpu_count(), "loadavg_start": os.getloadavg()}
         runs, store, store_single, store_seq, sessions, round_trips = [], {}, {}, {}, [], {}
         with tempfile.TemporaryDirectory(prefix="dcssa-scale-") as tmp:
             work = Path(tmp)
             flags = ["--topk", "10", "--max-body-kb", "4096"]
-            seq = [[_to_client(s) for s in random_sketch(np.random.default_rng(8), 16)]]
-            want_seq = _offline(retriever, seq, _Bar())
+            seq = [[to_client(s) for s in random_sketch(np.random.default_rng(8), 16)]]
+            want_seq = offline(retriever, seq, _Bar())
 
             def load(port: int, name: str, sk=sketches, w=want) -> None:
-                got = asyncio.run(_run_clients(f"http://127.0.0.1:{port}/", sk, 300, time_limit, lambda _n: None))
+                got = asyncio.run(run_clients(f"http://127.0.0.1:{port}/", sk, 300, time_limit, lambda _n: None))
                 runs.append(_summary(name, got, w, retriever.gallery))
 
             try:

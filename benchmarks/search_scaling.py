@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -120,7 +121,7 @@ def index_comparison(size: int, dim: int = 64, kinds=INDEX_KINDS, *, queries: in
             size_bytes = sum(p.stat().st_size for p in map(Path, [Path(tmp) / f for f in fi.save(Path(tmp))]))
         faiss.omp_set_num_threads(1)
         try:
-            lat = _latencies_ms(lambda x: fi.search(x, 10), lat_q)
+            lat = _latencies_ms(partial(fi.search, k=10), lat_q)  # not a lambda over `fi`: del fi below (F821)
         finally:
             faiss.omp_set_num_threads(threads)
         rows.append({"size": size, "dim": dim, "index": kind, "factory": fi.info["factory"],

@@ -9,7 +9,8 @@ import click
 import numpy as np
 import pytest
 
-from dcssa.benchmarks.load_test import FRAME, _settings, _to_client
+from dcssa.benchmarks.clients import FRAME, to_client
+from dcssa.benchmarks.load_test import _settings
 from dcssa.benchmarks.stroke_latency import rotated
 from dcssa.runtime.data.synthetic import random_sketch
 from dcssa.runtime.stroke.parse import parse_stroke
@@ -21,7 +22,7 @@ def test_rotated_gives_every_item_the_first_turn():
 
 def test_load_test_client_strokes_come_back_to_the_model_frame():
     for stroke in random_sketch(np.random.default_rng(3), 4):
-        sent = _to_client(stroke)
+        sent = to_client(stroke)
         assert max(max(p) for p in sent) <= FRAME
         # rounding to 0.01 in a 500 frame moves a point by at most 0.005 * 256 / 500 in the model frame
         np.testing.assert_allclose(parse_stroke(sent, frame=[FRAME, FRAME]), stroke, atol=0.005 * 256 / 500 + 1e-9)
