@@ -1,4 +1,5 @@
-"""Load test of `dcssa-rt serve`: K concurrent clients each drawing M strokes, on loopback only.
+"""``dcssa-bench load-test``: K concurrent clients each drawing M strokes against `dcssa-rt serve`, on
+loopback only.
 
 For each batching setting it starts the server (`dcssa-rt serve --port 0`), runs K asyncio + httpx
 clients that each open a session and post M strokes one after another (clients overlap, so strokes
@@ -6,7 +7,7 @@ of different sessions meet in the encoder queue), then checks isolation: every c
 must equal an offline ``StrokeSession`` fed the same strokes. Prints and optionally saves p50/p99
 per-stroke latency (client-measured), throughput, errors and encoder batch sizes.
 
-    .venv/bin/python benchmarks/load_test.py --bundle demo-out/bundle --clients 8 --strokes 6 \\
+    .venv/bin/dcssa-bench load-test --bundle demo-out/bundle --clients 8 --strokes 6 \\
         --batching 1:0 --batching 8:10 --out load.json
 
 ``--batching MAX_BATCH:WINDOW_MS`` may be repeated (1:0 is the unbatched baseline). ``--url`` targets
@@ -33,6 +34,7 @@ import numpy as np
 from dcssa.benchmarks.clients import metric, offline, run_clients, same_topk, to_client
 from dcssa.runtime import Bundle, Gallery, Retriever
 from dcssa.runtime.cli.console import fail_cleanly
+from dcssa.runtime.cli.options import bundle_option, gallery_option, output_options, threads_option
 from dcssa.runtime.data.synthetic import random_sketch
 from dcssa.runtime.errors import DcssaError
 from dcssa.runtime.progress import Progress
@@ -120,9 +122,9 @@ def _table(report: dict) -> list[str]:
     return lines
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--bundle", type=click.Path(path_type=Path), default=Path("demo-out/bundle"), show_default=True)
-@click.option("--gallery", type=click.Path(path_type=Path), default=None, help="[default: BUNDLE/gallery]")
+@click.command("load-test")
+@bundle_option(demo_fallback=True)
+@gallery_option
 @click.option("--clients", type=click.IntRange(1, 256), default=8, show_default=True, help="K concurrent clients.")
 @click.option("--strokes", type=click.IntRange(1, 64), default=6, show_default=True, help="M strokes per client.")
 @click.option("--batching", multiple=True, default=("1:0", "8:10"), show_default=True,
@@ -130,18 +132,16 @@ def _table(report: dict) -> list[str]:
 @click.option("--url", default=None, help="Test this running server instead (loopback only; --batching ignored).")
 @click.option("--timeout", type=float, default=120.0, show_default=True, help="Per-request timeout, seconds.")
 @click.option("--time-limit", type=float, default=600.0, show_default=True, help="Per-setting limit, seconds.")
-@click.option("--threads", type=int, default=None, help="Server intra-op threads.")
+@threads_option()
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Save the results as JSON.")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def main(bundle: Path, gallery: Path | None, clients: int, strokes: int, batching: tuple[str, ...], url: str | None,
-         timeout: float, time_limit: float, threads: int | None, seed: int, out: Path | None, as_json: bool,
-         quiet: bool) -> None:
+@output_options(json="the results")
+def command(bundle: Path, gallery: Path, clients: int, strokes: int, batching: tuple[str, ...], url: str | None,
+            timeout: float, time_limit: float, threads: int | None, seed: int, out: Path | None, as_json: bool,
+            quiet: bool) -> None:
     """K clients x M strokes against `dcssa-rt serve` on loopback; checks isolation; p50/p99, throughput."""
     progress = Progress(quiet=quiet or as_json)
     with fail_cleanly():
-        gallery = gallery or bundle / "gallery"
         b = Bundle.load(bundle)
         retriever = Retriever(b, Gallery.load(gallery, b), backend="ort-cpu", topk=10)
         rng = np.random.default_rng(seed)
@@ -177,5 +177,8 @@ def main(bundle: Path, gallery: Path | None, clients: int, strokes: int, batchin
         sys.exit(1)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # pragma: no cover - the 0.1 entry point, removed in 0.3
+    from dcssa.runtime.cli.console import warn
+
+    warn("`python -m dcssa.benchmarks.load_test` is deprecated: use `dcssa-bench load-test` (the same options)")
+    command(prog_name="dcssa-bench load-test")

@@ -1,4 +1,5 @@
-"""Load test of the scale-out topology against one in-memory replica, on loopback, side by side.
+"""``dcssa-bench scale-out``: load test of the scale-out topology against one in-memory replica, on
+loopback, side by side.
 
 1. redis-server (deploy/redis.conf) + N ``dcssa-rt serve --session-store redis://...`` replicas +
    nginx (deploy/nginx.conf) round-robin: K clients draw M strokes each through the balancer;
@@ -10,7 +11,7 @@ time each operation spends on the store (the replicas' ``dcssa_store_seconds``),
 from Redis and their cost, refused commits; then bytes per session in Redis (MEMORY USAGE) and the
 rebuild time of a session at 20 and 256 strokes. Writes scale_out.json and scale_out.md to --out.
 
-    .venv/bin/python -m dcssa.benchmarks.scale_out --bundle demo-out/bundle --clients 6 --strokes 8 --out bench-out
+    .venv/bin/dcssa-bench scale-out --bundle demo-out/bundle --clients 6 --strokes 8 --out bench-out
 
 Bounded: K x M strokes per topology, each request with a timeout, the whole load within --time-limit.
 """
@@ -34,6 +35,7 @@ from dcssa.benchmarks.env import cpu_model, isa
 from dcssa.benchmarks.topology import Nginx, Redis, Replica, Unavailable
 from dcssa.runtime import Bundle, Gallery, Retriever
 from dcssa.runtime.cli.console import fail_cleanly
+from dcssa.runtime.cli.options import bundle_option, gallery_option
 from dcssa.runtime.data.synthetic import random_sketch
 from dcssa.runtime.errors import DcssaError
 
@@ -192,21 +194,19 @@ def _markdown(rep: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-@click.command()
-@click.option("--bundle", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True)
-@click.option("--gallery", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
-              help="[default: BUNDLE/gallery]")
+@click.command("scale-out")
+@bundle_option()
+@gallery_option
 @click.option("--clients", type=click.IntRange(1, 64), default=6, show_default=True)
 @click.option("--strokes", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--replicas", type=click.IntRange(1, 8), default=3, show_default=True)
 @click.option("--session-sizes", default="20,256", show_default=True, help="Strokes per session for MEMORY USAGE.")
 @click.option("--time-limit", type=click.FloatRange(1), default=900, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("bench-out"), show_default=True)
-def main(bundle: Path, gallery: Path | None, clients: int, strokes: int, replicas: int, session_sizes: str,
+def command(bundle: Path, gallery: Path, clients: int, strokes: int, replicas: int, session_sizes: str,
          time_limit: float, out: Path) -> None:
     """K clients x M strokes through nginx over N Redis-backed replicas, then on one in-memory replica."""
     with fail_cleanly():
-        gallery = gallery or bundle / "gallery"
         b = Bundle.load(bundle)
         retriever = Retriever(b, Gallery.load(gallery, b), backend="ort-cpu", topk=10)
         rng = np.random.default_rng(7)
@@ -293,5 +293,8 @@ def main(bundle: Path, gallery: Path | None, clients: int, strokes: int, replica
             raise SystemExit(1)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # pragma: no cover - the 0.1 entry point, removed in 0.3
+    from dcssa.runtime.cli.console import warn
+
+    warn("`python -m dcssa.benchmarks.scale_out` is deprecated: use `dcssa-bench scale-out` (the same options)")
+    command(prog_name="dcssa-bench scale-out")
