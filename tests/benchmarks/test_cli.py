@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,15 @@ def test_relay_passes_partial_lines_through_and_the_exit_code():
     res = CliRunner().invoke(cmd, [])
     assert res.exit_code == 3
     assert res.stderr == "bar 50%\rbar 100%\n" and res.stdout == "done\n"
+
+
+def test_load_test_runs_clients_against_a_served_bundle(bundle2: Path, gallery2: Path, tmp_path: Path):
+    """The serving load test end to end, as small as it goes: 2 clients x 2 strokes, one unbatched server."""
+    pytest.importorskip("httpx")
+    out = tmp_path / "load.json"
+    res = CliRunner().invoke(bench, ["load-test", "--bundle", str(bundle2), "--gallery", str(gallery2), "--clients", "2",
+                                     "--strokes", "2", "--batching", "1:0", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert [r["strokes_ok"] for r in rep["runs"]] == [4] and rep["runs"][0]["isolation_ok"]
+    assert json.loads(out.read_text())["runs"] == rep["runs"]

@@ -95,6 +95,7 @@ def test_ptq_compare_saves_the_report_after_every_variant(monkeypatch, tmp_path)
     import dcssa.calibration.job as cb
     import dcssa.runtime.contract.bundle as rb
     from dcssa.benchmarks import ptq_compare as pc
+    from dcssa.benchmarks.cli import main as bench
 
     out = tmp_path / "out"
     seen: list[dict] = []
@@ -115,8 +116,8 @@ def test_ptq_compare_saves_the_report_after_every_variant(monkeypatch, tmp_path)
     monkeypatch.setattr(rb.Bundle, "load", staticmethod(lambda path: object()))
     monkeypatch.setattr(cb, "prepare", lambda *a, **k: prep)
     monkeypatch.setattr(pc, "VARIANTS", {"one": pc.Variant("one", "d1", first), "two": pc.Variant("two", "d2", second)})
-    res = CliRunner().invoke(pc.main, ["--bundle", str(tmp_path), "--data", "synthetic:2", "--variants", "one,two",
-                                       "--out", str(out), "-q"])
+    res = CliRunner().invoke(bench, ["ptq-compare", "--bundle", str(tmp_path), "--data", "synthetic:2",
+                                     "--variants", "one,two", "--out", str(out), "-q"])
     assert res.exit_code == 0, res.output
     partial, md = seen
     assert partial["complete"] is False and list(partial["variants"]) == ["one"]
