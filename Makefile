@@ -26,7 +26,7 @@ demo: $(STAMP)
 demo-arnet: $(STAMP)
 	bash examples/demo_arnet.sh $(OUT)/arnet
 
-# README "Performance": demo bundle + its int8 graphs, then `dcssa-rt bench` (about 7 minutes here, measured
+# README "Performance": demo bundle + its int8 graphs, then `dcssa-bench run` (about 7 minutes here, measured
 # before the PyTorch peers; torch-compile's first compile adds 2.5-3 minutes on 2 busy cores).
 bench: $(STAMP)
 	bash examples/bench.sh $(OUT) bench-out
@@ -34,7 +34,7 @@ bench: $(STAMP)
 # README "GPU": engines, parity, ort-trt profiles, threads and bench on a GPU box (JSON report in
 # gpu-check-out/); on a machine without a GPU/TensorRT it stops at once with exit code 2.
 gpu-check: $(STAMP)
-	$(PY) -m dcssa.benchmarks.gpu_check --bundle $(OUT)/bundle --out gpu-check-out
+	$(VENV)/bin/dcssa-bench gpu-check --bundle $(OUT)/bundle --out gpu-check-out
 
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[export,dev,docs,nncf]'

@@ -1,4 +1,4 @@
-"""``make gpu-check``: the GPU path end to end, in one command, on the day a GPU box exists.
+"""``dcssa-bench gpu-check`` (``make gpu-check``): the GPU path end to end, in one command, on the day a GPU box exists.
 
 On a machine with an NVIDIA GPU, TensorRT (10.x / 11.x) and the CUDA bindings, it
 
@@ -10,7 +10,7 @@ On a machine with an NVIDIA GPU, TensorRT (10.x / 11.x) and the CUDA bindings, i
    files and the strokes whose head step took far longer than the median (likely rebuilds);
 5. runs two threads on one native TensorRT retriever and compares with one thread;
 6. times the int8 and fp16 sketch-encoder engines and says which one a benchmark would pick;
-7. runs ``dcssa-rt bench`` on the GPU backends;
+7. runs ``dcssa-bench run`` on the GPU backends;
 
 and writes everything to ``OUT/gpu-check.json``. Anywhere else it stops at once, before importing
 anything heavy, with the reason and exit code 2. Nothing here has been run on a GPU yet.
@@ -18,13 +18,16 @@ anything heavy, with the reason and exit code 2. Nothing here has been run on a 
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+import click
+
+from dcssa.runtime.cli.options import DEMO_BUNDLE
 
 NO_GPU_EXIT = 2
 STROKES = 24
@@ -181,14 +184,8 @@ def encoder_pick(bundle_path: Path, runs: int = 50) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="gpu-check", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bundle", type=Path, default=Path("demo-out/bundle"),
-                    help="bundle to check (made from the demo checkpoint when missing) [demo-out/bundle]")
-    ap.add_argument("--out", type=Path, default=Path("gpu-check-out"), help="report folder [gpu-check-out]")
-    ap.add_argument("--skip-bench", action="store_true", help="leave out `dcssa-rt bench`")
-    args = ap.parse_args(argv)
-
+def gpu_check(bundle_path: Path, out: Path, *, skip_bench: bool = False) -> int:
+    """Run the check and write OUT/gpu-check.json; ``NO_GPU_EXIT`` at once, with the reason, without a GPU."""
     reason = preflight()
     if reason is not None:
         print(f"gpu-check: no GPU/TensorRT on this machine, nothing was run: {reason}", file=sys.stderr)
@@ -201,12 +198,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from dcssa.runtime.data.synthetic import random_sketch
 
-    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     log = out / "engines.log"
     started = time.perf_counter()
-    report: dict = {"bundle": str(args.bundle)}
-    bundle, gallery = ensure_bundle(args.bundle, out / "work", out / "setup.log")
+    report: dict = {"bundle": str(bundle_path)}
+    bundle, gallery = ensure_bundle(bundle_path, out / "work", out / "setup.log")
     _run([_bin("dcssa-export"), "engines", str(bundle), "--precision", "fp32,fp16,int8", "--verbose"], log)
     report["engines"] = json.loads((bundle / "manifest.json").read_text())["engines"]
     report["engines_log"] = str(log)
@@ -215,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     report["ort_trt_growth"] = ort_trt_growth(bundle, gallery, sketch, out / "ort-trt-cache")
     report["two_threads"] = two_threads(bundle, gallery, [random_sketch(np.random.default_rng(s), 12) for s in (1, 2)])
     report["int8_vs_fp16"] = encoder_pick(bundle)
-    if not args.skip_bench:
-        _run([_bin("dcssa-rt"), "bench", "--bundle", str(bundle), "--gallery", str(gallery), "--out",
+    if not skip_bench:
+        _run([_bin("dcssa-bench"), "run", "--bundle", str(bundle), "--gallery", str(gallery), "--out",
               str(out / "bench"), "--backend", "tensorrt", "--backend", "ort-trt", "--repeats", "2",
               "--search-sizes", "", "--peers", "eager", "--force"], out / "bench.log")
         report["bench"] = str(out / "bench" / "bench.json")
@@ -226,5 +222,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+@click.command("gpu-check", short_help="The GPU path end to end (exit 2 at once without a GPU).")
+@click.option("--bundle", type=click.Path(path_type=Path), default=DEMO_BUNDLE, show_default=True,
+              help="Bundle to check (made from the demo checkpoint when missing).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("gpu-check-out"), show_default=True,
+              help="Report folder.")
+@click.option("--skip-bench", is_flag=True, help="Leave out `dcssa-bench run`.")
+@click.pass_context
+def command(ctx: click.Context, bundle: Path, out: Path, skip_bench: bool) -> None:
+    """The GPU path end to end, in one command, on the day a GPU box exists: engines, parity with
+    onnxruntime CPU, ort-trt over a growing cache, two threads, int8 vs fp16, and a benchmark run; writes
+    OUT/gpu-check.json. Without an NVIDIA GPU and TensorRT it stops at once with the reason (exit 2)."""
+    ctx.exit(gpu_check(bundle, out, skip_bench=skip_bench))
+
+
+if __name__ == "__main__":  # pragma: no cover - the 0.1 entry point, removed in 0.3
+    from dcssa.runtime.cli.console import warn
+
+    warn("`python -m dcssa.benchmarks.gpu_check` is deprecated: use `dcssa-bench gpu-check` (the same options)")
+    command(prog_name="dcssa-bench gpu-check")

@@ -1,4 +1,5 @@
-"""Load test of `dcssa-rt serve`: K concurrent clients each drawing M strokes, on loopback only.
+"""``dcssa-bench load-test``: K concurrent clients each drawing M strokes against `dcssa-rt serve`, on
+loopback only.
 
 For each batching setting it starts the server (`dcssa-rt serve --port 0`), runs K asyncio + httpx
 clients that each open a session and post M strokes one after another (clients overlap, so strokes
@@ -6,7 +7,7 @@ of different sessions meet in the encoder queue), then checks isolation: every c
 must equal an offline ``StrokeSession`` fed the same strokes. Prints and optionally saves p50/p99
 per-stroke latency (client-measured), throughput, errors and encoder batch sizes.
 
-    .venv/bin/python benchmarks/load_test.py --bundle demo-out/bundle --clients 8 --strokes 6 \\
+    .venv/bin/dcssa-bench load-test --bundle demo-out/bundle --clients 8 --strokes 6 \\
         --batching 1:0 --batching 8:10 --out load.json
 
 ``--batching MAX_BATCH:WINDOW_MS`` may be repeated (1:0 is the unbatched baseline). ``--url`` targets
@@ -24,22 +25,19 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 import click
 import numpy as np
 
+from dcssa.benchmarks.clients import metric, offline, run_clients, same_topk, to_client
 from dcssa.runtime import Bundle, Gallery, Retriever
 from dcssa.runtime.cli.console import fail_cleanly
+from dcssa.runtime.cli.options import bundle_option, gallery_option, output_options, threads_option
 from dcssa.runtime.data.synthetic import random_sketch
 from dcssa.runtime.errors import DcssaError
 from dcssa.runtime.progress import Progress
-from dcssa.runtime.stroke.parse import MODEL_FRAME, parse_stroke
-
-FRAME = 500.0  # clients draw on a 500 x 500 canvas and send that frame
-TOL = 1e-4
 
 
 def _require_loopback(url: str) -> None:
@@ -79,85 +77,6 @@ class Server:
                 self.proc.wait()
 
 
-def _to_client(stroke: np.ndarray) -> list:
-    """A model-frame stroke as a client on a FRAME x FRAME canvas posts it."""
-    return (stroke * (FRAME / MODEL_FRAME)).round(2).tolist()
-
-
-async def _wait_healthy(client, url: str, limit: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            if (await client.get(url + "healthz")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.2)
-    raise DcssaError(f"{url} never became healthy")
-
-
-async def _run_clients(url: str, sketches: list[list[list]], timeout: float, time_limit: float, progress) -> dict:
-    import httpx
-
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    finals: list[dict | None] = [None] * len(sketches)
-    limits = httpx.Limits(max_connections=len(sketches) + 2)
-
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-        await _wait_healthy(client, url, 120)
-
-        async def one(i: int, strokes: list[list]) -> None:
-            try:
-                r = await client.post(url + "v1/sessions")
-                r.raise_for_status()
-                sid = r.json()["id"]
-                for s in strokes:
-                    t0 = time.perf_counter()
-                    r = await client.post(f"{url}v1/sessions/{sid}/strokes", json={"stroke": s, "frame": [FRAME, FRAME]})
-                    dt = time.perf_counter() - t0
-                    if r.status_code != 200:
-                        key = f"http_{r.status_code}"
-                        errors[key] = errors.get(key, 0) + 1
-                        return
-                    latencies.append(dt * 1e3)
-                    finals[i] = r.json()
-                    progress(1)
-            except (httpx.HTTPError, KeyError, ValueError) as exc:
-                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-
-        start = time.perf_counter()
-        try:
-            await asyncio.wait_for(asyncio.gather(*(one(i, s) for i, s in enumerate(sketches))), time_limit)
-        except asyncio.TimeoutError:
-            errors["time_limit"] = errors.get("time_limit", 0) + 1
-        wall = time.perf_counter() - start
-        metrics = (await client.get(url + "metrics")).text
-    return {"latencies_ms": latencies, "errors": errors, "finals": finals, "wall_s": wall, "metrics": metrics}
-
-
-def _metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return float("nan")
-
-
-def _same_topk(served: dict | None, want, gallery) -> bool:
-    """Equal top-K up to near-ties (batched and single encoder calls differ by float rounding)."""
-    if served is None or served["stroke"] != want.stroke:
-        return False
-    ids = [m["id"] for m in served["results"]]
-    scores = np.array([m["score"] for m in served["results"]])
-    if len(ids) != len(want.ids) or not np.allclose(scores, want.scores, atol=TOL):
-        return False
-    offline = gallery.scores(want.embedding)
-    pos = {pid: i for i, pid in enumerate(gallery.ids)}
-    return ids == want.ids or bool(np.allclose(offline[[pos[i] for i in ids]], want.scores, atol=TOL))
-
-
 def _settings(batching: tuple[str, ...], url: str | None) -> list[tuple[str, int | None, float | None]]:
     """(label, max_batch, window_ms) per server to start; one "external" entry for --url."""
     if url:
@@ -172,25 +91,13 @@ def _settings(batching: tuple[str, ...], url: str | None) -> list[tuple[str, int
     return settings
 
 
-def _offline(retriever: Retriever, sketches: list[list[list]], bar) -> list:
-    """The expectation: an offline session's last result on exactly the strokes each client sends."""
-    want = []
-    for sk in sketches:
-        s = retriever.session()
-        for stroke in sk:
-            res = s.add_stroke(parse_stroke(stroke, frame=[FRAME, FRAME]))
-        want.append(res)
-        bar.update(1)
-    return want
-
-
 def _summary(setting: tuple[str, int | None, float | None], got: dict, want: list, gallery) -> dict:
     """One setting's row: latency percentiles, throughput, encoder batching, isolation."""
     name, mb, win = setting
     lat = np.array(got["latencies_ms"]) if got["latencies_ms"] else np.array([np.nan])
-    mismatched = [i for i, (f, w) in enumerate(zip(got["finals"], want)) if not _same_topk(f, w, gallery)]
+    mismatched = [i for i, (f, w) in enumerate(zip(got["finals"], want)) if not same_topk(f, w, gallery)]
     m = got["metrics"]
-    batches = _metric(m, "dcssa_encoder_batch_size_count")
+    batches = metric(m, "dcssa_encoder_batch_size_count")
     return {
         "setting": name, "max_batch": mb, "batch_window_ms": win,
         "strokes_ok": int(len(got["latencies_ms"])), "errors": got["errors"],
@@ -198,7 +105,7 @@ def _summary(setting: tuple[str, int | None, float | None], got: dict, want: lis
         "mean_ms": round(float(lat.mean()), 1), "wall_s": round(got["wall_s"], 2),
         "throughput_strokes_per_s": round(len(got["latencies_ms"]) / got["wall_s"], 2),
         "encoder_calls": int(batches) if batches == batches else None,
-        "mean_batch": round(_metric(m, "dcssa_encoder_batch_size_sum") / batches, 2) if batches else None,
+        "mean_batch": round(metric(m, "dcssa_encoder_batch_size_sum") / batches, 2) if batches else None,
         "isolation_ok": not mismatched, "mismatched_clients": mismatched,
     }
 
@@ -215,9 +122,9 @@ def _table(report: dict) -> list[str]:
     return lines
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--bundle", type=click.Path(path_type=Path), default=Path("demo-out/bundle"), show_default=True)
-@click.option("--gallery", type=click.Path(path_type=Path), default=None, help="[default: BUNDLE/gallery]")
+@click.command("load-test")
+@bundle_option(demo_fallback=True)
+@gallery_option
 @click.option("--clients", type=click.IntRange(1, 256), default=8, show_default=True, help="K concurrent clients.")
 @click.option("--strokes", type=click.IntRange(1, 64), default=6, show_default=True, help="M strokes per client.")
 @click.option("--batching", multiple=True, default=("1:0", "8:10"), show_default=True,
@@ -225,28 +132,26 @@ def _table(report: dict) -> list[str]:
 @click.option("--url", default=None, help="Test this running server instead (loopback only; --batching ignored).")
 @click.option("--timeout", type=float, default=120.0, show_default=True, help="Per-request timeout, seconds.")
 @click.option("--time-limit", type=float, default=600.0, show_default=True, help="Per-setting limit, seconds.")
-@click.option("--threads", type=int, default=None, help="Server intra-op threads.")
+@threads_option()
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Save the results as JSON.")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def main(bundle: Path, gallery: Path | None, clients: int, strokes: int, batching: tuple[str, ...], url: str | None,
-         timeout: float, time_limit: float, threads: int | None, seed: int, out: Path | None, as_json: bool,
-         quiet: bool) -> None:
+@output_options(json="the results")
+def command(bundle: Path, gallery: Path, clients: int, strokes: int, batching: tuple[str, ...], url: str | None,
+            timeout: float, time_limit: float, threads: int | None, seed: int, out: Path | None, as_json: bool,
+            quiet: bool) -> None:
     """K clients x M strokes against `dcssa-rt serve` on loopback; checks isolation; p50/p99, throughput."""
     progress = Progress(quiet=quiet or as_json)
     with fail_cleanly():
-        gallery = gallery or bundle / "gallery"
         b = Bundle.load(bundle)
         retriever = Retriever(b, Gallery.load(gallery, b), backend="ort-cpu", topk=10)
         rng = np.random.default_rng(seed)
-        sketches = [[_to_client(s) for s in random_sketch(rng, strokes)] for _ in range(clients)]
+        sketches = [[to_client(s) for s in random_sketch(rng, strokes)] for _ in range(clients)]
         settings = _settings(batching, url)
         if url:
             url = url if url.endswith("/") else url + "/"
             _require_loopback(url)
         with progress.bar(clients, "offline sessions") as bar:
-            want = _offline(retriever, sketches, bar)
+            want = offline(retriever, sketches, bar)
         report = {"clients": clients, "strokes_per_client": strokes, "cpu_count": os.cpu_count(),
                   "backend": retriever.backend.name, "gallery": len(retriever.gallery), "runs": []}
         for setting in settings:
@@ -258,7 +163,7 @@ def main(bundle: Path, gallery: Path | None, clients: int, strokes: int, batchin
             _require_loopback(target)
             try:
                 with progress.bar(clients * strokes, setting[0], "stroke") as bar:
-                    got = asyncio.run(_run_clients(target, sketches, timeout, time_limit, bar.update))
+                    got = asyncio.run(run_clients(target, sketches, timeout, time_limit, bar.update))
             finally:
                 if server is not None:
                     server.stop()
@@ -272,5 +177,8 @@ def main(bundle: Path, gallery: Path | None, clients: int, strokes: int, batchin
         sys.exit(1)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # pragma: no cover - the 0.1 entry point, removed in 0.3
+    from dcssa.runtime.cli.console import warn
+
+    warn("`python -m dcssa.benchmarks.load_test` is deprecated: use `dcssa-bench load-test` (the same options)")
+    command(prog_name="dcssa-bench load-test")

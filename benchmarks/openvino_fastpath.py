@@ -1,4 +1,5 @@
-"""Intel fast path: onnxruntime fp32 vs openvino fp32 / bf16 / int8, per stroke, through sessions.
+"""``dcssa-bench openvino-fastpath``: the Intel fast path: onnxruntime fp32 vs openvino fp32 / bf16 /
+int8, per stroke, through sessions.
 
 Every method replays the same tracings stroke by stroke in live sessions (``Retriever.session``),
 interleaved stroke by stroke (method order rotating) after a warm-up sketch, so a machine shared
@@ -7,7 +8,7 @@ Fidelity is measured on every stroke prefix against the onnxruntime fp32 session
 :func:`dcssa.calibration.fidelity.compare` (cosine, top-1 agreement, top-10 overlap), per folder of
 strokes JSON (e.g. catalogue tracings and held-out shapes of another seed).
 
-    python -m dcssa.benchmarks.openvino_fastpath --bundle B --strokes D/Shapes/strokes \\
+    dcssa-bench openvino-fastpath --bundle B --strokes D/Shapes/strokes \\
         --strokes H/Shapes/strokes --out fastpath.json
 """
 
@@ -26,6 +27,7 @@ from dcssa.benchmarks.markdown import row, rule
 from dcssa.benchmarks.stroke_latency import rotated
 from dcssa.runtime import Bundle, Gallery, Retriever
 from dcssa.runtime.cli.console import fail_cleanly
+from dcssa.runtime.cli.options import bundle_option, gallery_option, output_options, threads_option
 from dcssa.runtime.errors import DcssaError
 from dcssa.runtime.progress import Progress
 from dcssa.runtime.stroke.parse import load_strokes_file
@@ -167,21 +169,20 @@ def markdown(rep: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--bundle", type=click.Path(path_type=Path), required=True)
-@click.option("--gallery", type=click.Path(path_type=Path), default=None, help="[default: BUNDLE/gallery]")
+@click.command("openvino-fastpath")
+@bundle_option()
+@gallery_option
 @click.option("--strokes", "folders", type=click.Path(path_type=Path), multiple=True, required=True,
               help="Folder of strokes JSON tracings (repeatable: one fidelity block each).")
-@click.option("--threads", type=int, default=None)
+@threads_option()
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the report JSON here.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report JSON instead of the table.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def main(bundle: Path, gallery: Path | None, folders: tuple[Path, ...], threads: int | None, out: Path | None,
-         as_json: bool, quiet: bool) -> None:
+@output_options(json="the report")
+def command(bundle: Path, gallery: Path, folders: tuple[Path, ...], threads: int | None, out: Path | None,
+            as_json: bool, quiet: bool) -> None:
     """Per-stroke latency and fidelity of onnxruntime fp32 vs openvino fp32 / bf16 / int8."""
     t0 = time.time()
     with fail_cleanly():
-        rep = run_fastpath(bundle, gallery or bundle / "gallery", list(folders), threads=threads,
+        rep = run_fastpath(bundle, gallery, list(folders), threads=threads,
                            progress=not (quiet or as_json))
     rep["seconds"] = round(time.time() - t0, 1)
     if out is not None:
@@ -193,5 +194,8 @@ def main(bundle: Path, gallery: Path | None, folders: tuple[Path, ...], threads:
         click.echo(f"load average {rep['env']['load_average']}")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
+if __name__ == "__main__":  # pragma: no cover - the 0.1 entry point, removed in 0.3
+    from dcssa.runtime.cli.console import warn
+
+    warn("`python -m dcssa.benchmarks.openvino_fastpath` is deprecated: use `dcssa-bench openvino-fastpath` (the same options)")
+    command(prog_name="dcssa-bench openvino-fastpath")

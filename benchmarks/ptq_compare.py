@@ -1,4 +1,5 @@
-"""Our INT8 quantiser against the field's PTQ tools, on the same graph, calibration and held-out data.
+"""``dcssa-bench ptq-compare``: our INT8 quantiser against the field's PTQ tools, on the same graph,
+calibration and held-out data.
 
 Every variant quantises the bundle's fp32 sketch encoder from the same calibration rasters (stroke
 prefixes of the calibration sketches, :func:`dcssa.calibration.job.prepare`, as ``dcssa-export
@@ -24,7 +25,7 @@ Variants (``--variants``, comma list; default: all but ``nncf-control`` and the 
   is importable (not a project dependency; skipped with the reason otherwise)
 - ``ort-default-trt`` / ``nncf-recipe-trt``: the symmetric-activation (TensorRT) graphs, on demand
 
-    python -m dcssa.benchmarks.ptq_compare --bundle demo-out/bundle --data demo-out/data/Shapes \\
+    dcssa-bench ptq-compare --bundle demo-out/bundle --data demo-out/data/Shapes \\
         --out ptq-out
 """
 
@@ -44,6 +45,7 @@ import numpy as np
 from dcssa.benchmarks.env import environment
 from dcssa.benchmarks.markdown import row, rule
 from dcssa.runtime.cli.console import fail_cleanly
+from dcssa.runtime.cli.options import bundle_option, output_options, threads_option
 from dcssa.runtime.contract import manifest as mf
 from dcssa.runtime.errors import DcssaError
 from dcssa.runtime.progress import Progress
@@ -51,6 +53,9 @@ from dcssa.runtime.progress import Progress
 SQ_ALPHAS = {"matmul": 0.95, "convolution": 0.5}
 DEFAULT_VARIANTS = ("ort-default", "ort-all", "nncf-mixed", "nncf-recipe", "nncf-sq", "nncf-recipe-sq", "aimet-adaround")
 ALL_VARIANTS = (*DEFAULT_VARIANTS, "nncf-control", "ort-default-trt", "nncf-recipe-trt")
+MAX_CALIB = 96  # calibration rasters
+LATENCY_RASTERS = 8  # held-out rasters timed per block
+LATENCY_REPEATS = 3  # blocks per graph, alternating with fp32
 
 
 @dataclass
@@ -190,8 +195,8 @@ def _openvino_latency(prep, path: Path, rasters: int, repeats: int) -> dict:
 
 
 def run_compare(bundle_path: Path, data: str, out: Path, variants: list[str], *, photos: Path | None = None,
-                gallery: Path | None = None, max_calib: int = 96, max_heldout: int | None = None,
-                latency_rasters: int = 8, latency_repeats: int = 3, openvino: bool = False,
+                gallery: Path | None = None, max_calib: int = MAX_CALIB, max_heldout: int | None = None,
+                latency_rasters: int = LATENCY_RASTERS, latency_repeats: int = LATENCY_REPEATS, openvino: bool = False,
                 threads: int | None = None, quiet: bool = False,
                 on_variant: Callable[[dict], None] = lambda _rep: None) -> dict:
     """The report; ``on_variant`` gets it after every variant (``complete`` false until the last), so a
@@ -324,32 +329,33 @@ def markdown(rep: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--bundle", type=click.Path(path_type=Path), required=True, help="A bundle with an fp32 sketch encoder.")
+@click.command("ptq-compare")
+@bundle_option()
 @click.option("--data", required=True, help="Sketch data, as `dcssa-export calibrate --data` takes it.")
 @click.option("--photos", type=click.Path(path_type=Path), default=None, help="Fidelity gallery photos [default: the data's].")
 @click.option("--gallery", type=click.Path(path_type=Path), default=None, help="An existing gallery folder instead.")
 @click.option("--variants", default=",".join(DEFAULT_VARIANTS), show_default=True,
               help=f"Comma list of: {', '.join(ALL_VARIANTS)}.")
-@click.option("--max-calib", type=click.IntRange(1), default=96, show_default=True, help="Calibration rasters.")
+@click.option("--max-calib", type=click.IntRange(1), default=MAX_CALIB, show_default=True, help="Calibration rasters.")
 @click.option("--max-heldout", type=click.IntRange(1), default=None, help="Cap on held-out prefixes (whole sketches).")
-@click.option("--latency-rasters", type=click.IntRange(0), default=8, show_default=True,
+@click.option("--latency-rasters", type=click.IntRange(0), default=LATENCY_RASTERS, show_default=True,
               help="Held-out rasters timed per block (0: no latency).")
-@click.option("--latency-repeats", type=click.IntRange(1), default=3, show_default=True,
+@click.option("--latency-repeats", type=click.IntRange(1), default=LATENCY_REPEATS, show_default=True,
               help="Blocks per graph, alternating with fp32.")
 @click.option("--openvino", is_flag=True, help="Also time each Q/DQ graph on OpenVINO against OpenVINO fp32.")
 @click.option("--adaround-iterations", type=click.IntRange(1), default=ADAROUND["iterations"], show_default=True,
               help="AdaRound iterations per layer (AIMET recommends 10000: estimated at over a day on 2 cores here).")
 @click.option("--adaround-rasters", type=click.IntRange(1), default=ADAROUND["rasters"], show_default=True,
               help="Calibration rasters AdaRound samples each layer's activations on (spread over the set).")
-@click.option("--threads", type=int, default=None)
+@threads_option()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("ptq-out"), show_default=True,
               help="Folder for ptq-compare.json, ptq-compare.md and the graphs.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress.")
-def main(bundle: Path, data: str, photos: Path | None, gallery: Path | None, variants: str, max_calib: int,
-         max_heldout: int | None, latency_rasters: int, latency_repeats: int, openvino: bool,
-         adaround_iterations: int, adaround_rasters: int, threads: int | None, out: Path, quiet: bool) -> None:
-    """INT8 of the sketch encoder by onnxruntime (our recipe), NNCF and AIMET AdaRound, side by side."""
+@output_options()
+def command(bundle: Path, data: str, photos: Path | None, gallery: Path | None, variants: str, max_calib: int,
+            max_heldout: int | None, latency_rasters: int, latency_repeats: int, openvino: bool,
+            adaround_iterations: int, adaround_rasters: int, threads: int | None, out: Path, quiet: bool) -> None:
+    """INT8 of the sketch encoder by onnxruntime (our recipe), NNCF and AIMET AdaRound, side by side
+    (the bundle needs its fp32 sketch encoder)."""
     names = [v.strip() for v in variants.split(",") if v.strip()]
     ADAROUND.update(iterations=adaround_iterations, rasters=adaround_rasters)
     with fail_cleanly():
@@ -374,5 +380,8 @@ def main(bundle: Path, data: str, photos: Path | None, gallery: Path | None, var
     click.echo(md)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
+if __name__ == "__main__":  # pragma: no cover - the 0.1 entry point, removed in 0.3
+    from dcssa.runtime.cli.console import warn
+
+    warn("`python -m dcssa.benchmarks.ptq_compare` is deprecated: use `dcssa-bench ptq-compare` (the same options)")
+    command(prog_name="dcssa-bench ptq-compare")

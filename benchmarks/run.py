@@ -1,4 +1,4 @@
-"""`dcssa-rt bench`: run every harness, write bench.json, bench.md and the plots, print the tables.
+"""`dcssa-bench run`: run every harness, write bench.json, bench.md and the plots, print the tables.
 
 Stages: resolve the methods (a Retriever per backend and precision, the PyTorch baselines when the
 checkpoint is at hand), measure them, derive the ratios and summary, write the folder atomically.
@@ -35,28 +35,33 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import click
 import numpy as np
 
 from dcssa.benchmarks import stroke_latency as sl
 from dcssa.benchmarks.env import environment
 from dcssa.benchmarks.markdown import markdown, summary_line
+from dcssa.benchmarks.methods import PEERS
 from dcssa.benchmarks.plots import plots
 from dcssa.benchmarks.search_scaling import DEFAULT_SIZES, index_comparison, search_scaling
 from dcssa.runtime import Bundle, Gallery, Retriever
 from dcssa.runtime.atomic import refuse_existing, staged_dir
 from dcssa.runtime.backends import available_backends, execution_precisions
+from dcssa.runtime.cli.console import fail_cleanly
+from dcssa.runtime.cli.options import bundle_option, gallery_option, output_options, runtime_options
 from dcssa.runtime.contract.bundle import sha256_file
 from dcssa.runtime.data.synthetic import random_sketch
-from dcssa.runtime.progress import Say, silent
+from dcssa.runtime.progress import Progress, Say, silent
 from dcssa.runtime.session import PHASES
 from dcssa.runtime.stroke.parse import load_strokes_file
 
-PEERS = sl.PEERS
 BEST_PEER = "best peer"
 
 SCHEMA = "dcssa-bench/1"
 EAGER = "torch-eager"
 RATIO_STROKES = (1, 10, 20)
+STROKES = 20  # strokes of the sketch replayed (the first STROKES of --strokes FILE)
+REPEATS = 5  # timed replays of the sketch per method
 GIVEN = "given (--ckpt)"
 FOUND = "found beside the bundle (sha256 as recorded in its manifest)"
 
@@ -223,8 +228,8 @@ def run_bench(
     out: Path,
     *,
     strokes_file: Path | None = None,
-    strokes: int = 20,
-    repeats: int = 5,
+    strokes: int = STROKES,
+    repeats: int = REPEATS,
     backends: list[str] | None = None,
     precisions: list[str] | None = None,
     ckpt: Path | list[Path] | None = None,
@@ -277,3 +282,54 @@ def run_bench(
     }
     write_outputs(out, report, force=force)
     return report
+
+
+def _peer_list(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(p.strip() for p in value.split(",") if p.strip()))
+    wrong = [p for p in names if p not in PEERS]
+    if wrong:
+        raise click.BadParameter(f"{', '.join(wrong)}: choose from {', '.join(PEERS)}")
+    return names
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+@click.command("run")
+@bundle_option()
+@gallery_option
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True)
+@click.option("--strokes", "strokes_file", type=click.Path(path_type=Path), default=None,
+              help=f"Strokes JSON to replay [default: a generated {STROKES}-stroke sketch].")
+@click.option("--max-strokes", type=click.IntRange(1), default=STROKES, show_default=True)
+@click.option("--repeats", type=click.IntRange(1), default=REPEATS, show_default=True)
+@runtime_options(multiple=True)
+@click.option("--ckpt", type=click.Path(path_type=Path), default=None,
+              help="The checkpoint the bundle was exported from, for the PyTorch baselines (needs [export]) "
+                   "[default: the file the manifest names, if it lies beside the bundle with the recorded sha256].")
+@click.option("--search-sizes", default=",".join(map(str, DEFAULT_SIZES)), show_default=True,
+              help="Gallery sizes for the search-scaling section ('' to skip).")
+@click.option("--index-sizes", default="", show_default=True,
+              help="Sizes for the FAISS index section (flat, hnsw, ivf, ivfpq against exact; needs [faiss]; "
+                   "'' to skip).")
+@click.option("--peers", default=",".join(PEERS), show_default=True, callback=_peer_list,
+              help="PyTorch peers to measure beside naive (methods torch-PEER), comma-separated; those the CPU "
+                   "cannot run (bf16 without native bf16, compile without a C++ compiler) are left out with the "
+                   "reason; '' for none.")
+@output_options(json="bench.json", force="output folder")
+def command(bundle: Path, gallery: Path, out: Path, strokes_file: Path | None, max_strokes: int, repeats: int,
+            backends: tuple[str, ...], precisions: tuple[str, ...], threads: int | None, ckpt: Path | None,
+            search_sizes: str, index_sizes: str, peers: tuple[str, ...], as_json: bool, quiet: bool,
+            force: bool) -> None:
+    """Measure per-stroke latency (naive, the PyTorch peers, runtime), phases, undo, cold start, memory
+    and search scaling; writes OUT/bench.json, bench.md, latency_per_stroke.png, search_scaling.png."""
+    with fail_cleanly():
+        rep = run_bench(bundle, gallery, out, strokes_file=strokes_file, strokes=max_strokes,
+                        repeats=repeats, backends=list(backends) or None, precisions=list(precisions) or None,
+                        ckpt=ckpt, threads=threads, search_sizes=_sizes(search_sizes), index_sizes=_sizes(index_sizes),
+                        peers=peers, force=force, say=Progress(quiet or as_json))
+    if as_json:
+        click.echo(json.dumps(rep, indent=2))
+    else:
+        click.echo((out / "bench.md").read_text())

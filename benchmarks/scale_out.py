@@ -1,4 +1,5 @@
-"""Load test of the scale-out topology against one in-memory replica, on loopback, side by side.
+"""``dcssa-bench scale-out``: load test of the scale-out topology against one in-memory replica, on
+loopback, side by side.
 
 1. redis-server (deploy/redis.conf) + N ``dcssa-rt serve --session-store redis://...`` replicas +
    nginx (deploy/nginx.conf) round-robin: K clients draw M strokes each through the balancer;
@@ -10,7 +11,7 @@ time each operation spends on the store (the replicas' ``dcssa_store_seconds``),
 from Redis and their cost, refused commits; then bytes per session in Redis (MEMORY USAGE) and the
 rebuild time of a session at 20 and 256 strokes. Writes scale_out.json and scale_out.md to --out.
 
-    .venv/bin/python -m dcssa.benchmarks.scale_out --bundle demo-out/bundle --clients 6 --strokes 8 --out bench-out
+    .venv/bin/dcssa-bench scale-out --bundle demo-out/bundle --clients 6 --strokes 8 --out bench-out
 
 Bounded: K x M strokes per topology, each request with a timeout, the whole load within --time-limit.
 """
@@ -29,11 +30,12 @@ from pathlib import Path
 import click
 import numpy as np
 
+from dcssa.benchmarks.clients import FRAME, metric, offline, run_clients, same_topk, to_client
 from dcssa.benchmarks.env import cpu_model, isa
-from dcssa.benchmarks.load_test import FRAME, _metric, _offline, _run_clients, _same_topk, _to_client
 from dcssa.benchmarks.topology import Nginx, Redis, Replica, Unavailable
 from dcssa.runtime import Bundle, Gallery, Retriever
 from dcssa.runtime.cli.console import fail_cleanly
+from dcssa.runtime.cli.options import bundle_option, gallery_option
 from dcssa.runtime.data.synthetic import random_sketch
 from dcssa.runtime.errors import DcssaError
 
@@ -53,7 +55,7 @@ def _metrics(port: int) -> str:
 
 def _summary(name: str, got: dict, want: list, gallery) -> dict:
     lat = np.array(got["latencies_ms"]) if got["latencies_ms"] else np.array([np.nan])
-    mismatched = [i for i, (f, w) in enumerate(zip(got["finals"], want)) if not _same_topk(f, w, gallery)]
+    mismatched = [i for i, (f, w) in enumerate(zip(got["finals"], want)) if not same_topk(f, w, gallery)]
     return {
         "setting": name, "strokes_ok": len(got["latencies_ms"]), "errors": got["errors"],
         "p50_ms": round(float(np.percentile(lat, 50)), 1), "p95_ms": round(float(np.percentile(lat, 95)), 1),
@@ -65,13 +67,13 @@ def _summary(name: str, got: dict, want: list, gallery) -> dict:
 
 def _store_stats(texts: list[str]) -> dict:
     """Per-replica store histograms summed: mean time per operation on Redis, rebuilds, conflicts."""
-    total = {k: sum(_metric(t, k) for t in texts) for k in (
+    total = {k: sum(metric(t, k) for t in texts) for k in (
         "dcssa_store_seconds_sum", "dcssa_store_seconds_count", "dcssa_session_rebuild_seconds_sum",
         "dcssa_session_rebuild_seconds_count", "dcssa_store_conflicts_total", "dcssa_strokes_total")}
     ops = total["dcssa_store_seconds_count"]
     rebuilds = total["dcssa_session_rebuild_seconds_count"]
     return {
-        "operations": int(ops), "strokes_per_replica": [int(_metric(t, "dcssa_strokes_total")) for t in texts],
+        "operations": int(ops), "strokes_per_replica": [int(metric(t, "dcssa_strokes_total")) for t in texts],
         "store_ms_per_operation": round(1e3 * total["dcssa_store_seconds_sum"] / ops, 2) if ops else None,
         "rebuilds": int(rebuilds),
         "rebuild_ms_mean": round(1e3 * total["dcssa_session_rebuild_seconds_sum"] / rebuilds, 2) if rebuilds else None,
@@ -192,37 +194,35 @@ def _markdown(rep: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-@click.command()
-@click.option("--bundle", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True)
-@click.option("--gallery", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
-              help="[default: BUNDLE/gallery]")
+@click.command("scale-out")
+@bundle_option()
+@gallery_option
 @click.option("--clients", type=click.IntRange(1, 64), default=6, show_default=True)
 @click.option("--strokes", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--replicas", type=click.IntRange(1, 8), default=3, show_default=True)
 @click.option("--session-sizes", default="20,256", show_default=True, help="Strokes per session for MEMORY USAGE.")
 @click.option("--time-limit", type=click.FloatRange(1), default=900, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("bench-out"), show_default=True)
-def main(bundle: Path, gallery: Path | None, clients: int, strokes: int, replicas: int, session_sizes: str,
+def command(bundle: Path, gallery: Path, clients: int, strokes: int, replicas: int, session_sizes: str,
          time_limit: float, out: Path) -> None:
     """K clients x M strokes through nginx over N Redis-backed replicas, then on one in-memory replica."""
     with fail_cleanly():
-        gallery = gallery or bundle / "gallery"
         b = Bundle.load(bundle)
         retriever = Retriever(b, Gallery.load(gallery, b), backend="ort-cpu", topk=10)
         rng = np.random.default_rng(7)
-        sketches = [[_to_client(s) for s in random_sketch(rng, strokes)] for _ in range(clients)]
-        want = _offline(retriever, sketches, _Bar())
+        sketches = [[to_client(s) for s in random_sketch(rng, strokes)] for _ in range(clients)]
+        want = offline(retriever, sketches, _Bar())
         sizes = tuple(int(x) for x in session_sizes.split(",") if x)
         env = {"cpu": cpu_model(), "isa": isa(), "cores": os.cpu_count(), "loadavg_start": os.getloadavg()}
         runs, store, store_single, store_seq, sessions, round_trips = [], {}, {}, {}, [], {}
         with tempfile.TemporaryDirectory(prefix="dcssa-scale-") as tmp:
             work = Path(tmp)
             flags = ["--topk", "10", "--max-body-kb", "4096"]
-            seq = [[_to_client(s) for s in random_sketch(np.random.default_rng(8), 16)]]
-            want_seq = _offline(retriever, seq, _Bar())
+            seq = [[to_client(s) for s in random_sketch(np.random.default_rng(8), 16)]]
+            want_seq = offline(retriever, seq, _Bar())
 
             def load(port: int, name: str, sk=sketches, w=want) -> None:
-                got = asyncio.run(_run_clients(f"http://127.0.0.1:{port}/", sk, 300, time_limit, lambda _n: None))
+                got = asyncio.run(run_clients(f"http://127.0.0.1:{port}/", sk, 300, time_limit, lambda _n: None))
                 runs.append(_summary(name, got, w, retriever.gallery))
 
             try:
@@ -293,5 +293,8 @@ def main(bundle: Path, gallery: Path | None, clients: int, strokes: int, replica
             raise SystemExit(1)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # pragma: no cover - the 0.1 entry point, removed in 0.3
+    from dcssa.runtime.cli.console import warn
+
+    warn("`python -m dcssa.benchmarks.scale_out` is deprecated: use `dcssa-bench scale-out` (the same options)")
+    command(prog_name="dcssa-bench scale-out")

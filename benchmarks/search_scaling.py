@@ -1,18 +1,26 @@
-"""Exact gallery search time against gallery size: our matrix search, and FAISS IndexFlatIP if present."""
+"""Exact gallery search time against gallery size (our matrix search, and FAISS IndexFlatIP if present:
+the search section of ``dcssa-bench run``), and FAISS indexes against the exact search
+(``dcssa-bench search-scaling``, and ``run --index-sizes``)."""
 
 from __future__ import annotations
 
-import sys
+import json
 import time
 from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 
+import click
 import numpy as np
 
+from dcssa.runtime.cli.console import fail_cleanly
+from dcssa.runtime.cli.options import output_options
 from dcssa.runtime.extras import optional
-from dcssa.runtime.progress import Say, silent
+from dcssa.runtime.progress import Progress, Say, silent
 from dcssa.runtime.search.gallery import Gallery
 
 DEFAULT_SIZES = (1_000, 10_000, 100_000, 1_000_000)
+DIM = 64  # the demo bundle's embedding size
 
 
 def _median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -25,7 +33,7 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
     return float(np.median(times))
 
 
-def search_scaling(sizes=DEFAULT_SIZES, dim: int = 64, k: int = 10, repeats: int = 9, seed: int = 0,
+def search_scaling(sizes=DEFAULT_SIZES, dim: int = DIM, k: int = 10, repeats: int = 9, seed: int = 0,
                    progress: Say = silent) -> list[dict]:
     rng = np.random.default_rng(seed)
     faiss = optional("faiss")
@@ -59,6 +67,9 @@ def search_scaling(sizes=DEFAULT_SIZES, dim: int = 64, k: int = 10, repeats: int
 # -- FAISS indexes against the exact search: build time, bytes per photo, latency, recall --------------
 
 INDEX_KINDS = ("flat", "hnsw", "ivf", "ivfpq")
+QUERIES = 500  # held-out queries the recall is measured on
+LATENCY_QUERIES = 300  # single queries timed
+TARGET_RECALL = 0.95  # each index's search knob is tuned to it
 
 
 def random_unit_vectors(n: int, dim: int, seed: int = 0, chunk: int = 1 << 20) -> np.ndarray:
@@ -82,9 +93,9 @@ def _latencies_ms(fn: Callable[[np.ndarray], object], queries: np.ndarray) -> di
     return {"p50_ms": round(float(np.percentile(times, 50)), 4), "p99_ms": round(float(np.percentile(times, 99)), 4)}
 
 
-def index_comparison(size: int, dim: int = 64, kinds=INDEX_KINDS, *, queries: int = 500, latency_queries: int = 300,
-                     seed: int = 0, target_recall: float = 0.95, progress: Say = silent,
-                     on_row: Callable[[dict], None] = lambda _row: None) -> list[dict]:
+def index_comparison(size: int, dim: int = DIM, kinds=INDEX_KINDS, *, queries: int = QUERIES,
+                     latency_queries: int = LATENCY_QUERIES, seed: int = 0, target_recall: float = TARGET_RECALL,
+                     progress: Say = silent, on_row: Callable[[dict], None] = lambda _row: None) -> list[dict]:
     """One row per index kind (and the exact numpy search) at ``size`` random unit vectors.
 
     Recall@10 is measured against the exact search on held-out queries (catalogue vectors turned to
@@ -92,7 +103,6 @@ def index_comparison(size: int, dim: int = 64, kinds=INDEX_KINDS, *, queries: in
     Single-query latency: FAISS on one OpenMP thread (its steady figure beside other thread pools).
     The exact reference is computed once for all kinds; ``on_row`` gets every row as it is measured."""
     import tempfile
-    from pathlib import Path
 
     import faiss
 
@@ -120,7 +130,7 @@ def index_comparison(size: int, dim: int = 64, kinds=INDEX_KINDS, *, queries: in
             size_bytes = sum(p.stat().st_size for p in map(Path, [Path(tmp) / f for f in fi.save(Path(tmp))]))
         faiss.omp_set_num_threads(1)
         try:
-            lat = _latencies_ms(lambda x: fi.search(x, 10), lat_q)
+            lat = _latencies_ms(partial(fi.search, k=10), lat_q)  # not a lambda over `fi`: del fi below (F821)
         finally:
             faiss.omp_set_num_threads(threads)
         rows.append({"size": size, "dim": dim, "index": kind, "factory": fi.info["factory"],
@@ -139,7 +149,6 @@ def ray_vs_local(bundle_path, photos, *, actors: int | None = None, batch_size: 
     its gain is that the actors can live on other machines. Also checks the two galleries agree."""
     import os
     import tempfile
-    from pathlib import Path
 
     from dcssa.runtime import Bundle, build_gallery
     from dcssa.runtime.backends import get_backend
@@ -218,79 +227,88 @@ def plot_indexes(report: dict, path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """python -m dcssa.benchmarks.search_scaling --sizes 1000000 --kinds flat,hnsw,ivf,ivfpq --out DIR"""
-    import argparse
-    from pathlib import Path
-
-    from dcssa.runtime.progress import Progress
-
-    ap = argparse.ArgumentParser(prog="python -m dcssa.benchmarks.search_scaling", description=main.__doc__)
-    ap.add_argument("--sizes", default="1000000", help="catalogue sizes, comma-separated")
-    ap.add_argument("--dim", type=int, default=64, help="embedding size (the demo bundle's is 64)")
-    ap.add_argument("--kinds", default=",".join(INDEX_KINDS), help="index kinds, comma-separated")
-    ap.add_argument("--queries", type=int, default=500)
-    ap.add_argument("--latency-queries", type=int, default=300)
-    ap.add_argument("--target-recall", type=float, default=0.95)
-    ap.add_argument("--ray-bundle", type=Path, default=None, help="also time --ray against local embedding with this bundle")
-    ap.add_argument("--ray-photos", type=Path, default=None, help="the photo folder for --ray-bundle")
-    ap.add_argument("--out", type=Path, default=Path("bench-indexes"))
-    ap.add_argument("--force", action="store_true")
-    ap.add_argument("--json", action="store_true", help="print the report as JSON on stdout (implies -q)")
-    ap.add_argument("-q", "--quiet", action="store_true")
-    args = ap.parse_args(argv)
-    say = Progress(args.quiet or args.json)
-    if args.ray_bundle and not args.ray_photos:
-        ap.error("--ray-bundle needs --ray-photos")
-    from dcssa.runtime.errors import DcssaError
-
-    try:
-        _run(args, say)
-    except DcssaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(exc.exit_code) from None
+def _ints(text: str) -> list[int]:
+    return [int(s) for s in text.split(",") if s.strip()]
 
 
-def _run(args, say: Say) -> None:
-    """A 10M run takes hours: every measured row also goes to ``OUT.partial.json`` / ``.md`` beside
-    ``--out`` (``complete: false``) so a run that is stopped keeps what it measured; the finished
+def compare_indexes(out: Path, sizes: list[int], *, dim: int = DIM, kinds=INDEX_KINDS, queries: int = QUERIES,
+                    latency_queries: int = LATENCY_QUERIES, target_recall: float = TARGET_RECALL,
+                    ray_bundle: Path | None = None, ray_photos: Path | None = None, force: bool = False,
+                    say: Say = silent) -> dict:
+    """Write OUT/indexes.json, indexes.md and indexes.png; return the report.
+
+    A 10M run takes hours: every measured row also goes to ``OUT.partial.json`` / ``.md`` beside
+    ``out`` (``complete: false``) so a run that is stopped keeps what it measured; the finished
     folder replaces them."""
     import json
 
     from dcssa.benchmarks.env import environment
     from dcssa.runtime.atomic import refuse_existing, staged_dir
 
-    refuse_existing(args.out, args.force)  # before minutes of measuring, not after
+    refuse_existing(out, force)  # before minutes of measuring, not after
     rows: list[dict] = []
     env = environment(None)
-    config = {"queries": args.queries, "latency_queries": args.latency_queries,
-              "target_recall": args.target_recall, "kinds": args.kinds, "sizes": args.sizes}
-    partial = [args.out.with_name(args.out.name + ".partial.json"), args.out.with_name(args.out.name + ".partial.md")]
+    config = {"queries": queries, "latency_queries": latency_queries, "target_recall": target_recall,
+              "kinds": ",".join(kinds), "sizes": ",".join(map(str, sizes))}
+    partial_files = [out.with_name(out.name + ".partial.json"), out.with_name(out.name + ".partial.md")]
 
     def save_partial(row: dict) -> None:
         rows.append(row)
         rep = {"schema": "dcssa-bench-indexes/1", "complete": False, "env": env, "config": config, "rows": rows}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        for path, text in zip(partial, (json.dumps(rep, indent=2) + "\n",
-                                        "**Partial** (the run has not finished)\n\n" + indexes_markdown(rep))):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for path, text in zip(partial_files, (json.dumps(rep, indent=2) + "\n",
+                                              "**Partial** (the run has not finished)\n\n" + indexes_markdown(rep))):
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_text(text)
             tmp.replace(path)
 
-    for size in (int(s) for s in args.sizes.split(",") if s.strip()):
-        index_comparison(size, args.dim, [k for k in args.kinds.split(",") if k], queries=args.queries,
-                         latency_queries=args.latency_queries, target_recall=args.target_recall, progress=say,
-                         on_row=save_partial)
+    for size in sizes:
+        index_comparison(size, dim, kinds, queries=queries, latency_queries=latency_queries,
+                         target_recall=target_recall, progress=say, on_row=save_partial)
     report = {"schema": "dcssa-bench-indexes/1", "complete": True, "env": env, "config": config, "rows": rows}
-    if args.ray_bundle:
-        report["ray"] = ray_vs_local(args.ray_bundle, args.ray_photos, progress=say)
-    with staged_dir(args.out, force=args.force) as tmp:
+    if ray_bundle:
+        report["ray"] = ray_vs_local(ray_bundle, ray_photos, progress=say)
+    with staged_dir(out, force=force) as tmp:
         (tmp / "indexes.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "indexes.md").write_text(indexes_markdown(report))
         plot_indexes(report, tmp / "indexes.png")
-    for path in partial:
+    for path in partial_files:
         path.unlink(missing_ok=True)
-    print(json.dumps(report, indent=2) if args.json else indexes_markdown(report))
+    return report
 
-if __name__ == "__main__":
-    main()
+
+@click.command("search-scaling")
+@click.option("--sizes", default="1000000", show_default=True, help="Catalogue sizes, comma-separated.")
+@click.option("--dim", type=click.IntRange(1), default=DIM, show_default=True,
+              help="Embedding size (the demo bundle's is 64).")
+@click.option("--kinds", default=",".join(INDEX_KINDS), show_default=True, help="Index kinds, comma-separated.")
+@click.option("--queries", type=int, default=QUERIES, show_default=True,
+              help="Held-out queries the recall is measured on.")
+@click.option("--latency-queries", type=int, default=LATENCY_QUERIES, show_default=True, help="Single queries timed.")
+@click.option("--target-recall", type=float, default=TARGET_RECALL, show_default=True,
+              help="Each index's search knob is tuned to this recall@10.")
+@click.option("--ray-bundle", type=click.Path(path_type=Path), default=None,
+              help="Also time `dcssa-rt index --ray` against local embedding with this bundle.")
+@click.option("--ray-photos", type=click.Path(path_type=Path), default=None, help="The photo folder for --ray-bundle.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-indexes"), show_default=True)
+@output_options(json="the report", force="output folder")
+def command(sizes: str, dim: int, kinds: str, queries: int, latency_queries: int, target_recall: float,
+            ray_bundle: Path | None, ray_photos: Path | None, out: Path, as_json: bool, quiet: bool,
+            force: bool) -> None:
+    """FAISS indexes (flat, hnsw, ivf, ivfpq) against the exact search on random unit vectors: build
+    time, bytes per photo, latency, recall@10; writes OUT/indexes.json, indexes.md, indexes.png."""
+    if ray_bundle and not ray_photos:
+        raise click.UsageError("--ray-bundle needs --ray-photos")
+    with fail_cleanly():
+        report = compare_indexes(out, _ints(sizes), dim=dim, kinds=[k for k in kinds.split(",") if k],
+                                 queries=queries, latency_queries=latency_queries, target_recall=target_recall,
+                                 ray_bundle=ray_bundle, ray_photos=ray_photos, force=force,
+                                 say=Progress(quiet or as_json))
+    click.echo(json.dumps(report, indent=2) if as_json else indexes_markdown(report))
+
+
+if __name__ == "__main__":  # pragma: no cover - the 0.1 entry point, removed in 0.3
+    from dcssa.runtime.cli.console import warn
+
+    warn("`python -m dcssa.benchmarks.search_scaling` is deprecated: use `dcssa-bench search-scaling` (the same options)")
+    command(prog_name="dcssa-bench search-scaling")

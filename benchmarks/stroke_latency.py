@@ -18,18 +18,16 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import TypeVar
 
 import numpy as np
 
+from dcssa.benchmarks.methods import PEERS, Method
 from dcssa.runtime import Bundle, Gallery, Retriever
 from dcssa.runtime.progress import Say, silent
 
 SETTLE_S = 0.2
-#: the PyTorch peers (``--peers``), in table order; peer ``p`` is the method ``torch-p`` (:mod:`.torch_peers`)
-PEERS = ("eager", "channels-last", "bf16", "compile")
 T = TypeVar("T")
 
 
@@ -37,16 +35,6 @@ def rotated(items: Sequence[T], k: int) -> list[T]:
     """``items`` starting at ``k`` (mod len): who goes first changes every round, so drift hits all alike."""
     k %= len(items)
     return [*items[k:], *items[:k]]
-
-
-@dataclass
-class Method:
-    name: str
-    start: Callable[[], None]  # a new sketch (session) begins
-    stroke: Callable[[int], object]  # add stroke t (0-based)
-    phases: list[dict] = field(default_factory=list)
-    #: what ``stroke`` returned for each stroke of the last timed repeat (for output checks)
-    outputs: list = field(default_factory=list)
 
 
 def runtime_method(retriever: Retriever, sketch: list[np.ndarray], name: str) -> Method:
@@ -71,7 +59,7 @@ def torch_methods(bundle: Bundle, ckpt, gallery: Gallery, sketch: list[np.ndarra
     from dcssa.benchmarks import torch_peers
 
     return torch_peers.torch_methods(bundle, ckpt, gallery, sketch, threads,
-                                     tuple(torch_peers.PEERS if peers is None else peers))
+                                     tuple(PEERS if peers is None else peers))
 
 
 def measure(methods: list[Method], strokes: int, repeats: int, say: Say = silent) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""The PyTorch methods of ``dcssa-rt bench``: research code's pattern, and the peers a PyTorch user would pick.
+"""The PyTorch methods of ``dcssa-bench run``: research code's pattern, and the peers a PyTorch user would pick.
 
 Every method uses the checkpoint the bundle was exported from and the bundle's own canvas and
 preprocessing, on the same strokes as our runtime: only the way the model runs differs.
@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from dcssa.benchmarks.env import cpu_flags
-from dcssa.benchmarks.stroke_latency import PEERS, Method
+from dcssa.benchmarks.methods import PEERS, Method
 from dcssa.runtime import Bundle, Gallery
 from dcssa.runtime.stroke.parse import strokes_to_points
 from dcssa.runtime.stroke.pipeline import SketchPipeline

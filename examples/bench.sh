@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark of README "Performance" on this machine: the demo bundle (made by demo.sh when
-# missing) with its int8 graphs (added once, `--recipe default`), then `dcssa-rt bench` with its
+# missing) with its int8 graphs (added once, `--recipe default`), then `dcssa-bench run` with its
 # default settings. Writes OUT (default bench-out/): bench.json, bench.md and two PNG plots.
 set -euo pipefail
 DEMO=${1:-demo-out}
@@ -12,4 +12,4 @@ fi
 if ! "$BIN/python" -c "import json, sys; sys.exit('int8' not in json.load(open('$DEMO/bundle/manifest.json'))['precisions'])"; then
   "$BIN/dcssa-export" calibrate "$DEMO/bundle" --data "$DEMO/data/Shapes" --precision int8 --recipe default
 fi
-"$BIN/dcssa-rt" bench --bundle "$DEMO/bundle" --gallery "$DEMO/bundle/gallery" --out "$OUT" --force
+"$BIN/dcssa-bench" run --bundle "$DEMO/bundle" --gallery "$DEMO/bundle/gallery" --out "$OUT" --force

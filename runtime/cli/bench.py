@@ -1,65 +1,88 @@
-"""``dcssa-rt bench``: the per-stroke benchmark of the Performance page (PyTorch peers, phases, search scaling)."""
+"""``dcssa-rt bench``: deprecated alias of ``dcssa-bench run`` (removed in 0.3).
+
+The runtime imports none of the benchmarks (they need torch, FAISS, matplotlib; see ``.importlinter``),
+so the alias runs ``python -m dcssa.benchmarks run ARGS...`` in a child process: every argument goes
+through unparsed, the child's stdout and stderr are relayed as they come (progress bars included) to
+click's streams, and the alias exits with the child's code. ``--help`` is the run command's help, at
+the width this command would use, after one line naming the new command.
+"""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from typing import IO, Any
 
 import click
 
-from ..progress import Progress
-from .console import fail_cleanly
-from .options import bundle_option, gallery_option, output_options, runtime_options
+from .console import warn
+from .options import bundle_option, compose, gallery_option, output_options, runtime_options
 
-#: ``dcssa-rt bench --peers`` (benchmarks/stroke_latency.PEERS; not imported here: it loads the runtime)
-BENCH_PEERS = ("eager", "channels-last", "bf16", "compile")
+TARGET = "dcssa-bench run"
+CHILD = (sys.executable, "-m", "dcssa.benchmarks", "run")
+#: the width the child formats --help at (dcssa.benchmarks.cli reads it): this command's own
+HELP_WIDTH_ENV = "DCSSA_HELP_WIDTH"
+DEPRECATED = f"`dcssa-rt bench` is a deprecated alias of `{TARGET}` (the same options; removed in 0.3)"
+
+#: the shared options of ``dcssa-bench run``, declared here only so that completion and the option
+#: checks see them; the child parses every argument
+SHARED = compose(bundle_option(), gallery_option, runtime_options(multiple=True),
+                 output_options(json="bench.json", force="output folder"))
 
 
-def _peer_list(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(p.strip() for p in value.split(",") if p.strip()))
-    wrong = [p for p in names if p not in BENCH_PEERS]
-    if wrong:
-        raise click.BadParameter(f"{', '.join(wrong)}: choose from {', '.join(BENCH_PEERS)}")
-    return names
+class Alias(click.Command):
+    """A command that hands its arguments, unparsed, to ``dcssa-bench run`` in a child process."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.args = list(args)  # --help included: the child answers it
+        return []
+
+    def invoke(self, ctx: click.Context) -> Any:
+        asks_help = any(a in ctx.help_option_names for a in ctx.args)
+        if asks_help:
+            click.echo(DEPRECATED + "\n")
+        else:
+            warn(DEPRECATED)
+        ctx.exit(relay([*CHILD, *ctx.args], {**os.environ, HELP_WIDTH_ENV: str(_help_width(ctx))}))
 
 
-@click.command()
-@bundle_option()
-@gallery_option
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True)
-@click.option("--strokes", "strokes_file", type=click.Path(path_type=Path), default=None,
-              help="Strokes JSON to replay [default: a generated 20-stroke sketch].")
-@click.option("--max-strokes", type=click.IntRange(1), default=20, show_default=True)
-@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True)
-@runtime_options(multiple=True)
-@click.option("--ckpt", type=click.Path(path_type=Path), default=None,
-              help="The checkpoint the bundle was exported from, for the PyTorch baselines (needs [export]) "
-                   "[default: the file the manifest names, if it lies beside the bundle with the recorded sha256].")
-@click.option("--search-sizes", default="1000,10000,100000,1000000", show_default=True,
-              help="Gallery sizes for the search-scaling section ('' to skip).")
-@click.option("--index-sizes", default="", show_default=True,
-              help="Sizes for the FAISS index section (flat, hnsw, ivf, ivfpq against exact; needs [faiss]; '' to skip).")
-@click.option("--peers", default=",".join(BENCH_PEERS), show_default=True, callback=_peer_list,
-              help="PyTorch peers to measure beside naive (methods torch-PEER), comma-separated; those the CPU "
-                   "cannot run (bf16 without native bf16, compile without a C++ compiler) are left out with the "
-                   "reason; '' for none.")
-@output_options(json="bench.json", force="output folder")
-def bench(bundle: Path, gallery: Path, out: Path, strokes_file: Path | None, max_strokes: int, repeats: int,
-          backends: tuple[str, ...], precisions: tuple[str, ...], threads: int | None, ckpt: Path | None,
-          search_sizes: str, index_sizes: str, peers: tuple[str, ...], as_json: bool, quiet: bool,
-          force: bool) -> None:
-    """Measure per-stroke latency (naive, the PyTorch peers, runtime), phases, undo, cold start, memory
-    and search scaling; writes OUT/bench.json, bench.md, latency_per_stroke.png, search_scaling.png."""
-    from dcssa.benchmarks.run import run_bench
+def _help_width(ctx: click.Context) -> int:
+    """The width click would format this command's help at (what ``make_formatter`` picks)."""
+    if ctx.terminal_width is not None:
+        return ctx.terminal_width
+    return max(min(shutil.get_terminal_size().columns, ctx.max_content_width or 80) - 2, 50)
 
-    sizes = tuple(int(x) for x in search_sizes.split(",") if x.strip())
-    isizes = tuple(int(x) for x in index_sizes.split(",") if x.strip())
-    with fail_cleanly():
-        rep = run_bench(bundle, gallery, out, strokes_file=strokes_file, strokes=max_strokes,
-                        repeats=repeats, backends=list(backends) or None, precisions=list(precisions) or None,
-                        ckpt=ckpt, threads=threads, search_sizes=sizes, index_sizes=isizes, peers=peers, force=force,
-                        say=Progress(quiet or as_json))
-    if as_json:
-        click.echo(json.dumps(rep, indent=2))
-    else:
-        click.echo((out / "bench.md").read_text())
+
+def _pump(pipe: IO[bytes], err: bool) -> None:
+    """Copy the child's output to click's stream chunk by chunk as it arrives (a bar's \\r line too)."""
+    with pipe:
+        for chunk in iter(lambda: os.read(pipe.fileno(), 65536), b""):
+            click.echo(chunk, nl=False, err=err)
+
+
+def relay(cmd: list[str], env: dict[str, str] | None = None) -> int:
+    """Run ``cmd`` (in ``env``, else this one) with its stdout and stderr relayed to click's; its exit
+    code (128 + N if a signal N killed it)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    pumps = [threading.Thread(target=_pump, args=(pipe, err), daemon=True)
+             for pipe, err in ((proc.stdout, False), (proc.stderr, True))]
+    for t in pumps:
+        t.start()
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:  # the child got the same Ctrl-C: let it clean up and say so
+        code = proc.wait()
+    for t in pumps:
+        t.join()
+    return 128 - code if code < 0 else code
+
+
+@click.command("bench", cls=Alias, add_help_option=False,
+               short_help=f"Deprecated alias of `{TARGET}` (the per-stroke benchmark).")
+@SHARED
+def bench(**_shared: Any) -> None:
+    """Deprecated alias of ``dcssa-bench run``: per-stroke latency against the PyTorch peers, phases,
+    undo, cold start, memory and search scaling (``dcssa-rt bench --help`` shows its options)."""

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from dcssa.runtime.cli import main as rt
+from dcssa.benchmarks.cli import main as bench
 
 
 def test_bench_writes_report_tables_and_plots(bundle2: Path, gallery2: Path, demo_ckpt: Path, tmp_path: Path):
@@ -19,9 +19,9 @@ def test_bench_writes_report_tables_and_plots(bundle2: Path, gallery2: Path, dem
     beside = bundle2.parent / demo_ckpt.name
     beside.symlink_to(demo_ckpt)
     try:
-        res = CliRunner().invoke(rt, ["bench", "--bundle", str(bundle2), "--gallery", str(gallery2), "--out", str(out),
-                                      "--max-strokes", "2", "--repeats", "2",
-                                      "--backend", "ort-cpu", "--search-sizes", "500,2000", "--peers", "eager"])
+        res = CliRunner().invoke(bench, ["run", "--bundle", str(bundle2), "--gallery", str(gallery2), "--out", str(out),
+                                         "--max-strokes", "2", "--repeats", "2",
+                                         "--backend", "ort-cpu", "--search-sizes", "500,2000", "--peers", "eager"])
     finally:
         beside.unlink()
     assert res.exit_code == 0, res.output
@@ -127,7 +127,7 @@ def test_bench_refuses_an_existing_output_before_measuring(bundle2: Path, galler
     out.mkdir()
     (out / "mine.txt").write_text("keep")
     monkeypatch.setattr(stroke_latency, "measure", lambda *a, **k: pytest.fail("measured before refusing"))
-    res = CliRunner().invoke(rt, ["bench", "--bundle", str(bundle2), "--gallery", str(gallery2), "--out", str(out)])
+    res = CliRunner().invoke(bench, ["run", "--bundle", str(bundle2), "--gallery", str(gallery2), "--out", str(out)])
     assert res.exit_code == 2
     assert str(out) in res.output and "--force" in res.output
     assert [p.name for p in out.iterdir()] == ["mine.txt"]

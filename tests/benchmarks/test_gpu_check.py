@@ -1,4 +1,4 @@
-"""``make gpu-check`` on a machine without a GPU: it must stop at once, say why, and fail."""
+"""``make gpu-check`` (``dcssa-bench gpu-check``) on a machine without a GPU: it must stop at once, say why, and fail."""
 
 from __future__ import annotations
 
@@ -16,10 +16,13 @@ NO_GPU = not TensorRTBackend.available()
 @pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU and TensorRT: the no-GPU path cannot be observed")
 def test_without_a_gpu_it_stops_at_once_with_the_reason(tmp_path):
     out = tmp_path / "report"
-    code = (
+    code = (  # `dcssa-bench gpu-check`: the command line loads every harness module, none of them heavy
         "import sys\n"
-        "from dcssa.benchmarks import gpu_check\n"
-        f"rc = gpu_check.main(['--bundle', {str(tmp_path / 'none')!r}, '--out', {str(out)!r}])\n"
+        "from dcssa.benchmarks.cli import main\n"
+        "try:\n"
+        f"    main(['gpu-check', '--bundle', {str(tmp_path / 'none')!r}, '--out', {str(out)!r}])\n"
+        "except SystemExit as exc:\n"
+        "    rc = exc.code\n"
         "heavy = sorted(m for m in ('torch', 'dcssa.export', 'dcssa.calibration') if m in sys.modules)\n"
         "print('heavy:', heavy)\n"
         "sys.exit(rc)\n"

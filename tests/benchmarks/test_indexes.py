@@ -10,7 +10,12 @@ import pytest
 pytest.importorskip("faiss", reason="the [faiss] extra is not installed")
 pytest.importorskip("matplotlib")
 
-from dcssa.benchmarks.search_scaling import main  # noqa: E402
+from dcssa.benchmarks.cli import main as bench  # noqa: E402
+
+
+def main(args: list[str]) -> None:
+    """``dcssa-bench search-scaling ARGS`` in this process: returns when it succeeds, a failure exits."""
+    bench.main(["search-scaling", *args], standalone_mode=False)
 
 
 def test_index_comparison_report(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The PyTorch peers of `dcssa-rt bench` (benchmarks/torch_peers.py): same outputs as eager fp32 within
+"""The PyTorch peers of `dcssa-bench run` (benchmarks/torch_peers.py): same outputs as eager fp32 within
 each peer's tolerance, compile time reported apart, peers a CPU cannot run left out with the reason.
 
 No timing is asserted: the numbers are the benchmark's business, the tests check what is measured.
@@ -16,8 +16,8 @@ from click.testing import CliRunner
 torch = pytest.importorskip("torch")
 
 from dcssa.benchmarks import torch_peers as tp  # noqa: E402
+from dcssa.benchmarks.cli import main as bench  # noqa: E402
 from dcssa.runtime import Bundle, Gallery  # noqa: E402
-from dcssa.runtime.cli import main as rt  # noqa: E402
 from dcssa.runtime.data.synthetic import random_sketch  # noqa: E402
 
 STROKES = 3
@@ -159,10 +159,10 @@ def test_peers_a_cpu_cannot_run_are_left_out_with_the_reason(arnet_bundle, arnet
 
 def test_bench_reports_compile_time_apart_and_the_best_peer(arnet_bundle, arnet_gallery, arnet_ckpt, tmp_path):
     out = tmp_path / "bench"
-    res = CliRunner().invoke(rt, ["bench", "--bundle", str(arnet_bundle), "--gallery", str(arnet_gallery),
-                                  "--ckpt", str(arnet_ckpt), "--out", str(out), "--max-strokes", "2",
-                                  "--repeats", "1", "--backend", "ort-cpu", "--search-sizes", "",
-                                  "--peers", "eager,compile,channels-last", "--quiet"])
+    res = CliRunner().invoke(bench, ["run", "--bundle", str(arnet_bundle), "--gallery", str(arnet_gallery),
+                                     "--ckpt", str(arnet_ckpt), "--out", str(out), "--max-strokes", "2",
+                                     "--repeats", "1", "--backend", "ort-cpu", "--search-sizes", "",
+                                     "--peers", "eager,compile,channels-last", "--quiet"])
     assert res.exit_code == 0, res.output
     rep = json.loads((out / "bench.json").read_text())
     if "torch-compile" in rep["skipped"]:
@@ -189,11 +189,11 @@ def test_bench_reports_compile_time_apart_and_the_best_peer(arnet_bundle, arnet_
 
 
 def test_bench_peers_option_is_checked(bundle2: Path, gallery2: Path, tmp_path: Path):
+    from dcssa.benchmarks.run import PEERS as BENCH_PEERS  # what --peers accepts
     from dcssa.benchmarks.stroke_latency import PEERS
-    from dcssa.runtime.cli.bench import BENCH_PEERS
 
     assert BENCH_PEERS == PEERS == tp.PEERS
-    res = CliRunner().invoke(rt, ["bench", "--bundle", str(bundle2), "--gallery", str(gallery2),
-                                  "--out", str(tmp_path / "b"), "--peers", "eager,jit"])
+    res = CliRunner().invoke(bench, ["run", "--bundle", str(bundle2), "--gallery", str(gallery2),
+                                     "--out", str(tmp_path / "b"), "--peers", "eager,jit"])
     assert res.exit_code == 2 and "jit" in res.output and "channels-last" in res.output
     assert not (tmp_path / "b").exists()

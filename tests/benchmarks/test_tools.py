@@ -9,7 +9,8 @@ import click
 import numpy as np
 import pytest
 
-from dcssa.benchmarks.load_test import FRAME, _settings, _to_client
+from dcssa.benchmarks.clients import FRAME, to_client
+from dcssa.benchmarks.load_test import _settings
 from dcssa.benchmarks.stroke_latency import rotated
 from dcssa.runtime.data.synthetic import random_sketch
 from dcssa.runtime.stroke.parse import parse_stroke
@@ -21,7 +22,7 @@ def test_rotated_gives_every_item_the_first_turn():
 
 def test_load_test_client_strokes_come_back_to_the_model_frame():
     for stroke in random_sketch(np.random.default_rng(3), 4):
-        sent = _to_client(stroke)
+        sent = to_client(stroke)
         assert max(max(p) for p in sent) <= FRAME
         # rounding to 0.01 in a 500 frame moves a point by at most 0.005 * 256 / 500 in the model frame
         np.testing.assert_allclose(parse_stroke(sent, frame=[FRAME, FRAME]), stroke, atol=0.005 * 256 / 500 + 1e-9)
@@ -94,6 +95,7 @@ def test_ptq_compare_saves_the_report_after_every_variant(monkeypatch, tmp_path)
     import dcssa.calibration.job as cb
     import dcssa.runtime.contract.bundle as rb
     from dcssa.benchmarks import ptq_compare as pc
+    from dcssa.benchmarks.cli import main as bench
 
     out = tmp_path / "out"
     seen: list[dict] = []
@@ -114,8 +116,8 @@ def test_ptq_compare_saves_the_report_after_every_variant(monkeypatch, tmp_path)
     monkeypatch.setattr(rb.Bundle, "load", staticmethod(lambda path: object()))
     monkeypatch.setattr(cb, "prepare", lambda *a, **k: prep)
     monkeypatch.setattr(pc, "VARIANTS", {"one": pc.Variant("one", "d1", first), "two": pc.Variant("two", "d2", second)})
-    res = CliRunner().invoke(pc.main, ["--bundle", str(tmp_path), "--data", "synthetic:2", "--variants", "one,two",
-                                       "--out", str(out), "-q"])
+    res = CliRunner().invoke(bench, ["ptq-compare", "--bundle", str(tmp_path), "--data", "synthetic:2",
+                                     "--variants", "one,two", "--out", str(out), "-q"])
     assert res.exit_code == 0, res.output
     partial, md = seen
     assert partial["complete"] is False and list(partial["variants"]) == ["one"]

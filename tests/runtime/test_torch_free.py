@@ -20,7 +20,7 @@ import pytest
 
 import dcssa.runtime
 
-BLOCKED = ("torch", "dcssa.export", "dcssa.calibration", "sklearn")
+BLOCKED = ("torch", "dcssa.export", "dcssa.calibration", "dcssa.benchmarks", "sklearn")
 MODULES = ["dcssa.runtime"] + sorted(
     m.name for m in pkgutil.walk_packages(dcssa.runtime.__path__, "dcssa.runtime.", onerror=lambda _name: None)
 )
