@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,8 @@ _FORMS_HINT = (
     '{"drawing": [[[x, ...], [y, ...]], ...]} (QuickDraw simplified)'
 )
 _FORM_KEYS = ("strokes", "points", "drawing")
+_PAIR_TYPES = {list, tuple}
+_JSON_NUMBERS = {int, float}  # exact types: bool (an int) and numpy scalars take the point-by-point path
 _FRAME_HINT = 'send canvas coordinates with "frame": [canvas width, canvas height]'
 
 
@@ -140,12 +143,28 @@ def _to_model_frame(xy: np.ndarray, frame: tuple[float, float] | None, label: st
     return _checked(out)
 
 
+def _plain_pairs(stroke: list | tuple) -> np.ndarray | None:
+    """``stroke`` as ``(n, 2)`` float64 in one numpy call when it is plainly valid: lists of two finite
+    JSON numbers (what a request body holds once its schema passed, or a well-formed file). None sends
+    it point by point through :func:`_pair_stroke`, which accepts the same and names what is wrong."""
+    if not set(map(type, stroke)) <= _PAIR_TYPES or not set(map(type, chain.from_iterable(stroke))) <= _JSON_NUMBERS:
+        return None  # bools, strings, numpy scalars, nesting: the slow path decides
+    try:
+        out = np.array(stroke, dtype=np.float64)
+    except (OverflowError, ValueError):  # an int past float64, ragged points
+        return None
+    return out if out.shape == (len(stroke), 2) and np.isfinite(out).all() else None
+
+
 def _pair_stroke(stroke: Any, label: str, source: str | None) -> np.ndarray:
     """``[[x, y], ...]`` -> ``(n, 2)`` float64; ``label`` prefixes messages ("stroke 3")."""
     if not _is_list(stroke):
         raise StrokeError(f"{label}: expected a list of [x, y] points, got {_kind(stroke)}", path=source)
     if len(stroke) == 0:
         raise StrokeError(f"{label}: empty stroke (a stroke needs at least one point)", path=source)
+    out = _plain_pairs(stroke)
+    if out is not None:
+        return out
     out = np.empty((len(stroke), 2), dtype=np.float64)
     for j, point in enumerate(stroke):
         where = f"{label}, point {j}"
