@@ -140,7 +140,7 @@ class StrokeSession:
         return self._results[-1] if self._results else None
 
     def add_stroke(self, points) -> QueryResult:
-        """Add one stroke ((n, 2) points in the model's 256 frame, or any stroke JSON form)."""
+        """Add one stroke ((n, 2) points in the model's 256 frame, or a JSON stroke ``[[x, y], ...]``)."""
         image = self.prepare_stroke(points)
         try:
             t0 = time.perf_counter()
@@ -167,7 +167,7 @@ class StrokeSession:
                 f"the session holds {self.num_strokes} strokes, its bound",
                 hint="undo or reset, or raise max_strokes (memory grows by 2 x 2048 floats per stroke)",
             )
-        xy = as_stroke(points)  # the one validation; the canvas trusts it
+        xy = as_stroke(points)  # the one validation (none for a parser's CheckedStroke); the canvas trusts it
         t0 = time.perf_counter()
         self.canvas.add_stroke(xy)
         t1 = time.perf_counter()

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ServeConfig", "create_app", "DynamicBatcher", "SessionStore", "MemoryStore", "RedisStore",
+__all__ = ["ServeConfig", "ServeOptions", "create_app", "DynamicBatcher", "SessionStore", "MemoryStore", "RedisStore",
            "session_memory_bound"]
 
 _WHERE = {
     "ServeConfig": ".config",
+    "ServeOptions": ".config",
     "create_app": ".app",
     "DynamicBatcher": ".batcher",
     "SessionStore": ".sessions",

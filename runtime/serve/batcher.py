@@ -25,6 +25,7 @@ import numpy as np
 
 from ..backends import Runner
 from ..contract import manifest as mf
+from .config import ServeConfig
 from .errors import ServerBusy
 
 
@@ -45,15 +46,18 @@ class BatchStats:
 
 
 class DynamicBatcher:
-    """Collects (1, 3, H, W) rasters, runs the encoder on their concatenation, splits the features."""
+    """Collects (1, 3, H, W) rasters, runs the encoder on their concatenation, splits the features.
+
+    The limits default to :class:`~.config.ServeConfig`'s (``window_ms`` is its ``batch_window_ms``).
+    """
 
     def __init__(
         self,
         runner: Runner,
         *,
-        max_batch: int = 8,
-        window_ms: float = 5.0,
-        max_queue: int = 256,
+        max_batch: int = ServeConfig.max_batch,
+        window_ms: float = ServeConfig.batch_window_ms,
+        max_queue: int = ServeConfig.max_queue,
         on_batch: Callable[[int, float], None] | None = None,
         output: str = mf.FEATURES,
     ) -> None:

@@ -5,6 +5,9 @@ list of ``(n, 2)`` float64 arrays in the 256 x 256 frame the model was trained o
 the input can be wrong becomes a :class:`StrokeError` naming the stroke and point, so a user can find
 the bad value instead of reading a numpy traceback. Indices in messages count from 0, like the JSON
 arrays they point into. Points outside the frame are legal: the rasteriser just does not draw them.
+
+What the parsers return is a :class:`CheckedStroke`: a session draws it without checking it again, so
+a stroke is validated once, where it enters (a file, a request body, a dataset, :func:`as_stroke`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ from ..errors import StrokeError
 
 __all__ = [
     "MODEL_FRAME",
+    "CheckedStroke",
     "as_stroke",
     "check_points",
     "load_strokes_file",
@@ -40,6 +45,28 @@ _FORMS_HINT = (
     '{"drawing": [[[x, ...], [y, ...]], ...]} (QuickDraw simplified)'
 )
 _FORM_KEYS = ("strokes", "points", "drawing")
+_PAIR_TYPES = {list, tuple}
+_JSON_NUMBERS = {int, float}  # exact types: bool (an int) and numpy scalars take the point-by-point path
+_FRAME_HINT = 'send canvas coordinates with "frame": [canvas width, canvas height]'
+
+
+class CheckedStroke(np.ndarray):
+    """A stroke this module has checked: ``(n >= 1, 2)`` finite float64 points in the model frame, read-only.
+
+    :func:`as_stroke` hands it back as it is, in O(1), so the layers below the boundary that parsed a
+    stroke never check it again. Only :func:`_checked` marks one as checked; arrays derived from it
+    (slices, arithmetic, copies, unpickled ones) are not marked and go through :func:`as_stroke`'s check.
+    """
+
+    checked = False
+
+
+def _checked(xy: np.ndarray) -> CheckedStroke:
+    """``xy`` (a fresh ``(n >= 1, 2)`` finite float64 array nobody else holds) marked as checked."""
+    out = np.ascontiguousarray(xy, dtype=np.float64).view(CheckedStroke)
+    out.flags.writeable = False
+    out.checked = True
+    return out
 
 
 def _kind(value: Any) -> str:
@@ -96,16 +123,37 @@ def _parse_frame(frame: Any, source: str | None) -> tuple[float, float] | None:
     return w, h
 
 
-def _to_model_frame(xy: np.ndarray, frame: tuple[float, float] | None) -> np.ndarray:
-    """Scale uniformly so the longer side spans 256, and centre the shorter side."""
+def _to_model_frame(xy: np.ndarray, frame: tuple[float, float] | None, label: str, source: str | None) -> CheckedStroke:
+    """Scale uniformly so the longer side spans 256, and centre the shorter side.
+
+    ``xy`` holds finite numbers; an extreme frame can still scale them past float64, which is refused here.
+    """
     if frame is None:
-        return xy
+        return _checked(xy)
     w, h = frame
-    s = MODEL_FRAME / max(w, h)
-    out = xy * s
-    out[:, 0] += (MODEL_FRAME - s * w) / 2.0
-    out[:, 1] += (MODEL_FRAME - s * h) / 2.0
-    return out
+    with np.errstate(over="ignore", invalid="ignore"):
+        s = MODEL_FRAME / max(w, h)
+        out = xy * s
+        out[:, 0] += (MODEL_FRAME - s * w) / 2.0
+        out[:, 1] += (MODEL_FRAME - s * h) / 2.0
+    bad = _first_bad_row(out)
+    if bad is not None:
+        raise StrokeError(f"{label}, point {bad}: out of range once mapped into the 256 model frame",
+                          path=source, hint=_FRAME_HINT)
+    return _checked(out)
+
+
+def _plain_pairs(stroke: list | tuple) -> np.ndarray | None:
+    """``stroke`` as ``(n, 2)`` float64 in one numpy call when it is plainly valid: lists of two finite
+    JSON numbers (what a request body holds once its schema passed, or a well-formed file). None sends
+    it point by point through :func:`_pair_stroke`, which accepts the same and names what is wrong."""
+    if not set(map(type, stroke)) <= _PAIR_TYPES or not set(map(type, chain.from_iterable(stroke))) <= _JSON_NUMBERS:
+        return None  # bools, strings, numpy scalars, nesting: the slow path decides
+    try:
+        out = np.array(stroke, dtype=np.float64)
+    except (OverflowError, ValueError):  # an int past float64, ragged points
+        return None
+    return out if out.shape == (len(stroke), 2) and np.isfinite(out).all() else None
 
 
 def _pair_stroke(stroke: Any, label: str, source: str | None) -> np.ndarray:
@@ -114,6 +162,9 @@ def _pair_stroke(stroke: Any, label: str, source: str | None) -> np.ndarray:
         raise StrokeError(f"{label}: expected a list of [x, y] points, got {_kind(stroke)}", path=source)
     if len(stroke) == 0:
         raise StrokeError(f"{label}: empty stroke (a stroke needs at least one point)", path=source)
+    out = _plain_pairs(stroke)
+    if out is not None:
+        return out
     out = np.empty((len(stroke), 2), dtype=np.float64)
     for j, point in enumerate(stroke):
         where = f"{label}, point {j}"
@@ -179,7 +230,7 @@ def _parse_drawing_form(doc: Mapping[str, Any], source: str | None) -> list[np.n
     return strokes
 
 
-def parse_strokes(doc: Any, source: str | Path | None = None) -> list[np.ndarray]:
+def parse_strokes(doc: Any, source: str | Path | None = None) -> list[CheckedStroke]:
     """A loaded JSON sketch in any accepted form -> strokes ``(n, 2)`` in the 256 frame.
 
     ``source`` (a file name) is only used to prefix error messages. An optional ``"frame": [w, h]``
@@ -206,13 +257,13 @@ def parse_strokes(doc: Any, source: str | Path | None = None) -> list[np.ndarray
         strokes = _parse_drawing_form(doc, src)
     if not strokes:
         raise StrokeError(f'the sketch has no strokes ("{form}" is empty)', path=src)
-    return [_to_model_frame(s, frame) for s in strokes]
+    return [_to_model_frame(s, frame, f"stroke {i}", src) for i, s in enumerate(strokes)]
 
 
-def parse_stroke(obj: Any, frame: Any = None, source: str | Path | None = None) -> np.ndarray:
+def parse_stroke(obj: Any, frame: Any = None, source: str | Path | None = None) -> CheckedStroke:
     """One stroke as a client posts it, ``[[x, y], ...]`` -> ``(n, 2)`` in the 256 frame."""
     src = None if source is None else str(source)
-    return _to_model_frame(_pair_stroke(obj, "stroke", src), _parse_frame(frame, src))
+    return _to_model_frame(_pair_stroke(obj, "stroke", src), _parse_frame(frame, src), "stroke", src)
 
 
 def _first_bad_row(arr: np.ndarray) -> int | None:
@@ -223,9 +274,12 @@ def _first_bad_row(arr: np.ndarray) -> int | None:
 def as_stroke(stroke: Any, source: str | Path | None = None) -> np.ndarray:
     """The one check every stroke passes before drawing: ``(n, 2)`` finite float64, ``n >= 1``.
 
-    An ndarray of that shape is checked in bulk (the fast path of a live session); anything else is
-    parsed as a JSON stroke ``[[x, y], ...]``, with the offending point named on error.
+    A :class:`CheckedStroke` was checked where it was parsed and is returned as it is. Another ndarray
+    of that shape is checked in bulk (the fast path of a live session); anything else is parsed as a
+    JSON stroke ``[[x, y], ...]``, with the offending point named on error.
     """
+    if type(stroke) is CheckedStroke and stroke.checked:
+        return stroke
     if not (isinstance(stroke, np.ndarray) and stroke.ndim == 2 and stroke.shape[1] == 2 and len(stroke)):
         return parse_stroke(stroke.tolist() if isinstance(stroke, np.ndarray) else stroke, source=source)
     arr = np.ascontiguousarray(stroke, dtype=np.float64)
@@ -260,14 +314,14 @@ def strokes_to_points(strokes: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, 3), dtype=np.float64)
 
 
-def points_to_strokes(points: np.ndarray) -> list[np.ndarray]:
+def points_to_strokes(points: np.ndarray) -> list[CheckedStroke]:
     """``N x 3`` rows -> checked strokes, split after each pen_up; a trailing open stroke still counts."""
     pts = check_points(points)
     ends = np.nonzero(pts[:, 2] == 1)[0] + 1
-    return [part[:, :2].copy() for part in np.split(pts, ends) if len(part)]
+    return [_checked(part[:, :2].copy()) for part in np.split(pts, ends) if len(part)]
 
 
-def load_strokes_file(path: str | Path) -> list[np.ndarray]:
+def load_strokes_file(path: str | Path) -> list[CheckedStroke]:
     """Read and parse a JSON sketch file; unreadable files and bad JSON name the file."""
     try:
         text = Path(path).read_text(encoding="utf-8")
