@@ -17,6 +17,7 @@ from PIL import Image, ImageOps
 
 from ..atomic import staged_dir
 from ..stroke.parse import strokes_to_points
+from . import DatasetOptions
 from .synthetic import line_drawing, random_shape, tracing
 
 
@@ -61,12 +62,12 @@ def _write_coordinates(tmp: Path, name: str, coords: dict) -> None:
 def write_dataset(
     out: str | Path,
     *,
-    name: str = "Shapes",
-    photos: int = 40,
-    sketches_per_photo: int = 1,
-    test_share: float = 0.5,
-    seed: int = 0,
-    force: bool = False,
+    name: str = DatasetOptions.name,
+    photos: int = DatasetOptions.photos,
+    sketches_per_photo: int = DatasetOptions.sketches_per_photo,
+    test_share: float = DatasetOptions.test_share,
+    seed: int = DatasetOptions.seed,
+    force: bool = DatasetOptions.force,
 ) -> Path:
     """Write the dataset folder ``out/name`` atomically; returns it."""
     root = Path(out) / name
@@ -97,12 +98,12 @@ def arnet_photo(shape: list) -> Image.Image:
 def write_arnet_dataset(
     out: str | Path,
     *,
-    name: str = "Shapes",
-    photos: int = 40,
-    sketches_per_photo: int = 1,
-    test_share: float = 0.5,
-    seed: int = 0,
-    force: bool = False,
+    name: str = DatasetOptions.name,
+    photos: int = DatasetOptions.photos,
+    sketches_per_photo: int = DatasetOptions.sketches_per_photo,
+    test_share: float = DatasetOptions.test_share,
+    seed: int = DatasetOptions.seed,
+    force: bool = DatasetOptions.force,
 ) -> Path:
     """The same synthetic data in ARNet's layout: ``out/name/{trainA,trainB,testA,testB}``.
 
@@ -134,3 +135,10 @@ def write_arnet_dataset(
             f"of random shapes in B, rendered jittered tracings of them in A), seed {seed}. Not real data.\n"
         )
     return root
+
+
+def write_synthetic(out: str | Path, options: DatasetOptions = DatasetOptions()) -> Path:
+    """The dataset ``options`` describe, in its layout (``out/name``); returns its folder."""
+    write = write_arnet_dataset if options.layout == "arnet" else write_dataset
+    return write(out, name=options.name, photos=options.photos, sketches_per_photo=options.sketches_per_photo,
+                 test_share=options.test_share, seed=options.seed, force=options.force)

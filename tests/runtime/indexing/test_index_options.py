@@ -1,5 +1,5 @@
-"""IndexOptions is the one home of the indexing job's settings: the CLI's options are generated from it,
-contradictions are refused when it is made, and build_gallery's keywords of 0.1 still map onto it."""
+"""IndexOptions refuses contradictions when it is made, and build_gallery's keywords of 0.1 still map
+onto it (the CLI generated from it: tests/runtime/cli/test_job_options.py)."""
 
 from __future__ import annotations
 
@@ -13,20 +13,8 @@ pytest.importorskip("onnx", reason="the tiny bundle is written with onnx.helper"
 from tiny_bundle import write_tiny_bundle, write_tiny_photos  # noqa: E402
 
 from dcssa.runtime import Bundle, IndexOptions, build_gallery  # noqa: E402
-from dcssa.runtime.cli import main as rt  # noqa: E402
-from dcssa.runtime.options import OptionsError, describe, flag_of, settings  # noqa: E402
+from dcssa.runtime.options import OptionsError  # noqa: E402
 from dcssa.runtime.progress import Callbacks  # noqa: E402
-
-
-def test_index_command_options_are_the_settings_of_index_options():
-    params = {p.name: p for p in rt.commands["index"].params}
-    for f in settings(IndexOptions):
-        if not describe(f)["cli"]:
-            assert f.name in params  # --threads: the shared runtime option fills it
-            continue
-        opt = params[f.name]
-        assert flag_of(f) in opt.opts and opt.help == describe(f)["help"]
-        assert opt.default == f.default or (f.default is False and opt.is_flag), f.name
 
 
 @pytest.mark.parametrize("kwargs", [{"nlist": 8}, {"ef": 16}, {"shards": 2}, {"append": True, "force": True}])
