@@ -16,7 +16,6 @@ import datetime as _dt
 import json
 import os
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -275,7 +274,7 @@ def calibrate(dataset: str | Path, bundle: str | Path | Bundle, gallery: str | P
            "bundle": {"path": str(b.path), "family": b.family, "demo": b.demo}, "gallery": {"path": str(g.path), "photos": len(g)},
            "fitted_on": fitted_on, "holdout": result, "models": doc["models"], "features": list(FEATURES)}
     with staged_dir(out, force=options.force) as tmp:
-        rep["files"] = write_confidence_report(tmp, rep, warn=report.warn)
+        rep["files"] = write_confidence_report(tmp, rep, report=report)
         _write_json_atomically(target, doc)  # last: the report folder appears with it
     return rep
 
@@ -350,14 +349,14 @@ def plot_early_stop(rep: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def write_confidence_report(folder: Path, rep: dict, *, warn: Callable[[str], None] = lambda _m: None) -> list[str]:
+def write_confidence_report(folder: Path, rep: dict, *, report: Reporter = SILENT) -> list[str]:
     files = [REPORT_JSON, REPORT_MD]
     try:
         plot_reliability(rep, folder / RELIABILITY_PNG)
         plot_early_stop(rep, folder / EARLY_STOP_PNG)
         files += [RELIABILITY_PNG, EARLY_STOP_PNG]
     except MissingExtra:
-        warn("plots not written: matplotlib is missing (pip install 'dcssa-rt[report]')")
+        report.warn("plots not written: matplotlib is missing (pip install 'dcssa-rt[report]')")
     rep["files"] = files
     (folder / REPORT_MD).write_text(markdown(rep))
     (folder / REPORT_JSON).write_text(json.dumps(rep, indent=1) + "\n")

@@ -255,7 +255,7 @@ def run_evaluation(dataset: str | Path, bundle: str | Path | Bundle, out: str | 
         runs, outcomes = _run_all(data, photos, b, options, backends, report)
         _add_agreement(runs, outcomes, options.configs)
         doc = _document(data, photos, b, options, ginfo, runs)
-        doc["files"] = write_report(tmp, doc, warn=report.warn)
+        doc["files"] = write_report(tmp, doc, report=report)
     return doc
 
 
