@@ -17,6 +17,7 @@ from .backends import available_backends, get_backend
 from .contract.bundle import Bundle
 from .errors import BackendError, BundleError, DcssaError, GalleryError, SessionError, StrokeError
 from .indexing.build import build_gallery
+from .indexing.options import IndexOptions
 from .search.gallery import Gallery
 from .session import QueryResult, Retriever, StrokeSession
 from .stroke.pipeline import PhotoPipeline, SketchPipeline
@@ -30,6 +31,7 @@ __all__ = [
     "SketchPipeline",
     "PhotoPipeline",
     "build_gallery",
+    "IndexOptions",
     "available_backends",
     "get_backend",
     "DcssaError",

@@ -20,26 +20,38 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+from .errors import DcssaError
+
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _KEY = "dcssa.setting"
 
 
+class OptionsError(DcssaError):
+    """Settings of one options object that contradict each other, refused when it is made (``flag``:
+    the one to change, if one is to blame). The CLIs report it as a usage error, as click does its own."""
+
+    def __init__(self, message: str, *, flag: str | None = None, hint: str | None = None) -> None:
+        self.flag = flag
+        super().__init__(message, hint=hint)
+
+
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None, type: Any = None,
             metavar: str | None = None, is_flag: bool = False, show_default: bool | str = True,
             cli: bool = True, default_factory: Callable[[], Any] | None = None,
             to_cli: Callable[[Any], Any] | None = None, from_cli: Callable[[Any], Any] | None = None,
-            secondary: Iterable[str] = ()) -> Any:
+            secondary: Iterable[str] = (), flag_value: Any = None) -> Any:
     """A dataclass field that also describes its command-line option.
 
     ``flag``: the option's name [default: ``--field-name``]; ``cli=False``: API only. ``to_cli`` /
     ``from_cli`` convert when the flag counts in other units than the field (kB on the CLI, bytes in
-    the object); ``secondary``: extra names (``-q``).
+    the object); ``secondary``: extra names (``-q``); ``flag_value``: the value of the flag given
+    without one (``--ray`` alone: a local instance; ``--ray ADDRESS``: that one).
     """
     meta = {_KEY: {"help": help, "flag": flag, "type": type, "metavar": metavar, "is_flag": is_flag,
                    "show_default": show_default, "cli": cli, "to_cli": to_cli, "from_cli": from_cli,
-                   "secondary": tuple(secondary)}}
+                   "secondary": tuple(secondary), "flag_value": flag_value}}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -89,7 +101,11 @@ def click_options(cls: type, *, only: Iterable[str] | None = None, exclude: Iter
         kwargs: dict[str, Any] = {"help": d["help"], "default": default}
         if d["is_flag"]:
             kwargs["is_flag"] = True
+            if default is False:  # off unless given: declared as a hand-written flag is (click's own default)
+                del kwargs["default"]
         else:
+            if d["flag_value"] is not None:
+                kwargs.update(is_flag=False, flag_value=d["flag_value"])
             kwargs["show_default"] = d["show_default"] if default is not None else False
             if d["type"] is not None:
                 kwargs["type"] = d["type"]

@@ -10,12 +10,17 @@ from collections.abc import Iterator
 import click
 
 from ..errors import DcssaError
+from ..options import OptionsError
 
 
 @contextlib.contextmanager
 def fail_cleanly() -> Iterator[None]:
     try:
         yield
+    except OptionsError as exc:  # settings that contradict each other: a usage error, as click reports its own
+        if exc.flag is not None:
+            raise click.BadParameter(exc.message, param_hint=exc.flag) from None
+        raise click.UsageError(str(exc)) from None
     except DcssaError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)

@@ -7,16 +7,19 @@ retrieval has a right answer without any download.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from ..atomic import staged_dir
 from ..stroke.parse import strokes_to_points
+from . import DatasetOptions
 from .synthetic import line_drawing, random_shape, tracing
 
 
@@ -58,34 +61,27 @@ def _write_coordinates(tmp: Path, name: str, coords: dict) -> None:
         pickle.dump(coords, f)
 
 
-def write_dataset(
-    out: str | Path,
-    *,
-    name: str = "Shapes",
-    photos: int = 40,
-    sketches_per_photo: int = 1,
-    test_share: float = 0.5,
-    seed: int = 0,
-    force: bool = False,
-) -> Path:
-    """Write the dataset folder ``out/name`` atomically; returns it."""
-    root = Path(out) / name
-    n_test = int(round(photos * test_share))
-    with staged_dir(root, force=force) as tmp:
+def write_dataset(out: str | Path, **settings: Any) -> Path:
+    """Write the dataset folder ``out/name`` atomically (``settings``: those of :class:`DatasetOptions`); returns it."""
+    return write_synthetic(out, layout="qmul", **settings)
+
+
+def _write_qmul(root: Path, o: DatasetOptions) -> None:
+    n_test = int(round(o.photos * o.test_share))
+    with staged_dir(root, force=o.force) as tmp:
         (tmp / "photo").mkdir()
         (tmp / "strokes").mkdir()
         coords: dict[str, np.ndarray] = {}
-        for i, (pname, shape, tracings) in enumerate(generate(photos, sketches_per_photo, seed)):
+        for i, (pname, shape, tracings) in enumerate(generate(o.photos, o.sketches_per_photo, o.seed)):
             line_drawing(shape).save(tmp / "photo" / f"{pname}.png")
             split = "test" if i < n_test else "train"
             for n, strokes in enumerate(tracings, 1):
                 _keep_tracing(tmp, coords, split, pname, n, strokes)
-        _write_coordinates(tmp, name, coords)
+        _write_coordinates(tmp, o.name, coords)
         (tmp / "README.txt").write_text(
             "SYNTHETIC dataset written by `dcssa-rt make-dataset` (line drawings of random shapes and\n"
-            f"jittered tracings of them), seed {seed}. Not real data.\n"
+            f"jittered tracings of them), seed {o.seed}. Not real data.\n"
         )
-    return root
 
 
 def arnet_photo(shape: list) -> Image.Image:
@@ -94,16 +90,7 @@ def arnet_photo(shape: list) -> Image.Image:
     return ImageOps.invert(line_drawing(shape))
 
 
-def write_arnet_dataset(
-    out: str | Path,
-    *,
-    name: str = "Shapes",
-    photos: int = 40,
-    sketches_per_photo: int = 1,
-    test_share: float = 0.5,
-    seed: int = 0,
-    force: bool = False,
-) -> Path:
+def write_arnet_dataset(out: str | Path, **settings: Any) -> Path:
     """The same synthetic data in ARNet's layout: ``out/name/{trainA,trainB,testA,testB}``.
 
     Sketch PNGs are the tracings drawn as an ARNet bundle's live session draws strokes (its default
@@ -111,26 +98,37 @@ def write_arnet_dataset(
     more than 9 sketches, as Clothes-V1 names them). The strokes are kept too: ``<name>_Coordinate``
     for the on-the-fly curves and ``strokes/*.json`` for ``dcssa-rt query``.
     """
+    return write_synthetic(out, layout="arnet", **settings)
+
+
+def _write_arnet(root: Path, o: DatasetOptions) -> None:
     from ..contract.recipes import SketchRecipe, arnet_preprocessing
     from ..stroke.pipeline import SketchPipeline
 
     pipe = SketchPipeline(SketchRecipe.from_dict(arnet_preprocessing()["sketch"]))
-    root = Path(out) / name
-    n_test = int(round(photos * test_share))
-    width = 1 if sketches_per_photo <= 9 else 2
-    with staged_dir(root, force=force) as tmp:
+    n_test = int(round(o.photos * o.test_share))
+    width = 1 if o.sketches_per_photo <= 9 else 2
+    with staged_dir(root, force=o.force) as tmp:
         for sub in ("trainA", "trainB", "testA", "testB", "strokes"):
             (tmp / sub).mkdir()
         coords: dict[str, np.ndarray] = {}
-        for i, (pname, shape, tracings) in enumerate(generate(photos, sketches_per_photo, seed)):
+        for i, (pname, shape, tracings) in enumerate(generate(o.photos, o.sketches_per_photo, o.seed)):
             split = "test" if i < n_test else "train"
             arnet_photo(shape).save(tmp / f"{split}B" / f"{pname}.png")
             for n, strokes in enumerate(tracings, 1):
                 points = _keep_tracing(tmp, coords, split, pname, n, strokes)
                 Image.fromarray(pipe.render(pipe.rasterize(points))).save(tmp / f"{split}A" / f"{pname}_{n:0{width}d}.png")
-        _write_coordinates(tmp, name, coords)
+        _write_coordinates(tmp, o.name, coords)
         (tmp / "README.txt").write_text(
             "SYNTHETIC dataset in ARNet's layout written by `dcssa-rt make-dataset --format arnet` (line drawings\n"
-            f"of random shapes in B, rendered jittered tracings of them in A), seed {seed}. Not real data.\n"
+            f"of random shapes in B, rendered jittered tracings of them in A), seed {o.seed}. Not real data.\n"
         )
+
+
+def write_synthetic(out: str | Path, options: DatasetOptions | None = None, **settings: Any) -> Path:
+    """The synthetic dataset ``options`` (with ``settings`` changed) describe, written atomically in its
+    layout at ``out/name``; returns that folder."""
+    o = dataclasses.replace(options or DatasetOptions(), **settings)
+    root = Path(out) / o.name
+    (_write_arnet if o.layout == "arnet" else _write_qmul)(root, o)
     return root

@@ -16,7 +16,6 @@ import datetime as _dt
 import json
 import os
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from ..data.qmul import DatasetError, QmulSplit, load_split
 from ..errors import DcssaError, MissingExtra
 from ..extras import require
 from ..plotting import agg_figure
-from ..progress import Progress
+from ..progress import SILENT, Reporter
 from ..search.confidence import (
     CONFIDENCE_FILE,
     FEATURES,
@@ -43,6 +42,7 @@ from ..search.confidence import (
 from ..search.gallery import Gallery
 from ..session import Retriever
 from ..stroke.parse import points_to_strokes
+from . import ConfidenceOptions
 
 
 def load_strokes_split(dataset: str | Path, split: str, layout: str, limit: int | None) -> QmulSplit:
@@ -88,7 +88,7 @@ class Replay:
         return np.flatnonzero(np.r_[self.sketch[1:] != self.sketch[:-1], True])
 
 
-def replay(retriever: Retriever, split: QmulSplit, *, progress: bool = False, label: str = "replay") -> Replay:
+def replay(retriever: Retriever, split: QmulSplit, *, report: Reporter = SILENT, label: str = "replay") -> Replay:
     """Every sketch of ``split`` stroke by stroke through ``retriever`` (top-k >= 10, the full gallery)."""
     g = retriever.gallery
     by_stem: dict[str, int] = {}
@@ -103,7 +103,7 @@ def replay(retriever: Retriever, split: QmulSplit, *, progress: bool = False, la
                               f"{split.photo_dir if split.photo_dir.name == 'photo' else 'FOLDER-WITH-trainB-AND-testB'} "
                               f"--bundle BUNDLE --out {g.path or 'GALLERY'}`")
     rows, top1, top10, ranks, sk, steps = [], [], [], [], [], []
-    with Progress(quiet=not progress).bar(len(split.sketches), label, "sketch", leave=True) as bar:
+    with report.bar(len(split.sketches), label, "sketch", leave=True) as bar:
         for n, s in enumerate(split.sketches):
             target = by_stem[s.photo]
             session = retriever.session()
@@ -243,56 +243,40 @@ def calibrator_doc(models: dict[str, LogisticModel], fp: dict, fit: Replay, fitt
     }
 
 
-def calibrate(
-    dataset: str | Path,
-    bundle: str | Path | Bundle,
-    gallery: str | Path,
-    out: str | Path,
-    *,
-    fit_split: str = "train",
-    holdout_split: str = "test",
-    layout: str = "qmul",
-    backend: str = "auto",
-    precision: str = "fp32",
-    threads: int | None = None,
-    limit: int | None = None,
-    force: bool = False,
-    progress: bool = True,
-    warn: Callable[[str], None] = lambda _m: None,
-) -> dict:
+def calibrate(dataset: str | Path, bundle: str | Path | Bundle, gallery: str | Path, out: str | Path,
+              options: ConfidenceOptions | None = None, *, report: Reporter = SILENT) -> dict:
     """Replay, fit, measure; writes GALLERY/confidence.json and the report folder ``out``; returns the report."""
+    options = options or ConfidenceOptions()
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     g = Gallery.load(gallery, b)
     out, target = Path(out), calibrator_path(gallery)
-    if target.exists() and not force:
+    if target.exists() and not options.force:
         raise DcssaError("already holds a confidence calibrator", path=target,
                          hint="pass --force to refit and replace it")
-    refuse_existing(out, force)
-    if fit_split == holdout_split:
-        raise DcssaError(f"--fit-split and --holdout-split are both {fit_split!r}: the measurement must use other sketches",
-                         hint="e.g. --fit-split train --holdout-split test")
-    fit_data = load_strokes_split(dataset, fit_split, layout, limit)
-    held_data = load_strokes_split(dataset, holdout_split, layout, limit)
+    refuse_existing(out, options.force)
+    fit_data = load_strokes_split(dataset, options.fit_split, options.layout, options.limit)
+    held_data = load_strokes_split(dataset, options.holdout_split, options.layout, options.limit)
     longest = max(len(points_to_strokes(s.points)) for s in fit_data.sketches + held_data.sketches)
-    r = Retriever(b, g, backend=backend, precision=precision, threads=threads, topk=10, confidence=None,
-                  max_strokes=max(b.max_strokes, longest))
-    fit = replay(r, fit_data, progress=progress, label=f"fit ({fit_split})")
-    held = replay(r, held_data, progress=progress, label=f"held out ({holdout_split})")
+    r = Retriever(b, g, backend=options.backend, precision=options.precision, threads=options.threads, topk=10,
+                  confidence=None, max_strokes=max(b.max_strokes, longest))
+    fit = replay(r, fit_data, report=report, label=f"fit ({options.fit_split})")
+    held = replay(r, held_data, report=report, label=f"held out ({options.holdout_split})")
     models = {t: fit_model(fit.features, fit.label(t), what=t, where=fit_data.coordinate_file) for t in TARGETS}
     result = measure(models, held)
-    result["split"] = holdout_split
-    fitted_on = {"dataset": str(Path(dataset).resolve()), "format": layout, "split": fit_split, "sketches": len(fit.keys),
-                 "strokes": len(fit.top1), "positives": {t: int(fit.label(t).sum()) for t in TARGETS},
-                 "backend": r.backend.name, "precision": precision}
+    result["split"] = options.holdout_split
+    fitted_on = {"dataset": str(Path(dataset).resolve()), "format": options.layout, "split": options.fit_split,
+                 "sketches": len(fit.keys), "strokes": len(fit.top1),
+                 "positives": {t: int(fit.label(t).sum()) for t in TARGETS},
+                 "backend": r.backend.name, "precision": options.precision}
     doc = calibrator_doc(models, fingerprint(b, g), fit, fitted_on, result)
     Calibrator.from_doc(json.loads(json.dumps(doc)))  # what is written must load
-    report = {"tool": "dcssa-rt calibrate-confidence", "created": doc["created"], "calibrator": str(target),
-              "bundle": {"path": str(b.path), "family": b.family, "demo": b.demo}, "gallery": {"path": str(g.path), "photos": len(g)},
-              "fitted_on": fitted_on, "holdout": result, "models": doc["models"], "features": list(FEATURES)}
-    with staged_dir(out, force=force) as tmp:
-        report["files"] = write_confidence_report(tmp, report, warn=warn)
+    rep = {"tool": "dcssa-rt calibrate-confidence", "created": doc["created"], "calibrator": str(target),
+           "bundle": {"path": str(b.path), "family": b.family, "demo": b.demo}, "gallery": {"path": str(g.path), "photos": len(g)},
+           "fitted_on": fitted_on, "holdout": result, "models": doc["models"], "features": list(FEATURES)}
+    with staged_dir(out, force=options.force) as tmp:
+        rep["files"] = write_confidence_report(tmp, rep, report=report)
         _write_json_atomically(target, doc)  # last: the report folder appears with it
-    return report
+    return rep
 
 
 # -- the report -----------------------------------------------------------------------------------------
@@ -365,14 +349,14 @@ def plot_early_stop(rep: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def write_confidence_report(folder: Path, rep: dict, *, warn: Callable[[str], None] = lambda _m: None) -> list[str]:
+def write_confidence_report(folder: Path, rep: dict, *, report: Reporter = SILENT) -> list[str]:
     files = [REPORT_JSON, REPORT_MD]
     try:
         plot_reliability(rep, folder / RELIABILITY_PNG)
         plot_early_stop(rep, folder / EARLY_STOP_PNG)
         files += [RELIABILITY_PNG, EARLY_STOP_PNG]
     except MissingExtra:
-        warn("plots not written: matplotlib is missing (pip install 'dcssa-rt[report]')")
+        report.warn("plots not written: matplotlib is missing (pip install 'dcssa-rt[report]')")
     rep["files"] = files
     (folder / REPORT_MD).write_text(markdown(rep))
     (folder / REPORT_JSON).write_text(json.dumps(rep, indent=1) + "\n")

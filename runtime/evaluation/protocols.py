@@ -22,10 +22,9 @@ from ..errors import BackendError
 from ..session import Retriever
 from ..stroke.head import CausalHead
 from ..stroke.parse import points_to_strokes
+from . import PROTOCOLS, STEP_KINDS
 from .metrics import step_ranks
 
-PROTOCOLS = ("causal", "paper")
-STEP_KINDS = ("strokes", "points20")
 PAPER_STEPS = 20
 
 

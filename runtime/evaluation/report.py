@@ -8,12 +8,12 @@ no GUI backend or global state is touched.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 from ..contract.bundle import DEMO_WARNING
 from ..errors import MissingExtra
 from ..plotting import agg_figure
+from ..progress import SILENT, Reporter
 from .metrics import METRIC_KEYS
 
 EVAL_JSON = "eval.json"
@@ -133,7 +133,7 @@ def plot_progress(doc: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def write_report(folder: Path, doc: dict, *, warn: Callable[[str], None] = lambda _m: None) -> list[str]:
+def write_report(folder: Path, doc: dict, *, report: Reporter = SILENT) -> list[str]:
     """Write the three files into ``folder``; returns the names written (the plot needs matplotlib)."""
     files = [EVAL_JSON, EVAL_MD]
     try:
@@ -142,7 +142,7 @@ def write_report(folder: Path, doc: dict, *, warn: Callable[[str], None] = lambd
             files.append(PLOT)
     except MissingExtra:
         msg = f"{PLOT} not written: matplotlib is missing (pip install 'dcssa-rt[report]')"
-        warn(msg)
+        report.warn(msg)
         doc["notes"].append(msg)
     doc["files"] = files
     (folder / EVAL_MD).write_text(markdown(doc))

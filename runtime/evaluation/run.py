@@ -11,8 +11,6 @@ from __future__ import annotations
 import datetime as _dt
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +23,11 @@ from ..data.arnet import ArnetSplit, load_arnet_split
 from ..data.qmul import DatasetError, QmulSplit, load_split
 from ..errors import DcssaError, GalleryError
 from ..indexing.build import build_gallery
-from ..progress import Progress
+from ..progress import SILENT, Reporter
 from ..search.gallery import Gallery
 from ..session import Retriever
 from ..stroke.parse import points_to_strokes
+from . import EvalOptions, RunConfig
 from . import metrics as M
 from .paired import bootstrap_description, paired_bootstrap, sketch_values
 from .png_run import png_run
@@ -52,14 +51,9 @@ CURVE_NOTE = (
 )
 
 
-@dataclass
-class RunConfig:
-    backend: str
-    precision: str
-
-
-def parse_compare(text: str, backend: str) -> list[RunConfig]:
-    """``fp32,int8`` or ``ort-cpu:fp32,ort-cuda:fp16`` -> run configurations, in order."""
+def parse_compare(text: str, backend: str) -> tuple[RunConfig, ...]:
+    """``fp32,int8`` or ``ort-cpu:fp32,ort-cuda:fp16`` -> run configurations, in order (``backend``: the
+    one of an item without one)."""
     out = []
     for item in (s.strip() for s in text.split(",")):
         if not item:
@@ -68,10 +62,10 @@ def parse_compare(text: str, backend: str) -> list[RunConfig]:
         out.append(RunConfig(b or backend, p))
     if not out:
         raise DcssaError(f"--compare {text!r} names no precision", hint="e.g. --compare fp32,int8")
-    return out
+    return tuple(out)
 
 
-def _eval_gallery(full: Gallery, split: QmulSplit) -> Gallery:
+def eval_gallery(full: Gallery, split: QmulSplit) -> Gallery:
     """The split's photos only (deduplicated, in first-appearance order), as float32 rows."""
     names = {split.photo_id(n): n for n in split.photos}
     rows, missing = M.protocol_gallery_rows(full.ids, list(names))
@@ -100,17 +94,8 @@ def _usable(path: Path, bundle: Bundle, split: QmulSplit) -> tuple[Gallery | Non
     return g, ""
 
 
-def resolve_gallery(
-    split: QmulSplit,
-    bundle: Bundle,
-    *,
-    out: Path,
-    staged: Path,
-    gallery: Path | None,
-    backend: Backend,
-    progress: bool,
-    warn: Callable[[str], None],
-) -> tuple[Gallery, dict]:
+def resolve_gallery(split: QmulSplit, bundle: Bundle, *, out: Path, staged: Path, gallery: Path | None,
+                    backend: Backend, report: Reporter = SILENT) -> tuple[Gallery, dict]:
     """Reuse ``gallery`` (default ``out/gallery``) when it fits, else build ``staged/gallery``."""
     candidate = gallery if gallery is not None else out / "gallery"
     final = out / "gallery"
@@ -123,10 +108,10 @@ def resolve_gallery(
                 g = Gallery.load(staged / "gallery", bundle)
             return g, {"path": str(final if inside_out else candidate), "reused": True, "photos": len(g)}
         if gallery is not None:
-            warn(f"not reusing {candidate}: {why}; building a new gallery in {final}")
+            report.warn(f"not reusing {candidate}: {why}; building a new gallery in {final}")
     elif gallery is not None:
-        warn(f"no gallery at {candidate}; building one in {final}")
-    g = build_gallery(split.photo_dir, bundle, staged / "gallery", backend=backend, progress=progress, warn=warn)
+        report.warn(f"no gallery at {candidate}; building one in {final}")
+    g = build_gallery(split.photo_dir, bundle, staged / "gallery", backend=backend, report=report)
     return g, {"path": str(final), "reused": False, "photos": len(g)}
 
 
@@ -140,7 +125,7 @@ def _label(backend: Backend, precision: str, seen: set[str]) -> str:
     return label
 
 
-def _backends(configs: list[RunConfig], bundle: Bundle, threads: int | None) -> list[Backend]:
+def _backends(configs: tuple[RunConfig, ...], bundle: Bundle, threads: int | None) -> list[Backend]:
     """One backend per configuration, checked before any work (precision present, or a mode)."""
     backends = [get_backend(c.backend, threads=threads, cache_dir=bundle.path / ".cache", precision=c.precision)
                 for c in configs]
@@ -151,11 +136,11 @@ def _backends(configs: list[RunConfig], bundle: Bundle, threads: int | None) -> 
 
 
 def _run_one(evaluate: SketchEvaluator, label: str, data: QmulSplit, photos: Gallery, protocol: str,
-             progress: bool) -> tuple[dict, list[SketchOutcome]]:
+             report: Reporter) -> tuple[dict, list[SketchOutcome]]:
     """Every sketch through one backend/precision: metrics, published values, curve, per-sketch ranks."""
     target = {Path(pid).stem: i for i, pid in enumerate(photos.ids)}
     t0 = time.perf_counter()
-    with Progress(quiet=not progress).bar(len(data.sketches), label, "sketch", leave=True) as bar:
+    with report.bar(len(data.sketches), label, "sketch", leave=True) as bar:
         res = []
         for s in data.sketches:
             res.append(evaluate(s, target[s.photo]))
@@ -172,7 +157,7 @@ def _run_one(evaluate: SketchEvaluator, label: str, data: QmulSplit, photos: Gal
     return run, res
 
 
-def _add_agreement(runs: list[dict], outcomes: list[list[SketchOutcome]], configs: list[RunConfig]) -> None:
+def _add_agreement(runs: list[dict], outcomes: list[list[SketchOutcome]], configs: tuple[RunConfig, ...]) -> None:
     """Top-1 / top-k agreement of every run with the first fp32 run (None without one)."""
     ref = next((i for i, c in enumerate(configs) if c.precision == "fp32"), None)
     for run, res in zip(runs, outcomes):
@@ -191,90 +176,86 @@ def _add_agreement(runs: list[dict], outcomes: list[list[SketchOutcome]], config
             }
 
 
-def _document(data: QmulSplit, photos: Gallery, b: Bundle, protocol: str, steps: str, ginfo: dict,
-              runs: list[dict]) -> dict:
-    return {
+def _document(data: QmulSplit, photos: Gallery, b: Bundle, options: EvalOptions, ginfo: dict, runs: list[dict]) -> dict:
+    doc = {
         "tool": "dcssa-rt eval",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "dataset": {"path": str(data.root), "name": data.name, "split": data.split,
                     "coordinate_file": str(data.coordinate_file), "sketches": len(data.sketches),
                     "gallery_photos": len(photos), "synthetic": _synthetic(data.root)},
         "bundle": {"path": str(b.path), "family": b.family, "phase": b.phase, "demo": b.demo, "created": b.manifest.get("created")},
-        "protocol": protocol,
-        "steps": steps,
+        "protocol": options.protocol,
+        "steps": options.step_kind,
         "topk": TOPK,
         "gallery": ginfo,
-        "notes": [PROTOCOL_NOTES[protocol], CURVE_NOTE],
+        "notes": [PROTOCOL_NOTES[options.protocol], CURVE_NOTE],
         "runs": runs,
     }
+    if isinstance(data, ArnetSplit):
+        doc["dataset"].update({"layout": "arnet", "png_sketches": len(data.pngs), "pairing": data.rules,
+                               "unmatched_pngs": len(data.unmatched)})
+    return doc
 
 
-def run_evaluation(
-    dataset: str | Path,
-    bundle: str | Path | Bundle,
-    out: str | Path,
-    *,
-    split: str = "test",
-    protocol: str = "causal",
-    steps: str | None = None,
-    configs: list[RunConfig] | None = None,
-    gallery: str | Path | None = None,
-    threads: int | None = None,
-    limit: int | None = None,
-    force: bool = False,
-    progress: bool = True,
-    warn: Callable[[str], None] = lambda _m: None,
-    layout: str = "qmul",
-) -> dict:
+def _load_data(dataset: str | Path, b: Bundle, options: EvalOptions, report: Reporter) -> QmulSplit:
+    """The split's sketches and photos: the QMUL layout, or ARNet's folders (an ARNet bundle only)."""
+    if options.layout != "arnet":
+        return load_split(dataset, options.split, limit=options.limit)
+    if b.family != mf.ARNET:
+        raise DcssaError(f"--format arnet evaluates sketch PNGs, which a {b.kind} bundle does not take "
+                         "(its sketches are strokes drawn by its own rasteriser)", path=b.path,
+                         hint="evaluate DC-SSA on the QMUL layout (a DS_Coordinate stroke file), or pass an ARNet bundle")
+    data = load_arnet_split(dataset, options.split, limit=options.limit)
+    for rule, n in data.rules.items():
+        if n:
+            report.warn(f"pairing: {n} sketch(es) matched the rule {rule}")
+    if data.unmatched:
+        report.warn(f"{len(data.unmatched)} PNG(s) in {options.split}A name no photo of {options.split}B "
+                    f"(e.g. {data.unmatched[0]}): skipped")
+    return data
+
+
+def _run_all(data: QmulSplit, photos: Gallery, b: Bundle, options: EvalOptions, backends: list[Backend],
+             report: Reporter) -> tuple[list[dict], list[list[SketchOutcome]]]:
+    """Every configuration over the same sketches and photos: its run record and per-sketch outcomes."""
+    longest = max((len(points_to_strokes(s.points)) for s in data.sketches), default=1)
+    runs, outcomes, seen = [], [], set()
+    for cfg, backend in zip(options.configs, backends):
+        r = Retriever(b, photos, backend=backend, precision=cfg.precision, topk=TOPK,
+                      max_strokes=max(b.max_strokes, longest))
+        label = _label(backend, cfg.precision, seen)
+        if data.sketches:
+            evaluate = SketchEvaluator(r, options.protocol, options.step_kind)
+            run, res = _run_one(evaluate, label, data, photos, options.protocol, report)
+        else:
+            run, res = {"label": label, "backend": backend.name, "precision": cfg.precision}, []
+        if isinstance(data, ArnetSplit):
+            run["png"] = png_run(data, r, photos)
+        runs.append(run)
+        outcomes.append(res)
+    return runs, outcomes
+
+
+def run_evaluation(dataset: str | Path, bundle: str | Path | Bundle, out: str | Path,
+                   options: EvalOptions | None = None, *, report: Reporter = SILENT) -> dict:
     """Evaluate every configuration and write ``out`` (eval.json, eval.md, plot, gallery); returns eval.json.
 
-    ``layout="arnet"``: ARNet's folders; the sketch PNGs give the authors' acc@1/5/10 and a stroke
-    file beside them (``<Name>_Coordinate``) the on-the-fly curves as well.
+    ``options.layout="arnet"``: ARNet's folders; the sketch PNGs give the authors' acc@1/5/10 and a
+    stroke file beside them (``<Name>_Coordinate``) the on-the-fly curves as well.
     """
-    steps = steps or ("points20" if protocol == "paper" else "strokes")
+    options = options or EvalOptions()
     out = Path(out)
-    configs = configs or [RunConfig("auto", "fp32")]
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-    if layout == "arnet":
-        if b.family != mf.ARNET:
-            raise DcssaError(f"--format arnet evaluates sketch PNGs, which a {b.kind} bundle does not take "
-                             "(its sketches are strokes drawn by its own rasteriser)", path=b.path,
-                             hint="evaluate DC-SSA on the QMUL layout (a DS_Coordinate stroke file), or pass an ARNet bundle")
-        data = load_arnet_split(dataset, split, limit=limit)
-        for rule, n in data.rules.items():
-            if n:
-                warn(f"pairing: {n} sketch(es) matched the rule {rule}")
-        if data.unmatched:
-            warn(f"{len(data.unmatched)} PNG(s) in {split}A name no photo of {split}B (e.g. {data.unmatched[0]}): skipped")
-    else:
-        data = load_split(dataset, split, limit=limit)
-    backends = _backends(configs, b, threads)  # fail before any work
-    longest = max((len(points_to_strokes(s.points)) for s in data.sketches), default=1)
-    with staged_dir(out, force=force) as tmp:
-        full, ginfo = resolve_gallery(
-            data, b, out=out, staged=tmp, gallery=None if gallery is None else Path(gallery),
-            backend=backends[0], progress=progress, warn=warn,
-        )
-        photos = _eval_gallery(full, data)
-        runs, outcomes, seen = [], [], set()
-        for cfg, backend in zip(configs, backends):
-            r = Retriever(b, photos, backend=backend, precision=cfg.precision, topk=TOPK,
-                          max_strokes=max(b.max_strokes, longest))
-            label = _label(backend, cfg.precision, seen)
-            if data.sketches:
-                run, res = _run_one(SketchEvaluator(r, protocol, steps), label, data, photos, protocol, progress)
-            else:
-                run, res = {"label": label, "backend": backend.name, "precision": cfg.precision}, []
-            if isinstance(data, ArnetSplit):
-                run["png"] = png_run(data, r, photos)
-            runs.append(run)
-            outcomes.append(res)
-        _add_agreement(runs, outcomes, configs)
-        doc = _document(data, photos, b, protocol, steps, ginfo, runs)
-        if isinstance(data, ArnetSplit):
-            doc["dataset"].update({"layout": "arnet", "png_sketches": len(data.pngs), "pairing": data.rules,
-                                   "unmatched_pngs": len(data.unmatched)})
-        doc["files"] = write_report(tmp, doc, warn=warn)
+    data = _load_data(dataset, b, options, report)
+    backends = _backends(options.configs, b, options.threads)  # fail before any work
+    with staged_dir(out, force=options.force) as tmp:
+        gallery = None if options.gallery is None else Path(options.gallery)
+        full, ginfo = resolve_gallery(data, b, out=out, staged=tmp, gallery=gallery, backend=backends[0], report=report)
+        photos = eval_gallery(full, data)
+        runs, outcomes = _run_all(data, photos, b, options, backends, report)
+        _add_agreement(runs, outcomes, options.configs)
+        doc = _document(data, photos, b, options, ginfo, runs)
+        doc["files"] = write_report(tmp, doc, report=report)
     return doc
 
 

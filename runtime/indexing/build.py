@@ -1,67 +1,161 @@
 """The indexing job: a photo folder -> a gallery folder (the matrix, stable labels, an optional FAISS
-index with measured recall), built anew or updated in place with ``--append``; written atomically."""
+index with measured recall), built anew or updated in place with ``append``; written atomically.
+
+The photos go one way through it: plan (which files, which rows stay) -> embed -> the rows the gallery
+will hold -> recall queries -> write the matrix, the index and gallery.json in a staged folder.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..atomic import refuse_existing, staged_dir
+from ..atomic import staged_dir
 from ..backends import Backend, get_backend
+from ..compat import REMOVED_IN
 from ..contract.bundle import Bundle
-from ..data.photos import list_images
 from ..errors import GalleryError
-from ..progress import Progress, Say, silent
+from ..progress import SILENT, Callbacks, Reporter, silent
 from ..search.gallery import EMBEDDINGS, GALLERY_META, IDS, LABELS, ROW_CHUNK, Gallery
 from .embed import Embedder, local_embedder
+from .faiss_build import IndexSpec
+from .options import IndexOptions
+from .plan import Plan, gallery_to_update, plan_run
 
 if TYPE_CHECKING:  # FAISS is optional: imported by the functions that build or read an index
     from ..search.faiss_index import FaissIndex
-    from .faiss_build import IndexSpec
 
 
-def _gallery_meta(bundle: Bundle, emb: np.ndarray, ids: list[str], photos: Path, skipped: list[str]) -> dict:
-    return {
-        "photo_encoder_sha256": bundle.photo_encoder_id(),
-        "bundle_created": bundle.manifest.get("created"),
-        "demo": bundle.demo,
-        "count": len(ids),
-        "dim": int(emb.shape[1]),
-        "dtype": str(emb.dtype),
-        "photos_root": str(photos.resolve()),
-        "skipped": skipped,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+def build_gallery(photos: str | Path, bundle: Bundle, out: str | Path, options: IndexOptions | None = None, *,
+                  backend: Backend | str | None = None, embedder: Embedder | None = None,
+                  report: Reporter = SILENT, **old_keywords: Any) -> Gallery:
+    """Embed every image under ``photos``; the gallery appears at ``out`` only when complete.
+
+    ``options.index``: also build a FAISS index (recall measured against the exact search, recorded
+    in gallery.json). ``options.append``: update the gallery at ``out``: embed only files it does not
+    hold, drop the ones no longer under ``photos``, keep every other photo's label (and its index's).
+    ``backend``: a Backend, or a name resolved here and by each Ray actor on its node [ort-cpu];
+    ``embedder``: embeds the photos instead of ``backend`` (see :mod:`.ray_embed`). The keywords of
+    0.1 (``batch_size=``, ``progress=``, ``index=IndexSpec``...) still work, with a DeprecationWarning.
+    """
+    options, report = _old_keywords(options or IndexOptions(), report, old_keywords)
+    photos, out = Path(photos), Path(out)
+    spec = IndexSpec.from_options(options)
+    if spec is not None and spec.builds_index:
+        from ..search.faiss_index import faiss_module
+
+        faiss_module()  # a missing FAISS is reported before minutes of embedding
+    engine = backend if isinstance(backend, Backend) else get_backend(backend or "ort-cpu", threads=options.threads)
+    embed = embedder or _embedder(bundle, out, options, engine, backend, report)
+    plan = plan_run(photos, gallery_to_update(photos, bundle, out, options, spec))
+    if plan.old is not None:
+        report(f"append: {len(plan.new)} new photos, {len(plan.removed)} removed, {len(plan.keep_rows)} kept")
+    rows = _rows(plan, *_embed(plan, embed, report), fp16=options.fp16_storage)
+    queries = _recall_queries(plan, spec, bundle, engine, report)
+    _write(out, plan, rows, bundle, options, spec, queries, report)
+    discard = getattr(embed, "discard_shards", None)  # an embedder's intermediate files (Ray's shards) go now
+    if discard is not None:
+        discard()
+    return Gallery.load(out, bundle)
+
+
+def _embedder(bundle: Bundle, out: Path, options: IndexOptions, engine: Backend, backend: Backend | str | None,
+              report: Reporter) -> Embedder:
+    """In process on ``engine``, or on Ray (``options.ray_address``), whose actors resolve ``backend``'s
+    name on their own node (``auto`` picks each node's best)."""
+    if options.ray_address is None:
+        return local_embedder(bundle, engine, batch_size=options.batch_size, strict=options.strict)
+    from .ray_embed import default_shard_folder, ray_embedder
+
+    name = backend if isinstance(backend, str) else engine.name
+    return ray_embedder(bundle, address=options.ray_address, actors=options.ray_actors, batch_size=options.batch_size,
+                        strict=options.strict, threads=options.threads, backend=name,
+                        shards=default_shard_folder(out), say=report)
+
+
+def _embed(plan: Plan, embed: Embedder, report: Reporter) -> tuple[dict[int, np.ndarray], list[str]]:
+    """The new photos' embeddings (by index into ``plan.new``) and the files skipped as unreadable."""
+    skipped: list[str] = []
+    with report.bar(len(plan.new), "embedding photos", "photo", leave=True) as bar:
+
+        def skip(path: Path, exc: Exception) -> None:
+            report.warn(f"skipping unreadable image {path}: {exc}")
+            skipped.append(str(path.relative_to(plan.photos)))
+            bar.update(1)
+
+        embedded = embed(plan.new, skip, bar.update) if plan.new else {}
+    if not embedded and (plan.old is None or not len(plan.keep_rows)):
+        raise GalleryError("no readable images", path=plan.photos)
+    return embedded, skipped
 
 
 @dataclass
-class _Plan:
-    """What an index run does: embed ``new`` paths; keep ``keep_rows`` of ``old``; drop ``removed`` labels."""
+class _Rows:
+    """What the gallery will hold: the kept rows of ``plan.old`` then ``new`` (embedded now), their ids and labels."""
 
-    new: list[Path]
-    old: Gallery | None = None
-    keep_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    removed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    new: np.ndarray
+    ids: list[str]
+    labels: np.ndarray
+    skipped: list[str]
+    dtype: Any
 
 
-def _plan(photos: Path, paths: list[Path], old: Gallery | None) -> _Plan:
+def _rows(plan: Plan, embedded: dict[int, np.ndarray], skipped: list[str], *, fp16: bool) -> _Rows:
+    """New photos in file order after the kept ones; kept photos keep their labels, new ones get unused
+    labels; an updated matrix keeps its dtype."""
+    old = plan.old
+    order = sorted(embedded)
+    dim = old.dim if old is not None else len(next(iter(embedded.values())))
+    new = np.stack([embedded[i] for i in order]) if order else np.zeros((0, dim), np.float32)
+    new_ids = [plan.photo_id(plan.new[i]) for i in order]
     if old is None:
-        return _Plan(paths)
-    present = {p.relative_to(photos).as_posix() for p in paths}
-    have = set(old.ids)
-    keep = np.array([row for row, pid in enumerate(old.ids) if pid in present], np.int64)
-    gone = np.array([row for row, pid in enumerate(old.ids) if pid not in present], np.int64)
-    new = [p for p in paths if p.relative_to(photos).as_posix() not in have]
-    return _Plan(new, old, keep, old.labels[gone] if len(gone) else np.zeros(0, np.int64))
+        dtype = np.float16 if fp16 else np.float32
+        return _Rows(new, new_ids, np.arange(len(new_ids), dtype=np.int64), skipped, dtype)
+    start = int(old.meta.get("next_label", int(old.labels[-1]) + 1 if len(old.labels) else 0))
+    labels = np.concatenate([old.labels[plan.keep_rows], np.arange(start, start + len(new_ids), dtype=np.int64)])
+    return _Rows(new, [old.ids[r] for r in plan.keep_rows] + new_ids, labels, skipped, old.embeddings.dtype)
 
 
-def _write_matrix(path: Path, plan: _Plan, new_emb: np.ndarray, dtype) -> np.ndarray:
+def _indexed(plan: Plan, spec: IndexSpec | None) -> bool:
+    """Whether the gallery gets a FAISS index: the one it is appended to had one, or ``spec`` asks for one."""
+    return bool(plan.old_index) or (spec is not None and spec.builds_index)
+
+
+def _recall_queries(plan: Plan, spec: IndexSpec | None, bundle: Bundle, engine: Backend, report: Reporter) -> dict:
+    """The queries an index is measured on: partial sketches when tracings lie beside the photos
+    (:mod:`.queries`); none (photo-derived ones) otherwise, or without an index."""
+    if not _indexed(plan, spec):
+        return {}
+    from .queries import sketch_queries
+
+    found = sketch_queries(plan.photos, bundle, engine, report=report)
+    return {} if found is None else {"queries": found[0], "query_source": found[1]}
+
+
+def _write(out: Path, plan: Plan, rows: _Rows, bundle: Bundle, options: IndexOptions, spec: IndexSpec | None,
+           queries: dict, report: Reporter) -> None:
+    """The gallery folder, staged then moved into place: matrix, labels, ids, index, gallery.json last."""
+    with staged_dir(out, force=options.force or options.append) as tmp:
+        emb = _write_matrix(tmp / EMBEDDINGS, plan, rows.new, rows.dtype)
+        np.save(tmp / LABELS, rows.labels)
+        (tmp / IDS).write_text(json.dumps(rows.ids, indent=0) + "\n")
+        meta = _gallery_meta(bundle, emb, rows, plan)
+        fi = _index(plan, emb, rows.labels, spec, options.shards, queries, report)
+        if fi is not None:
+            files = fi.save(tmp)
+            meta["index"] = {**fi.info, "files": files, "bytes": sum((tmp / f).stat().st_size for f in files)}
+        del emb
+        (tmp / GALLERY_META).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _write_matrix(path: Path, plan: Plan, new_emb: np.ndarray, dtype) -> np.ndarray:
     """embeddings.npy: the kept old rows (copied in chunks), then the new ones; returns it memory-mapped."""
     dim = new_emb.shape[1] if plan.old is None else plan.old.dim
     count = len(plan.keep_rows) + len(new_emb)
@@ -78,146 +172,57 @@ def _write_matrix(path: Path, plan: _Plan, new_emb: np.ndarray, dtype) -> np.nda
     return np.load(path, mmap_mode="r")
 
 
-def _spec_of(info: dict) -> IndexSpec:
-    """The spec an existing index was built with (its factory string; the knob re-tuned if it was)."""
-    from .faiss_build import IndexSpec
-
-    spec = IndexSpec(kind="factory", factory=info["factory"], target_recall=info.get("target_recall", 0.95))
-    if not info.get("tuned"):  # a knob the user fixed stays fixed, through a rebuild too
-        spec.nprobe, spec.ef = info.get("search_params", {}).get("nprobe"), info.get("search_params", {}).get("ef")
-    return spec
-
-
-def _update_index(plan: _Plan, emb: np.ndarray, labels: np.ndarray, say: Say, bar, queries: dict) -> FaissIndex:
-    """The old gallery's index with the removed labels dropped and the new rows added; rebuilt from the
-    stored embeddings (no photo re-embedded) when its type cannot remove (FAISS's HNSW)."""
-    from ..search.faiss_index import load_index
-    from .faiss_build import build_index, measure_and_tune
-
-    info = plan.old.meta["index"]
-    fi = load_index(plan.old.path, info, mmap=False)
-    if not fi.remove(plan.removed):
-        say(f"index: {info['factory']} cannot remove vectors; rebuilding it from the stored embeddings")
-        rebuilt = build_index(emb, labels, _spec_of(info), shards=info.get("shards", 1), say=say, bar=bar, **queries)
-        rebuilt.info.update(type=info["type"], rebuilt_on_removal=True)
-        return rebuilt
-    n_new = len(emb) - len(plan.keep_rows)
-    fi.add(emb[len(plan.keep_rows):], labels[len(plan.keep_rows):], bar)
-    spec = _spec_of(info)
-    fixed = None if info.get("tuned") else info.get("search_params")
-    fi.info.update(measure_and_tune(fi, emb, labels, spec, fixed=fixed, say=say, **queries))
-    fi.info.update(appended=info.get("appended", 0) + n_new, removed=info.get("removed", 0) + len(plan.removed))
-    return fi
+def _gallery_meta(bundle: Bundle, emb: np.ndarray, rows: _Rows, plan: Plan) -> dict:
+    meta = {
+        "photo_encoder_sha256": bundle.photo_encoder_id(),
+        "bundle_created": bundle.manifest.get("created"),
+        "demo": bundle.demo,
+        "count": len(rows.ids),
+        "dim": int(emb.shape[1]),
+        "dtype": str(emb.dtype),
+        "photos_root": str(plan.photos.resolve()),
+        "skipped": rows.skipped,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "next_label": int(rows.labels[-1]) + 1 if len(rows.labels) else 0,
+    }
+    if plan.old is not None:
+        meta["appended_from"] = plan.old.meta.get("created")
+    return meta
 
 
-def build_gallery(
-    photos: str | Path,
-    bundle: Bundle,
-    out: str | Path,
-    *,
-    backend: Backend | None = None,
-    batch_size: int = 8,
-    strict: bool = False,
-    float16: bool = False,
-    force: bool = False,
-    progress: bool = True,
-    warn: Callable[[str], None] = lambda _m: None,
-    index: IndexSpec | None = None,
-    shards: int = 1,
-    append: bool = False,
-    embedder: Embedder | None = None,
-    say: Say = silent,
-) -> Gallery:
-    """Embed every image under ``photos``; the gallery appears at ``out`` only when complete.
+def _index(plan: Plan, emb: np.ndarray, labels: np.ndarray, spec: IndexSpec | None, shards: int, queries: dict,
+           report: Reporter) -> FaissIndex | None:
+    """The updated index of the gallery being appended to, a new one (``spec``), or None (exact search)."""
+    if not _indexed(plan, spec):
+        return None
+    from .faiss_build import build_index, update_index
 
-    ``index``: also build a FAISS index (recall measured against the exact search, recorded in
-    gallery.json). ``append``: update the gallery at ``out``: embed only files it does not hold,
-    drop the ones no longer under ``photos``, keep every other photo's label (and its index's)."""
-    photos, out = Path(photos), Path(out)
-    old = None
-    if append:
-        if not (out / GALLERY_META).is_file():
-            raise GalleryError("--append needs an existing gallery here", path=out,
-                               hint=f"build it first without --append: `dcssa-rt index {photos} --out {out}`")
-        old = Gallery.load(out, bundle, load_index=False)
-        if index is not None and _kind(old.meta.get("index")) != (index.factory if index.kind == "factory" else index.kind):
-            raise GalleryError("--append keeps the gallery's index type; --index asks for another one", path=out,
-                               hint="drop --index to append, or rebuild with --index ... --force")
-    else:
-        refuse_existing(out, force)
-    paths = list_images(photos)
-    if not paths:
-        raise GalleryError("no images found (png, jpg, jpeg, bmp, gif, webp, tif)", path=photos)
-    plan = _plan(photos, paths, old)
-    if old is not None:
-        say(f"append: {len(plan.new)} new photos, {len(plan.removed)} removed, {len(plan.keep_rows)} kept")
-    embed = embedder or local_embedder(bundle, backend or get_backend("ort-cpu"), batch_size=batch_size, strict=strict)
-    skipped: list[str] = []
-    bar = Progress(quiet=not progress).bar(len(plan.new), "embedding photos", "photo", leave=True)
-
-    def skip(path: Path, exc: Exception) -> None:
-        warn(f"skipping unreadable image {path}: {exc}")
-        skipped.append(str(path.relative_to(photos)))
-        bar.update(1)
-
-    try:
-        embedded = embed(plan.new, skip, bar.update) if plan.new else {}
-    finally:
-        bar.close()
-    if not embedded and (old is None or not len(plan.keep_rows)):
-        raise GalleryError("no readable images", path=photos)
-    order = sorted(embedded)
-    dim = old.dim if old is not None else len(next(iter(embedded.values())))
-    new_emb = np.stack([embedded[i] for i in order]) if order else np.zeros((0, dim), np.float32)
-    new_ids = [plan.new[i].relative_to(photos).as_posix() for i in order]
-    dtype = old.embeddings.dtype if old is not None else (np.float16 if float16 else np.float32)
-    if old is not None:
-        ids = [old.ids[r] for r in plan.keep_rows] + new_ids
-        start = int(old.meta.get("next_label", int(old.labels[-1]) + 1 if len(old.labels) else 0))
-        labels = np.concatenate([old.labels[plan.keep_rows], np.arange(start, start + len(new_ids), dtype=np.int64)])
-        spec_info = old.meta.get("index")
-    else:
-        ids = new_ids
-        labels = np.arange(len(ids), dtype=np.int64)
-        spec_info = None
-    queries: dict = {}  # recall queries: partial sketches when tracings lie beside the photos
-    if spec_info or (index is not None and index.kind != "exact"):
-        from .queries import sketch_queries
-
-        found = sketch_queries(photos, bundle, backend or get_backend("ort-cpu"), progress=progress, say=say)
-        if found is not None:
-            queries = {"queries": found[0], "query_source": found[1]}
-    with staged_dir(out, force=force or append) as tmp:
-        emb = _write_matrix(tmp / EMBEDDINGS, plan, new_emb, dtype)
-        np.save(tmp / LABELS, labels)
-        (tmp / IDS).write_text(json.dumps(ids, indent=0) + "\n")
-        meta = _gallery_meta(bundle, emb, ids, photos, skipped)
-        meta["next_label"] = int(labels[-1]) + 1 if len(labels) else 0
-        if old is not None:
-            meta["appended_from"] = old.meta.get("created")
-        fi = None
-        ibar = Progress(quiet=not progress).bar(len(ids), "indexing", "photo", leave=False)
-        try:
-            if spec_info:
-                fi = _update_index(plan, emb, labels, say, ibar.update, queries)
-            elif index is not None and index.kind != "exact":
-                from .faiss_build import build_index
-
-                fi = build_index(emb, labels, index, shards=shards, say=say, bar=ibar.update, **queries)
-        finally:
-            ibar.close()
-        if fi is not None:
-            files = fi.save(tmp)
-            meta["index"] = {**fi.info, "files": files, "bytes": sum((tmp / f).stat().st_size for f in files)}
-        del emb
-        (tmp / GALLERY_META).write_text(json.dumps(meta, indent=2) + "\n")
-    discard = getattr(embed, "discard_shards", None)  # an embedder's intermediate files (Ray's shards) go now
-    if discard is not None:
-        discard()
-    return Gallery.load(out, bundle)
+    with report.bar(len(labels), "indexing", "photo", leave=False) as bar:
+        if plan.old_index:
+            return update_index(plan.old.path, plan.old_index, emb, labels, kept=len(plan.keep_rows),
+                                removed=plan.removed, say=report, bar=bar.update, **queries)
+        return build_index(emb, labels, spec, shards=shards, say=report, bar=bar.update, **queries)
 
 
-def _kind(info: dict | None) -> str:
-    if not info:
-        return "exact"
-    return info["factory"] if info["type"] == "factory" else info["type"]
+#: build_gallery's keywords of 0.1 that became settings of IndexOptions (the others: index, progress, warn, say)
+_OLD_SETTINGS = {"batch_size": "batch_size", "strict": "strict", "float16": "fp16_storage", "force": "force",
+                 "shards": "shards", "append": "append"}
+
+
+def _old_keywords(options: IndexOptions, report: Reporter, old: dict[str, Any]) -> tuple[IndexOptions, Reporter]:
+    """The keywords of 0.1 mapped onto the options and a reporter (deprecated, removed in 0.3)."""
+    if not old:
+        return options, report
+    unknown = sorted(set(old) - set(_OLD_SETTINGS) - {"index", "progress", "warn", "say"})
+    if unknown:
+        raise TypeError(f"build_gallery() got unexpected keyword arguments {unknown}")
+    warnings.warn(f"build_gallery({', '.join(f'{k}=' for k in old)}) is deprecated (removed in dcssa-rt {REMOVED_IN}): "
+                  "pass IndexOptions(...) and report=Progress() or Callbacks(...)", DeprecationWarning, stacklevel=3)
+    values = {_OLD_SETTINGS[k]: v for k, v in old.items() if k in _OLD_SETTINGS}
+    spec: IndexSpec | None = old.get("index")
+    if spec is not None:
+        values.update(index=spec.name, nlist=spec.nlist, m=spec.m, nprobe=spec.nprobe, ef=spec.ef,
+                      target_recall=spec.target_recall)
+    if report is SILENT:  # 0.1 showed bars unless progress=False; steps and warnings went to say / warn
+        report = Callbacks(say=old.get("say", silent), warn=old.get("warn", silent), bars=old.get("progress", True))
+    return dataclasses.replace(options, **values), report

@@ -14,6 +14,7 @@ from ..contract import manifest as mf
 from ..contract.bundle import Bundle
 from ..data.photos import read_images
 from ..stroke.pipeline import PhotoPipeline
+from .options import IndexOptions
 
 
 def photo_runner(bundle: Bundle, backend: Backend):
@@ -26,7 +27,7 @@ def embed_photos(
     images: Iterable[tuple[int, Image.Image]],
     backend: Backend,
     *,
-    batch_size: int = 8,
+    batch_size: int = IndexOptions.batch_size,
     on_done: Callable[[int], None] = lambda _n: None,
     runner=None,
 ) -> dict[int, np.ndarray]:
@@ -61,7 +62,8 @@ def embed_photos(
 Embedder = Callable[[list[Path], Callable[[Path, Exception], None], Callable[[int], None]], dict[int, np.ndarray]]
 
 
-def local_embedder(bundle: Bundle, backend: Backend, *, batch_size: int = 8, strict: bool = False) -> Embedder:
+def local_embedder(bundle: Bundle, backend: Backend, *, batch_size: int = IndexOptions.batch_size,
+                   strict: bool = IndexOptions.strict) -> Embedder:
     """The in-process embedder: read each image, batch equal sizes through the photo encoder."""
 
     def embed(paths: list[Path], on_skip, on_done) -> dict[int, np.ndarray]:

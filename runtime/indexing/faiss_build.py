@@ -22,11 +22,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import DcssaError
-from ..search.faiss_index import ADD_CHUNK, FaissIndex, faiss_module, hnsw_of, leaves, search_knob
+from ..progress import Say, silent
+from ..search.faiss_index import ADD_CHUNK, FaissIndex, faiss_module, hnsw_of, leaves, load_index, search_knob
+from .options import INDEX_PARAMS, IndexOptions
 
 #: what ``--index`` accepts besides a FAISS index_factory string
 KINDS = ("exact", "flat", "hnsw", "ivf", "ivfpq")
@@ -35,7 +38,7 @@ KINDS = ("exact", "flat", "hnsw", "ivf", "ivfpq")
 RECALL_K = 10
 
 
-DEFAULT_TARGET_RECALL = 0.95
+DEFAULT_TARGET_RECALL = IndexOptions.target_recall
 
 
 #: held-out queries: photo embeddings moved to this cosine of their photo (a sketch never matches exactly)
@@ -73,6 +76,32 @@ class IndexSpec:
     target_recall: float = DEFAULT_TARGET_RECALL
 
     @classmethod
+    def from_options(cls, options: IndexOptions) -> IndexSpec | None:
+        """What ``options`` ask for (None: no ``index``; checked as :meth:`parse` checks it)."""
+        if options.index is None:
+            return None
+        params = {p: getattr(options, p) for p in INDEX_PARAMS}
+        return cls.parse(options.index, target_recall=options.target_recall, **params)
+
+    @classmethod
+    def recorded(cls, info: dict) -> IndexSpec:
+        """The spec an existing index was built with (its factory string; the knob re-tuned if it was)."""
+        spec = cls(kind="factory", factory=info["factory"], target_recall=info.get("target_recall", DEFAULT_TARGET_RECALL))
+        if not info.get("tuned"):  # a knob the user fixed stays fixed, through a rebuild too
+            spec.nprobe, spec.ef = info.get("search_params", {}).get("nprobe"), info.get("search_params", {}).get("ef")
+        return spec
+
+    @property
+    def name(self) -> str:
+        """The index type as gallery.json records it (a factory string for ``factory``)."""
+        return self.factory if self.kind == "factory" else self.kind
+
+    @property
+    def builds_index(self) -> bool:
+        """False for ``exact``: the numpy search, no FAISS file."""
+        return self.kind != "exact"
+
+    @classmethod
     def parse(cls, text: str, **params) -> IndexSpec:
         """``flat|hnsw|ivf|ivfpq`` or a FAISS index_factory string (e.g. ``IVF1024,PQ16``)."""
         if not text or not text.strip():
@@ -80,7 +109,7 @@ class IndexSpec:
         key = text.strip()
         spec = cls(kind=key.lower() if key.lower() in KINDS else "factory",
                    factory=None if key.lower() in KINDS else key, **params)
-        for name in ("nlist", "m", "nprobe", "ef"):
+        for name in INDEX_PARAMS:
             value = getattr(spec, name)
             if value is not None and value < 1:
                 raise IndexSpecError(f"--{name} must be >= 1 (got {value})")
@@ -94,6 +123,13 @@ class IndexSpec:
                                  hint="drop it, or pick the index type it belongs to (--nlist/--nprobe: ivf, ivfpq; "
                                       "--m: hnsw links or ivfpq sub-quantizers; --ef: hnsw)")
         return spec
+
+
+def recorded_name(info: dict | None) -> str:
+    """The index type of a gallery.json ``index`` entry, named as :attr:`IndexSpec.name` (``exact``: none)."""
+    if not info:
+        return "exact"
+    return info["factory"] if info["type"] == "factory" else info["type"]
 
 
 def pow2_near(x: float) -> int:
@@ -282,3 +318,24 @@ def measure_and_tune(fi: FaissIndex, emb: np.ndarray, labels: np.ndarray, spec: 
     if tuned:
         out["recall_curve"] = curve
     return out
+
+
+def update_index(folder: Path, info: dict, emb: np.ndarray, labels: np.ndarray, *, kept: int, removed: np.ndarray,
+                 queries: np.ndarray | None = None, query_source: str | None = None, say: Say = silent,
+                 bar: Callable[[int], None] = lambda _n: None) -> FaissIndex:
+    """The index saved in ``folder`` (``info``: its gallery.json entry) with the ``removed`` labels dropped
+    and the rows of ``emb`` after the first ``kept`` added, re-measured; rebuilt from ``emb`` (no photo
+    re-embedded) when its type cannot remove (FAISS's HNSW)."""
+    fi = load_index(folder, info, mmap=False)
+    spec = IndexSpec.recorded(info)
+    queries_kw = {"queries": queries, "query_source": query_source}
+    if not fi.remove(removed):
+        say(f"index: {info['factory']} cannot remove vectors; rebuilding it from the stored embeddings")
+        rebuilt = build_index(emb, labels, spec, shards=info.get("shards", 1), say=say, bar=bar, **queries_kw)
+        rebuilt.info.update(type=info["type"], rebuilt_on_removal=True)
+        return rebuilt
+    fi.add(emb[kept:], labels[kept:], bar)
+    fixed = None if info.get("tuned") else info.get("search_params")
+    fi.info.update(measure_and_tune(fi, emb, labels, spec, fixed=fixed, say=say, **queries_kw))
+    fi.info.update(appended=info.get("appended", 0) + len(emb) - kept, removed=info.get("removed", 0) + len(removed))
+    return fi

@@ -16,7 +16,7 @@ import numpy as np
 from ..backends import Backend
 from ..contract.bundle import Bundle
 from ..errors import DcssaError
-from ..progress import Progress, Say, silent
+from ..progress import SILENT, Reporter
 from ..stroke.parse import points_to_strokes
 
 #: tracings replayed at most (spread over the file); every prefix of each is a query
@@ -31,7 +31,7 @@ def coordinate_file(photos: str | Path) -> Path | None:
 
 
 def sketch_queries(photos: str | Path, bundle: Bundle, backend: Backend, *, max_sketches: int = MAX_SKETCHES,
-                   progress: bool = False, say: Say = silent) -> tuple[np.ndarray, str] | None:
+                   report: Reporter = SILENT) -> tuple[np.ndarray, str] | None:
     """(queries, description) from the tracings beside ``photos``, or None when there are none."""
     from ..data.qmul import load_coordinates, sketch_points
     from ..session import Retriever
@@ -45,18 +45,18 @@ def sketch_queries(photos: str | Path, bundle: Bundle, backend: Backend, *, max_
         keys = [keys[i] for i in np.linspace(0, len(keys) - 1, min(max_sketches, len(keys))).round().astype(int)] if keys else []
         sketches = [points_to_strokes(sketch_points(coords[k], k, coord)) for k in dict.fromkeys(keys)]
     except DcssaError as exc:  # an unreadable stroke file is no reason to fail the index: say it, fall back
-        say(f"index: {coord.name} not used for recall queries ({exc.message})")
+        report(f"index: {coord.name} not used for recall queries ({exc.message})")
         return None
     if not sketches:
         return None
     session = Retriever(bundle, None, backend=backend, confidence=None,
                         max_strokes=max(bundle.max_strokes, max(len(s) for s in sketches))).session()
     rows = []
-    with Progress(quiet=not progress).bar(len(sketches), "recall queries", "sketch", leave=False) as bar:
+    with report.bar(len(sketches), "recall queries", "sketch", leave=False) as bar:
         for strokes in sketches:
             session.reset()
             rows += [session.add_stroke(s).embedding.reshape(-1) for s in strokes]
             bar.update(1)
-    say(f"index: recall queries = {len(rows)} partial sketches of {len(sketches)} tracings ({coord.name})")
+    report(f"index: recall queries = {len(rows)} partial sketches of {len(sketches)} tracings ({coord.name})")
     return (np.stack(rows).astype(np.float32),
             f"partial sketches: every stroke prefix of {len(sketches)} tracings of {coord.name}")

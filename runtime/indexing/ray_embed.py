@@ -36,6 +36,7 @@ from ..contract.bundle import Bundle
 from ..errors import BackendError, GalleryError
 from ..extras import require
 from ..progress import Say, silent
+from .options import LOCAL_RAY, IndexOptions
 
 #: the job record in a shard folder: shards of another encoder or layout are never merged
 SHARD_JOB = "job.json"
@@ -97,12 +98,12 @@ def _stat(path: str) -> tuple[int, int]:
 
 def start_ray(address: str, *, object_store_bytes: int = LOCAL_OBJECT_STORE_BYTES, num_cpus: int | None = None,
               say: Say = silent) -> bool:
-    """Connect to ``address`` or start a local instance ("local"); True when this call started Ray."""
+    """Connect to ``address`` or start a local instance (:data:`LOCAL_RAY`); True when this call started Ray."""
     ray = ray_module()
     if ray.is_initialized():
         return False
     try:
-        if address == "local":
+        if address == LOCAL_RAY:
             auth = os.environ.get("RAY_AUTH_MODE") or "token"
             say(f"ray: starting a local instance ({num_cpus or os.cpu_count()} CPUs, object store "
                 f"{object_store_bytes >> 20} MiB, auth mode {auth})")
@@ -219,10 +220,10 @@ class RayEmbedder:
     a local instance can use). ``backend`` is resolved by each actor on its own node (``auto`` picks
     that node's best, as the local ``index`` does here). Call :meth:`discard_shards` once the gallery is written."""
 
-    def __init__(self, bundle: Bundle, *, address: str = "local", actors: int | None = None, batch_size: int = 8,
-                 strict: bool = False, threads: int | None = None, backend: str = "ort-cpu",
-                 object_store_bytes: int = LOCAL_OBJECT_STORE_BYTES, keep_running: bool = False,
-                 shards: Path | None = None, say: Say = silent) -> None:
+    def __init__(self, bundle: Bundle, *, address: str = LOCAL_RAY, actors: int | None = None,
+                 batch_size: int = IndexOptions.batch_size, strict: bool = IndexOptions.strict,
+                 threads: int | None = None, backend: str = "ort-cpu", object_store_bytes: int = LOCAL_OBJECT_STORE_BYTES,
+                 keep_running: bool = False, shards: Path | None = None, say: Say = silent) -> None:
         ray_module()  # a missing Ray is reported before anything runs
         self.bundle, self.address, self.actors, self.batch_size = bundle, address, actors, batch_size
         self.strict, self.threads, self.backend, self.say = strict, threads, backend, say

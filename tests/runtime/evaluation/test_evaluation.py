@@ -424,14 +424,14 @@ def test_causal_points20_is_the_step_head_over_point_slices(bundle2, small_datas
     """Second code path: causal step t == last row of the full head on steps 1..t."""
     from dcssa.runtime import Retriever
     from dcssa.runtime.evaluation.protocols import SketchEvaluator
-    from dcssa.runtime.evaluation.run import _eval_gallery
+    from dcssa.runtime.evaluation.run import eval_gallery
     from dcssa.runtime.search.gallery import Gallery
 
     b = Bundle.load(bundle2)
     split = load_split(small_dataset, limit=1)
     g = Gallery(None, np.eye(6, b.embed_dim, dtype=np.float32), [f"shape{i:04d}.png" for i in range(6)],
                 {"photo_encoder_sha256": b.photo_encoder_id(), "count": 6, "dim": b.embed_dim})
-    r = Retriever(b, _eval_gallery(g, split), backend="ort-cpu")
+    r = Retriever(b, eval_gallery(g, split), backend="ort-cpu")
     ev = SketchEvaluator(r, "causal", "points20")
     rasters = rasterize_steps(split.sketches[0].points, 20)
     feats = ev._features(rasters)

@@ -298,10 +298,10 @@ def test_ray_embeds_like_the_local_index(local_ray, tiny, photos, tmp_path):
 
     (photos / "broken.png").write_bytes(b"not an image")
     b = Bundle.load(tiny)
-    local = build_gallery(photos, b, tmp_path / "local", progress=False)
+    local = build_gallery(photos, b, tmp_path / "local")
     shards = tmp_path / "shards"
     embed = ray_embedder(b, actors=2, batch_size=4, shards=shards)
-    remote = build_gallery(photos, b, tmp_path / "ray", progress=False, embedder=embed)
+    remote = build_gallery(photos, b, tmp_path / "ray", embedder=embed)
     assert remote.ids == local.ids and remote.meta["skipped"] == local.meta["skipped"] == ["broken.png"]
     assert np.abs(np.asarray(remote.embeddings) - np.asarray(local.embeddings)).max() <= 1e-5
     # the workers wrote shards (more than one: 41 files in batches of 4), gone once the gallery is written
@@ -333,7 +333,7 @@ def test_an_interrupted_ray_job_resumes_from_its_shards(local_ray, tiny, photos,
     resumed = again(paths, lambda p, e: None, done.append)
     assert again.stats["resumed"] == 24 and again.stats["embedded"] == 16  # 15 new + the replaced one
     assert sum(done) == 40 and any("torn.parquet" in m for m in messages)
-    local = build_gallery(photos, b, tmp_path / "local", progress=False)
+    local = build_gallery(photos, b, tmp_path / "local")
     want = {local.ids.index(p.relative_to(photos).as_posix()): p for p in paths}
     for row, p in want.items():
         assert np.abs(resumed[paths.index(p)] - np.asarray(local.embeddings[row])).max() <= 1e-5

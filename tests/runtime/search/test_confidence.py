@@ -27,7 +27,6 @@ from dcssa.runtime.evaluation import fit_confidence as C  # noqa: E402
 from dcssa.runtime.search.confidence import (
     CONFIDENCE_FILE,
     FEATURES,
-    Calibrator,
     ConfidenceError,
     LogisticModel,
     fingerprint,
@@ -247,7 +246,7 @@ def test_calibrate_refuses_labels_with_one_class_and_writes_nothing(tiny, root):
 
     data = write_dataset(root / "data-tiny", photos=8, sketches_per_photo=1, seed=4)
     gpath = root / "g-tiny-fit"
-    build_gallery(data / "photo", Bundle.load(tiny), gpath, progress=False)
+    build_gallery(data / "photo", Bundle.load(tiny), gpath)
     res = CliRunner().invoke(main, ["calibrate-confidence", "--dataset", str(data), "--bundle", str(tiny),
                                     "--gallery", str(gpath), "--backend", "ort-cpu", "--out", str(root / "r-tiny"),
                                     "--quiet"])
@@ -263,7 +262,7 @@ def test_calibrate_confidence_command_end_to_end(bundle2, tmp_path):
 
     data = write_dataset(tmp_path / "data", photos=12, sketches_per_photo=2, seed=4)
     gpath = tmp_path / "gallery"
-    build_gallery(data / "photo", Bundle.load(bundle2), gpath, progress=False)
+    build_gallery(data / "photo", Bundle.load(bundle2), gpath)
     out = tmp_path / "report"
     args = ["calibrate-confidence", "--dataset", str(data), "--bundle", str(bundle2), "--gallery", str(gpath),
             "--backend", "ort-cpu", "--out", str(out), "--quiet"]
@@ -362,8 +361,8 @@ def test_calibrate_confidence_on_an_arnet_folder(tmp_path):
     arnet_bundle = tmp_path / "bundle"
     export_bundle([ckpt], arnet_bundle)
     b = Bundle.load(arnet_bundle)
-    build_gallery(catalogue, b, tmp_path / "g", progress=False)
-    build_gallery(data / "testB", b, tmp_path / "g-test", progress=False)
+    build_gallery(catalogue, b, tmp_path / "g")
+    build_gallery(data / "testB", b, tmp_path / "g-test")
     args = ["calibrate-confidence", "--dataset", str(data), "--format", "arnet", "--bundle", str(arnet_bundle),
             "--backend", "ort-cpu", "--quiet"]
     bad = CliRunner().invoke(main, [*args, "--gallery", str(tmp_path / "g-test"), "--out", str(tmp_path / "r0")])
