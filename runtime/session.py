@@ -25,6 +25,10 @@ from .stroke.parse import as_stroke
 from .stroke.pipeline import SketchPipeline
 
 PHASES = ("rasterise", "preprocess", "encode", "head", "search")
+#: what a Retriever runs unless told otherwise; the CLIs and the jobs take their defaults from here
+DEFAULT_BACKEND = "auto"  # the fastest backend available here (backends.AUTO_ORDER)
+DEFAULT_PRECISION = "fp32"
+DEFAULT_TOPK = 10  # photos the app shows after each stroke
 
 
 @dataclass
@@ -65,9 +69,9 @@ class Retriever:
         bundle: Bundle,
         gallery: Gallery | None = None,
         *,
-        backend: str | Backend = "auto",
-        precision: str = "fp32",
-        topk: int = 10,
+        backend: str | Backend = DEFAULT_BACKEND,
+        precision: str = DEFAULT_PRECISION,
+        topk: int = DEFAULT_TOPK,
         threads: int | None = None,
         max_strokes: int | None = None,
         confidence: Calibrator | str | None = "auto",

@@ -17,6 +17,7 @@ import click
 from ..backends import backend_names, execution_precisions
 from ..contract import manifest as mf
 from ..contract.bundle import BUNDLE_ENV, DEFAULT_BUNDLE, default_bundle_path
+from ..session import DEFAULT_BACKEND, DEFAULT_PRECISION
 
 F = TypeVar("F", bound=Callable[..., Any])
 Decorator = Callable[[F], F]
@@ -96,7 +97,7 @@ def backend_option(*, multiple: bool = False) -> Decorator:
         return click.option("--backend", "backends", type=click.Choice(backend_choices()), multiple=True,
                             metavar="NAME", help=f"Backend to measure, repeatable: {names} "
                             "[default: every one available here].")
-    return click.option("--backend", type=click.Choice(backend_choices()), default="auto", show_default=True,
+    return click.option("--backend", type=click.Choice(backend_choices()), default=DEFAULT_BACKEND, show_default=True,
                         metavar="NAME", help=f"Backend: {names}, or auto (the fastest available here).")
 
 
@@ -114,7 +115,7 @@ def precision_option(*, multiple: bool = False) -> Decorator:
     if multiple:
         return click.option("--precision", "precisions", multiple=True,
                             help=f"{what} Repeatable [default: every graph precision in the bundle].")
-    return click.option("--precision", default="fp32", show_default=True, help=what)
+    return click.option("--precision", default=DEFAULT_PRECISION, show_default=True, help=what)
 
 
 def threads_option() -> Decorator:

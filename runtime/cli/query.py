@@ -9,6 +9,7 @@ import click
 
 from ..contract.bundle import DEMO_WARNING
 from ..progress import Progress
+from ..session import DEFAULT_TOPK
 from .console import fail_cleanly
 from .options import bundle_option, gallery_option, output_options, runtime_options
 
@@ -39,7 +40,7 @@ def _target_index(gallery, target: str | None) -> int | None:
 @click.argument("strokes", type=click.Path(path_type=Path))
 @bundle_option()
 @gallery_option
-@click.option("--topk", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--topk", type=click.IntRange(1), default=DEFAULT_TOPK, show_default=True)
 @runtime_options()
 @click.option("--target", default=None, help="A gallery id to follow: prints its rank after every stroke.")
 @output_options(json="one object per stroke")

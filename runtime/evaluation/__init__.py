@@ -17,6 +17,7 @@ import click
 
 from ..data import LAYOUTS
 from ..options import OptionsError, setting
+from ..session import DEFAULT_BACKEND, DEFAULT_PRECISION
 
 PROTOCOLS = ("causal", "paper")
 STEP_KINDS = ("strokes", "points20")
@@ -52,7 +53,7 @@ class EvalOptions:
     limit: int | None = setting(None, "Evaluate only the first N sketches (the gallery keeps every photo of the split).",
                                 type=click.IntRange(1))
     force: bool = setting(False, "Replace an existing OUT folder.", is_flag=True)
-    configs: tuple[RunConfig, ...] = setting(default_factory=lambda: (RunConfig("auto", "fp32"),),
+    configs: tuple[RunConfig, ...] = setting(default_factory=lambda: (RunConfig(DEFAULT_BACKEND, DEFAULT_PRECISION),),
                                              help="The runs compared (backend, precision).", cli=False)
     threads: int | None = setting(None, "Intra-op threads.", cli=False)
 
@@ -80,8 +81,8 @@ class ConfidenceOptions:
                                  type=click.Choice(["train", "test"]))
     limit: int | None = setting(None, "Use only the first N sketches of each split.", type=click.IntRange(1))
     force: bool = setting(False, "Replace an existing OUT folder and the gallery's calibrator.", is_flag=True)
-    backend: str = setting("auto", "Backend name (auto: the fastest available here).", cli=False)
-    precision: str = setting("fp32", "Graph precision or execution mode.", cli=False)
+    backend: str = setting(DEFAULT_BACKEND, "Backend name (auto: the fastest available here).", cli=False)
+    precision: str = setting(DEFAULT_PRECISION, "Graph precision or execution mode.", cli=False)
     threads: int | None = setting(None, "Intra-op threads.", cli=False)
 
     def __post_init__(self) -> None:

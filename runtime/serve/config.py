@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from ..options import setting
+from ..session import DEFAULT_TOPK
 
 KB = 1024
 #: --host values only this machine reaches (any other gets a no-authentication warning at start)
@@ -65,6 +66,6 @@ class ServeOptions:
                                   type=click.Path(path_type=Path, file_okay=False))
     host: str = setting("127.0.0.1", "Address to listen on (loopback: this machine only).")
     port: int = setting(8000, "Port (0: any free port).", type=click.IntRange(0, 65535))
-    topk: int = setting(10, type=click.IntRange(1))
+    topk: int = setting(DEFAULT_TOPK, type=click.IntRange(1))
     max_strokes: int | None = setting(None, "Strokes per session [default: the bundle's].", type=click.IntRange(1))
     config: ServeConfig = field(default_factory=ServeConfig)
