@@ -26,7 +26,6 @@ EXTRAS = {
     "prometheus_client": "serve",
     "matplotlib": "report",
     "sklearn": "confidence",
-    "nncf": "nncf",
     "onnx": "calibrate",
     "torch": "export",
     "torchvision": "export",
