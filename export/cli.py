@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from dcssa.calibration.commands import DATA_HELP, calibrate, engines, fidelity_gallery_options, recipe_option
-from dcssa.export.model import DEFAULT_EMBED, DEFAULT_HEADS
+from dcssa.export.defaults import DEFAULT_ARNET_EMBED, DEFAULT_EMBED, DEFAULT_HEADS
 from dcssa.runtime.cli.console import fail_cleanly, stdout_for_json
 from dcssa.runtime.cli.options import output_options
 from dcssa.runtime.contract.bundle import DEMO_WARNING
@@ -97,7 +97,7 @@ def main(ctx: click.Context, ckpt: tuple[Path, ...], out: Path, family: str | No
 @click.option("--vit", type=click.Choice(["tiny", "small", "base"]), default="base", show_default=True,
               help="ARNet only: ViT size at patch 16 / 224 px (ARNet trains base).")
 @click.option("--embed", type=click.IntRange(2), default=None,
-              help=f"Embedding size E [default: DC-SSA {DEFAULT_EMBED}, ARNet 512].")
+              help=f"Embedding size E [default: DC-SSA {DEFAULT_EMBED}, ARNet {DEFAULT_ARNET_EMBED}].")
 @click.option("--catalogue", type=click.Path(path_type=Path), default=None,
               help="Folder of catalogue photos to fit the projections on [default: the generated "
                    "catalogue of `dcssa-rt make-dataset --photos SHAPES --seed CATALOGUE-SEED`].")
@@ -118,7 +118,7 @@ def demo_checkpoint(out: Path, family: str, seed: int, phase: str, vit: str, emb
     say = Progress(quiet or as_json)
     with fail_cleanly(), stdout_for_json(as_json):
         if family == "arnet":
-            from dcssa.export.arnet_demo import DEFAULT_ARNET_EMBED, write_arnet_demo
+            from dcssa.export.arnet_demo import write_arnet_demo
 
             if plain_random:
                 raise click.BadParameter("the ARNet demo is always structured", param_hint="--plain-random")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dcssa.export import job as export_bundle_mod
+from dcssa.export import dcssa as export_bundle_mod
 from dcssa.export.cli import main as export_cli
 from dcssa.export.parity import ParityError, check_parity
 from dcssa.runtime.contract import manifest as mf
