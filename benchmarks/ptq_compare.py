@@ -106,7 +106,7 @@ def _nncf_control(out: Path, prep, say: Progress) -> dict:
     from dcssa.calibration.nncf_ptq import NncfOptions
 
     opts = NncfOptions(accuracy_control=True, ranking_sketches=16)
-    score = TaskScore(prep.bundle, prep.held, prep.gallery, prep.ref, prep.backend, prep.objective, prep.work, say=say)
+    score = TaskScore(prep)  # the yardstick of prepare(), which reports through ``say``
     fp32 = prep.bundle.graph_path(mf.SKETCH_ENCODER, "fp32")
     summary = quantize_with_task_control(fp32, out, prep.calib, score, opts, quiet=say.quiet)
     return {"quantiser": "nncf", "options": opts.record(), "summary": summary}

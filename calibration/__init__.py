@@ -6,6 +6,10 @@
 - :mod:`.search` -- calibration methods, per-block sensitivity, the fidelity/latency trade-off curve
 - :mod:`.fp16` -- FP16 graphs with LayerNorm, the attention scores and the normalisation in FP32
 - :mod:`.fidelity` -- cosine, top-1 agreement, top-10 overlap and latency against fp32
+- :mod:`.options` -- :class:`~.options.CalibrationOptions`: every setting of the job, its default and help
+- :mod:`.yardstick` -- what every stage is measured against (held-out set, gallery, fp32 reference, objective)
+- :mod:`.quantisers` -- the int8 quantisers (ours, NNCF's) as a table; :mod:`.recipes` -- the default recipes
+- :mod:`.stages` -- the fp16, int8 and bf16 stages
 - :mod:`.job` -- the calibrate job: adds graphs, reports and the recipe to a bundle atomically
 - :mod:`.engines` -- strongly typed TensorRT engines (GPU box)
 

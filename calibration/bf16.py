@@ -24,13 +24,11 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import onnx
 
-from dcssa.calibration import fidelity as fd
 from dcssa.calibration import task as T
-from dcssa.calibration.calibset import PrefixSet
+from dcssa.calibration.options import CalibrationOptions
 from dcssa.calibration.search import (
     choose,
     held_subset,
@@ -40,11 +38,9 @@ from dcssa.calibration.search import (
     trade_off_table,
     walk_curve,
 )
-from dcssa.runtime.backends import Backend
+from dcssa.calibration.yardstick import Yardstick
 from dcssa.runtime.contract import manifest as mf
-from dcssa.runtime.contract.bundle import Bundle
 from dcssa.runtime.errors import DcssaError
-from dcssa.runtime.progress import Say, silent
 
 _UNIT = (re.compile(r"^(/encoder/blocks/blocks\.\d+)(/|$)"), re.compile(r"^(/trunk/[^/]+)"),
          re.compile(r"^(/encoder/[^/]+)"), re.compile(r"^(/[^/]+)"))
@@ -94,47 +90,32 @@ def check_bf16_machine() -> None:
 
 @dataclass
 class Bf16Search:
-    """What one bf16 plan evaluation needs (the fp32 reference comes from onnxruntime, as for int8)."""
+    """bf16 plan evaluations against the yardstick (whose fp32 reference comes from onnxruntime, as for
+    int8); ``options`` give the threads, latency rasters, the curve's patience and the sensitivity subset."""
 
-    bundle: Bundle
-    held: PrefixSet
-    gallery: fd.GalleryMatrix
-    ref: fd.Reference
-    head_backend: Backend
-    workdir: Path
-    threads: int | None = None
-    objective: T.Objective = field(default_factory=T.Objective)
-    latency_rasters: int = 6
+    yard: Yardstick
+    options: CalibrationOptions = field(default_factory=CalibrationOptions)
     latency_repeats: int = 2
-    patience: int | None = 2
-    sensitivity_sketches: int | None = 32
-    say: Say = silent
     on_batch: Callable[[int], None] = lambda _n: None
     _baseline: object = None
 
     @property
-    def fp32(self) -> Path:
-        return self.bundle.graph_path(mf.SKETCH_ENCODER, "fp32")
-
-    @property
     def spec(self) -> mf.GraphSpec:
-        return self.bundle.graph_spec(mf.SKETCH_ENCODER, "fp32")
+        return self.yard.bundle.graph_spec(mf.SKETCH_ENCODER, "fp32")
 
     def baseline(self):
         """OpenVINO fp32 of the same graph: what a bf16 plan's latency is compared with."""
         if self._baseline is None:
-            self._baseline = _openvino(self.threads).load(self.fp32, self.spec)
+            self._baseline = _openvino(self.options.threads).load(self.yard.fp32, self.spec)
         return self._baseline
 
-    def evaluate(self, f32_scopes: Sequence[str], *, latency: bool = True, held: PrefixSet | None = None,
-                 ref: fd.Reference | None = None) -> dict:
-        enc = _openvino(self.threads, list(f32_scopes)).load(self.fp32, self.spec, precision="bf16")
-        report = fd.fidelity_report(
-            self.bundle, self.fp32, "bf16", held or self.held, self.gallery, ref or self.ref,
-            backend=self.head_backend, encoder=enc, baseline=self.baseline() if latency else None,
-            latency_rasters=self.latency_rasters if latency else 0, latency_repeats=self.latency_repeats,
-            on_batch=self.on_batch, objective=self.objective,
-        )
+    def evaluate(self, f32_scopes: Sequence[str], *, latency: bool = True, yard: Yardstick | None = None) -> dict:
+        """The report of one plan, on ``yard`` [default: the search's] (a subset, for the sensitivity order)."""
+        y = yard or self.yard
+        enc = _openvino(self.options.threads, list(f32_scopes)).load(y.fp32, self.spec, precision="bf16")
+        report = y.report(y.fp32, "bf16", encoder=enc, baseline=self.baseline() if latency else None,
+                          latency_rasters=self.options.latency_rasters if latency else 0,
+                          latency_repeats=self.latency_repeats, on_batch=self.on_batch)
         report["plan"] = {"f32_scopes": list(f32_scopes), "segments": list(enc.precisions)}
         return report
 
@@ -155,56 +136,73 @@ def settled_by_reference(points: Sequence[dict], default_f32: int, objective: T.
     return None
 
 
+def _plan_point(ctx: Bf16Search, label: str, f32: Sequence[str]) -> dict:
+    """One timed plan as a point of the record."""
+    r = ctx.evaluate(f32)
+    p = {**point(label, r), "f32_scopes": list(f32), "segments": r["plan"]["segments"]}
+    ctx.yard.say(f"  {label:28s} {task_text(p, ctx.yard.objective)} top-1 {p['top1_agreement']:.1%} "
+                 f"latency {p['latency_ratio']:.2f}x of OpenVINO fp32")
+    return p
+
+
+def _reference_points(ctx: Bf16Search, default: Sequence[str]) -> list[dict]:
+    """Every block in bf16, then the family's default plan (when it keeps any block in f32)."""
+    points = [_plan_point(ctx, "every block in bf16", [])]
+    if default:
+        names = ", ".join(s.rstrip("/").rsplit("/", 1)[-1] for s in default)
+        points.append(_plan_point(ctx, f"default plan ({names} f32)", default))
+    return points
+
+
+def _sensitivity(ctx: Bf16Search, units: Sequence[str]) -> list[dict]:
+    """Each block alone in bf16 (the rest f32), on the sensitivity subset of the held-out sketches."""
+    small = held_subset(ctx.yard, ctx.options.sensitivity_sketches)
+    ctx.yard.say(f"bf16 plan search: per-block sensitivity ({len(small.held.sketches)} held-out sketches)")
+    sens = []
+    for u in units:
+        r = ctx.evaluate([v for v in units if v != u], latency=False, yard=small)
+        sens.append({"block": u, **point(u, r)})
+        ctx.yard.say(f"  only {u:24s} in bf16: top-1 {r['top1_agreement']:.1%} top-10 {r['top10_overlap']:.1%} "
+                     f"cosine {r['embedding_cosine']['mean']:.4f}")
+    return sens
+
+
+def _curve(ctx: Bf16Search, units: Sequence[str], order: Sequence[str]) -> list[dict]:
+    """Blocks to bf16 cumulatively in ``order``, each point timed."""
+    def evaluate(blocks: list[str]) -> dict:
+        f32 = [u for u in units if u not in blocks]
+        r = ctx.evaluate(f32)
+        return {**point(f"{len(blocks)} blocks bf16", r), "f32_scopes": f32, "segments": r["plan"]["segments"]}
+
+    return walk_curve(order, evaluate, ctx.yard.objective, ctx.yard.say, ctx.options.patience)
+
+
 def run_bf16_search(ctx: Bf16Search, units: Sequence[str] | None = None) -> dict:
     """The search of the module docstring; returns its record (also written to workdir/bf16-search.json)."""
-    t0 = time.perf_counter()
-    units = list(units or bf16_units(onnx.load(str(ctx.fp32), load_external_data=False)))
-    default = [s for s in ctx.spec.f32_scopes]
-    ctx.say(f"bf16 plan search over {len(units)} blocks, objective: {ctx.objective.describe()}")
-
-    def plan_point(label: str, f32: Sequence[str]) -> dict:
-        r = ctx.evaluate(f32)
-        p = {**point(label, r), "f32_scopes": list(f32), "segments": r["plan"]["segments"]}
-        ctx.say(f"  {label:28s} {task_text(p, ctx.objective)} top-1 {p['top1_agreement']:.1%} "
-                f"latency {p['latency_ratio']:.2f}x of OpenVINO fp32")
-        return p
-
-    everything = plan_point("every block in bf16", [])
-    reference_points = [everything]
-    if default:
-        reference_points.append(plan_point("default plan (" + ", ".join(s.rstrip("/").rsplit("/", 1)[-1] for s in default) + " f32)",
-                                           default))
+    t0, y = time.perf_counter(), ctx.yard
+    units = list(units or bf16_units(onnx.load(str(y.fp32), load_external_data=False)))
+    default = list(ctx.spec.f32_scopes)
+    y.say(f"bf16 plan search over {len(units)} blocks, objective: {y.objective.describe()}")
+    reference_points = _reference_points(ctx, default)
     sens, order, curve = [], [], []
-    settled = settled_by_reference(reference_points, len(default), ctx.objective)
+    settled = settled_by_reference(reference_points, len(default), y.objective)
     if settled is not None:
         chosen, ok = settled
-        ctx.say("  every block in bf16 keeps the objective: no search needed, the faster plan of those timed wins"
-                if ctx.objective.faithful(everything) else
-                "  the default plan keeps the objective with one block in f32, and every block in bf16 does not: "
-                "no plan keeps more in bf16, no search needed")
+        y.say("  every block in bf16 keeps the objective: no search needed, the faster plan of those timed wins"
+              if y.objective.faithful(reference_points[0]) else
+              "  the default plan keeps the objective with one block in f32, and every block in bf16 does not: "
+              "no plan keeps more in bf16, no search needed")
     else:
-        held, ref = held_subset(ctx.held, ctx.ref, ctx.gallery, ctx.sensitivity_sketches)
-        ctx.say(f"bf16 plan search: per-block sensitivity ({len(held.sketches)} held-out sketches)")
-        for u in units:
-            r = ctx.evaluate([v for v in units if v != u], latency=False, held=held, ref=ref)
-            sens.append({"block": u, **point(u, r)})
-            ctx.say(f"  only {u:24s} in bf16: top-1 {r['top1_agreement']:.1%} top-10 {r['top10_overlap']:.1%} "
-                    f"cosine {r['embedding_cosine']['mean']:.4f}")
+        sens = _sensitivity(ctx, units)
         order = sensitivity_order(sens)
-        ctx.say("bf16 plan search: trade-off curve (least sensitive blocks to bf16 first)")
-
-        def evaluate(blocks: list[str]) -> dict:
-            f32 = [u for u in units if u not in blocks]
-            r = ctx.evaluate(f32)
-            return {**point(f"{len(blocks)} blocks bf16", r), "f32_scopes": f32, "segments": r["plan"]["segments"]}
-
-        curve = walk_curve(order, evaluate, ctx.objective, ctx.say, ctx.patience)
-        chosen, ok = choose([*curve, *reference_points], ctx.objective)
+        y.say("bf16 plan search: trade-off curve (least sensitive blocks to bf16 first)")
+        curve = _curve(ctx, units, order)
+        chosen, ok = choose([*curve, *reference_points], y.objective)
         if not ok:
-            ctx.say(f"NO bf16 plan keeps the objective ({ctx.objective.describe()}); kept the closest:\n"
-                    f"{trade_off_table(curve, ctx.objective)}")
+            y.say(f"NO bf16 plan keeps the objective ({y.objective.describe()}); kept the closest:\n"
+                  f"{trade_off_table(curve, y.objective)}")
     record = {
-        "objective": ctx.objective.record(),
+        "objective": y.objective.record(),
         "units": units,
         "reference_points": reference_points,
         "sensitivity": sens,
@@ -215,5 +213,5 @@ def run_bf16_search(ctx: Bf16Search, units: Sequence[str] | None = None) -> dict
         "latency_against": "OpenVINO fp32 of the same graph, interleaved blocks",
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    (ctx.workdir / "bf16-search.json").write_text(json.dumps(record, indent=2) + "\n")
+    (y.work / "bf16-search.json").write_text(json.dumps(record, indent=2) + "\n")
     return record

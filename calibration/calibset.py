@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dcssa.calibration.options import CalibrationOptions
 from dcssa.runtime.contract.bundle import Bundle
 from dcssa.runtime.data.synthetic import random_shape, tracing
 from dcssa.runtime.errors import DcssaError, StrokeError
@@ -182,7 +183,8 @@ def _stable_unit(name: str, seed: int) -> float:
     return int.from_bytes(h[:8], "big") / 2.0**64
 
 
-def split_heldout(sketches: Sequence[Sketch], share: float = 0.5, seed: int = 0) -> tuple[list[Sketch], list[Sketch]]:
+def split_heldout(sketches: Sequence[Sketch], share: float = CalibrationOptions.heldout_share,
+                  seed: int = 0) -> tuple[list[Sketch], list[Sketch]]:
     """(calibration, held-out), split by SKETCH so no prefix of a held-out sketch is calibrated on.
 
     When the source has a QMUL train/test split, calibration uses train and the held-out set is

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dcssa.calibration.job import commit
+from dcssa.calibration.options import EngineOptions
 from dcssa.runtime.backends.profiles import Shapes, graph_profiles
 from dcssa.runtime.backends.tensorrt import local_metadata
 from dcssa.runtime.contract import manifest as mf
@@ -37,7 +38,7 @@ class EngineBuildError(DcssaError):
     """TensorRT could not parse or build a graph."""
 
 
-def profiles(bundle: Bundle, *, max_batch: int = 8, max_strokes: int | None = None,
+def profiles(bundle: Bundle, *, max_batch: int = EngineOptions.max_batch, max_strokes: int | None = None,
              photo_max_side: int = 896) -> dict[str, dict[str, Shapes]]:
     """(min, opt, max) shape per dynamic input of each graph (:func:`dcssa.runtime.backends.profiles.graph_profiles`,
     which ``--backend ort-trt`` passes to onnxruntime too)."""
@@ -184,12 +185,12 @@ def _check_sources(bundle: Bundle, precisions: Sequence[str]) -> None:
 
 def build_engines(
     bundle_path: str | Path,
-    precisions: Sequence[str] = ("fp16", "int8"),
+    precisions: Sequence[str] = EngineOptions.precisions,
     *,
-    max_batch: int = 8,
-    max_strokes: int | None = None,
-    workspace_mib: int = 2048,
-    verbose: bool = False,
+    max_batch: int = EngineOptions.max_batch,
+    max_strokes: int | None = EngineOptions.max_strokes,
+    workspace_mib: int = EngineOptions.workspace_mib,
+    verbose: bool = EngineOptions.verbose,
     say: Say = silent,
 ) -> dict:
     """Build and record an engine per graph and precision; returns the new manifest.

@@ -20,6 +20,7 @@ import numpy as np
 
 from dcssa.calibration import task as T
 from dcssa.calibration.calibset import PrefixSet, Sketch, bundle_prefix_set
+from dcssa.calibration.options import CalibrationOptions
 from dcssa.runtime.backends import Backend, Runner, get_backend
 from dcssa.runtime.contract import manifest as mf
 from dcssa.runtime.contract.bundle import Bundle
@@ -242,7 +243,7 @@ def fidelity_report(
     ref: Reference,
     *,
     backend: Backend | None = None,
-    latency_rasters: int = 8,
+    latency_rasters: int = CalibrationOptions.latency_rasters,
     latency_repeats: int = 3,
     on_batch: Callable[[int], None] = lambda _n: None,
     encoder: Runner | None = None,

@@ -47,10 +47,6 @@ TRUNK_BLOCKS = (
 ATTENTION_BLOCKS = ("attention.norm", "attention.proj", "attention.scores", "attention.tail")
 STEM_POOLS = "stem_pools"
 
-#: activation encoding per target (see the module docstring); the manifest's ``activations`` labels
-CPU_ACTIVATIONS = "uint8 asymmetric (onnxruntime CPU)"
-TENSORRT_ACTIVATIONS = "int8 symmetric (zero point 0)"
-
 
 class QuantisationError(DcssaError):
     """Quantisation could not produce a usable graph."""

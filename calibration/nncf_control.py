@@ -32,11 +32,19 @@ import onnx
 from dcssa.calibration import fidelity as fd
 from dcssa.calibration import task as T
 from dcssa.calibration.calibset import PrefixSet
-from dcssa.calibration.int8 import QuantisationError, fix_ir_version
-from dcssa.calibration.nncf_ptq import NncfOptions, _advanced, _nncf_output, ignored_nodes, qdq_summary, require_nncf
-from dcssa.runtime.backends import Backend, Runner
-from dcssa.runtime.contract.bundle import Bundle
-from dcssa.runtime.progress import Say, silent
+from dcssa.calibration.int8 import QuantisationError
+from dcssa.calibration.nncf_ptq import (
+    NncfOptions,
+    advanced_parameters,
+    calibration_dataset,
+    ignored_nodes,
+    nncf_output,
+    qdq_summary,
+    require_nncf,
+    write_qdq_graph,
+)
+from dcssa.calibration.yardstick import Yardstick
+from dcssa.runtime.backends import Runner
 
 #: compute ops whose quantisation NNCF's accuracy control decides (the rest follow them)
 COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
@@ -46,19 +54,13 @@ COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
 class TaskScore:
     """The validation function NNCF calls: ``score(model, positions) -> (score, per-sketch values)``.
 
-    ``positions`` index the held-out sketches that have their photo in the gallery (``ref.targets``);
-    NNCF's validation dataset is ``range(len(self))``. Every call with a new model object writes it
-    once to ``workdir`` and loads it with ``backend`` (onnxruntime CPU, as the bundle's int8 runs).
+    ``positions`` index the held-out sketches of the yardstick that have their photo in the gallery
+    (``ref.targets``); NNCF's validation dataset is ``range(len(self))``. Every call with a new model
+    object writes it once to the work folder and loads it with the yardstick's backend (onnxruntime
+    CPU, as the bundle's int8 runs).
     """
 
-    bundle: Bundle
-    held: PrefixSet
-    gallery: fd.GalleryMatrix
-    ref: fd.Reference
-    backend: Backend
-    objective: T.Objective
-    workdir: Path
-    say: Say = silent
+    yard: Yardstick
     calls: int = 0
     full_validations: list[dict] = field(default_factory=list)
     _model: object = None
@@ -67,22 +69,23 @@ class TaskScore:
     _head: Runner | None = None
 
     def __post_init__(self) -> None:
-        if self.ref.task is None or self.ref.targets is None:
+        y = self.yard
+        if y.ref.task is None or y.ref.targets is None:
             raise QuantisationError(
                 "NNCF's accuracy control needs the task yardstick: held-out sketches that name their photo in the gallery",
                 hint="give data with photos (a make-dataset folder, a QMUL pickle with its photos, --photos), or "
                      "use --recipe default/all with --quantiser nncf")
-        if self.objective.kind != "task":
+        if y.objective.kind != "task":
             raise QuantisationError("NNCF's accuracy control is driven by the task objective here",
                                     hint="drop --objective agreement, or use the ort recipe search for agreement")
-        self.limits = {m: float(v) for m, v in self.objective.max_drop.items()}
+        self.limits = {m: float(v) for m, v in y.objective.max_drop.items()}
         bad = [m for m, v in self.limits.items() if v <= 0]
         if bad:
             raise QuantisationError(f"--max-drop must be positive for NNCF's accuracy control ({', '.join(bad)})")
-        self._head = fd.load_head(self.bundle, self.backend)
+        self._head = fd.load_head(y.bundle, y.backend)
 
     def __len__(self) -> int:
-        return len(self.ref.targets)
+        return len(self.yard.ref.targets)
 
     def dataset(self):
         nncf = require_nncf()
@@ -90,11 +93,11 @@ class TaskScore:
 
     def _encoder(self, model: onnx.ModelProto) -> Runner:
         if self._model is not model:  # NNCF hands the same object for every call on one candidate
-            with tempfile.NamedTemporaryFile(suffix=".onnx", dir=self.workdir, delete=False) as f:
+            with tempfile.NamedTemporaryFile(suffix=".onnx", dir=self.yard.work, delete=False) as f:
                 path = Path(f.name)
             try:
                 path.write_bytes(model.SerializeToString())
-                self._runner = fd.load_encoder(self.bundle, self.backend, path)
+                self._runner = fd.load_encoder(self.yard.bundle, self.yard.backend, path)
             finally:
                 path.unlink(missing_ok=True)
             self._model = model  # held, so its id cannot be reused while cached
@@ -102,24 +105,25 @@ class TaskScore:
 
     def values(self, model: onnx.ModelProto, positions: Sequence[int]) -> dict[str, np.ndarray]:
         """Per-sketch task metrics of ``model`` on the held-out sketches at ``positions`` (in that order)."""
-        targets = self.ref.targets
+        y = self.yard
+        targets = y.ref.targets
         sketches = [targets.sketches[p] for p in positions]
-        sub = self.held.only(sketches)
-        emb = fd.embed(self.bundle, self._head, fd.encode(self._encoder(model), sub), sub)
+        sub = y.held.only(sketches)
+        emb = fd.embed(y.bundle, self._head, fd.encode(self._encoder(model), sub), sub)
         sub_targets = T.SketchTargets(list(range(len(sketches))), [targets.rows[p] for p in positions],
                                       targets.gallery_size)
-        return T.per_sketch(emb, sub, self.gallery.embeddings, sub_targets)
+        return T.per_sketch(emb, sub, y.gallery.embeddings, sub_targets)
 
     def score(self, reference: dict[str, np.ndarray], mine: dict[str, np.ndarray], keys: Sequence[str]) -> tuple[float, dict]:
         task = T.compare_task({m: reference[m] for m in self.limits}, {m: mine[m] for m in self.limits}, keys=keys)
         return 1.0 - max(task[m]["drop_upper"] / lim for m, lim in self.limits.items()), task
 
     def __call__(self, model: onnx.ModelProto, items: Iterable[int]) -> tuple[float, list[float]]:
-        positions = [int(i) for i in items]
+        positions, y = [int(i) for i in items], self.yard
         self.calls += 1
         mine = self.values(model, positions)
-        reference = {m: self.ref.task[m][positions] for m in self.limits}
-        keys = [self.held.sketches[self.ref.targets.sketches[p]].name for p in positions]
+        reference = {m: y.ref.task[m][positions] for m in self.limits}
+        keys = [y.held.sketches[y.ref.targets.sketches[p]].name for p in positions]
         score, task = self.score(reference, mine, keys)
         per = np.max(np.stack([(reference[m] - mine[m]) / lim for m, lim in self.limits.items()]), axis=0)
         if len(positions) == len(self):
@@ -129,9 +133,9 @@ class TaskScore:
                 return float(score), [float(1.0 - v) for v in per]
             self._last_full = model
             self.full_validations.append(rec)
-            self.say(f"  nncf accuracy control, validation {len(self.full_validations)}: "
-                     + " ".join(f"{m} drop<={task[m]['drop_upper']:+.3f}" for m in self.limits)
-                     + (" (meets the objective)" if score >= -1e-12 else ""))
+            y.say(f"  nncf accuracy control, validation {len(self.full_validations)}: "
+                  + " ".join(f"{m} drop<={task[m]['drop_upper']:+.3f}" for m in self.limits)
+                  + (" (meets the objective)" if score >= -1e-12 else ""))
         return float(score), [float(1.0 - v) for v in per]
 
 
@@ -140,6 +144,13 @@ def float_compute_nodes(model: onnx.ModelProto) -> list[str]:
     dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     return [n.name for n in model.graph.node
             if n.op_type in COMPUTE_OPS and not any(x in dq_out for x in n.input[:2])]
+
+
+def _ignored_names(model: onnx.ModelProto, options: NncfOptions) -> list[str]:
+    names = list(options.ignored_nodes)
+    if options.ignored_recipe is not None:
+        names += ignored_nodes(model, options.ignored_recipe)
+    return names
 
 
 def quantize_with_task_control(
@@ -159,30 +170,18 @@ def quantize_with_task_control(
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
     model = onnx.load(str(fp32_path))
-    names = list(options.ignored_nodes)
-    if options.ignored_recipe is not None:
-        names += ignored_nodes(model, options.ignored_recipe)
-    n = len(calib)
-    if n == 0:
-        raise QuantisationError("no calibration rasters", hint="give calibration sketches with strokes")
-    pulled = [0]
-
-    def item(i: int) -> dict:
-        if pulled[0] < n:
-            pulled[0] += 1
-            on_batch(1)
-        return {input_name: calib.images(i, i + 1)}
-
+    names = _ignored_names(model, options)
+    dataset, n = calibration_dataset(nncf, calib, input_name, on_batch), len(calib)
     restorer = AdvancedAccuracyRestorerParameters(
         max_num_iterations=options.max_iterations,
         ranking_subset_size=min(options.ranking_sketches, len(score)),
         num_ranking_workers=1,  # the score holds one loaded candidate at a time
     )
     t0 = time.perf_counter()
-    with _nncf_output(nncf, quiet):
+    with nncf_output(nncf, quiet):
         q = nncf.quantize_with_accuracy_control(
             model,
-            nncf.Dataset(range(n), item),
+            dataset,
             score.dataset(),
             score,
             max_drop=1.0,  # the score is 1 - max(upper bound / limit): a drop of 1 is exactly --max-drop
@@ -192,15 +191,11 @@ def quantize_with_task_control(
             subset_size=min(n, options.subset_size or n),
             fast_bias_correction=options.fast_bias_correction,
             ignored_scope=nncf.IgnoredScope(names=sorted(set(names))) if names else None,
-            advanced_quantization_parameters=_advanced(options),
+            advanced_quantization_parameters=advanced_parameters(options),
             advanced_accuracy_restorer_parameters=restorer,
         )
     seconds = time.perf_counter() - t0
-    q = fix_ir_version(q)
-    q.producer_name = "dcssa-calibrate"
-    q.doc_string = f"DC-SSA int8 (Q/DQ) {options.short()}"
-    onnx.checker.check_model(q, full_check=True)
-    Path(out_path).write_bytes(q.SerializeToString())
+    q = write_qdq_graph(q, out_path, options)
     float_layers = [x for x in float_compute_nodes(q) if x not in set(names)]
     return {**qdq_summary(q), "ignored_nodes": len(set(names)), "float_layers": float_layers,
             "calibration_rasters": min(n, options.subset_size or n), "validations": score.calls,

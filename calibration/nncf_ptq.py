@@ -37,15 +37,12 @@ import onnx
 
 from dcssa.calibration.calibset import PrefixSet
 from dcssa.calibration.int8 import ALWAYS_FLOAT_OPS, Int8Recipe, QuantisationError, fix_ir_version, node_block
+from dcssa.calibration.options import CalibrationOptions
 from dcssa.runtime.extras import require
 
-QUANTISERS = ("ort", "nncf")
 PRESETS = ("mixed", "performance")
 NNCF_REQUIREMENT = "nncf>=3.4,<4"
 NNCF_HINT = f"pip install 'dcssa-rt[nncf]' (or '{NNCF_REQUIREMENT}')"
-#: the manifest's activation labels of the two NNCF graphs
-NNCF_CPU_ACTIVATIONS = "nncf mixed: asymmetric activations (uint8 after ReLU, int8 with zero point elsewhere)"
-NNCF_TENSORRT_ACTIVATIONS = "nncf performance: int8 symmetric (zero point 0; NNCF's uint8 ones rewritten as int8)"
 
 
 def nncf_version() -> str | None:
@@ -87,7 +84,7 @@ class NncfOptions:
     target_device: str = "ANY"
     accuracy_control: bool = False
     max_iterations: int = 30
-    ranking_sketches: int = 32
+    ranking_sketches: int = CalibrationOptions.sensitivity_sketches  # --sensitivity-sketches
     ignored_nodes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -151,7 +148,7 @@ def ignored_nodes(model: onnx.ModelProto, recipe: Int8Recipe) -> list[str]:
 
 
 @contextlib.contextmanager
-def _nncf_output(nncf, quiet: bool) -> Iterator[None]:
+def nncf_output(nncf, quiet: bool) -> Iterator[None]:
     """NNCF's warnings and progress bars go to the *current* ``sys.stdout`` (so a CLI's ``--json``
     redirection applies: nncf's handler holds the stdout of import time), and nowhere when quiet.
     NNCF's logger is put back as it was afterwards."""
@@ -177,7 +174,8 @@ def _nncf_output(nncf, quiet: bool) -> Iterator[None]:
             sink.close()
 
 
-def _advanced(options: NncfOptions):
+def advanced_parameters(options: NncfOptions):
+    """NNCF's advanced quantisation parameters of ``options`` (its SmoothQuant alphas)."""
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
     sq = options.smooth_quant or {}
@@ -240,6 +238,32 @@ def signed_activations(model: onnx.ModelProto) -> int:
     return converted
 
 
+def write_qdq_graph(q: onnx.ModelProto, out_path: Path, options: NncfOptions) -> onnx.ModelProto:
+    """Stamp, check (with shape inference: the types of rewritten tensors) and write NNCF's graph."""
+    q = fix_ir_version(q)
+    q.producer_name = "dcssa-calibrate"
+    q.doc_string = f"DC-SSA int8 (Q/DQ) {options.short()}"
+    onnx.checker.check_model(q, full_check=True)
+    Path(out_path).write_bytes(q.SerializeToString())
+    return q
+
+
+def calibration_dataset(nncf, prefixes: PrefixSet, input_name: str, on_batch: Callable[[int], None]):
+    """NNCF's dataset over the calibration rasters; ``on_batch`` counts each raster's first read."""
+    n = len(prefixes)
+    if n == 0:
+        raise QuantisationError("no calibration rasters", hint="give calibration sketches with strokes")
+    pulled = [0]
+
+    def item(i: int) -> dict:
+        if pulled[0] < n:
+            pulled[0] += 1
+            on_batch(1)
+        return {input_name: prefixes.images(i, i + 1)}
+
+    return nncf.Dataset(range(n), item)
+
+
 def quantize_nncf(
     fp32_path: Path,
     out_path: Path,
@@ -263,41 +287,26 @@ def quantize_nncf(
         raise QuantisationError(
             f"the recipe leaves no node of {Path(fp32_path).name} to quantise "
             f"(blocks: {', '.join(options.ignored_recipe.blocks) or 'none'})", path=fp32_path)
-    n = len(prefixes)
-    if n == 0:
-        raise QuantisationError("no calibration rasters", hint="give calibration sketches with strokes")
-
-    pulled = [0]
-
-    def item(i: int) -> dict:
-        if pulled[0] < n:
-            pulled[0] += 1
-            on_batch(1)
-        return {input_name: prefixes.images(i, i + 1)}
-
+    dataset, n = calibration_dataset(nncf, prefixes, input_name, on_batch), len(prefixes)
     kw: dict = {}
     if options.smooth_quant:
         kw["model_type"] = nncf.ModelType.TRANSFORMER
     t0 = time.perf_counter()
-    with _nncf_output(nncf, quiet):
+    with nncf_output(nncf, quiet):
         q = nncf.quantize(
             model,
-            nncf.Dataset(range(n), item),
+            dataset,
             preset=nncf.QuantizationPreset(options.preset),
             target_device=nncf.TargetDevice[options.target_device],
             subset_size=min(n, options.subset_size or n),
             fast_bias_correction=options.fast_bias_correction,
             ignored_scope=nncf.IgnoredScope(names=names) if names else None,
-            advanced_parameters=_advanced(options),
+            advanced_parameters=advanced_parameters(options),
             **kw,
         )
     signed = signed_activations(q) if options.symmetric else 0
     seconds = time.perf_counter() - t0
-    q = fix_ir_version(q)
-    q.producer_name = "dcssa-calibrate"
-    q.doc_string = f"DC-SSA int8 (Q/DQ) {options.short()}"
-    onnx.checker.check_model(q, full_check=True)  # with shape inference: the types of the rewritten tensors
-    Path(out_path).write_bytes(q.SerializeToString())
+    q = write_qdq_graph(q, out_path, options)
     return {**qdq_summary(q), "ignored_nodes": len(names), "unsigned_made_signed": signed, "calibration_rasters": min(n, options.subset_size or n),
             "seconds": seconds}
 

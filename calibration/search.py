@@ -31,7 +31,6 @@ import onnx
 
 from dcssa.calibration import fidelity as fd
 from dcssa.calibration import task as T
-from dcssa.calibration.calibset import PrefixSet
 from dcssa.calibration.int8 import (
     ATTENTION_BLOCKS,
     STEM_POOLS,
@@ -41,8 +40,8 @@ from dcssa.calibration.int8 import (
     quantize_int8,
     searchable_blocks,
 )
-from dcssa.runtime.contract import manifest as mf
-from dcssa.runtime.contract.bundle import Bundle
+from dcssa.calibration.options import CalibrationOptions
+from dcssa.calibration.yardstick import Yardstick
 from dcssa.runtime.extras import optional
 from dcssa.runtime.plotting import agg_figure
 from dcssa.runtime.progress import Say, silent
@@ -50,76 +49,62 @@ from dcssa.runtime.progress import Say, silent
 SEARCH_BLOCKS = (*TRUNK_BLOCKS, STEM_POOLS, "attention.proj")
 
 
-def held_subset(held: PrefixSet, ref: fd.Reference, gallery: fd.GalleryMatrix,
-                sketches: int | None) -> tuple[PrefixSet, fd.Reference]:
-    """At most ``sketches`` whole held-out sketches spread over the set, with their slice of the
-    fp32 reference; the inputs themselves when the set is that small already."""
+def held_subset(yard: Yardstick, sketches: int | None) -> Yardstick:
+    """The yardstick on at most ``sketches`` whole held-out sketches spread over the set, with their
+    slice of the fp32 reference; ``yard`` itself when the set is that small already."""
+    held, ref, gallery = yard.held, yard.ref, yard.gallery
     n = len(held.sketches)
     if sketches is None or n <= sketches:
-        return held, ref
+        return yard
     keep = np.unique(np.linspace(0, n - 1, sketches).round().astype(int))
     sub = held.only(keep)
     rows = np.concatenate([np.nonzero(held.sketch == k)[0] for k in keep])
     emb = ref.embeddings[rows]
     targets = T.sketch_targets(sub, gallery.ids)
     task = None if targets is None else T.per_sketch(emb, sub, gallery.embeddings, targets)
-    return sub, fd.Reference(ref.features[rows], emb, ref.top[rows], targets, task)
+    return dataclasses.replace(yard, held=sub, ref=fd.Reference(ref.features[rows], emb, ref.top[rows], targets, task))
 
 
 @dataclass
 class SearchContext:
-    """Everything one recipe evaluation needs; range caches are computed once per method.
+    """One int8 target's recipe evaluations against the yardstick; range caches are computed once per method.
 
-    ``symmetric`` is the activation encoding of the target (False: onnxruntime CPU, True: TensorRT).
+    ``symmetric`` is the activation encoding of the target (False: onnxruntime CPU, True: TensorRT);
+    ``options`` give the latency rasters, the curve's patience and the sensitivity subset.
     """
 
-    bundle: Bundle
-    calib: PrefixSet
-    held: PrefixSet
-    gallery: fd.GalleryMatrix
-    ref: fd.Reference
-    workdir: Path
-    backend: object
+    yard: Yardstick
+    options: CalibrationOptions = field(default_factory=CalibrationOptions)
     symmetric: bool = False
-    latency_rasters: int = 6
     latency_repeats: int = 2
-    say: Say = silent
     on_batch: Callable[[int], None] = lambda _n: None
     caches: dict[str, Path] = field(default_factory=dict)
-    objective: T.Objective = field(default_factory=T.Objective)
-    patience: int = 2
-    sensitivity_sketches: int | None = 32
 
     def subset(self, sketches: int | None) -> SearchContext:
         """The same context on at most ``sketches`` held-out sketches spread over the set (for the
         sensitivity order); itself when the set is that small already."""
-        held, ref = held_subset(self.held, self.ref, self.gallery, sketches)
-        return self if held is self.held else dataclasses.replace(self, held=held, ref=ref)
-
-    @property
-    def fp32(self) -> Path:
-        return self.bundle.graph_path(mf.SKETCH_ENCODER, "fp32")
+        yard = held_subset(self.yard, sketches)
+        return self if yard is self.yard else dataclasses.replace(self, yard=yard)
 
     def cache(self, method: str) -> Path:
         if method not in self.caches:
             # MinMax ranges do not depend on the activation encoding; histogram methods do
             tag = "" if method == "minmax" else ("-sym" if self.symmetric else "-asym")
-            path = self.workdir / f"ranges-{method}{tag}.json"
+            path = self.yard.work / f"ranges-{method}{tag}.json"
             if not path.is_file():
-                self.say(f"calibrating ({method}) on {len(self.calib)} stroke prefixes")
-                collect_ranges(self.fp32, self.calib, method, path, symmetric=self.symmetric, on_batch=self.on_batch)
+                self.yard.say(f"calibrating ({method}) on {len(self.yard.calib)} stroke prefixes")
+                collect_ranges(self.yard.fp32, self.yard.calib, method, path, symmetric=self.symmetric,
+                               on_batch=self.on_batch)
             self.caches[method] = path
         return self.caches[method]
 
     def evaluate(self, recipe: Int8Recipe, *, latency: bool = True, keep: Path | None = None) -> dict:
         """Quantise with ``recipe`` and report its fidelity (and latency) against fp32."""
-        out = keep or self.workdir / "candidate.onnx"
-        summary = quantize_int8(self.fp32, out, recipe, self.cache(recipe.method), symmetric=self.symmetric)
-        report = fd.fidelity_report(
-            self.bundle, out, "int8", self.held, self.gallery, self.ref, backend=self.backend,
-            latency_rasters=self.latency_rasters if latency else 0, latency_repeats=self.latency_repeats,
-            on_batch=self.on_batch, objective=self.objective,
-        )
+        y = self.yard
+        out = keep or y.work / "candidate.onnx"
+        summary = quantize_int8(y.fp32, out, recipe, self.cache(recipe.method), symmetric=self.symmetric)
+        report = y.report(out, "int8", latency_rasters=self.options.latency_rasters if latency else 0,
+                          latency_repeats=self.latency_repeats, on_batch=self.on_batch)
         report["recipe"] = recipe.record(symmetric=self.symmetric)
         report["quantisation"] = summary
         return report
@@ -162,7 +147,7 @@ def compare_methods(ctx: SearchContext, methods: Sequence[str], blocks: Sequence
     for m in methods:
         r = ctx.evaluate(Int8Recipe(method=m, blocks=list(blocks)), latency=False)
         out.append({"method": m, **point(m, r)})
-        ctx.say(f"  method {m:10s} top-1 {r['top1_agreement']:.1%} top-10 {r['top10_overlap']:.1%} "
+        ctx.yard.say(f"  method {m:10s} top-1 {r['top1_agreement']:.1%} top-10 {r['top10_overlap']:.1%} "
                 f"cosine {r['embedding_cosine']['mean']:.4f}")
     return out
 
@@ -179,7 +164,7 @@ def block_sensitivity(ctx: SearchContext, method: str, blocks: Sequence[str] = S
     for b in blocks:
         r = ctx.evaluate(Int8Recipe(method=method, blocks=[b]), latency=False)
         out.append({"block": b, **point(b, r)})
-        ctx.say(f"  only {b:16s} top-1 {r['top1_agreement']:.1%} top-10 {r['top10_overlap']:.1%} "
+        ctx.yard.say(f"  only {b:16s} top-1 {r['top1_agreement']:.1%} top-10 {r['top10_overlap']:.1%} "
                 f"cosine {r['embedding_cosine']['mean']:.4f}")
     return out
 
@@ -190,7 +175,7 @@ def sensitivity_order(sens: list[dict]) -> list[str]:
 
 
 def walk_curve(order: Sequence[str], evaluate: Callable[[list[str]], dict], objective: T.Objective,
-               say: Say = silent, patience: int | None = 2) -> list[dict]:
+               say: Say = silent, patience: int | None = CalibrationOptions.patience) -> list[dict]:
     """Reduce the first k blocks of ``order`` for k = 1.. (``evaluate(blocks)`` -> a curve point with
     latency); stop after ``patience`` consecutive points miss ``objective`` (None: never)."""
     curve, misses = [], 0
@@ -213,7 +198,7 @@ def trade_off_curve(ctx: SearchContext, method: str, order: Sequence[str]) -> li
     def evaluate(blocks: list[str]) -> dict:
         return point(f"{len(blocks)} blocks", ctx.evaluate(Int8Recipe(method=method, blocks=blocks)))
 
-    return walk_curve(order, evaluate, ctx.objective, ctx.say, ctx.patience)
+    return walk_curve(order, evaluate, ctx.yard.objective, ctx.yard.say, ctx.options.patience)
 
 
 def choose(curve: list[dict], objective: T.Objective | None = None) -> tuple[dict, bool]:
@@ -240,38 +225,37 @@ def trade_off_table(curve: list[dict], objective: T.Objective, chosen: int | Non
     return "\n".join(lines)
 
 
-def run_search(ctx: SearchContext, methods: Sequence[str] = ("minmax", "percentile", "entropy"),
-               blocks: Sequence[str] | None = None) -> dict:
+def run_search(ctx: SearchContext, methods: Sequence[str] | None = None, blocks: Sequence[str] | None = None) -> dict:
     """Methods, then sensitivity and the curve with the best method; returns the whole record.
 
-    ``blocks``: those to try [default: every searchable block of the fp32 graph, see
-    :func:`~dcssa.calibration.int8.searchable_blocks`].
+    ``methods``: those to compare [default: the options']; ``blocks``: those to try [default: every
+    searchable block of the fp32 graph, see :func:`~dcssa.calibration.int8.searchable_blocks`].
     """
     import time
 
-    t0 = time.perf_counter()
+    t0, y = time.perf_counter(), ctx.yard
     if blocks is None:
-        blocks = searchable_blocks(onnx.load(str(ctx.fp32), load_external_data=False))
-    ctx.say(f"recipe search, objective: {ctx.objective.describe()}")
-    ctx.say("recipe search: calibration methods (every block quantised)")
-    by_method = compare_methods(ctx, methods, blocks)
-    best = best_method(by_method, ctx.objective)
-    small = ctx.subset(ctx.sensitivity_sketches)
-    ctx.say(f"recipe search: per-block sensitivity ({best}, {len(small.held.sketches)} held-out sketches)")
+        blocks = searchable_blocks(onnx.load(str(y.fp32), load_external_data=False))
+    y.say(f"recipe search, objective: {y.objective.describe()}")
+    y.say("recipe search: calibration methods (every block quantised)")
+    by_method = compare_methods(ctx, ctx.options.methods if methods is None else methods, blocks)
+    best = best_method(by_method, y.objective)
+    small = ctx.subset(ctx.options.sensitivity_sketches)
+    y.say(f"recipe search: per-block sensitivity ({best}, {len(small.yard.held.sketches)} held-out sketches)")
     sens = block_sensitivity(small, best, blocks)
     order = sensitivity_order(sens)
-    ctx.say("recipe search: trade-off curve (least sensitive blocks first)")
+    y.say("recipe search: trade-off curve (least sensitive blocks first)")
     curve = trade_off_curve(ctx, best, order)
-    chosen, ok = choose(curve, ctx.objective)
+    chosen, ok = choose(curve, y.objective)
     recipe = Int8Recipe(method=best, blocks=list(order[: chosen["blocks"]]))
     if not ok:
-        ctx.say(f"NO int8 plan keeps the objective ({ctx.objective.describe()}); kept the closest, "
-                f"{chosen['blocks']} blocks:\n{trade_off_table(curve, ctx.objective, chosen['blocks'])}")
+        y.say(f"NO int8 plan keeps the objective ({y.objective.describe()}); kept the closest, "
+              f"{chosen['blocks']} blocks:\n{trade_off_table(curve, y.objective, chosen['blocks'])}")
     record = {
-        "objective": ctx.objective.record(),
+        "objective": y.objective.record(),
         "methods": by_method,
         "sensitivity": sens,
-        "sensitivity_sketches": len(small.held.sketches),
+        "sensitivity_sketches": len(small.yard.held.sketches),
         "order": order,
         "curve": curve,
         "chosen": {"blocks": chosen["blocks"], "meets_objective": ok, "meets_targets": ok,
@@ -279,7 +263,7 @@ def run_search(ctx: SearchContext, methods: Sequence[str] = ("minmax", "percenti
         "float_blocks": [b for b in (*blocks, *ATTENTION_BLOCKS) if not recipe.covers(b)],
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    (ctx.workdir / "search.json").write_text(json.dumps(record, indent=2) + "\n")
+    (y.work / "search.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 

@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dcssa.calibration.calibset import PrefixSet, Sketch
+from dcssa.calibration.options import DEFAULT_MAX_DROP, parse_max_drop  # noqa: F401 - --max-drop lives there
 from dcssa.runtime.errors import DcssaError
 from dcssa.runtime.evaluation import metrics as M
-from dcssa.runtime.evaluation.paired import HIGHER_IS_BETTER, paired_bootstrap, sketch_values
+from dcssa.runtime.evaluation.paired import paired_bootstrap, sketch_values
 
-#: default --max-drop: absolute, on the one-sided 95% upper bound of the drop (issue 19)
-DEFAULT_MAX_DROP = {"m@B": 0.01, "acc@10": 0.02}
 #: agreement targets of --objective agreement (the rule before the task yardstick)
 AGREEMENT_TARGETS = {"top10_overlap": 0.90, "top1_agreement": 0.90}
 
@@ -76,28 +75,6 @@ def sketch_keys(prefixes: PrefixSet, targets: SketchTargets) -> list[str]:
 
 
 # -- --max-drop and the objective of the searches --------------------------------------------------
-
-
-def parse_max_drop(text: str | None) -> dict[str, float]:
-    """``"m@B=0.01,acc@10=0.02"`` -> {metric: limit}; None or "" -> the default."""
-    if not text:
-        return dict(DEFAULT_MAX_DROP)
-    out = {}
-    for item in text.split(","):
-        if not item.strip():
-            continue
-        name, _, value = item.partition("=")
-        name = name.strip()
-        if name not in HIGHER_IS_BETTER:
-            raise DcssaError(f"--max-drop: unknown metric {name!r}",
-                             hint=f"write METRIC=DROP pairs, metrics among {', '.join(HIGHER_IS_BETTER)}; e.g. m@B=0.01,acc@10=0.02")
-        try:
-            out[name] = float(value)
-        except ValueError:
-            raise DcssaError(f"--max-drop: {item.strip()!r} has no number", hint="e.g. m@B=0.01,acc@10=0.02") from None
-    if not out:
-        raise DcssaError("--max-drop names no metric", hint="e.g. m@B=0.01,acc@10=0.02")
-    return out
 
 
 @dataclass

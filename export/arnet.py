@@ -10,7 +10,7 @@ manifest records (:data:`dcssa.runtime.contract.manifest.ARNET`), no ARNet code 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import torch
 
 from dcssa.export.checkpoint import DEMO_MARKER_KEY, CheckpointError, read_pickle
 from dcssa.export.onnx_io import export_onnx
-from dcssa.export.parity import PARITY_STROKES, TOLERANCE, ParityError, _err
+from dcssa.export.parity import PARITY_STROKES, TOLERANCE, ParityError, max_abs_error
 from dcssa.export.vit import ARNetEncoder, ViTConfig
 from dcssa.runtime.atomic import refuse_existing, staged_dir
 from dcssa.runtime.backends import get_backend
@@ -177,7 +177,7 @@ def check_parity(ckpt: ARNetCheckpoint, folder: Path, preprocessing: dict, *, se
         spec = mf.graph_spec(name, ckpt.embed, ckpt.embed, family=mf.ARNET, image_size=s)
         runner = backend.load(folder / f"{name}.onnx", spec)
         got = np.concatenate([runner.run({mf.IMAGES: x[i:i + 8]})[mf.EMBEDDINGS] for i in range(0, len(x), 8)])
-        err = _err(got, module(torch.from_numpy(x)).numpy())
+        err = max_abs_error(got, module(torch.from_numpy(x)).numpy())
         report[name] = {"max_abs_err": err, "tolerance": tolerance, "inputs": what, "passed": err <= tolerance}
     failed = {k: v for k, v in report.items() if not v["passed"]}
     if failed:
@@ -208,3 +208,16 @@ def export_arnet_bundle(path: Path, out: Path, *, num_heads: int | None = None, 
                                 family=mf.ARNET, preprocessing=pre, image_size=ckpt.image_size, encoder=encoder)
         (tmp / mf.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def export_arnet(ckpt_paths: Sequence[str | Path], out: Path, *, num_heads: int | None = None,
+                 phase: int | None = None, sketch_canvas: int | None = None, line_width: int | None = None,
+                 obj: object | None = None, force: bool = False, tools: dict | None = None,
+                 say: Say = silent) -> dict:
+    """:func:`export_arnet_bundle` behind the signature every family's exporter has (one file, no phase)."""
+    if phase is not None:
+        raise CheckpointError("--phase is a DC-SSA option; ARNet has no phases", hint="drop --phase")
+    if len(ckpt_paths) != 1:
+        raise CheckpointError("an ARNet checkpoint is one file (model_Best.pth)", hint="pass --ckpt once")
+    return export_arnet_bundle(Path(ckpt_paths[0]), out, num_heads=num_heads, force=force,
+                               sketch_canvas=sketch_canvas, line_width=line_width, obj=obj, tools=tools, say=say)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from dcssa.export.checkpoint import DEMO_MARKER_KEY
+from dcssa.export.defaults import DEFAULT_ARNET_EMBED
 from dcssa.export.demo import catalogue_images, centred_pca, save_atomically
 from dcssa.export.vit import ARNetEncoder, ViTConfig
 from dcssa.runtime.contract.recipes import PhotoRecipe, arnet_preprocessing
@@ -29,7 +30,6 @@ VIT_SIZES = {
     "small": dict(width=384, depth=12, heads=6),
     "base": dict(width=768, depth=12, heads=12),  # ARNet's vit_base_patch16_224
 }
-DEFAULT_ARNET_EMBED = 512  # ARNet's mlp_head size
 
 
 def vit_config(size: str = "base", embed: int = DEFAULT_ARNET_EMBED, **override: int) -> ViTConfig:

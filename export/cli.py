@@ -12,8 +12,9 @@ from pathlib import Path
 
 import click
 
-from dcssa.calibration.commands import DATA_HELP, calibrate, engines, fidelity_gallery_options, recipe_option
-from dcssa.export.model import DEFAULT_EMBED, DEFAULT_HEADS
+from dcssa.calibration.commands import calibrate, engines, one_shot_options
+from dcssa.calibration.options import DATA_HELP
+from dcssa.export.defaults import DEFAULT_ARNET_EMBED, DEFAULT_EMBED, DEFAULT_HEADS
 from dcssa.runtime.cli.console import fail_cleanly, stdout_for_json
 from dcssa.runtime.cli.options import output_options
 from dcssa.runtime.contract.bundle import DEMO_WARNING
@@ -43,13 +44,11 @@ from dcssa.runtime.progress import Progress
 @click.option("--precision", default="fp32", show_default=True,
               help="Comma list of fp32, fp16, int8: reduced precisions are calibrated on --calib right after export.")
 @click.option("--calib", default=None, help=f"Data for --precision. {DATA_HELP}")
-@recipe_option
-@fidelity_gallery_options
+@one_shot_options
 @click.pass_context
 def main(ctx: click.Context, ckpt: tuple[Path, ...], out: Path, family: str | None, num_heads: int | None,
          phase: str | None, sketch_canvas: int | None, line_width: int | None,
-         as_json: bool, quiet: bool, force: bool, precision: str, calib: str | None, recipe: str | None,
-         photos: Path | None, fidelity_gallery: Path | None) -> None:
+         as_json: bool, quiet: bool, force: bool, precision: str, calib: str | None, **calibration) -> None:
     """Export a trained DC-SSA or ARNet checkpoint to a verified ONNX bundle the runtime can serve.
 
     \b
@@ -64,20 +63,22 @@ def main(ctx: click.Context, ckpt: tuple[Path, ...], out: Path, family: str | No
         click.echo(ctx.get_help())
         ctx.exit(2)
     from dcssa.calibration.commands import check_precision_args, export_precisions
+    from dcssa.calibration.options import CalibrationOptions
     from dcssa.export.job import export_bundle
+    from dcssa.runtime.options import from_cli
 
     say = Progress(quiet or as_json)
     with fail_cleanly(), stdout_for_json(as_json):
+        options, _ = from_cli(CalibrationOptions, calibration)  # --recipe, --photos, --gallery
         # before the export, not after 40 s of it
-        check_precision_args(precision, calib, photos=photos, gallery=fidelity_gallery)
+        check_precision_args(precision, calib, photos=options.photos, gallery=options.fidelity_gallery)
         if line_width is not None and line_width % 2 == 0:
             raise click.BadParameter(f"{line_width} is even: lines are drawn symmetrically about the stroke",
                                      param_hint="--line-width")
         manifest = export_bundle(list(ckpt), out, num_heads=num_heads, phase=int(phase) if phase else None,
                                  family=family, sketch_canvas=sketch_canvas, line_width=line_width,
                                  force=force, say=say)
-        manifest = export_precisions(out, precision, calib, recipe, say, photos=photos,
-                                     gallery=fidelity_gallery) or manifest
+        manifest = export_precisions(out, precision, calib, options, say) or manifest
     say(f"bundle written: {out}")
     if manifest["demo"]:
         click.echo(DEMO_WARNING, err=True)
@@ -97,7 +98,7 @@ def main(ctx: click.Context, ckpt: tuple[Path, ...], out: Path, family: str | No
 @click.option("--vit", type=click.Choice(["tiny", "small", "base"]), default="base", show_default=True,
               help="ARNet only: ViT size at patch 16 / 224 px (ARNet trains base).")
 @click.option("--embed", type=click.IntRange(2), default=None,
-              help=f"Embedding size E [default: DC-SSA {DEFAULT_EMBED}, ARNet 512].")
+              help=f"Embedding size E [default: DC-SSA {DEFAULT_EMBED}, ARNet {DEFAULT_ARNET_EMBED}].")
 @click.option("--catalogue", type=click.Path(path_type=Path), default=None,
               help="Folder of catalogue photos to fit the projections on [default: the generated "
                    "catalogue of `dcssa-rt make-dataset --photos SHAPES --seed CATALOGUE-SEED`].")
@@ -118,7 +119,7 @@ def demo_checkpoint(out: Path, family: str, seed: int, phase: str, vit: str, emb
     say = Progress(quiet or as_json)
     with fail_cleanly(), stdout_for_json(as_json):
         if family == "arnet":
-            from dcssa.export.arnet_demo import DEFAULT_ARNET_EMBED, write_arnet_demo
+            from dcssa.export.arnet_demo import write_arnet_demo
 
             if plain_random:
                 raise click.BadParameter("the ARNet demo is always structured", param_hint="--plain-random")

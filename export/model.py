@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dcssa.export.defaults import DEFAULT_EMBED, DEFAULT_HEADS
+
 D = 2048  # Inception-v3 trunk channels
-DEFAULT_HEADS = 8
-DEFAULT_EMBED = 64
 
 TRUNK_BLOCKS = (
     "Conv2d_1a_3x3",

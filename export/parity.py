@@ -43,7 +43,8 @@ def synthetic_photos(seed: int, sizes: tuple[tuple[int, int], ...] = ((299, 299)
     return [pipeline.preprocess(textured_photo(rng, w, h)) for w, h in sizes]
 
 
-def _err(a: np.ndarray, b: np.ndarray) -> float:
+def max_abs_error(a: np.ndarray, b: np.ndarray) -> float:
+    """The largest absolute difference of two arrays, in float64."""
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
@@ -66,15 +67,15 @@ class _Check:
         enc = self.load(mf.SKETCH_ENCODER)
         got = np.concatenate([enc.run({mf.IMAGES: rasters[i : i + 8]})[mf.FEATURES] for i in range(0, len(rasters), 8)])
         features = self.ref.sketch_feature(torch.from_numpy(rasters))
-        self.record(mf.SKETCH_ENCODER, _err(got, features.numpy()),
+        self.record(mf.SKETCH_ENCODER, max_abs_error(got, features.numpy()),
                     f"{len(rasters)} rasterised partial sketches, batches of 8")
         return features
 
     @torch.no_grad()
     def photo_encoder(self, photos: list[np.ndarray]) -> None:
         pen = self.load(mf.PHOTO_ENCODER)
-        worst = max(_err(pen.run({mf.IMAGES: p})[mf.EMBEDDINGS], self.ref.photo_embedding(torch.from_numpy(p)).numpy())
-                    for p in photos)
+        worst = max(max_abs_error(pen.run({mf.IMAGES: p})[mf.EMBEDDINGS],
+                                  self.ref.photo_embedding(torch.from_numpy(p)).numpy()) for p in photos)
         sizes = ", ".join(f"{p.shape[3]}x{p.shape[2]}" for p in photos)
         self.record(mf.PHOTO_ENCODER, worst, f"synthetic photos of sizes {sizes}")
 
@@ -82,14 +83,14 @@ class _Check:
     def head_full(self, seq: torch.Tensor) -> None:
         full = self.load(mf.HEAD_FULL)
         got = full.run({mf.FEATURES: seq.numpy()})[mf.EMBEDDINGS]
-        self.record(mf.HEAD_FULL, _err(got, self.ref.attn(seq).numpy()), f"T={len(seq)}")
+        self.record(mf.HEAD_FULL, max_abs_error(got, self.ref.attn(seq).numpy()), f"T={len(seq)}")
 
     @torch.no_grad()
     def head_step(self, seq: torch.Tensor, seed: int) -> None:
         """Stroke by stroke from an empty cache (as a session drives it), then at the stroke bound."""
         step = self.load(mf.HEAD_STEP)
         got = CausalHead.embed_sequence(step, seq.numpy())
-        worst = max(_err(got[t], self.ref.attn(seq[: t + 1])[-1].numpy()) for t in range(len(seq)))
+        worst = max(max_abs_error(got[t], self.ref.attn(seq[: t + 1])[-1].numpy()) for t in range(len(seq)))
         # at the session's stroke bound, from a cache filled with realistic rows
         rng = np.random.default_rng(seed + 1)
         d = seq.shape[1]
@@ -101,7 +102,7 @@ class _Check:
         k_cache = (a @ w[d : 2 * d].T + b[d : 2 * d]).numpy()
         v_cache = (a @ w[2 * d :].T + b[2 * d :]).numpy()
         out = step.run({mf.FEATURE: long_seq[-1:].numpy(), mf.PAST_KEYS: k_cache, mf.PAST_VALUES: v_cache})
-        worst = max(worst, _err(out[mf.EMBEDDING][0], self.ref.attn(long_seq)[-1].numpy()))
+        worst = max(worst, max_abs_error(out[mf.EMBEDDING][0], self.ref.attn(long_seq)[-1].numpy()))
         self.record(mf.HEAD_STEP, worst,
                     f"stroke by stroke over {len(seq)} strokes from an empty cache, and at T={LONG_SEQUENCE}")
 
@@ -109,7 +110,8 @@ class _Check:
     def sketch_projection(self, features: torch.Tensor) -> None:
         proj = self.load(mf.SKETCH_PROJECTION)
         got = proj.run({mf.FEATURES: features.numpy()})[mf.EMBEDDINGS]
-        self.record(mf.SKETCH_PROJECTION, _err(got, self.ref.sketch_linear(features).numpy()), f"N={len(features)}")
+        self.record(mf.SKETCH_PROJECTION, max_abs_error(got, self.ref.sketch_linear(features).numpy()),
+                    f"N={len(features)}")
 
 
 def check_parity(model: DCSSA, folder: Path, *, seed: int = 0, tolerance: float = TOLERANCE,

@@ -17,6 +17,7 @@ from session_artefacts import shared
 
 from dcssa.calibration.int8 import Int8Recipe
 from dcssa.calibration.job import calibrate_bundle
+from dcssa.calibration.options import CalibrationOptions
 
 INT8_BLOCKS = ("Mixed_5b", "Mixed_6a")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet, as the authors' transform
@@ -37,8 +38,9 @@ def int8_recipe() -> Int8Recipe:
 def calibrated(bundle2, dataset, gallery2, int8_recipe, tmp_path_factory) -> tuple[Path, dict]:
     def make(d: Path) -> Path:
         shutil.copytree(bundle2, d / "bundle")
-        calibrate_bundle(d / "bundle", dataset, ["int8", "fp16"], recipe=int8_recipe, gallery=gallery2,
-                         max_calib=3, max_heldout=4, latency_rasters=2, quiet=True)
+        calibrate_bundle(d / "bundle", dataset, CalibrationOptions(
+            precisions=("int8", "fp16"), recipe=int8_recipe, fidelity_gallery=gallery2, max_calib=3, max_heldout=4,
+            latency_rasters=2), quiet=True)
         return d / "bundle"
 
     out = shared(tmp_path_factory, "calib", make)

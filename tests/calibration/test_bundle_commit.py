@@ -13,7 +13,7 @@ from tiny_bundle import write_tiny_bundle
 from dcssa.calibration import fidelity as fd
 from dcssa.calibration.calibset import prefix_set, synthetic_sketches
 from dcssa.calibration.int8 import Int8Recipe
-from dcssa.calibration.job import Prepared, StageOutput, commit, commit_stages, load_recipe, parse_precisions
+from dcssa.calibration.job import StageOutput, Yardstick, commit, commit_stages, load_recipe, parse_precisions
 from dcssa.runtime import Bundle
 from dcssa.runtime.backends import get_backend
 from dcssa.runtime.contract import manifest as mf
@@ -98,13 +98,13 @@ def test_recalibration_replaces_and_deletes_stale_files(calibrated, tmp_path):
 # -- the commit stage on a tiny bundle ----------------------------------------------------------------
 
 
-def _prepared(folder, work) -> Prepared:
+def _prepared(folder, work) -> Yardstick:
     bundle = Bundle.load(folder)
     sketches = synthetic_sketches(5, seed=2)
     calib, held = prefix_set(sketches[:3]), prefix_set(sketches[3:]).subsample(2)
     gallery = fd.GalleryMatrix(np.eye(3, dtype=np.float32), ["a", "b", "c"], "by hand")
     ref = fd.Reference(np.zeros((2, 16), np.float32), np.zeros((2, 8), np.float32), np.zeros((2, 3), int))
-    return Prepared(bundle, "synthetic:5", calib, held, gallery, ref, get_backend("ort-cpu"), work)
+    return Yardstick(bundle, "synthetic:5", calib, held, gallery, ref, get_backend("ort-cpu"), work)
 
 
 def _stage(folder, work, precision: str, content: bytes, **kw) -> StageOutput:

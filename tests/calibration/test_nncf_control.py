@@ -10,6 +10,7 @@ read off the graph. The quantised blocks keep the ranking (a group per layer) sh
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -22,6 +23,7 @@ from dcssa.calibration import fidelity as fd
 from dcssa.calibration import task as T
 from dcssa.calibration.int8 import Int8Recipe, node_block
 from dcssa.calibration.job import prepare
+from dcssa.calibration.options import CalibrationOptions
 from dcssa.runtime import Bundle
 from dcssa.runtime.contract import manifest as mf
 
@@ -35,7 +37,8 @@ from dcssa.calibration.nncf_ptq import NncfOptions, quantize_nncf  # noqa: E402
 def prep(bundle2, dataset, gallery2, tmp_path_factory):
     """3 calibration rasters; every held-out sketch of the fixture data (20 prefixes' worth)."""
     work = tmp_path_factory.mktemp("nncf-control")
-    p = prepare(Bundle.load(bundle2), dataset, work, gallery=gallery2, max_calib=3, max_heldout=20, noise_floor=False)
+    p = prepare(Bundle.load(bundle2), dataset, work, CalibrationOptions(fidelity_gallery=gallery2, max_calib=3,
+                                                                        max_heldout=20, noise_floor=False))
     assert p.ref.targets is not None and len(p.ref.targets) >= 3
     return p
 
@@ -50,7 +53,7 @@ def blocks_graph(prep, int8_blocks):
 
 
 def _score(prep, objective=None, **kw):
-    return TaskScore(prep.bundle, prep.held, prep.gallery, prep.ref, prep.backend, objective or T.Objective(), prep.work, **kw)
+    return TaskScore(dataclasses.replace(prep, objective=objective or T.Objective(), **kw))
 
 
 def test_score_is_the_objective_of_the_fidelity_report(prep, blocks_graph):

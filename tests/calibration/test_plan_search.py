@@ -6,6 +6,7 @@ Both searches run on a few blocks of the test model (the full searches differ on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -14,7 +15,8 @@ import pytest
 
 from dcssa.calibration import job as cb
 from dcssa.calibration import task as T
-from dcssa.calibration.search import run_search
+from dcssa.calibration.options import CalibrationOptions
+from dcssa.calibration.search import SearchContext, run_search
 from dcssa.runtime import Bundle
 from dcssa.runtime.contract import manifest as mf
 
@@ -26,15 +28,19 @@ def prep(bundle2, dataset, gallery2, tmp_path_factory):
     work = tmp_path_factory.mktemp("plan")
     b = work / "bundle"
     shutil.copytree(bundle2, b)
-    p = cb.prepare(Bundle.load(b), dataset, work, gallery=gallery2, max_calib=3, max_heldout=12, quiet=True,
-                   noise_floor=True, sensitivity_sketches=2, patience=2)
+    p = cb.prepare(Bundle.load(b), dataset, work, CalibrationOptions(fidelity_gallery=gallery2, max_calib=3,
+                                                                    max_heldout=12, noise_floor=True), quiet=True)
     assert p.ref.task is not None, "the test data must have ground truth"
     return p
 
 
 def _with(prep, objective):
-    prep.objective = objective
-    return prep
+    return dataclasses.replace(prep, objective=objective)
+
+
+def _search(latency_rasters):
+    """The searches' options of these tests: 2 sketches for the sensitivity order, patience 2."""
+    return CalibrationOptions(sensitivity_sketches=2, patience=2, latency_rasters=latency_rasters)
 
 
 def test_the_noise_floor_compares_fp32_with_itself_on_moved_strokes(prep):
@@ -47,7 +53,7 @@ def test_the_noise_floor_compares_fp32_with_itself_on_moved_strokes(prep):
 
 
 def test_int8_search_meets_a_reachable_bound_and_reports_an_unreachable_one(prep):
-    ctx = cb._context(_with(prep, T.Objective("task", {"m@B": -1.0})), symmetric=False, latency_rasters=1)
+    ctx = SearchContext(_with(prep, T.Objective("task", {"m@B": -1.0})), _search(1))
     missed = run_search(ctx, methods=("minmax",), blocks=BLOCKS)
     assert missed["chosen"]["meets_objective"] is False
     curve = missed["curve"]
@@ -56,7 +62,7 @@ def test_int8_search_meets_a_reachable_bound_and_reports_an_unreachable_one(prep
     assert curve[missed["chosen"]["blocks"] - 1]["task"]["m@B"]["drop_upper"] == pytest.approx(best)
 
     # a bound the closest point just meets is reachable: the search must find a plan within it
-    ctx = cb._context(_with(prep, T.Objective("task", {"m@B": best})), symmetric=False, latency_rasters=1)
+    ctx = SearchContext(_with(prep, T.Objective("task", {"m@B": best})), _search(1))
     met = run_search(ctx, methods=("minmax",), blocks=BLOCKS)
     assert met["chosen"]["meets_objective"] is True
     keep = [p for p in met["curve"] if p["task"]["m@B"]["drop_upper"] <= best + 1e-12]
@@ -66,7 +72,7 @@ def test_int8_search_meets_a_reachable_bound_and_reports_an_unreachable_one(prep
 
 
 def test_the_one_shot_reports_carry_task_bounds_and_agreement(prep):
-    ctx = cb._context(_with(prep, T.Objective()), symmetric=False, latency_rasters=0)
+    ctx = SearchContext(_with(prep, T.Objective()), _search(0))
     from dcssa.calibration.int8 import Int8Recipe
 
     rep = ctx.evaluate(Int8Recipe(method="minmax", blocks=["Mixed_7a"]), latency=False)
@@ -88,14 +94,14 @@ def test_bf16_search_meets_a_reachable_bound_and_reports_an_unreachable_one(prep
     import onnx
 
     assert set(units) <= set(bf16_units(onnx.load(str(prep.bundle.graph_path(mf.SKETCH_ENCODER)), load_external_data=False)))
-    ctx = Bf16Search(prep.bundle, prep.held, prep.gallery, prep.ref, prep.backend, prep.work, latency_rasters=1,
-                     latency_repeats=1, sensitivity_sketches=2, patience=None, objective=T.Objective("task", {"m@B": -1.0}))
+    ctx = Bf16Search(_with(prep, T.Objective("task", {"m@B": -1.0})),
+                     CalibrationOptions(latency_rasters=1, sensitivity_sketches=2, patience=None), latency_repeats=1)
     missed = run_bf16_search(ctx, units)
     assert missed["chosen"]["meets_objective"] is False
     assert [s["block"] for s in missed["sensitivity"]] == units and len(missed["curve"]) == len(units)
     assert missed["curve"][-1]["f32_scopes"] == []  # the walk ends with every block in bf16
 
-    ctx.objective = T.Objective("task", {"m@B": 1.0})  # any plan keeps this: no search, the faster timed plan
+    ctx.yard = _with(prep, T.Objective("task", {"m@B": 1.0}))  # any plan keeps this: no search, the faster timed plan
     met = run_bf16_search(ctx, units)
     assert met["chosen"]["meets_objective"] is True and met["curve"] == []
     timed = met["reference_points"]

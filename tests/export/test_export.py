@@ -14,7 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dcssa.export import job as export_bundle_mod
+from dcssa.export import dcssa as export_bundle_mod
 from dcssa.export.cli import main as export_cli
 from dcssa.export.parity import ParityError, check_parity
 from dcssa.runtime.contract import manifest as mf
@@ -143,3 +143,19 @@ def test_cli_help_exits_zero():
     for args in ([], ["demo-checkpoint"]):
         res = CliRunner().invoke(export_cli, [*args, "--help"])
         assert res.exit_code == 0 and "Usage" in res.output
+
+
+def test_export_help_needs_no_torch():
+    """`dcssa-export --help` (and the CLI reference made from it) work where torch is not installed."""
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
+        "from click.testing import CliRunner\n"
+        "from dcssa.export.cli import main\n"
+        "for args in ([], ['calibrate'], ['engines'], ['demo-checkpoint'], ['triton']):\n"
+        "    res = CliRunner().invoke(main, [*args, '--help'])\n"
+        "    assert res.exit_code == 0, (args, res.output)\n"
+        "print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
