@@ -56,10 +56,10 @@ TEST_WORKERS ?= 2
 # `make test` (and CI) leave out the tests marked slow (today one: torch.compile of the DC-SSA trunk,
 # 2.5 minutes of inductor on 2 cores; the ARNet compile test keeps the path covered); `make test-all`
 # runs every test.
-test: docs-build
+test: $(TEST_STAMP) docs-build
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
-test-all: docs-build
+test-all: $(TEST_STAMP) docs-build
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 clean:
