@@ -31,11 +31,11 @@ from dcssa.calibration import task as T
 from dcssa.calibration.options import CalibrationOptions
 from dcssa.calibration.search import (
     choose,
+    choose_or_closest,
     held_subset,
     point,
     sensitivity_order,
     task_text,
-    trade_off_table,
     walk_curve,
 )
 from dcssa.calibration.yardstick import Yardstick
@@ -197,10 +197,7 @@ def run_bf16_search(ctx: Bf16Search, units: Sequence[str] | None = None) -> dict
         order = sensitivity_order(sens)
         y.say("bf16 plan search: trade-off curve (least sensitive blocks to bf16 first)")
         curve = _curve(ctx, units, order)
-        chosen, ok = choose([*curve, *reference_points], y.objective)
-        if not ok:
-            y.say(f"NO bf16 plan keeps the objective ({y.objective.describe()}); kept the closest:\n"
-                  f"{trade_off_table(curve, y.objective)}")
+        chosen, ok = choose_or_closest([*curve, *reference_points], curve, y.objective, y.say, "bf16")
     record = {
         "objective": y.objective.record(),
         "units": units,

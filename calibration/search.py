@@ -211,6 +211,18 @@ def choose(curve: list[dict], objective: T.Objective | None = None) -> tuple[dic
     return max(curve, key=lambda p: (objective.closeness(p), -p["latency_ratio"])), False
 
 
+def choose_or_closest(points: list[dict], curve: list[dict], objective: T.Objective, say: Say, kind: str, *,
+                      mark_blocks: bool = False) -> tuple[dict, bool]:
+    """:func:`choose` among ``points``, saying so (with the ``curve`` as a table) when no point keeps the
+    objective and the closest one is kept instead."""
+    chosen, ok = choose(points, objective)
+    if not ok:
+        blocks = f", {chosen['blocks']} blocks" if mark_blocks else ""
+        table = trade_off_table(curve, objective, chosen["blocks"] if mark_blocks else None)
+        say(f"NO {kind} plan keeps the objective ({objective.describe()}); kept the closest{blocks}:\n{table}")
+    return chosen, ok
+
+
 def trade_off_table(curve: list[dict], objective: T.Objective, chosen: int | None = None) -> str:
     """The curve as a Markdown table (printed when no point keeps the objective)."""
     metrics = [m for m in objective.max_drop if curve and m in curve[0].get("task", {})]
@@ -246,11 +258,8 @@ def run_search(ctx: SearchContext, methods: Sequence[str] | None = None, blocks:
     order = sensitivity_order(sens)
     y.say("recipe search: trade-off curve (least sensitive blocks first)")
     curve = trade_off_curve(ctx, best, order)
-    chosen, ok = choose(curve, y.objective)
+    chosen, ok = choose_or_closest(curve, curve, y.objective, y.say, "int8", mark_blocks=True)
     recipe = Int8Recipe(method=best, blocks=list(order[: chosen["blocks"]]))
-    if not ok:
-        y.say(f"NO int8 plan keeps the objective ({y.objective.describe()}); kept the closest, "
-              f"{chosen['blocks']} blocks:\n{trade_off_table(curve, y.objective, chosen['blocks'])}")
     record = {
         "objective": y.objective.record(),
         "methods": by_method,
