@@ -53,6 +53,8 @@ from dcssa.runtime.progress import Progress
 SQ_ALPHAS = {"matmul": 0.95, "convolution": 0.5}
 DEFAULT_VARIANTS = ("ort-default", "ort-all", "nncf-mixed", "nncf-recipe", "nncf-sq", "nncf-recipe-sq", "aimet-adaround")
 ALL_VARIANTS = (*DEFAULT_VARIANTS, "nncf-control", "ort-default-trt", "nncf-recipe-trt")
+# the calibrate job's defaults (calibration.options.CalibrationOptions: a test checks they agree; the CLI
+# does not import dcssa.calibration to read them, so that `dcssa-bench` starts light)
 MAX_CALIB = 96  # calibration rasters
 LATENCY_RASTERS = 8  # held-out rasters timed per block
 LATENCY_REPEATS = 3  # blocks per graph, alternating with fp32
@@ -202,7 +204,8 @@ def run_compare(bundle_path: Path, data: str, out: Path, variants: list[str], *,
     """The report; ``on_variant`` gets it after every variant (``complete`` false until the last), so a
     run stopped after hours keeps what it measured."""
     from dcssa.calibration import fidelity as fd
-    from dcssa.calibration.job import prepare
+    from dcssa.calibration.options import CalibrationOptions
+    from dcssa.calibration.yardstick import prepare
     from dcssa.runtime.contract.bundle import Bundle
 
     say = Progress(quiet)
@@ -210,8 +213,9 @@ def run_compare(bundle_path: Path, data: str, out: Path, variants: list[str], *,
     graphs = out / "graphs"
     graphs.mkdir(exist_ok=True)
     bundle = Bundle.load(bundle_path)
-    prep = prepare(bundle, data, graphs, photos=photos, gallery=gallery, max_calib=max_calib,
-                   max_heldout=max_heldout, threads=threads, quiet=quiet, say=say, noise_floor=False)
+    options = CalibrationOptions(photos=photos, fidelity_gallery=gallery, max_calib=max_calib, max_heldout=max_heldout,
+                                 threads=threads, noise_floor=False)
+    prep = prepare(bundle, data, graphs, options, say=say, quiet=quiet)
     results: dict[str, dict] = {}
 
     def report(complete: bool) -> dict:

@@ -150,7 +150,7 @@ def ray_vs_local(bundle_path, photos, *, actors: int | None = None, batch_size: 
     import os
     import tempfile
 
-    from dcssa.runtime import Bundle, build_gallery
+    from dcssa.runtime import Bundle, IndexOptions, build_gallery
     from dcssa.runtime.backends import get_backend
     from dcssa.runtime.data.photos import list_images
     from dcssa.runtime.indexing.ray_embed import ray_embedder, start_ray
@@ -161,8 +161,8 @@ def ray_vs_local(bundle_path, photos, *, actors: int | None = None, batch_size: 
     with tempfile.TemporaryDirectory() as tmp:
         progress(f"embedding {n} photos locally")
         t = time.perf_counter()
-        local = build_gallery(photos, bundle, Path(tmp) / "local", backend=get_backend("ort-cpu"),
-                              batch_size=batch_size, progress=False)
+        local = build_gallery(photos, bundle, Path(tmp) / "local", IndexOptions(batch_size=batch_size),
+                              backend=get_backend("ort-cpu"))
         local_s = time.perf_counter() - t
         t = time.perf_counter()
         started = start_ray("local", say=progress)
@@ -170,7 +170,7 @@ def ray_vs_local(bundle_path, photos, *, actors: int | None = None, batch_size: 
         try:
             progress(f"embedding {n} photos on Ray ({actors} actors)")
             t = time.perf_counter()
-            remote = build_gallery(photos, bundle, Path(tmp) / "ray", progress=False, embedder=ray_embedder(
+            remote = build_gallery(photos, bundle, Path(tmp) / "ray", embedder=ray_embedder(
                 bundle, address="local", actors=actors, batch_size=batch_size, keep_running=True))
             ray_s = time.perf_counter() - t
         finally:

@@ -68,7 +68,7 @@ def gallery2(bundle2, dataset, tmp_path_factory) -> Path:
     from dcssa.runtime import Bundle, build_gallery
 
     def make(d: Path) -> Path:
-        build_gallery(dataset / "photo", Bundle.load(bundle2), d / "gallery", progress=False)
+        build_gallery(dataset / "photo", Bundle.load(bundle2), d / "gallery")
         return d / "gallery"
 
     return shared(tmp_path_factory, "g2", make)
@@ -157,7 +157,7 @@ def arnet_gallery(arnet_bundle, arnet_dataset, tmp_path_factory) -> Path:
     from dcssa.runtime import Bundle, build_gallery
 
     def make(d: Path) -> Path:
-        build_gallery(arnet_dataset / "testB", Bundle.load(arnet_bundle), d / "gallery", progress=False)
+        build_gallery(arnet_dataset / "testB", Bundle.load(arnet_bundle), d / "gallery")
         return d / "gallery"
 
     return shared(tmp_path_factory, "ag", make)

@@ -206,7 +206,7 @@ def write_tiny_gallery(bundle: str | Path, out: str | Path, *, photos: int = 6, 
     """A gallery at ``out`` of :func:`write_tiny_photos` (kept beside it) embedded by ``bundle`` on ort-cpu."""
     out = Path(out)
     folder = write_tiny_photos(out.parent / f"{out.name}-photos", count=photos, seed=seed)
-    return build_gallery(folder, Bundle.load(bundle), out, backend=get_backend("ort-cpu"), progress=False)
+    return build_gallery(folder, Bundle.load(bundle), out, backend=get_backend("ort-cpu"))
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:

@@ -107,3 +107,12 @@ def test_load_test_runs_clients_against_a_served_bundle(bundle2: Path, gallery2:
     rep = json.loads(res.stdout)
     assert [r["strokes_ok"] for r in rep["runs"]] == [4] and rep["runs"][0]["isolation_ok"]
     assert json.loads(out.read_text())["runs"] == rep["runs"]
+
+
+def test_ptq_compare_defaults_are_the_calibrate_jobs():
+    """ptq-compare keeps literal copies (its CLI must not load dcssa.calibration): they must agree."""
+    from dcssa.benchmarks import ptq_compare
+    from dcssa.calibration.options import CalibrationOptions
+
+    assert ptq_compare.MAX_CALIB == CalibrationOptions.max_calib
+    assert ptq_compare.LATENCY_RASTERS == CalibrationOptions.latency_rasters

@@ -59,7 +59,7 @@ def catalogue40(tmp_path_factory):
 def test_demo_retrieves_its_catalogue(bundle2, catalogue40, tmp_path):
     """Last-stroke accuracy far above chance (1/40), and the target rises as strokes arrive."""
     b = Bundle.load(bundle2)
-    g = build_gallery(catalogue40 / "photo", b, tmp_path / "g", progress=False)
+    g = build_gallery(catalogue40 / "photo", b, tmp_path / "g")
     r = Retriever(b, g, backend="ort-cpu", topk=1)
     first, last = [], []
     for f in sorted((catalogue40 / "strokes").glob("*.json")):

@@ -12,8 +12,9 @@ from dcssa.runtime.extras import EXTRAS, install_hint, optional, require
 
 
 def _pyproject_extras() -> dict[str, list[str]]:
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     doc = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     return doc["project"]["optional-dependencies"]

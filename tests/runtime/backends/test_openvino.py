@@ -320,8 +320,11 @@ def int8_bundle(bundle2, dataset, gallery2, tmp_path_factory):
     from dcssa.calibration.int8 import Int8Recipe
 
     out = _linked_copy(bundle2, tmp_path_factory.mktemp("ovint8") / "bundle")
-    calib.calibrate_bundle(out, dataset, ["int8"], recipe=Int8Recipe(blocks=["Mixed_5b", "Mixed_6a"]),
-                           gallery=gallery2, max_calib=3, max_heldout=2, latency_rasters=0, quiet=True)
+    from dcssa.calibration.options import CalibrationOptions
+
+    calib.calibrate_bundle(out, dataset, CalibrationOptions(
+        precisions=("int8",), recipe=Int8Recipe(blocks=["Mixed_5b", "Mixed_6a"]), fidelity_gallery=gallery2, max_calib=3,
+        max_heldout=2, latency_rasters=0), quiet=True)
     return Bundle.load(out)
 
 

@@ -239,7 +239,7 @@ def test_index_through_triton_equals_ort_cpu(tiny, server, root):
     bundle = Bundle.load(tiny)
     photos = tiny / "gallery-photos"
     out = root / "g-triton"
-    g = build_gallery(photos, bundle, out, backend=TritonBackend(server.grpc_url), progress=False)
+    g = build_gallery(photos, bundle, out, backend=TritonBackend(server.grpc_url))
     ref = Gallery.load(tiny / "gallery", bundle)
     assert g.ids == ref.ids
     assert np.max(np.abs(np.asarray(g.embeddings, np.float32) - np.asarray(ref.embeddings, np.float32))) <= ATOL
