@@ -204,8 +204,8 @@ def run_compare(bundle_path: Path, data: str, out: Path, variants: list[str], *,
     """The report; ``on_variant`` gets it after every variant (``complete`` false until the last), so a
     run stopped after hours keeps what it measured."""
     from dcssa.calibration import fidelity as fd
+    from dcssa.calibration.job import prepare
     from dcssa.calibration.options import CalibrationOptions
-    from dcssa.calibration.yardstick import prepare
     from dcssa.runtime.contract.bundle import Bundle
 
     say = Progress(quiet)
