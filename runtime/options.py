@@ -68,6 +68,7 @@ def describe(f: dataclasses.Field) -> dict[str, Any]:
 
 
 def default_of(f: dataclasses.Field) -> Any:
+    """Field ``f``'s default (made fresh when it has a factory); None when it has none."""
     if f.default is not dataclasses.MISSING:
         return f.default
     if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
@@ -76,6 +77,7 @@ def default_of(f: dataclasses.Field) -> Any:
 
 
 def flag_of(f: dataclasses.Field) -> str:
+    """The option's name on the command line: the one :func:`setting` was given, else ``--field-name``."""
     return describe(f)["flag"] or "--" + f.name.replace("_", "-")
 
 
