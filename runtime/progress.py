@@ -25,6 +25,11 @@ def silent(_message: str) -> None:
     """The default :data:`Say`: report nothing."""
 
 
+def warning(message: str, stream: Any = None) -> None:
+    """One ``warning: ...`` line on ``stream`` (default stderr): how every command and job warns."""
+    print(f"warning: {message}", file=stream or sys.stderr, flush=True)
+
+
 def tqdm_bar(total: int | None, desc: str, unit: str = "it", *, leave: bool = False, disable: bool = False,
              stream: Any = None):
     """A tqdm bar on ``stream`` (default stderr); use it as a context manager."""
@@ -60,7 +65,7 @@ class Progress:
         print(f"[{time.perf_counter() - self.t0:7.1f}s] {self.prefix}{message}", file=stream, flush=True)
 
     def warn(self, message: str) -> None:
-        print(f"warning: {message}", file=self.stream or sys.stderr, flush=True)
+        warning(message, self.stream)
 
     def bar(self, total: int | None, desc: str, unit: str = "it", *, leave: bool = False):
         """A tqdm bar on stderr (disabled when quiet); use it as a context manager."""

@@ -11,6 +11,7 @@ import click
 
 from ..errors import DcssaError
 from ..options import OptionsError
+from ..progress import warning
 
 
 @contextlib.contextmanager
@@ -30,8 +31,8 @@ def fail_cleanly() -> Iterator[None]:
 
 
 def warn(message: str) -> None:
-    """What library functions call (``warn=``) for something skipped or suspicious: one stderr line."""
-    click.echo(f"warning: {message}", err=True)
+    """A command's warning for something skipped or suspicious: one stderr line (as its jobs' reporter writes)."""
+    warning(message)
 
 
 @contextlib.contextmanager
