@@ -41,17 +41,19 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | N
             metavar: str | None = None, is_flag: bool = False, show_default: bool | str = True,
             cli: bool = True, default_factory: Callable[[], Any] | None = None,
             to_cli: Callable[[Any], Any] | None = None, from_cli: Callable[[Any], Any] | None = None,
-            secondary: Iterable[str] = (), flag_value: Any = None) -> Any:
+            secondary: Iterable[str] = (), flag_value: Any = None, multiple: bool = False) -> Any:
     """A dataclass field that also describes its command-line option.
 
     ``flag``: the option's name [default: ``--field-name``]; ``cli=False``: API only. ``to_cli`` /
     ``from_cli`` convert when the flag counts in other units than the field (kB on the CLI, bytes in
     the object); ``secondary``: extra names (``-q``); ``flag_value``: the value of the flag given
-    without one (``--ray`` alone: a local instance; ``--ray ADDRESS``: that one).
+    without one (``--ray`` alone: a local instance; ``--ray ADDRESS``: that one); ``multiple``: a
+    repeatable flag, its values a tuple.
     """
     meta = {_KEY: {"help": help, "flag": flag, "type": type, "metavar": metavar, "is_flag": is_flag,
                    "show_default": show_default, "cli": cli, "to_cli": to_cli, "from_cli": from_cli,
-                   "secondary": tuple(secondary), "flag_value": flag_value}}
+                   "secondary": tuple(secondary), "flag_value": flag_value,
+                   "multiple": multiple}}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -113,6 +115,8 @@ def click_options(cls: type, *, only: Iterable[str] | None = None, exclude: Iter
                 kwargs["type"] = d["type"]
             if d["metavar"] is not None:
                 kwargs["metavar"] = d["metavar"]
+            if d.get("multiple"):
+                kwargs["multiple"] = True
         kwargs.update((overrides or {}).get(f.name, {}))
         return click.option(*d["secondary"], flag_of(f), f.name, **kwargs)
 

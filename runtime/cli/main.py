@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from .api_key import api_key
 from .bench import bench
 from .dataset import make_dataset
 from .evaluate import calibrate_confidence_command, eval_command
@@ -28,7 +29,7 @@ def main() -> None:
 
 #: every ``dcssa-rt`` subcommand, registered the one way below
 COMMANDS: tuple[click.Command, ...] = (query, index, info, make_dataset, bench, eval_command, calibrate_confidence_command,
-                                       serve)
+                                       serve, api_key)
 for _command in COMMANDS:
     main.add_command(_command)
 

@@ -34,14 +34,17 @@ def _server_modules():
 
 def _announce(r, options: ServeOptions, *, url: str, photos_available: bool, as_json: bool) -> None:
     """Warnings on stderr, then the startup facts on stdout (one JSON line under --json)."""
+    from ..serve.config import redact
     from ..serve.sessions import session_memory_bound
 
     config = options.config
     mem = session_memory_bound(r)["total"]
     if r.bundle.demo:
         click.echo(DEMO_WARNING, err=True)
-    if options.host not in LOOPBACK:
-        warn(f"listening on {options.host}: there is no authentication; anyone who reaches it can use it")
+    if options.host not in LOOPBACK and config.api_keys is None:
+        warn(f"listening on {options.host} without --api-keys: anyone who reaches it can use it")
+    if options.host not in LOOPBACK and config.rate_limit is None:
+        warn("no --rate-limit: one client can keep every core busy")
     if r.confidence is None:
         warn("the gallery has no confidence calibrator: responses carry no confidence "
              "(fit one with `dcssa-rt calibrate-confidence`)")
@@ -51,14 +54,16 @@ def _announce(r, options: ServeOptions, *, url: str, photos_available: bool, as_
              "max_strokes": r.max_strokes, "session_memory_bound_bytes": mem,
              "max_batch": config.max_batch, "batch_window_ms": config.batch_window_ms,
              "confidence": r.confidence is not None, "confidence_threshold": config.confidence_threshold,
-             "session_store": "memory" if config.session_store == "memory" else "redis"}
+             "session_store": "memory" if config.session_store == "memory" else "redis",
+             "api_keys": config.api_keys is not None, "rate_limit": config.rate_limit, "rate_burst": config.rate_burst,
+             "max_sessions_per_client": config.max_sessions_per_client, "cors_origins": list(config.cors_origins)}
     if as_json:
         click.echo(json.dumps(facts))
     else:
         click.echo(f"serving {len(r.gallery)} photos with {r.backend.name} at {url}  "
                    f"(API spec {url}openapi.json, docs {url}docs)")
         if config.session_store != "memory":
-            click.echo(f"sessions in {config.session_store} (shared by replicas); local cache of "
+            click.echo(f"sessions in {redact(config.session_store)} (shared by replicas); local cache of "
                        f"{config.max_sessions}, idle TTL {config.session_ttl:g} s")
         else:
             click.echo(f"sessions: at most {config.max_sessions}, idle TTL {config.session_ttl:g} s, "
@@ -86,12 +91,18 @@ def serve(bundle: Path, gallery: Path, as_json: bool, quiet: bool, **settings: A
         launch, create_app = _server_modules()
         config, rest = from_cli(ServeConfig, settings)
         options, runtime = from_cli(ServeOptions, rest, config=config)  # runtime: backend, precision, threads
-        launch.check_store_url(config)  # a bad URL fails before the bundle loads
+        launch.check_store_url(config)  # a bad URL or keys file fails before the bundle loads
+        if config.api_keys is not None:
+            from ..serve.keys import read_keys
+
+            read_keys(config.api_keys)
         r = launch.load_retriever(bundle, gallery, options, **runtime)
         launch.warm_up(r)
         app = create_app(r, photos_root=options.photos, config=config)
         if not launch.store_answers(app.state.service.store):
-            warn(f"the session store {config.session_store} does not answer; "
+            from ..serve.config import redact
+
+            warn(f"the session store {redact(config.session_store)} does not answer; "
                  "requests get 503 store_unavailable until it does")
         sock = launch.bind(options.host, options.port)
         _announce(r, options, url=launch.url_of(sock), photos_available=app.state.service.photos.available,

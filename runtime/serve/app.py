@@ -15,17 +15,25 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from fastapi import Body, FastAPI
+from fastapi import Body, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from ..session import Retriever
+from .auth import Access, OriginGuard
 from .config import ServeConfig
 from .handlers import install_handlers
 from .inputs import sketch_from, stroke_from
+from .keys import KeyRing
 from .middleware import BodyLimit
 from .schemas import ERRORS, Health, SessionState, SketchIn, StrokeIn
-from .service import Service
+from .service import Caller, Service
 from .websocket import add_websocket
+
+
+def caller(request: Request) -> Caller:
+    """Who sent the request, as :class:`~.auth.Access` found it."""
+    state = request.state
+    return Caller(getattr(state, "principal", None), getattr(state, "client", None) or "unknown")
 
 
 def _page() -> str:
@@ -54,31 +62,31 @@ def add_sessions(app: FastAPI, service: Service) -> None:
     max_points = service.config.max_points
 
     @app.post("/v1/sessions", response_model=SessionState, response_model_exclude_unset=True, status_code=201, responses=ERRORS)
-    async def create_session(body: SketchIn | None = Body(None)) -> dict:
+    async def create_session(body: SketchIn | None = Body(None), who: Caller = Depends(caller)) -> dict:
         """Open a session; with the strokes drawn so far it is rebuilt (after a restart or expiry)."""
-        return await service.create(sketch_from(body, max_points))
+        return await service.create(sketch_from(body, max_points), who)
 
     @app.get("/v1/sessions/{session_id}", response_model=SessionState, response_model_exclude_unset=True, responses=ERRORS)
-    async def get_session(session_id: str) -> dict:
-        return await service.get(session_id)
+    async def get_session(session_id: str, who: Caller = Depends(caller)) -> dict:
+        return await service.get(session_id, who)
 
     @app.post("/v1/sessions/{session_id}/strokes", response_model=SessionState, response_model_exclude_unset=True, responses=ERRORS)
-    async def add_stroke(session_id: str, body: StrokeIn) -> dict:
+    async def add_stroke(session_id: str, body: StrokeIn, who: Caller = Depends(caller)) -> dict:
         """Add one stroke; returns the top-K photos for the sketch so far and the stroke's timings."""
-        return await service.stroke(session_id, stroke_from(body, max_points), body.after)
+        return await service.stroke(session_id, stroke_from(body, max_points), body.after, who)
 
     @app.post("/v1/sessions/{session_id}/undo", response_model=SessionState, response_model_exclude_unset=True, responses=ERRORS)
-    async def undo(session_id: str) -> dict:
+    async def undo(session_id: str, who: Caller = Depends(caller)) -> dict:
         """Remove the last stroke; returns the results as they were before it."""
-        return await service.undo(session_id)
+        return await service.undo(session_id, who)
 
     @app.post("/v1/sessions/{session_id}/reset", response_model=SessionState, response_model_exclude_unset=True, responses=ERRORS)
-    async def reset(session_id: str) -> dict:
-        return await service.reset(session_id)
+    async def reset(session_id: str, who: Caller = Depends(caller)) -> dict:
+        return await service.reset(session_id, who)
 
     @app.delete("/v1/sessions/{session_id}", status_code=204, response_class=Response, responses=ERRORS)
-    async def delete_session(session_id: str) -> Response:
-        await service.delete(session_id)
+    async def delete_session(session_id: str, who: Caller = Depends(caller)) -> Response:
+        await service.delete(session_id, who)
         return Response(status_code=204)
 
 
@@ -97,6 +105,21 @@ def add_photos(app: FastAPI, service: Service) -> None:
             return FileResponse(service.photos.path(photo_id))
         data = await asyncio.to_thread(service.photos.thumbnail, photo_id)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})
+
+
+def add_access(app: FastAPI, service: Service) -> None:
+    """Outermost first: the Origin policy, CORS for --cors-origin pages, then API keys (README "Running it in public")."""
+    config = service.config
+    refused = service.metrics.errors.labels
+    keys = None if config.api_keys is None else KeyRing(config.api_keys)
+    app.add_middleware(Access, keys=keys, on_refuse=lambda: refused("unauthorized").inc())
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
+                           allow_methods=["GET", "POST", "DELETE"], allow_headers=["Authorization", "Content-Type"],
+                           expose_headers=["Retry-After"], max_age=600)
+    app.add_middleware(OriginGuard, allowed=config.cors_origins, on_refuse=lambda: refused("origin_not_allowed").inc())
 
 
 def create_app(retriever: Retriever, *, photos_root: str | Path | None = None, config: ServeConfig | None = None) -> FastAPI:
@@ -121,6 +144,7 @@ def create_app(retriever: Retriever, *, photos_root: str | Path | None = None, c
     )
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes,
                        on_reject=lambda: service.metrics.errors.labels("limit_exceeded").inc())
+    add_access(app, service)
     app.state.service = service
     install_handlers(app, service.metrics, config.max_body_bytes)
     add_pages(app, service)

@@ -7,17 +7,63 @@ bound). Only click and the options machinery are imported, so the command regist
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 
-from ..options import setting
+from ..options import OptionsError, setting
 from ..session import DEFAULT_TOPK
 
 KB = 1024
 #: --host values only this machine reaches (any other gets a no-authentication warning at start)
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+_RATE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:/\s*s)?\s*")
+
+
+def parse_rate(text: str | float | None) -> float | None:
+    """``"20/s"``, ``"20"`` or ``2.5`` -> strokes per second; ``"off"``/``0``/None -> None (no limit)."""
+    if text is None or (isinstance(text, str) and text.strip().lower() in ("off", "none", "")):
+        return None
+    if isinstance(text, (int, float)):
+        rate = float(text)
+    else:
+        m = _RATE.fullmatch(text)
+        if not m:
+            raise ValueError(f"--rate-limit {text!r}: expected N/s (strokes per second per client), or off")
+        rate = float(m.group(1))
+    return rate if rate > 0 else None
+
+
+class Rate(click.ParamType):
+    """``N/s`` (or ``off``) on the command line, strokes per second (or None) in the config."""
+
+    name = "N/s"
+
+    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201 - click's signature
+        try:
+            return parse_rate(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def redact(url: str) -> str:
+    """``url`` with any password (and query, which may carry one) replaced by ``***``: safe to print."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hostport = netloc.rpartition("@")
+            user, colon, _password = userinfo.partition(":")
+            netloc = f"{user}:***@{hostport}" if colon else netloc  # no colon: a user name alone
+        base = url.split("?", 1)[0].replace(parts.netloc, netloc, 1) if parts.netloc else url.split("?", 1)[0]
+        return base + ("?***" if parts.query else "")
+    except ValueError:
+        return "<unparseable URL>"
 
 
 @dataclass(frozen=True)
@@ -47,6 +93,29 @@ class ServeConfig:
         0.9, "Calibrated P(top-1 is the photo being drawn) at which responses say found=true and the page shows "
              "'found it?' (needs GALLERY/confidence.json from `dcssa-rt calibrate-confidence`).",
         type=click.FloatRange(0, 1, min_open=True))
+    # -- who may call, how fast (README "Running it in public") --------------------------------------
+    api_keys: Path | None = setting(
+        None, "File of API keys (`dcssa-rt api-key add`): every request but /healthz, /metrics and the page itself "
+              "then needs 'Authorization: Bearer KEY', and a session is reachable only by the principal that opened "
+              "it. Re-read when it changes. [default: no keys: anyone who reaches the port may call]",
+        type=click.Path(path_type=Path, dir_okay=False), metavar="KEYS", show_default=False)
+    rate_limit: float | None = setting(
+        None, "Strokes per second per client (its API key's principal, else its address), checked before the "
+              "encoder queue; over it: 429 with Retry-After.", type=Rate(), show_default="off")
+    rate_burst: int = setting(8, "Strokes a client may send at once above --rate-limit (the token bucket's size).",
+                              type=click.IntRange(1))
+    max_sessions_per_client: int | None = setting(
+        None, "Live sessions one client may hold (429 beyond it); with Redis, counted across replicas.",
+        type=click.IntRange(1), metavar="N", show_default="no limit")
+    cors_origins: tuple[str, ...] = setting(
+        (), "A browser origin (scheme://host[:port]) whose pages may call this server; repeatable; '*' for any. "
+            "[default: none: same-origin only]", flag="--cors-origin", metavar="ORIGIN", multiple=True,
+        show_default=False)
+
+    def __repr__(self) -> str:  # the store URL may hold a password: never print it
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["session_store"] = redact(self.session_store)
+        return f"ServeConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def __post_init__(self) -> None:
         small = [k for k in ("max_sessions", "max_batch", "max_queue", "max_body_bytes", "max_points")
@@ -56,6 +125,21 @@ class ServeConfig:
         if small or self.session_ttl <= 0 or self.batch_window_ms < 0 or self.store_timeout <= 0:
             raise ValueError(f"ServeConfig: {', '.join(small) or 'session_ttl / batch_window_ms / store_timeout'} "
                              "out of range")
+        if self.rate_limit is not None and not self.rate_limit > 0:
+            raise ValueError("ServeConfig: rate_limit must be > 0 (None: no limit)")
+        object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
+        for origin in self.cors_origins:
+            check_origin(origin)
+
+
+def check_origin(origin: str) -> str:
+    """An origin as browsers send it (scheme://host[:port], no path), or '*'."""
+    parts = urlsplit(origin)
+    if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/")
+                          or parts.query or parts.fragment):
+        raise OptionsError(f"--cors-origin {origin!r} is not an origin", flag="--cors-origin",
+                           hint="give scheme://host[:port] as the browser shows it, e.g. https://shop.example.com")
+    return origin
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ like bad input. Every error is a JSON body ``{"error": kind, "message": ..., "hi
 kinds are also the ``kind`` label of the ``dcssa_errors_total`` metric.
 
 - 4xx: the request (bad stroke, unknown session or photo, over a limit, wrong session state);
+  429 ``rate_limited`` / ``too_many_sessions``: over a per-client limit, with Retry-After;
 - 503 ``busy`` / ``backend_unavailable`` / ``store_unavailable``: the encoder queue is full, the
   backend failed to run (device lost, broken runtime), or the shared session store (Redis) is
   unreachable; all are worth a retry;
@@ -38,6 +39,18 @@ class OutOfStep(SessionError):
     """The session holds another number of strokes than the client counted (``after``)."""
 
 
+class RateLimited(DcssaError):
+    """Over a per-client limit (strokes per second); ``retry_after``: whole seconds until it would pass."""
+
+    def __init__(self, message: str, *, retry_after: float, hint: str | None = None) -> None:
+        self.retry_after = max(1, int(retry_after))
+        super().__init__(message, hint=hint)
+
+
+class TooManySessions(RateLimited):
+    """The client already holds ``--max-sessions-per-client`` live sessions."""
+
+
 class ServerBusy(DcssaError):
     """The encoder queue is full: the client should retry shortly."""
 
@@ -55,6 +68,8 @@ STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (BadRequest, 422, "bad_request"),
     (StrokeError, 422, "bad_stroke"),
     (OutOfStep, 409, "session_out_of_step"),
+    (TooManySessions, 429, "too_many_sessions"),
+    (RateLimited, 429, "rate_limited"),
     (SessionError, 409, "session_state"),
     (ServerBusy, 503, "busy"),
     (StoreUnavailable, 503, "store_unavailable"),
@@ -65,6 +80,13 @@ STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
 #: statuses a client may retry after a moment (sent with a Retry-After header)
 RETRYABLE = frozenset({503})
 RETRY_AFTER_S = 1
+
+
+def retry_after(exc: BaseException, status: int) -> int | None:
+    """Seconds for the Retry-After header: the limiter's own wait, or the fixed one of a 503."""
+    if isinstance(exc, RateLimited):
+        return exc.retry_after
+    return RETRY_AFTER_S if status in RETRYABLE else None
 
 
 def classify(exc: BaseException) -> tuple[int, str]:

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import DcssaError
-from .errors import RETRY_AFTER_S, RETRYABLE, body_too_large, classify, error_body
+from .errors import RETRY_AFTER_S, RETRYABLE, body_too_large, classify, error_body, retry_after
 from .metrics import Metrics
 
 log = logging.getLogger("dcssa.serve")
@@ -51,11 +51,14 @@ def report(exc: BaseException, metrics: Metrics, where: str = "a request") -> tu
     return status, error_body(exc)
 
 
-def respond(status: int, body: dict, metrics: Metrics | None = None) -> JSONResponse:
-    """The JSON response; counted when ``metrics`` is given (not yet counted by :func:`report`)."""
+def respond(status: int, body: dict, metrics: Metrics | None = None, wait: int | None = None) -> JSONResponse:
+    """The JSON response; counted when ``metrics`` is given (not yet counted by :func:`report`);
+    ``wait``: the Retry-After seconds [default: the fixed one of a retry-able status]."""
     if metrics is not None:
         metrics.errors.labels(body["error"]).inc()
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status in RETRYABLE else None
+    if wait is None and status in RETRYABLE:
+        wait = RETRY_AFTER_S
+    headers = {"Retry-After": str(wait)} if wait is not None else None
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -81,7 +84,8 @@ def install_handlers(app: FastAPI, metrics: Metrics, max_body_bytes: int) -> Non
 
     async def _raised(req: Request, exc: Exception) -> JSONResponse:
         route = getattr(req.scope.get("route"), "path", req.url.path)  # the template: no session ids in logs
-        return respond(*report(exc, metrics, f"{req.method} {route}"))
+        status, body = report(exc, metrics, f"{req.method} {route}")
+        return respond(status, body, wait=retry_after(exc, status))
 
     # DcssaError gets its own registration: a handler for Exception alone runs in Starlette's
     # outermost middleware, which re-raises after answering (a second traceback in the server log).

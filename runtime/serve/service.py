@@ -9,7 +9,10 @@ anywhere on the way is rolled back: the session stays as it was before the reque
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -22,7 +25,28 @@ from .config import ServeConfig
 from .errors import BadRequest, OutOfStep
 from .metrics import Metrics
 from .photos import PhotoStore
-from .sessions import SessionStore, make_store, session_memory_bound
+from .ratelimit import LocalQuota, RedisQuota, TokenBucket
+from .sessions import SessionStore, keys_of, make_store, session_memory_bound
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: the API key's principal (None: keys off) and what the per-client limits count."""
+
+    principal: str | None = None
+    client: str = "local"
+
+
+ANONYMOUS = Caller()
+
+
+def scoped(sid: str, principal: str | None) -> str:
+    """The store's id of session ``sid`` as seen by ``principal``: with keys on, another principal's
+    lookup of the same id names another (absent) session, so it gets 404 whatever replica it asks."""
+    if principal is None:
+        return sid
+    tag = base64.urlsafe_b64encode(hashlib.sha256(principal.encode()).digest()[:9]).decode()
+    return f"{sid}.{tag}"
 
 
 class Service:
@@ -39,6 +63,13 @@ class Service:
         self.batcher: DynamicBatcher | None = None
         self.photos = PhotoStore(retriever.gallery, photos_root)
         self.memory_bound = session_memory_bound(retriever)
+        self.limiter = None if config.rate_limit is None else TokenBucket(config.rate_limit, config.rate_burst)
+        self.quota = None
+        if config.max_sessions_per_client is not None:
+            n = config.max_sessions_per_client
+            self.quota = (RedisQuota(n, self.store, int(config.session_ttl * 1000),
+                                     lambda sid: keys_of(sid)[0]) if self.store.kind == "redis"
+                          else LocalQuota(n, lambda sid: sid in self.store))
 
     def start(self) -> None:
         if self.batcher is None:
@@ -83,13 +114,24 @@ class Service:
         return result, n
 
     # -- operations --------------------------------------------------------------------------------
-    async def create(self, strokes: list[np.ndarray]) -> dict:
+    def admit(self, caller: Caller, strokes: int = 1) -> None:
+        """The stroke rate limit, before any work is done or queued for the encoder (429 over it)."""
+        if self.limiter is not None and strokes > 0:
+            self.limiter.take(caller.client, strokes)
+
+    async def create(self, strokes: list[np.ndarray], caller: Caller = ANONYMOUS) -> dict:
         bound = self.retriever.max_strokes
         if len(strokes) > bound:
             raise BadRequest(f"the sketch has {len(strokes)} strokes, over the session bound of {bound}",
                              hint="send at most that many strokes (or undo some on the client)")
-        sid = await self.store.create()
+        self.admit(caller, len(strokes))
+        if self.quota is not None:
+            await self.quota.admit(caller.client)
+        key = await self.store.create(scoped("", caller.principal))
+        sid = key[: len(key) - len(scoped("", caller.principal))]
         self.metrics.created.inc()
+        if self.quota is not None:
+            await self.quota.opened(caller.client, key)
 
         async def rebuild(session: StrokeSession) -> dict:
             result, n = None, None
@@ -98,14 +140,15 @@ class Service:
             return self.state(sid, session, result, n)
 
         try:
-            return await self.store.run(sid, rebuild)
+            return await self.store.run(key, rebuild)
         except BaseException:
             with contextlib.suppress(DcssaError):
-                await self.store.delete(sid)  # a half-rebuilt session is of no use to the client
+                await self.store.delete(key)  # a half-rebuilt session is of no use to the client
             raise
 
-    async def stroke(self, sid: str, xy: np.ndarray, after: int | None = None) -> dict:
+    async def stroke(self, sid: str, xy: np.ndarray, after: int | None = None, caller: Caller = ANONYMOUS) -> dict:
         """Add one stroke; with ``after`` (the client's count before it) a retried stroke applies once."""
+        self.admit(caller)
 
         async def add(session: StrokeSession) -> dict:
             if after is not None and session.num_strokes != after:
@@ -117,30 +160,37 @@ class Service:
                                      "the strokes drawn so far")
             return self.state(sid, session, *await self._apply(session, xy))
 
-        return await self.store.run(sid, add)
+        return await self.store.run(scoped(sid, caller.principal), add)
 
-    async def undo(self, sid: str) -> dict:
+    async def undo(self, sid: str, caller: Caller = ANONYMOUS) -> dict:
         async def undo(session: StrokeSession) -> dict:
             session.undo()
             return self.state(sid, session)
 
-        return await self.store.run(sid, undo)
+        return await self.store.run(scoped(sid, caller.principal), undo)
 
-    async def reset(self, sid: str) -> dict:
+    async def reset(self, sid: str, caller: Caller = ANONYMOUS) -> dict:
         async def reset(session: StrokeSession) -> dict:
             session.reset()
             return self.state(sid, session)
 
-        return await self.store.run(sid, reset)
+        return await self.store.run(scoped(sid, caller.principal), reset)
 
-    async def get(self, sid: str) -> dict:
+    async def get(self, sid: str, caller: Caller = ANONYMOUS) -> dict:
         async def read(session: StrokeSession) -> dict:  # after the strokes queued before it
             return self.state(sid, session)
 
-        return await self.store.run(sid, read)
+        return await self.store.run(scoped(sid, caller.principal), read)
 
-    async def delete(self, sid: str) -> None:
-        await self.store.delete(sid)
+    async def check(self, sid: str, caller: Caller = ANONYMOUS) -> None:
+        """404 unless ``caller`` may use the live session ``sid`` (a WebSocket's connect)."""
+        await self.store.check(scoped(sid, caller.principal))
+
+    async def delete(self, sid: str, caller: Caller = ANONYMOUS) -> None:
+        key = scoped(sid, caller.principal)
+        await self.store.delete(key)
+        if self.quota is not None:
+            await self.quota.closed(caller.client, key)
 
     def health(self) -> dict:
         r = self.retriever

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import secrets
 import time
 from collections import OrderedDict
@@ -33,7 +34,7 @@ from ..contract import manifest as mf
 from ..errors import DcssaError
 from ..extras import require
 from ..session import QueryResult, Retriever, StrokeSession
-from .config import ServeConfig
+from .config import ServeConfig, redact
 from .errors import ServerBusy, SessionNotFound, StoreUnavailable
 
 ID_BYTES = 18  # 144 random bits, 24 url-safe characters
@@ -66,8 +67,8 @@ class SessionStore(Protocol):
     def __len__(self) -> int:
         """Sessions held in this process (all of them in memory; the local cache with Redis)."""
 
-    async def create(self) -> str:
-        """A new, empty session's id."""
+    async def create(self, suffix: str = "") -> str:
+        """A new, empty session's id (random, then ``suffix``: the caller's scope, see serve.service)."""
 
     async def run(self, sid: str, op: Op[T]) -> T:
         """``await op(session)`` on the current state of ``sid``, exclusively; its changes are kept."""
@@ -128,20 +129,20 @@ class MemoryStore:
             self._on_drop("expired")
         return dropped
 
-    def create_entry(self) -> Entry:
+    def create_entry(self, suffix: str = "") -> Entry:
         self.sweep()
         while len(self._entries) >= self.max_sessions:
             self._entries.popitem(last=False)
             self._on_drop("evicted")
-        sid = secrets.token_urlsafe(ID_BYTES)
+        sid = secrets.token_urlsafe(ID_BYTES) + suffix
         while sid in self._entries:  # pragma: no cover - 2**-144
-            sid = secrets.token_urlsafe(ID_BYTES)
+            sid = secrets.token_urlsafe(ID_BYTES) + suffix
         entry = Entry(sid, self.retriever.session(), self.clock())
         self._entries[sid] = entry
         return entry
 
-    async def create(self) -> str:
-        return self.create_entry().id
+    async def create(self, suffix: str = "") -> str:
+        return self.create_entry(suffix).id
 
     def get(self, sid: str) -> Entry:
         """The live session ``sid`` (marked as just used), or :class:`SessionNotFound`."""
@@ -242,10 +243,20 @@ def decode_result(raw: bytes) -> QueryResult:
                        signals, d.get("confidence"))
 
 
+PASSWORD_ENV = "DCSSA_REDIS_PASSWORD"
+
+
+def password_from_env(url: str) -> dict[str, str]:
+    """The Redis password from $DCSSA_REDIS_PASSWORD when the URL carries none: it then stays out of
+    the command line (``ps``) and the compose file."""
+    password = os.environ.get(PASSWORD_ENV)
+    return {"password": password} if password and urlsplit(url).password is None else {}
+
+
 def redis_url(url: str) -> str:
     """``url`` if it names a Redis server, else a :class:`DcssaError` naming the accepted forms."""
     if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-        raise DcssaError(f"--session-store {url!r}: not 'memory' nor a redis:// URL",
+        raise DcssaError(f"--session-store {redact(url)!r}: not 'memory' nor a redis:// URL",
                          hint="use memory, or redis://HOST:6379/0 (rediss:// for TLS, unix:///path/redis.sock)")
     return url
 
@@ -282,7 +293,7 @@ class RedisStore:
         # bounded: one connect and one reply timeout, no retries inside the client (the HTTP client
         # retries); a broken connection is replaced on the next command, so the replica recovers alone
         self.redis = aioredis.from_url(self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
-                                       retry=Retry(NoBackoff(), 0), health_check_interval=30)
+                                       retry=Retry(NoBackoff(), 0), health_check_interval=30, **password_from_env(url))
         self._commit = self.redis.register_script(_COMMIT)
         self._touch = self.redis.register_script(_TOUCH)
         self._local: OrderedDict[str, _Cached] = OrderedDict()
@@ -291,6 +302,10 @@ class RedisStore:
 
     def __len__(self) -> int:
         return len(self._local)
+
+    async def call(self, what: str, coro: Awaitable[T]) -> T:
+        """A Redis command of another part of the server (the session quota), with the store's errors."""
+        return await self._call(what, coro)
 
     async def _call(self, what: str, coro: Awaitable[T]) -> T:
         """A Redis command; any store failure becomes a 503 ``store_unavailable``."""
@@ -360,8 +375,8 @@ class RedisStore:
         return int(version), session
 
     # -- the protocol --------------------------------------------------------------------------------
-    async def create(self) -> str:
-        sid = secrets.token_urlsafe(ID_BYTES)
+    async def create(self, suffix: str = "") -> str:
+        sid = secrets.token_urlsafe(ID_BYTES) + suffix
         meta = keys_of(sid)[0]
 
         async def make():
@@ -373,7 +388,7 @@ class RedisStore:
 
         created, _, _ = await self._call("create a session", make())
         if not created:  # pragma: no cover - 2**-144
-            return await self.create()
+            return await self.create(suffix)
         self._remember(sid, 0, self.retriever.session())
         return sid
 
