@@ -8,10 +8,12 @@ what deploy/compose.yaml runs. Whatever cannot start raises :class:`Unavailable`
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -59,8 +61,21 @@ def stop(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: floa
         proc.wait(timeout)
 
 
+def write_acl(path: Path, passwords: dict[str, str]) -> Path:
+    """deploy/redis-users.acl.in with the SHA-256 of ``passwords`` (``dcssa``, ``admin``), as make-secrets.sh does."""
+    text = (DEPLOY / "redis-users.acl.in").read_text()
+    for user, password in passwords.items():
+        text = text.replace(f"@{user.upper()}_SHA256@", hashlib.sha256(password.encode()).hexdigest())
+    if re.search(r"@[A-Z]+_SHA256@", text):
+        raise RuntimeError("deploy/redis-users.acl.in has a placeholder the tests do not fill")
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
 class Redis:
-    """``redis-server deploy/redis.conf`` on a loopback port, its AOF in ``workdir``."""
+    """``redis-server deploy/redis.conf`` on a loopback port, its AOF in ``workdir``, with deploy/'s ACL
+    users: ``url`` logs in as ``dcssa`` (what the replicas may do), ``client()`` as ``admin``."""
 
     def __init__(self, workdir: Path, port: int | None = None) -> None:
         self.exe = shutil.which("redis-server")
@@ -70,16 +85,22 @@ class Redis:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
+        self.passwords = {"dcssa": secrets.token_hex(16), "admin": secrets.token_hex(16)}
+        self.acl = write_acl(self.workdir / "users.acl", self.passwords)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://dcssa:{self.passwords['dcssa']}@127.0.0.1:{self.port}/0"
+
+    @property
+    def admin_url(self) -> str:
+        return f"redis://admin:{self.passwords['admin']}@127.0.0.1:{self.port}/0"
 
     def start(self) -> Redis:
         log = open(self.workdir / "redis.log", "ab")
         self.proc = subprocess.Popen(
             [self.exe, str(DEPLOY / "redis.conf"), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.workdir), "--daemonize", "no", "--maxmemory", "256mb"],
+             "--dir", str(self.workdir), "--daemonize", "no", "--maxmemory", "256mb", "--aclfile", str(self.acl)],
             stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_port(self.port, self.proc, "redis-server")
@@ -103,7 +124,7 @@ class Redis:
     def client(self):
         import redis
 
-        return redis.Redis.from_url(self.url, socket_timeout=5)
+        return redis.Redis.from_url(self.admin_url, socket_timeout=5)
 
 
 class Replica:
