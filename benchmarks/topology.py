@@ -166,15 +166,21 @@ class Replica:
         stop(self.proc)
 
 
-def render_nginx(ports: list[int], listen: int, prefix: Path) -> Path:
-    """deploy/nginx.conf with loopback upstreams and port, inside a main config whose paths are in ``prefix``."""
-    snippet = (DEPLOY / "nginx.conf").read_text()
+def render_nginx(ports: list[int], listen: int, prefix: Path, conf: str = "nginx.conf",
+                 paths: dict[str, Path] | None = None) -> Path:
+    """deploy/``conf`` with loopback upstreams and port, inside a main config whose paths are in ``prefix``;
+    ``paths``: file paths of the snippet replaced by local ones (the edge variant's htpasswd)."""
+    snippet = (DEPLOY / conf).read_text()
+    for old, new in (paths or {}).items():
+        if old not in snippet:
+            raise RuntimeError(f"deploy/{conf} no longer names {old}")
+        snippet = snippet.replace(old, str(new))
     servers = "".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;\n" for p in ports)
     snippet, n = re.subn(r"(upstream dcssa \{\n[^{}]*?\n)((?:    server [^\n]*\n)+)", lambda m: m.group(1) + servers,
                          snippet, flags=re.S)
     snippet, m = re.subn(r"listen 8080;", f"listen 127.0.0.1:{listen};", snippet)
     if n != 1 or m != 1:
-        raise RuntimeError("deploy/nginx.conf no longer has the upstream/listen lines the tests rewrite")
+        raise RuntimeError(f"deploy/{conf} no longer has the upstream/listen lines the tests rewrite")
     prefix.mkdir(parents=True, exist_ok=True)
     (prefix / "dcssa.conf").write_text(snippet)
     # as root, nginx's workers would drop to "nobody", which cannot write the temp dirs made here
@@ -202,13 +208,14 @@ http {{
 class Nginx:
     """nginx in the foreground with a generated config (see :func:`render_nginx`)."""
 
-    def __init__(self, ports: list[int], prefix: Path) -> None:
+    def __init__(self, ports: list[int], prefix: Path, conf: str = "nginx.conf",
+                 paths: dict[str, Path] | None = None) -> None:
         self.exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
         if self.exe is None:
             raise Unavailable("nginx is not installed (apt-get install nginx; .ci/run does)")
         self.port = free_port()
         self.prefix = Path(prefix)
-        self.conf = render_nginx(ports, self.port, self.prefix)
+        self.conf = render_nginx(ports, self.port, self.prefix, conf, paths)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Nginx:
@@ -226,13 +233,15 @@ class Nginx:
 
 
 def call(port: int, method: str, path: str, body: object = None, *, retry: bool = True,
-         timeout: float = 30.0) -> tuple[int, dict]:
-    """One JSON request over a real socket; retried once after a connection error or a 502, as the page does."""
+         timeout: float = 30.0, headers: dict[str, str] | None = None, source: str | None = None) -> tuple[int, dict]:
+    """One JSON request over a real socket; retried once after a connection error or a 502, as the page does.
+    ``source``: the client's loopback address (127.0.0.2 ...: another client as nginx sees it)."""
     data = None if body is None else json.dumps(body).encode()
     for attempt in (0, 1):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout,
+                                          source_address=None if source is None else (source, 0))
         try:
-            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+            conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
             r = conn.getresponse()
             raw = r.read()
             status = r.status

@@ -41,7 +41,7 @@ def _announce(r, options: ServeOptions, *, url: str, photos_available: bool, as_
     mem = session_memory_bound(r)["total"]
     if r.bundle.demo:
         click.echo(DEMO_WARNING, err=True)
-    if options.host not in LOOPBACK and config.api_keys is None:
+    if options.host not in LOOPBACK and config.api_keys is None and config.principal_header is None:
         warn(f"listening on {options.host} without --api-keys: anyone who reaches it can use it")
     if options.host not in LOOPBACK and config.rate_limit is None:
         warn("no --rate-limit: one client can keep every core busy")

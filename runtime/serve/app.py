@@ -112,7 +112,8 @@ def add_access(app: FastAPI, service: Service) -> None:
     config = service.config
     refused = service.metrics.errors.labels
     keys = None if config.api_keys is None else KeyRing(config.api_keys)
-    app.add_middleware(Access, keys=keys, on_refuse=lambda: refused("unauthorized").inc())
+    app.add_middleware(Access, keys=keys, on_refuse=lambda: refused("unauthorized").inc(),
+                       principal_header=config.principal_header)
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

@@ -76,11 +76,21 @@ async def refuse(scope: Scope, receive: Receive, send: Send, status: int, body: 
     await JSONResponse(body, status_code=status, headers=headers)(scope, receive, send)
 
 
-class Access:
-    """API-key authentication (``keys``: None = off) and the per-client identity (see the module doc)."""
+NO_PRINCIPAL = {"error": "unauthorized", "message": "the request did not come through the authenticating proxy",
+                "hint": "call the public address (the proxy in front of this server), not a replica directly"}
 
-    def __init__(self, app: ASGIApp, keys: KeyRing | None, on_refuse=lambda: None) -> None:
+
+class Access:
+    """API-key authentication (``keys``: None = off) and the per-client identity (see the module doc).
+
+    ``principal_header``: keys are checked by a proxy in front, which names the principal in this
+    header (deploy/nginx-edge-auth.conf); a request without it is refused like one without a key.
+    """
+
+    def __init__(self, app: ASGIApp, keys: KeyRing | None, on_refuse=lambda: None,
+                 principal_header: str | None = None) -> None:
         self.app, self.keys, self.on_refuse = app, keys, on_refuse
+        self.header = None if principal_header is None else principal_header.lower().encode("latin-1")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -88,7 +98,14 @@ class Access:
         state = scope.setdefault("state", {})
         state["principal"] = None
         state["client"] = client_address(scope)
-        if self.keys is None or (scope["type"] == "http" and scope["path"] in PUBLIC):
+        if (self.keys is None and self.header is None) or (scope["type"] == "http" and scope["path"] in PUBLIC):
+            return await self.app(scope, receive, send)
+        if self.header is not None:
+            named = (header(scope, self.header) or "").strip()
+            if not named:
+                self.on_refuse()
+                return await refuse(scope, receive, send, 401, NO_PRINCIPAL)
+            state["principal"] = state["client"] = named
             return await self.app(scope, receive, send)
         key = offered_key(scope)
         principal = self.keys.principal(key) if key else None

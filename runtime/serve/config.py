@@ -99,6 +99,11 @@ class ServeConfig:
               "then needs 'Authorization: Bearer KEY', and a session is reachable only by the principal that opened "
               "it. Re-read when it changes. [default: no keys: anyone who reaches the port may call]",
         type=click.Path(path_type=Path, dir_okay=False), metavar="KEYS", show_default=False)
+    principal_header: str | None = setting(
+        None, "Trust this request header as the caller's principal (set by an authenticating proxy such as "
+              "deploy/nginx-edge-auth.conf, which must overwrite it); requests without it get 401. Only behind "
+              "such a proxy: a client reaching the replica directly could name any principal.",
+        metavar="HEADER", show_default=False)
     rate_limit: float | None = setting(
         None, "Strokes per second per client (its API key's principal, else its address), checked before the "
               "encoder queue; over it: 429 with Retry-After.", type=Rate(), show_default="off")
@@ -128,6 +133,9 @@ class ServeConfig:
         if self.rate_limit is not None and not self.rate_limit > 0:
             raise ValueError("ServeConfig: rate_limit must be > 0 (None: no limit)")
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
+        if self.principal_header is not None and self.api_keys is not None:
+            raise OptionsError("--principal-header and --api-keys both name the caller", flag="--principal-header",
+                               hint="use --api-keys when the replicas check keys, --principal-header when the proxy does")
         for origin in self.cors_origins:
             check_origin(origin)
 
