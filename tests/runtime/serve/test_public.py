@@ -215,3 +215,46 @@ def test_redis_needs_a_password_and_a_wrong_one_is_never_printed(tiny, redis_ser
     logs = "".join(p.read_text() for p in (tiny / "logs-badpw").iterdir())
     assert "does not answer" in logs and "dcssa:***@" in logs  # the warning names the store, redacted
     assert secret not in logs
+
+
+def test_make_secrets_makes_what_redis_and_the_replicas_accept(tmp_path):
+    """deploy/make-secrets.sh on a copy of deploy/: its ACL file admits its passwords, its key file its key."""
+    import os
+    import shutil
+    import stat
+    import sys
+
+    import redis
+
+    from dcssa.benchmarks.topology import DEPLOY, free_port, stop, wait_port
+    from dcssa.runtime.serve.keys import KeyRing
+
+    if not all(shutil.which(t) for t in ("openssl", "sha256sum", "redis-server")):
+        pytest.skip("needs openssl, sha256sum and redis-server")
+    deploy = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, deploy, ignore=shutil.ignore_patterns(".env", "users.acl", "api-keys.json"))
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    made = subprocess.run(["sh", str(deploy / "make-secrets.sh"), "kiosk"], env=env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    assert KeyRing(deploy / "api-keys.json").principal(key) == "kiosk"
+    assert stat.S_IMODE(os.stat(deploy / ".env").st_mode) == 0o600
+    secrets = dict(line.split("=", 1) for line in (deploy / ".env").read_text().split())
+    acl = (deploy / "users.acl").read_text()
+    assert secrets["DCSSA_REDIS_PASSWORD"] not in acl  # hashes only
+    again = subprocess.run(["sh", str(deploy / "make-secrets.sh")], env=env, capture_output=True, text=True)
+    assert again.returncode != 0 and "exists already" in again.stderr  # never overwrites secrets in use
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", str(DEPLOY / "redis.conf"), "--port", str(port), "--bind", "127.0.0.1",
+                             "--dir", str(tmp_path), "--aclfile", str(deploy / "users.acl")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, proc, "redis-server")
+        app = redis.Redis(port=port, username="dcssa", password=secrets["DCSSA_REDIS_PASSWORD"])
+        assert app.set("dcssa:probe", 1) and app.get("dcssa:probe") == b"1"
+        admin = redis.Redis(port=port, username="admin", password=secrets["REDIS_ADMIN_PASSWORD"])
+        assert admin.config_get("maxmemory")
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis(port=port, username="dcssa", password="guess").ping()
+    finally:
+        stop(proc)
