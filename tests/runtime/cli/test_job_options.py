@@ -24,3 +24,27 @@ def test_command_options_are_the_settings_of_its_options_object(command, cls):
         opt = params[f.name]
         assert flag_of(f) in opt.opts and opt.help == describe(f)["help"], f.name
         assert opt.default == f.default or (f.default is False and opt.is_flag), f.name
+
+
+def test_serve_options_are_the_settings_of_serve_config_and_options():
+    """dcssa-rt serve's flags come from ServeOptions and ServeConfig (the public-serving knobs included);
+    defaults pass through the field's CLI conversion (kB for --max-body-kb); repeatable ones are tuples."""
+    from click.testing import CliRunner
+
+    from dcssa.runtime.serve.config import ServeConfig, ServeOptions
+
+    params = {p.name: p for p in rt.commands["serve"].params}
+    for cls in (ServeOptions, ServeConfig):
+        for f in settings(cls):
+            opt = params[f.name]
+            d = describe(f)
+            assert flag_of(f) in opt.opts and opt.help == d["help"], f.name
+            default = f.default if d["to_cli"] is None or f.default is None else d["to_cli"](f.default)
+            assert opt.default == default or (opt.multiple and tuple(opt.default or ()) == f.default), f.name
+    for name in ("api_keys", "principal_header", "rate_limit", "rate_burst", "max_sessions_per_client", "cors_origins"):
+        assert name in params
+    assert params["cors_origins"].multiple and "--cors-origin" in params["cors_origins"].opts
+    r = CliRunner().invoke(rt, ["serve", "--rate-limit", "fast", "--port", "0"])
+    assert r.exit_code == 2 and "expected N/s" in r.output
+    r = CliRunner().invoke(rt, ["serve", "--cors-origin", "shop.example", "--port", "0"])
+    assert r.exit_code == 2 and "not an origin" in r.output and "Traceback" not in r.output
