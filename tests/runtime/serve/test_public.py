@@ -81,7 +81,7 @@ def start(tiny, redis_server, conf: str, extra: list[str], paths: dict | None = 
 def keyed(tiny, redis_server):
     """Replicas checking API keys behind deploy/nginx.conf."""
     keys = tiny / "api-keys.json"
-    issued = {name: add_key(keys, name)[1] for name in ("alice", "bob")}
+    issued = {name: add_key(keys, name)[1] for name in ("alice", "bob", "carol")}
     replicas, lb = start(tiny, redis_server, "nginx.conf", ["--api-keys", str(keys)])
     yield replicas, lb, issued
     lb.stop()
@@ -129,6 +129,30 @@ def test_keys_at_the_replicas_through_nginx(keyed, strokes):
         assert status == 200 and st["stroke"] == 1
 
 
+def test_the_websocket_key_as_a_subprotocol_through_nginx(keyed, strokes):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    _, lb, keys = keyed
+    status, st, _ = request(lb.port, "POST", "/v1/sessions", headers=bearer(keys["alice"]))
+    url = f"ws://127.0.0.1:{lb.port}/v1/sessions/{st['id']}/ws"
+    with connect(url, subprotocols=["dcssa.v1", "dcssa.key." + keys["alice"]], open_timeout=10) as ws:
+        assert ws.subprotocol == "dcssa.v1"  # the fixed name echoed, never the key
+        ws.send(json.dumps({"op": "stroke", "stroke": strokes[0]}))
+        msg = json.loads(ws.recv(timeout=60))
+        assert msg["op"] == "stroke" and msg["stroke"] == 1, msg
+    for protocols, status, code in [(["dcssa.v1"], 401, 4401), (["dcssa.v1", "dcssa.key." + keys["bob"]], 404, 4404)]:
+        with connect(url, subprotocols=protocols, open_timeout=10) as ws:
+            msg = json.loads(ws.recv(timeout=30))
+            assert msg["status"] == status and keys["bob"] not in json.dumps(msg)
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=30)
+            assert closed.value.rcvd.code == code
+    with connect(url, subprotocols=["dcssa.v1", "dcssa.key." + keys["alice"]], open_timeout=10,
+                 origin="http://evil.example") as ws:  # a page of another site: refused although the key is good
+        assert json.loads(ws.recv(timeout=30))["status"] == 403
+
+
 def test_over_the_rate_is_429_with_retry_after_through_nginx(keyed, strokes):
     replicas, lb, keys = keyed
     status, st, _ = request(lb.port, "POST", "/v1/sessions", headers=bearer(keys["bob"]))
@@ -148,10 +172,10 @@ def test_over_the_rate_is_429_with_retry_after_through_nginx(keyed, strokes):
     assert codes.count(200) <= len(replicas) * BURST + int(refill) + 1, (codes, refill) and all(1 <= w <= 1 / RATE for w in waits)
     status, st, _ = request(lb.port, "GET", f"/v1/sessions/{sid}", headers=bearer(keys["bob"]))
     assert st["stroke"] == codes.count(200)  # a refused stroke is not applied
-    # alice is another principal: her bucket is full
-    status, st, _ = request(lb.port, "POST", "/v1/sessions", headers=bearer(keys["alice"]))
+    # carol is another principal: her buckets are full
+    status, st, _ = request(lb.port, "POST", "/v1/sessions", headers=bearer(keys["carol"]))
     assert request(lb.port, "POST", f"/v1/sessions/{st['id']}/strokes", {"stroke": strokes[0]},
-                   bearer(keys["alice"]))[0] == 200
+                   bearer(keys["carol"]))[0] == 200
 
 
 def test_nginx_limits_strokes_per_address_at_the_edge(keyed, strokes):
