@@ -33,7 +33,8 @@ from .websocket import add_websocket
 def caller(request: Request) -> Caller:
     """Who sent the request, as :class:`~.auth.Access` found it."""
     state = request.state
-    return Caller(getattr(state, "principal", None), getattr(state, "client", None) or "unknown")
+    return Caller(getattr(state, "principal", None), getattr(state, "client", None) or "unknown",
+                  getattr(state, "admitted", False))
 
 
 def _page() -> str:
@@ -113,7 +114,8 @@ def add_access(app: FastAPI, service: Service) -> None:
     refused = service.metrics.errors.labels
     keys = None if config.api_keys is None else KeyRing(config.api_keys)
     app.add_middleware(Access, keys=keys, on_refuse=lambda: refused("unauthorized").inc(),
-                       principal_header=config.principal_header)
+                       principal_header=config.principal_header, limiter=service.limiter,
+                       on_limit=lambda: refused("rate_limited").inc())
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

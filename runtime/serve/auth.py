@@ -17,16 +17,19 @@ then answers in the server's JSON shape instead of plain text.
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import urlsplit
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .errors import RateLimited
 from .keys import KeyRing
 
 PROTOCOL = "dcssa.v1"
 KEY_PROTOCOL = "dcssa.key."
 PUBLIC = frozenset({"/healthz", "/metrics", "/"})
+STROKE_PATH = re.compile(r"/v1/sessions/[^/]+/strokes")
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 
@@ -88,9 +91,25 @@ class Access:
     """
 
     def __init__(self, app: ASGIApp, keys: KeyRing | None, on_refuse=lambda: None,
-                 principal_header: str | None = None) -> None:
+                 principal_header: str | None = None, limiter=None, on_limit=lambda: None) -> None:
         self.app, self.keys, self.on_refuse = app, keys, on_refuse
         self.header = None if principal_header is None else principal_header.lower().encode("latin-1")
+        self.limiter, self.on_limit = limiter, on_limit
+
+    async def admitted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app, or a 429 for an HTTP stroke over the caller's rate: refused before its body is read
+        or parsed, so a client ignoring Retry-After costs the server as little as a request can."""
+        state = scope["state"]
+        if (self.limiter is not None and scope["type"] == "http" and scope["method"] == "POST"
+                and STROKE_PATH.fullmatch(scope["path"])):
+            try:
+                self.limiter.take(state["client"])
+            except RateLimited as exc:
+                self.on_limit()
+                body = {"error": "rate_limited", "message": exc.message, "hint": exc.hint}
+                return await refuse(scope, receive, send, 429, body, {"Retry-After": str(exc.retry_after)})
+            state["admitted"] = True  # the service does not count it again
+        return await self.app(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -99,14 +118,14 @@ class Access:
         state["principal"] = None
         state["client"] = client_address(scope)
         if (self.keys is None and self.header is None) or (scope["type"] == "http" and scope["path"] in PUBLIC):
-            return await self.app(scope, receive, send)
+            return await self.admitted(scope, receive, send)
         if self.header is not None:
             named = (header(scope, self.header) or "").strip()
             if not named:
                 self.on_refuse()
                 return await refuse(scope, receive, send, 401, NO_PRINCIPAL)
             state["principal"] = state["client"] = named
-            return await self.app(scope, receive, send)
+            return await self.admitted(scope, receive, send)
         key = offered_key(scope)
         principal = self.keys.principal(key) if key else None
         if principal is None:
@@ -114,7 +133,7 @@ class Access:
             return await refuse(scope, receive, send, 401, NO_KEY if key is None else BAD_KEY,
                                 {"WWW-Authenticate": 'Bearer realm="dcssa-rt"'})
         state["principal"] = state["client"] = principal
-        return await self.app(scope, receive, send)
+        return await self.admitted(scope, receive, send)
 
 
 def _netloc(scheme: str, netloc: str) -> str:

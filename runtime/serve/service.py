@@ -35,6 +35,7 @@ class Caller:
 
     principal: str | None = None
     client: str = "local"
+    admitted: bool = False  # this stroke already passed the rate limit (in the HTTP middleware)
 
 
 ANONYMOUS = Caller()
@@ -116,7 +117,7 @@ class Service:
     # -- operations --------------------------------------------------------------------------------
     def admit(self, caller: Caller, strokes: int = 1) -> None:
         """The stroke rate limit, before any work is done or queued for the encoder (429 over it)."""
-        if self.limiter is not None and strokes > 0:
+        if self.limiter is not None and strokes > 0 and not caller.admitted:
             self.limiter.take(caller.client, strokes)
 
     async def create(self, strokes: list[np.ndarray], caller: Caller = ANONYMOUS) -> dict:

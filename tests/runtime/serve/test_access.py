@@ -235,6 +235,9 @@ def test_over_the_stroke_rate_is_429_with_retry_after_and_others_are_not_slowed(
         err = r.json()
         assert set(err) == {"error", "message", "hint"} and err["error"] == "rate_limited" and "0.5/s" in err["message"]
         assert c.get(f"/v1/sessions/{sid}", headers=g).json()["stroke"] == 2  # refused strokes were not applied
+        # refused before the body is read or parsed: a malformed one is a 429 too, not a 422
+        r = c.post(f"/v1/sessions/{sid}/strokes", content=b"{not json", headers={**g, "Content-Type": "application/json"})
+        assert r.status_code == 429
         psid = c.post("/v1/sessions", headers=p).json()["id"]
         assert c.post(f"/v1/sessions/{psid}/strokes", json=body(sketches[1][0]), headers=p).status_code == 200
         # a rebuild is admitted whole (one token) and paid for afterwards
