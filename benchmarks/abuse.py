@@ -2,7 +2,8 @@
 
 Starts `dcssa-rt serve --api-keys` on loopback three times: (1) the polite clients alone, (2) with
 one abusive client that keeps --abuse-concurrency strokes in flight without pause, no rate limit,
-(3) the same with ``--rate-limit``. Every client has its own API key (its principal), so the
+(3) the same with ``--rate-limit``, (4) that behind deploy/nginx.conf, the abusive client on its own
+address (127.0.0.2; loopback itself is exempt from nginx's limits). Every client has its own API key (its principal), so the
 limit counts them apart although they share 127.0.0.1. Polite clients draw at a human pace (one
 stroke every --pace seconds) and record each stroke's latency; the abusive client's answers
 (200 or 429) are counted. Reports the polite p50/p99 per phase and the p99 ratios to phase 1.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -63,16 +65,19 @@ async def abusive(client, url: str, key: str, sketch: list, until: float, counts
 
 
 async def phase(url: str, keys: dict, sketches: list, *, polite_n: int, abuse: int, pace: float,
-                seconds: float) -> dict:
+                seconds: float, abuser_address: str | None = None) -> dict:
+    """``abuser_address``: the abusive client's own loopback address (127.0.0.2: another client to nginx)."""
     import httpx
 
     until = time.monotonic() + seconds
     lat: list[float] = []
     counts: dict[int, int] = {}
     limits = httpx.Limits(max_connections=polite_n + abuse + 4)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+    transport = None if abuser_address is None else httpx.AsyncHTTPTransport(local_address=abuser_address)
+    async with (httpx.AsyncClient(timeout=120, limits=limits) as client,
+                httpx.AsyncClient(timeout=120, limits=limits, transport=transport) as bad):
         tasks = [polite(client, url, keys[f"polite{i}"], sketches[i], pace, until, lat) for i in range(polite_n)]
-        tasks += [abusive(client, url, keys["abuser"], sketches[-1], until, counts) for _ in range(abuse)]
+        tasks += [abusive(bad, url, keys["abuser"], sketches[-1], until, counts) for _ in range(abuse)]
         await asyncio.gather(*tasks)
     arr = np.asarray(lat) if lat else np.asarray([np.nan])
     return {"polite_strokes": len(lat), "polite_p50_ms": float(np.percentile(arr, 50)),
@@ -117,35 +122,49 @@ def _table(report: dict) -> list[str]:
 @click.option("--rate-limit", default="4/s", show_default=True, help="The limit of phase 3 (serve --rate-limit).")
 @click.option("--rate-burst", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--seconds", type=click.FloatRange(5), default=30.0, show_default=True, help="Length of each phase.")
+@click.option("--nginx/--no-nginx", default=True, show_default=True,
+              help="A fourth phase behind deploy/nginx.conf, the abusive client on its own address (127.0.0.2).")
 @threads_option()
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Save the results as JSON.")
 @output_options(json="the results")
 def command(bundle: Path, gallery: Path, polite_n: int, pace: float, abuse_concurrency: int, rate_limit: str,
-            rate_burst: int, seconds: float, threads: int | None, out: Path | None, as_json: bool, quiet: bool) -> None:
+            rate_burst: int, seconds: float, nginx: bool, threads: int | None, out: Path | None, as_json: bool, quiet: bool) -> None:
     """One abusive client against polite ones, with and without --rate-limit: the polite p99, side by side."""
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"dcssa-abuse-{os.getpid()}"
     keys_file = work / "keys.json"
     keys = {name: add_key(keys_file, name)[1] for name in [f"polite{i}" for i in range(polite_n)] + ["abuser"]}
     rng = np.random.default_rng(0)
     sketches = [[to_client(s) for s in random_sketch(rng, 8)] for _ in range(polite_n + 1)]
-    plan = [("polite alone", 0, []), (f"+ abusive x{abuse_concurrency}, no limit", abuse_concurrency, []),
-            (f"+ abusive x{abuse_concurrency}, --rate-limit {rate_limit}", abuse_concurrency,
-             ["--rate-limit", rate_limit, "--rate-burst", str(rate_burst)])]
+    limited = ["--rate-limit", rate_limit, "--rate-burst", str(rate_burst)]
+    plan = [("polite alone", 0, [], False), (f"+ abusive x{abuse_concurrency}, no limit", abuse_concurrency, [], False),
+            (f"+ abusive x{abuse_concurrency}, --rate-limit {rate_limit}", abuse_concurrency, limited, False)]
+    if nginx:
+        plan.append((f"+ abusive x{abuse_concurrency}, --rate-limit, via nginx", abuse_concurrency, limited, True))
     report = {"polite": polite_n, "pace_s": pace, "abuse_concurrency": abuse_concurrency, "seconds": seconds,
               "environment": environment(threads), "phases": []}
     with fail_cleanly():
-        for name, abuse, extra in plan:
+        for name, abuse, extra, edge in plan:
             if not (quiet or as_json):
                 click.echo(f"{name}: {seconds:g} s", err=True)
             threads_flag = ["--threads", str(threads)] if threads else []
             server = Server(bundle, gallery, 8, 5.0, ["--backend", "ort-cpu", "-q", "--api-keys", str(keys_file),
                                                       *threads_flag, *extra])
+            lb = None
             try:
-                got = asyncio.run(phase(server.url, keys, sketches, polite_n=polite_n, abuse=abuse, pace=pace,
-                                        seconds=seconds))
+                url = server.url
+                if edge:  # deploy/nginx.conf in front: the polite clients on 127.0.0.1 (exempt), the abuser not
+                    from dcssa.benchmarks.topology import Nginx
+
+                    lb = Nginx([int(server.url.rstrip("/").rsplit(":", 1)[1])], work / "nginx").start()
+                    url = f"http://127.0.0.1:{lb.port}/"
+                got = asyncio.run(phase(url, keys, sketches, polite_n=polite_n, abuse=abuse, pace=pace,
+                                        seconds=seconds, abuser_address="127.0.0.2" if edge else None))
             finally:
+                if lb is not None:
+                    lb.stop()
                 server.stop()
             report["phases"].append({"name": name, "server_flags": extra, **got})
+    shutil.rmtree(work, ignore_errors=True)  # the throw-away keys file
     base = report["phases"][0]["polite_p99_ms"]
     for r in report["phases"]:
         r["p99_ratio"] = r["polite_p99_ms"] / base

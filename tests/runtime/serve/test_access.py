@@ -199,6 +199,21 @@ def test_without_keys_the_principal_is_none_and_the_client_its_address(tiny_retr
         assert c.get("/whoami").json() == {"principal": None, "client": "testclient"}
 
 
+def test_a_principal_named_by_the_authenticating_proxy(tiny_retriever):
+    """--principal-header: the proxy in front checked who calls; sessions are per principal as with keys."""
+    with TestClient(app_with(tiny_retriever, principal_header="X-Dcssa-Principal")) as c:
+        r = c.post("/v1/sessions")
+        assert r.status_code == 401 and "proxy" in r.json()["message"]
+        alice, bob = {"X-Dcssa-Principal": "alice"}, {"X-Dcssa-Principal": "bob"}
+        assert c.get("/whoami", headers=alice).json() == {"principal": "alice", "client": "alice"}
+        sid = c.post("/v1/sessions", headers=alice).json()["id"]
+        assert c.get(f"/v1/sessions/{sid}", headers=bob).status_code == 404
+        assert c.get(f"/v1/sessions/{sid}", headers=alice).status_code == 200
+        assert c.get("/healthz").status_code == 200
+    with pytest.raises(Exception, match="both name the caller"):
+        ServeConfig(principal_header="X-P", api_keys="keys.json")
+
+
 # -- rate limits ------------------------------------------------------------------------------------
 
 

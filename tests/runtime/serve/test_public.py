@@ -61,9 +61,9 @@ def strokes():
     return [x.tolist() for x in random_sketch(np.random.default_rng(3), 12)]
 
 
-def start(tiny, redis_server, conf: str, extra: list[str], paths: dict | None = None):
+def start(tiny, redis_server, conf: str, extra: list[str], paths: dict | None = None, n: int = 3):
     replicas = [Replica(tiny / "bundle", tiny / "gallery", redis_server.url, tiny / f"logs-{conf}", "--topk", "5",
-                        "--rate-limit", f"{RATE}/s", "--rate-burst", str(BURST), *extra) for _ in range(3)]
+                        "--rate-limit", f"{RATE}/s", "--rate-burst", str(BURST), *extra) for _ in range(n)]
     try:
         for r in replicas:
             r.start()
@@ -91,7 +91,7 @@ def keyed(tiny, redis_server):
 
 @pytest.fixture(scope="module")
 def edge(tiny, redis_server):
-    """nginx checking Basic credentials (deploy/nginx-edge-auth.conf), replicas trusting its header."""
+    """nginx checking Basic credentials (deploy/nginx-edge-auth.conf), 2 replicas trusting its header."""
     passwords = {"alice": "alice-pw-1", "bob": "bob-pw-2"}
     htpasswd = tiny / "dcssa.htpasswd"
     try:
@@ -102,7 +102,7 @@ def edge(tiny, redis_server):
         pytest.skip(f"cannot hash passwords with openssl: {exc}")
     htpasswd.write_text("\n".join(lines) + "\n")
     replicas, lb = start(tiny, redis_server, "nginx-edge-auth.conf", ["--principal-header", "X-Dcssa-Principal"],
-                         {"/etc/nginx/dcssa.htpasswd": htpasswd})
+                         {"/etc/nginx/dcssa.htpasswd": htpasswd}, n=2)
     yield replicas, lb, passwords
     lb.stop()
     for r in replicas:
