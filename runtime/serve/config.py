@@ -106,12 +106,13 @@ class ServeConfig:
         metavar="HEADER", show_default=False)
     rate_limit: float | None = setting(
         None, "Strokes per second per client (its API key's principal, else its address), checked before the "
-              "encoder queue; over it: 429 with Retry-After.", type=Rate(), show_default="off")
+              "encoder queue; over it: 429 with Retry-After. [default: off]", type=Rate(), metavar="N/s",
+        show_default=False)
     rate_burst: int = setting(8, "Strokes a client may send at once above --rate-limit (the token bucket's size).",
                               type=click.IntRange(1))
     max_sessions_per_client: int | None = setting(
-        None, "Live sessions one client may hold (429 beyond it); with Redis, counted across replicas.",
-        type=click.IntRange(1), metavar="N", show_default="no limit")
+        None, "Live sessions one client may hold (429 beyond it); with Redis, counted across replicas. "
+              "[default: no limit]", type=click.IntRange(1), metavar="N", show_default=False)
     cors_origins: tuple[str, ...] = setting(
         (), "A browser origin (scheme://host[:port]) whose pages may call this server; repeatable; '*' for any. "
             "[default: none: same-origin only]", flag="--cors-origin", metavar="ORIGIN", multiple=True,
