@@ -51,7 +51,8 @@ def _announce(r, options: ServeOptions, *, url: str, photos_available: bool, as_
              "max_strokes": r.max_strokes, "session_memory_bound_bytes": mem,
              "max_batch": config.max_batch, "batch_window_ms": config.batch_window_ms,
              "confidence": r.confidence is not None, "confidence_threshold": config.confidence_threshold,
-             "session_store": "memory" if config.session_store == "memory" else "redis"}
+             "session_store": "memory" if config.session_store == "memory" else "redis",
+             "catalogue": r.catalogue.fingerprint}
     if as_json:
         click.echo(json.dumps(facts))
     else:

@@ -9,7 +9,9 @@ middleware sets it here.
 
 from __future__ import annotations
 
+import gc
 import shutil
+import weakref
 
 import numpy as np
 import pytest
@@ -114,6 +116,23 @@ def test_swap_mid_sketch_next_stroke_equals_offline_on_new_gallery(tiny, galleri
         assert {m["id"] for m in body["results"]} <= set(Gallery.load(galleries[1]).ids)
         undone = c.post(f"/v1/sessions/{sid}/undo").json()  # the kept result, re-ranked on the new gallery
         same(undone, want[1])
+
+
+def test_the_old_catalogue_is_released_after_a_swap(tiny, galleries, live, strokes):
+    """Reload after reload must not accumulate galleries: nothing keeps the old one once swapped."""
+    folder, r = live
+    app = create_app(r, config=ServeConfig(admin="ops"))
+    app.add_middleware(Principal, name="ops")
+    old = weakref.ref(r.gallery)
+    with TestClient(app) as c:
+        sid = c.post("/v1/sessions").json()["id"]
+        c.post(f"/v1/sessions/{sid}/strokes", json={"stroke": strokes[0].tolist()})
+        c.get("/v1/photos/" + r.gallery.ids[0])
+        replace_folder(galleries[1], folder)
+        assert c.post("/v1/admin/reload").status_code == 200
+        assert c.post(f"/v1/sessions/{sid}/strokes", json={"stroke": strokes[1].tolist()}).status_code == 200
+        gc.collect()
+        assert old() is None
 
 
 def test_a_stroke_in_flight_finishes_on_the_catalogue_it_started_with(tiny, galleries, live, strokes):
