@@ -184,3 +184,53 @@ def test_the_admin_endpoint_is_403_unless_called_by_the_admin(live, principal, a
         assert body["message"] == "the admin endpoint needs --api-keys and --admin"
     else:
         assert "'eve' is not" in body["message"]
+
+
+def write_calibrator(bundle: Bundle, gallery: Gallery) -> None:
+    """A calibrator fitted (sklearn) on made-up feature rows, fingerprinted for ``bundle`` and ``gallery``."""
+    pytest.importorskip("sklearn")
+    import json
+
+    from dcssa.runtime.evaluation import fit_confidence as C
+    from dcssa.runtime.search.confidence import CONFIDENCE_FILE, fingerprint
+
+    rng = np.random.default_rng(0)
+    x = np.column_stack([rng.uniform(0, 1, 200), rng.uniform(0, 0.5, 200), rng.uniform(0, 1, 200),
+                         rng.integers(1, 20, 200), rng.integers(0, 2, 200), rng.integers(1, 10, 200),
+                         rng.normal(0, 0.1, 200)])
+    models = {t: C.fit_model(x, x[:, 1] > (0.2 if t == "top1" else 0.1)) for t in ("top1", "top10")}
+    rep = C.Replay(x, x[:, 1] > 0.2, x[:, 1] > 0.1, np.ones(200, np.int64), np.arange(200) // 4,
+                   np.arange(200) % 4 + 1, [f"s{i}" for i in range(50)])
+    doc = C.calibrator_doc(models, fingerprint(bundle, gallery), rep, {"sketches": 50, "strokes": 200},
+                           {"split": "test", "sketches": 0, "strokes": 0, "summary": {}})
+    (gallery.path / CONFIDENCE_FILE).write_text(json.dumps(doc))
+
+
+def test_the_calibrator_travels_with_its_gallery(tiny, galleries, live, strokes, tmp_path):
+    """A new gallery with its calibrator: confidence as offline on it; a calibrator of another gallery: refused."""
+    folder, r = live
+    b = r.bundle
+    calibrated = tmp_path / "calibrated"
+    shutil.copytree(galleries[1], calibrated)
+    write_calibrator(b, Gallery.load(calibrated, b))
+    app = create_app(r, config=ServeConfig(admin="ops"))
+    app.add_middleware(Principal, name="ops")
+    with TestClient(app) as c:
+        sid = c.post("/v1/sessions").json()["id"]
+        first = c.post(f"/v1/sessions/{sid}/strokes", json={"stroke": strokes[0].tolist(), "after": 0}).json()
+        assert "confidence" not in first  # the first gallery has no calibrator
+        replace_folder(calibrated, folder)
+        assert c.post("/v1/admin/reload").json()["confidence"] is True
+        body = c.post(f"/v1/sessions/{sid}/strokes", json={"stroke": strokes[1].tolist(), "after": 1}).json()
+        want = offline(tiny, calibrated, strokes[:2])[1]
+        same(body, want)
+        assert body["confidence"]["top1"] == pytest.approx(want.confidence["top1"], abs=1e-9)
+        assert body["confidence"]["top10"] == pytest.approx(want.confidence["top10"], abs=1e-9)
+        # a gallery whose calibrator was fitted on other photos: the whole catalogue is refused
+        mismatched = tmp_path / "mismatched"
+        shutil.copytree(galleries[0], mismatched)
+        shutil.copy(calibrated / "confidence.json", mismatched / "confidence.json")
+        replace_folder(mismatched, folder)
+        res = c.post("/v1/admin/reload")
+        assert res.status_code == 409 and "fitted on another gallery" in res.json()["message"]
+        assert c.get("/healthz").json()["catalogue"] == body["catalogue"]  # still the calibrated one
