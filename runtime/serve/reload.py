@@ -100,7 +100,8 @@ def add_admin(app: FastAPI, service: Service, reloader: Reloader) -> None:
     """``POST /v1/admin/reload``, for the principal named by ``serve --admin`` only."""
     admin = service.config.admin
 
-    @app.post("/v1/admin/reload", include_in_schema=True)
+    # an operator's endpoint, like /metrics: documented in docs/guides/operations.md, not in the client API spec
+    @app.post("/v1/admin/reload", include_in_schema=False)
     async def reload(request: Request) -> JSONResponse:
         """Swap in the gallery folder's current catalogue (gallery, index, calibrator); 409 keeps the old one."""
         principal = getattr(request.state, "principal", None)  # set by the API-key layer (--api-keys)
