@@ -14,9 +14,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .confidence import CONFIDENCE_FILE, Calibrator, load_calibrator
 from .gallery import GALLERY_META, IDS, LABELS, Gallery
 
+SAMPLED_ROWS = 1024  # rows of an in-memory matrix a fingerprint reads (a file-backed one reads none)
 FINGERPRINT_CHARS = 12  # 48 bits: tells catalogues apart, not a security boundary
 #: the files a fingerprint hashes, in this order (absent ones hash as empty); the embeddings matrix
 #: is covered by gallery.json (count, dim, creation time, encoder) without reading gigabytes
@@ -50,9 +53,10 @@ def catalogue_fingerprint(gallery: Gallery | None, confidence: Calibrator | None
             file = Path(gallery.path) / name
             data = file.read_bytes() if file.is_file() else b""
             h.update(name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
-    else:
-        h.update(json.dumps(gallery.ids).encode())
-        h.update(memoryview(gallery.embeddings.tobytes()))
+    else:  # built in memory (tests, benchmarks): the ids, the shape and up to SAMPLED_ROWS rows of the matrix
+        emb = gallery.embeddings
+        h.update(json.dumps([gallery.ids, list(emb.shape), str(emb.dtype)]).encode())
+        h.update(np.ascontiguousarray(emb[:: max(1, len(emb) // SAMPLED_ROWS)]).tobytes())
     if confidence is not None and (gallery.path is None or confidence.path is None):
         h.update(json.dumps(confidence.doc, sort_keys=True).encode())  # a calibrator not read from the folder
     return h.hexdigest()[:FINGERPRINT_CHARS]
