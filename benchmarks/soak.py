@@ -37,7 +37,7 @@ from dcssa.benchmarks.env import cpu_model, isa
 from dcssa.benchmarks.topology import Nginx, Redis, Replica, Unavailable, page_call
 from dcssa.runtime import Bundle
 from dcssa.runtime.cli.console import fail_cleanly
-from dcssa.runtime.cli.options import bundle_option, gallery_option
+from dcssa.runtime.cli.options import bundle_option, gallery_option, output_options
 from dcssa.runtime.data.synthetic import random_sketch
 from dcssa.runtime.errors import DcssaError
 from dcssa.runtime.options import click_options, from_cli, setting
@@ -338,8 +338,8 @@ def plot(rep: dict, path: Path) -> bool:
 @bundle_option()
 @gallery_option
 @click_options(SoakOptions)
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of Markdown.")
-def command(bundle: Path, gallery: Path, as_json: bool, **settings) -> None:
+@output_options(json="the report")
+def command(bundle: Path, gallery: Path, as_json: bool, quiet: bool, **settings) -> None:
     """A bounded soak on loopback: steady, abusive and malformed clients over nginx + N replicas + Redis,
     sampling memory, file descriptors, Redis and latency (soak.json, soak.md, soak.png in --out)."""
     with fail_cleanly():
@@ -350,7 +350,7 @@ def command(bundle: Path, gallery: Path, as_json: bool, **settings) -> None:
         size = len(Gallery.load(gallery, b, load_index=False))
         env = {"cpu": cpu_model(), "isa": isa(), "cores": os.cpu_count(), "loadavg_start": os.getloadavg()}
         with tempfile.TemporaryDirectory(prefix="dcssa-soak-") as tmp:
-            got = run_soak(bundle, gallery, opts, Path(tmp), Progress(quiet=as_json))
+            got = run_soak(bundle, gallery, opts, Path(tmp), Progress(quiet=quiet or as_json))
         env["loadavg_end"] = os.getloadavg()
         rep = {"options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
                "machine": env, "bundle": str(bundle), "gallery": size,
