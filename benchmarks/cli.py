@@ -16,7 +16,17 @@ import os
 
 import click
 
-from dcssa.benchmarks import abuse, gpu_check, load_test, openvino_fastpath, ptq_compare, run, scale_out, search_scaling
+from dcssa.benchmarks import (
+    abuse,
+    gpu_check,
+    load_test,
+    openvino_fastpath,
+    ptq_compare,
+    run,
+    scale_out,
+    search_scaling,
+    soak,
+)
 from dcssa.runtime.cli.bench import HELP_WIDTH_ENV
 
 
@@ -30,12 +40,12 @@ def _help_width() -> int | None:
 @click.version_option(package_name="dcssa-rt")
 def main() -> None:
     """Benchmarks of dcssa-rt: per-stroke latency against the PyTorch peers, search and FAISS index
-    scaling, the serving load tests, the Intel fast path, INT8 tools side by side, and the GPU check."""
+    scaling, the serving load tests and soak, the Intel fast path, INT8 tools side by side, and the GPU check."""
 
 
 #: every ``dcssa-bench`` subcommand, registered the one way below
 COMMANDS: tuple[click.Command, ...] = (run.command, search_scaling.command, load_test.command, scale_out.command,
                                        openvino_fastpath.command, ptq_compare.command, gpu_check.command,
-                                       abuse.command)
+                                       abuse.command, soak.command)
 for _command in COMMANDS:
     main.add_command(_command)

@@ -128,11 +128,13 @@ class Redis:
 
 
 class Replica:
-    """One ``dcssa-rt serve`` process (port 0: it picks a free one and prints it under --json)."""
+    """One ``dcssa-rt serve`` process (port 0: it picks a free one and prints it under --json; a fixed
+    ``port`` lets a restarted replica take its predecessor's place behind nginx)."""
 
-    def __init__(self, bundle: Path, gallery: Path, store: str, workdir: Path, *extra: str, threads: int = 1) -> None:
+    def __init__(self, bundle: Path, gallery: Path, store: str, workdir: Path, *extra: str, threads: int = 1,
+                 port: int = 0) -> None:
         self.args = [str(Path(sys.executable).parent / "dcssa-rt"), "serve", "--bundle", str(bundle),
-                     "--gallery", str(gallery), "--host", "127.0.0.1", "--port", "0", "--backend", "ort-cpu",
+                     "--gallery", str(gallery), "--host", "127.0.0.1", "--port", str(port), "--backend", "ort-cpu",
                      "--threads", str(threads), "--session-store", store, "--json", *extra]
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -257,4 +259,40 @@ def call(port: int, method: str, path: str, body: object = None, *, retry: bool 
             return status, json.loads(raw) if raw else {}
         except ValueError:
             return status, {"error": "not_json", "message": raw[:300].decode("utf-8", "replace")}
+    raise AssertionError("unreachable")
+
+
+#: what the drawing page retries once, after PAGE_RETRY_S (runtime/serve/static/index.html, api())
+PAGE_RETRIED = (502, 503)
+PAGE_RETRY_S = 0.5
+
+
+def page_call(port: int, method: str, path: str, body: object = None, *, timeout: float = 30.0,
+              headers: dict | None = None) -> tuple[int, dict, list[int]]:
+    """One request retried exactly as the page retries it: once, half a second after a network error,
+    a 502 or a 503. Returns the final status and body, and every status seen (0: a network error)."""
+    data = None if body is None else json.dumps(body).encode()
+    seen: list[int] = []
+    for attempt in (0, 1):
+        if attempt:
+            time.sleep(PAGE_RETRY_S)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+            r = conn.getresponse()
+            raw, status = r.read(), r.status
+        except (ConnectionError, http.client.HTTPException, TimeoutError):
+            seen.append(0)
+            if attempt == 0:
+                continue
+            return 0, {"error": "network"}, seen
+        finally:
+            conn.close()
+        seen.append(status)
+        if status in PAGE_RETRIED and attempt == 0:
+            continue
+        try:
+            return status, json.loads(raw) if raw else {}, seen
+        except ValueError:
+            return status, {"error": "not_json", "message": raw[:300].decode("utf-8", "replace")}, seen
     raise AssertionError("unreachable")

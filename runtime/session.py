@@ -10,7 +10,7 @@ drops the last canvas stroke, cache row and result, and runs nothing.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from .backends import Backend, Runner, get_backend, thread_safe
 from .contract import manifest as mf
 from .contract.bundle import Bundle
 from .errors import SessionError
+from .search.catalogue import Catalogue
 from .search.confidence import FEATURE_DEPTH, Calibrator, load_calibrator, stroke_features
 from .search.gallery import Gallery
 from .stroke.head import CausalHead
@@ -44,6 +45,7 @@ class QueryResult:
     timings: dict[str, float] = field(default_factory=dict)  # ms per phase, plus "total"
     signals: np.ndarray | None = field(default=None, repr=False)  # confidence.FEATURES of this stroke
     confidence: dict[str, float] | None = None  # {"top1": p, "top10": p}; None without a calibrator
+    catalogue: str | None = None  # fingerprint of the catalogue that ranked it (Catalogue.fingerprint)
 
     def to_dict(self) -> dict:
         doc = {
@@ -77,11 +79,12 @@ class Retriever:
         confidence: Calibrator | str | None = "auto",
     ) -> None:
         self.bundle = bundle
-        self.gallery = gallery
         if gallery is not None:
             gallery.check_compatible(bundle)
         # "auto": the gallery folder's calibrator (checked against bundle and gallery) if it has one
-        self.confidence = load_calibrator(bundle, gallery) if isinstance(confidence, str) else confidence
+        #: what sessions search; a server replaces it whole (one assignment) to swap catalogues live
+        self.catalogue = Catalogue.of(
+            gallery, load_calibrator(bundle, gallery) if isinstance(confidence, str) else confidence)
         self.backend = backend if isinstance(backend, Backend) else get_backend(
             backend, threads=threads, cache_dir=bundle.path / ".cache", precision=precision)
         self.precision = precision
@@ -91,6 +94,22 @@ class Retriever:
         self.encoder = self.load(mf.SKETCH_ENCODER)
         self.encoder_output = bundle.sketch_output  # features for the head, or the embeddings (ARNet)
         self.head = None if bundle.head_graph is None else self.load(bundle.head_graph)
+
+    @property
+    def gallery(self) -> Gallery | None:
+        return self.catalogue.gallery
+
+    @gallery.setter
+    def gallery(self, gallery: Gallery | None) -> None:
+        self.catalogue = Catalogue.of(gallery, self.catalogue.confidence)
+
+    @property
+    def confidence(self) -> Calibrator | None:
+        return self.catalogue.confidence
+
+    @confidence.setter
+    def confidence(self, confidence: Calibrator | None) -> None:
+        self.catalogue = Catalogue.of(self.catalogue.gallery, confidence)
 
     def load(self, name: str) -> Runner:
         """Graph ``name`` at this retriever's precision on its backend.
@@ -134,6 +153,7 @@ class StrokeSession:
         self._strokes: list[np.ndarray] = []  # (n, 2) float64 model-frame points, one per kept stroke
         self._pending: dict[str, float] | None = None  # timings of a prepared, unfinished stroke
         self._pending_xy: np.ndarray | None = None
+        self._pending_catalogue: Catalogue | None = None  # the catalogue a prepared stroke will rank on
 
     @property
     def num_strokes(self) -> int:
@@ -172,6 +192,7 @@ class StrokeSession:
                 hint="undo or reset, or raise max_strokes (memory grows by 2 x 2048 floats per stroke)",
             )
         xy = as_stroke(points)  # the one validation (none for a parser's CheckedStroke); the canvas trusts it
+        catalogue = self.refresh()  # taken once: a catalogue swapped meanwhile applies from the next stroke
         t0 = time.perf_counter()
         self.canvas.add_stroke(xy)
         t1 = time.perf_counter()
@@ -182,21 +203,51 @@ class StrokeSession:
             raise
         self._pending = {"rasterise": (t1 - t0) * 1e3, "preprocess": (time.perf_counter() - t1) * 1e3}
         self._pending_xy = np.asarray(xy, np.float64)
+        self._pending_catalogue = catalogue
         return image
 
     def abort_stroke(self) -> None:
         """Drop the stroke :meth:`prepare_stroke` drew (the encoder failed or was cancelled)."""
         if self._pending is not None:
-            self._pending = None
+            self._pending = self._pending_catalogue = None
             self._pending_xy = None
             self.canvas.undo()
 
-    def _search(self, embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        gallery = self.r.gallery
+    def _search(self, catalogue: Catalogue, embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        gallery = catalogue.gallery
         if gallery is None:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32), []
-        idx, scores = gallery.search(embedding, max(self.r.topk, FEATURE_DEPTH))  # the features need 10
-        return idx, scores, [gallery.ids[i] for i in idx[: self.r.topk]]
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return gallery.search(embedding, max(self.r.topk, FEATURE_DEPTH))  # the features need 10
+
+    def _ranked(self, catalogue: Catalogue, result: QueryResult, idx: np.ndarray, scores: np.ndarray,
+                prev: QueryResult | None) -> QueryResult:
+        """``result`` with the ranking ``idx``/``scores`` of ``catalogue`` and the confidence it implies."""
+        k = self.r.topk
+        signals = confidence = None
+        if len(idx):
+            signals = stroke_features(scores, int(idx[0]), result.stroke, None if prev is None else prev.signals,
+                                      None if prev is None or not len(prev.indices) else int(prev.indices[0]))
+            if catalogue.confidence is not None:
+                confidence = catalogue.confidence.predict(signals)
+        ids = [] if catalogue.gallery is None else [catalogue.gallery.ids[i] for i in idx[:k]]
+        return replace(result, ids=ids, indices=idx[:k], scores=scores[:k], signals=signals, confidence=confidence,
+                       catalogue=catalogue.fingerprint)
+
+    def refresh(self) -> Catalogue:
+        """Re-rank the kept results on the retriever's current catalogue if another one ranked them.
+
+        After a live catalogue swap the session continues as if it had been drawn on the new one:
+        every kept result (what undo shows, what the next stroke's confidence features build on) is
+        searched again from its stored embedding; no graph runs. Returns that catalogue.
+        """
+        catalogue = self.r.catalogue
+        stale = next((i for i, res in enumerate(self._results) if res.catalogue != catalogue.fingerprint), None)
+        if stale is not None and self._pending is None:
+            for i in range(stale, len(self._results)):
+                idx, scores = self._search(catalogue, self._results[i].embedding)
+                prev = self._results[i - 1] if i else None
+                self._results[i] = self._ranked(catalogue, self._results[i], idx, scores, prev)
+        return catalogue
 
     def finish_stroke(self, feature: np.ndarray, timings: dict[str, float] | None = None) -> QueryResult:
         """Phase 2 of a stroke: the encoder's (1, D) output -> head step (if any), search, the new result.
@@ -212,7 +263,8 @@ class StrokeSession:
             self.head.length = self.num_strokes  # cache rows past the kept strokes are dropped (undo)
             embedding = self.head.step(feature)
             t1 = time.perf_counter()
-            idx, scores, ids = self._search(embedding)
+            catalogue = self._pending_catalogue or self.r.catalogue
+            idx, scores = self._search(catalogue, embedding)
             t2 = time.perf_counter()
         except BaseException:
             self.head.length = self.num_strokes  # a failed search drops the row the step appended
@@ -220,18 +272,9 @@ class StrokeSession:
             raise
         ms = {**self._pending, **(timings or {}), "head": (t1 - t0) * 1e3, "search": (t2 - t1) * 1e3}
         ms["total"] = float(sum(ms.values()))
-        self._pending = None
-        k = self.r.topk
-        signals = confidence = None
-        if len(idx):
-            prev = self.result
-            signals = stroke_features(scores, int(idx[0]), self.num_strokes + 1,
-                                      None if prev is None else prev.signals,
-                                      None if prev is None or not len(prev.indices) else int(prev.indices[0]))
-            if self.r.confidence is not None:
-                confidence = self.r.confidence.predict(signals)
-        result = QueryResult(self.num_strokes + 1, ids, idx[:k], scores[:k], embedding.copy(), feature[0].copy(), ms,
-                             signals, confidence)
+        self._pending = self._pending_catalogue = None
+        bare = QueryResult(self.num_strokes + 1, [], idx, scores, embedding.copy(), feature[0].copy(), ms)
+        result = self._ranked(catalogue, bare, idx, scores, self.result)
         self._results.append(result)
         self._strokes.append(self._pending_xy)
         self._pending_xy = None
@@ -250,7 +293,7 @@ class StrokeSession:
         return self.result
 
     def reset(self) -> None:
-        self._pending = None
+        self._pending = self._pending_catalogue = None
         self._pending_xy = None
         self.canvas.reset()
         self.head.reset()

@@ -56,7 +56,8 @@ def _announce(r, options: ServeOptions, *, url: str, photos_available: bool, as_
              "confidence": r.confidence is not None, "confidence_threshold": config.confidence_threshold,
              "session_store": "memory" if config.session_store == "memory" else "redis",
              "api_keys": config.api_keys is not None, "rate_limit": config.rate_limit, "rate_burst": config.rate_burst,
-             "max_sessions_per_client": config.max_sessions_per_client, "cors_origins": list(config.cors_origins)}
+             "max_sessions_per_client": config.max_sessions_per_client, "cors_origins": list(config.cors_origins),
+             "catalogue": r.catalogue.fingerprint}
     if as_json:
         click.echo(json.dumps(facts))
     else:

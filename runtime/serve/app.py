@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from fastapi import Body, Depends, FastAPI, Request
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from ..session import Retriever
 from .auth import Access, OriginGuard
@@ -24,7 +24,8 @@ from .config import ServeConfig
 from .handlers import install_handlers
 from .inputs import sketch_from, stroke_from
 from .keys import KeyRing
-from .middleware import BodyLimit
+from .middleware import BodyLimit, CatalogueHeader
+from .reload import Reloader, add_admin
 from .schemas import ERRORS, Health, SessionState, SketchIn, StrokeIn
 from .service import Caller, Service
 from .websocket import add_websocket
@@ -49,9 +50,10 @@ def add_pages(app: FastAPI, service: Service) -> None:
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 
-    @app.get("/healthz", response_model=Health)
-    async def healthz() -> dict:
-        return service.health()
+    @app.get("/healthz", response_model=Health, responses={503: {"model": Health, "description": "draining"}})
+    async def healthz() -> Response:
+        """Liveness and readiness: 503 ``draining`` once the replica is stopping (SIGTERM)."""
+        return JSONResponse(service.health(), status_code=503 if service.draining else 200)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -129,10 +131,12 @@ def create_app(retriever: Retriever, *, photos_root: str | Path | None = None, c
     """The ASGI app serving ``retriever``; the batcher thread starts with the app (or first stroke)."""
     config = config or ServeConfig()
     service = Service(retriever, config, photos_root)
+    reloader = Reloader(service, photos_root)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         service.start()
+        reloader.install_sighup()
         try:
             yield
         finally:
@@ -147,13 +151,16 @@ def create_app(retriever: Retriever, *, photos_root: str | Path | None = None, c
     )
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes,
                        on_reject=lambda: service.metrics.errors.labels("limit_exceeded").inc())
+    app.add_middleware(CatalogueHeader, fingerprint=lambda: retriever.catalogue.fingerprint)
     add_access(app, service)
     app.state.service = service
+    app.state.reloader = reloader
     install_handlers(app, service.metrics, config.max_body_bytes)
     add_pages(app, service)
     add_sessions(app, service)
     add_photos(app, service)
     add_websocket(app, service)
+    add_admin(app, service, reloader)
     return app
 
 

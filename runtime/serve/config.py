@@ -122,6 +122,16 @@ class ServeConfig:
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
         shown["session_store"] = redact(self.session_store)
         return f"ServeConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+    admin: str | None = setting(
+        None, "The principal (an --api-keys name) allowed to POST /v1/admin/reload [default: nobody; SIGHUP "
+              "reloads the catalogue either way].", metavar="NAME")
+    grace_period: float = setting(
+        10.0, "Seconds SIGTERM waits for in-flight requests before the process exits (WebSockets are closed "
+              "at once with 1012, service restart: clients reconnect).", type=click.FloatRange(0))
+    drain_delay: float = setting(
+        0.0, "Seconds between SIGTERM and closing the listening socket, while /healthz answers 503 draining and "
+             "requests are still served: your balancer's health-check interval (nginx retries a closed port at "
+             "once, so 0 suffices behind deploy/nginx.conf).", type=click.FloatRange(0))
 
     def __post_init__(self) -> None:
         small = [k for k in ("max_sessions", "max_batch", "max_queue", "max_body_bytes", "max_points")

@@ -13,10 +13,10 @@ import numpy as np
 
 from ..contract.bundle import Bundle
 from ..errors import DcssaError
-from ..extras import require
 from ..search.gallery import Gallery
 from ..session import Retriever
 from .config import ServeConfig, ServeOptions
+from .lifecycle import make_server
 from .sessions import SessionStore, redis_url
 
 if TYPE_CHECKING:
@@ -87,12 +87,9 @@ def url_of(sock: socket.socket) -> str:
 
 
 def run(app: FastAPI, sock: socket.socket, *, quiet: bool) -> None:
-    """uvicorn on ``sock`` until it is stopped; ``quiet``: warnings only, no access log."""
-    uvicorn = require("uvicorn", "dcssa-rt serve")
-    server = uvicorn.Server(uvicorn.Config(
-        app, log_level="warning" if quiet else "info", access_log=not quiet,
-        ws_max_size=app.state.service.config.max_body_bytes, timeout_graceful_shutdown=5,
-    ))
+    """uvicorn on ``sock`` until it is stopped (SIGTERM drains it, :mod:`.lifecycle`); ``quiet``: warnings
+    only, no access log."""
+    server = make_server(app, quiet=quiet)
     try:
         server.run(sockets=[sock])
     finally:

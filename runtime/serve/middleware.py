@@ -1,4 +1,4 @@
-"""ASGI middleware of the server: the request body size limit."""
+"""ASGI middleware of the server: the request body size limit, the catalogue fingerprint header."""
 
 from __future__ import annotations
 
@@ -82,3 +82,29 @@ class BodyLimit:
             await send(message)
 
         await self.app(scope, counted, closing)
+
+
+#: the response header naming the catalogue a replica searches (see dcssa.runtime.search.catalogue)
+CATALOGUE_HEADER = "X-Dcssa-Catalogue"
+
+
+class CatalogueHeader:
+    """Add :data:`CATALOGUE_HEADER` to every HTTP response: during a rolling catalogue update a client
+    (or a log line) sees which catalogue each replica answered from."""
+
+    def __init__(self, app: ASGIApp, fingerprint: Callable[[], str | None]) -> None:
+        self.app, self.fingerprint = app, fingerprint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def tagged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                fp = self.fingerprint()
+                if fp is not None:
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      (CATALOGUE_HEADER.lower().encode(), fp.encode())]}
+            await send(message)
+
+        await self.app(scope, receive, tagged)

@@ -89,6 +89,9 @@ class SessionState(BaseModel):
     batch_size: int | None = Field(None, description="strokes (of all sessions) in this stroke's encoder call")
     confidence: Confidence | None = Field(
         None, description="absent without a fitted calibrator (`dcssa-rt calibrate-confidence`) or without strokes")
+    catalogue: str | None = Field(
+        None, description="fingerprint of the catalogue that ranked these results (changes when the operator "
+                          "reloads the gallery; during a rolling update replicas may differ)")
 
 
 class ErrorOut(BaseModel):
@@ -100,7 +103,8 @@ class ErrorOut(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "draining"] = Field(description="draining (HTTP 503): stopping after SIGTERM, send elsewhere")
+    catalogue: str | None = Field(None, description="fingerprint of the catalogue this replica searches now")
     family: str = Field(description="model family of the bundle: dcssa or arnet")
     sessions: int = Field(description="sessions held by this process (with a shared store: its local cache)")
     session_store: str = Field(description="memory, or redis (sessions shared by every replica)")

@@ -71,6 +71,7 @@ class Service:
             self.quota = (RedisQuota(n, self.store, int(config.session_ttl * 1000),
                                      lambda sid: keys_of(sid)[0]) if self.store.kind == "redis"
                           else LocalQuota(n, lambda sid: sid in self.store))
+        self.draining = False  # SIGTERM received: /healthz answers 503 (see .lifecycle)
 
     def start(self) -> None:
         if self.batcher is None:
@@ -87,7 +88,13 @@ class Service:
     # -- helpers -----------------------------------------------------------------------------------
     def state(self, sid: str, session: StrokeSession, result: QueryResult | None = None,
               batch: int | None = None) -> dict:
-        """The response body; built under the session's lock so count and results agree."""
+        """The response body; built under the session's lock so count and results agree.
+
+        Without a fresh ``result`` (a read, undo, reset) the kept results are first re-ranked if the
+        catalogue was swapped since they were computed, so what the client sees is the current one's.
+        """
+        if result is None:
+            session.refresh()
         res = session.result if result is None else result
         matches = [] if res is None else [
             {"id": pid, "score": float(s), "url": "/v1/photos/" + quote(pid, safe="/")}
@@ -95,7 +102,8 @@ class Service:
         ]
         timings = {} if result is None else {k: round(v, 3) for k, v in result.timings.items()}
         doc = {"id": sid, "stroke": session.num_strokes, "results": matches,
-               "timings_ms": timings, "batch_size": batch}
+               "timings_ms": timings, "batch_size": batch,
+               "catalogue": self.retriever.catalogue.fingerprint if res is None else res.catalogue}
         if res is not None and res.confidence is not None:  # absent without a calibrator, never made up
             thr = self.config.confidence_threshold
             doc["confidence"] = {"top1": res.confidence["top1"], "top10": res.confidence["top10"], "threshold": thr,
@@ -195,7 +203,8 @@ class Service:
 
     def health(self) -> dict:
         r = self.retriever
-        return {"status": "ok", "family": r.bundle.family, "sessions": len(self.store),
+        return {"status": "draining" if self.draining else "ok", "catalogue": r.catalogue.fingerprint,
+                "family": r.bundle.family, "sessions": len(self.store),
                 "session_store": self.store.kind, "max_sessions": self.config.max_sessions,
                 "gallery": 0 if r.gallery is None else len(r.gallery), "backend": r.backend.name,
                 "max_batch": self.config.max_batch, "batch_window_ms": self.config.batch_window_ms,

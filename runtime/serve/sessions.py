@@ -230,6 +230,8 @@ def encode_result(r: QueryResult) -> bytes:
         doc["signals"] = [float(x) for x in r.signals]
     if r.confidence is not None:
         doc["confidence"] = {k: float(v) for k, v in r.confidence.items()}
+    if r.catalogue is not None:
+        doc["catalogue"] = r.catalogue  # a replica on another catalogue re-ranks it (StrokeSession.refresh)
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -240,7 +242,7 @@ def decode_result(raw: bytes) -> QueryResult:
     # the step feature is not stored (K/V rows carry what the head needs): restored results have none
     return QueryResult(d["stroke"], list(d["ids"]), np.asarray(d["indices"], np.int64),
                        np.asarray(d["scores"], np.float32), emb, np.zeros(0, np.float32), {},
-                       signals, d.get("confidence"))
+                       signals, d.get("confidence"), d.get("catalogue"))
 
 
 PASSWORD_ENV = "DCSSA_REDIS_PASSWORD"
