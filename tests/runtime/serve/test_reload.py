@@ -2,9 +2,8 @@
 
 The expectation is always an offline session drawn from the first stroke on the NEW gallery (a
 second Retriever loaded from that folder): after a swap, a session's next stroke, its undo and its
-confidence features must be exactly what that session would give. The admin endpoint's principal
-comes from the API-key layer (``request.state.principal``); until that layer is merged, a test-only
-middleware sets it here.
+confidence features must be exactly what that session would give. The admin endpoint's caller
+is named by a real API key (``serve --api-keys`` with ``--admin``).
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from dcssa.runtime import Bundle, Gallery, Retriever  # noqa: E402
 from dcssa.runtime.data.synthetic import random_sketch  # noqa: E402
 from dcssa.runtime.search.catalogue import catalogue_fingerprint, load_catalogue  # noqa: E402
 from dcssa.runtime.serve import ServeConfig, create_app  # noqa: E402
+from dcssa.runtime.serve.keys import add_key  # noqa: E402
 from dcssa.runtime.serve.middleware import CATALOGUE_HEADER  # noqa: E402
 
 TOL = 1e-5
@@ -59,16 +59,12 @@ def replace_folder(src, dst) -> None:
     staged.rename(dst)
 
 
-class Principal:
-    """Test-only stand-in for the API-key layer: every request is made by ``name``."""
-
-    def __init__(self, app, name):
-        self.app, self.name = app, name
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            scope.setdefault("state", {})["principal"] = self.name
-        await self.app(scope, receive, send)
+def keyed(r, tmp_path, *, admin, caller):
+    """An app with API keys for ``ops`` and ``eve``, ``admin`` as its --admin, and a client's headers for ``caller``."""
+    path = tmp_path / "keys.json"
+    keys = {name: add_key(path, name)[1] for name in ("ops", "eve")}
+    app = create_app(r, config=ServeConfig(admin=admin, api_keys=path))
+    return app, ({} if caller is None else {"Authorization": f"Bearer {keys[caller]}"})
 
 
 def offline(tiny, folder, strokes):
@@ -88,12 +84,11 @@ def strokes():
     return random_sketch(np.random.default_rng(3), 4)
 
 
-def test_swap_mid_sketch_next_stroke_equals_offline_on_new_gallery(tiny, galleries, live, strokes):
+def test_swap_mid_sketch_next_stroke_equals_offline_on_new_gallery(tiny, galleries, live, strokes, tmp_path):
     folder, r = live
-    app = create_app(r, config=ServeConfig(admin="ops"))
-    app.add_middleware(Principal, name="ops")
+    app, auth = keyed(r, tmp_path, admin="ops", caller="ops")
     old_fp = catalogue_fingerprint(r.gallery)
-    with TestClient(app) as c:
+    with TestClient(app, headers=auth) as c:
         sid = c.post("/v1/sessions").json()["id"]
         for i, xy in enumerate(strokes[:2]):
             res = c.post(f"/v1/sessions/{sid}/strokes", json={"stroke": xy.tolist(), "after": i})
@@ -118,13 +113,12 @@ def test_swap_mid_sketch_next_stroke_equals_offline_on_new_gallery(tiny, galleri
         same(undone, want[1])
 
 
-def test_the_old_catalogue_is_released_after_a_swap(tiny, galleries, live, strokes):
+def test_the_old_catalogue_is_released_after_a_swap(tiny, galleries, live, strokes, tmp_path):
     """Reload after reload must not accumulate galleries: nothing keeps the old one once swapped."""
     folder, r = live
-    app = create_app(r, config=ServeConfig(admin="ops"))
-    app.add_middleware(Principal, name="ops")
+    app, auth = keyed(r, tmp_path, admin="ops", caller="ops")
     old = weakref.ref(r.gallery)
-    with TestClient(app) as c:
+    with TestClient(app, headers=auth) as c:
         sid = c.post("/v1/sessions").json()["id"]
         c.post(f"/v1/sessions/{sid}/strokes", json={"stroke": strokes[0].tolist()})
         c.get("/v1/photos/" + r.gallery.ids[0])
@@ -151,12 +145,11 @@ def test_a_stroke_in_flight_finishes_on_the_catalogue_it_started_with(tiny, gall
     assert [x.ids for x in s.results()] == [x.ids for x in new]
 
 
-def test_a_folder_of_another_model_is_refused_and_the_old_catalogue_kept(tiny, galleries, live, strokes):
+def test_a_folder_of_another_model_is_refused_and_the_old_catalogue_kept(tiny, galleries, live, strokes, tmp_path):
     folder, r = live
-    app = create_app(r, config=ServeConfig(admin="ops"))
-    app.add_middleware(Principal, name="ops")
+    app, auth = keyed(r, tmp_path, admin="ops", caller="ops")
     old_fp = r.catalogue.fingerprint
-    with TestClient(app) as c:
+    with TestClient(app, headers=auth) as c:
         sid = c.post("/v1/sessions").json()["id"]
         replace_folder(galleries[2], folder)
         res = c.post("/v1/admin/reload")
@@ -169,13 +162,15 @@ def test_a_folder_of_another_model_is_refused_and_the_old_catalogue_kept(tiny, g
         assert res.json()["catalogue"] == old_fp
 
 
-@pytest.mark.parametrize("principal, admin", [(None, "ops"), ("eve", "ops"), ("ops", None)])
-def test_the_admin_endpoint_is_403_unless_called_by_the_admin(live, principal, admin):
+@pytest.mark.parametrize("keys, principal, admin", [(False, None, "ops"), (True, "eve", "ops"),
+                                                   (True, "ops", None)])
+def test_the_admin_endpoint_is_403_unless_called_by_the_admin(live, tmp_path, keys, principal, admin):
     _folder, r = live
-    app = create_app(r, config=ServeConfig(admin=admin))
-    if principal is not None:
-        app.add_middleware(Principal, name=principal)
-    with TestClient(app) as c:
+    if keys:
+        app, auth = keyed(r, tmp_path, admin=admin, caller=principal)
+    else:
+        app, auth = create_app(r, config=ServeConfig(admin=admin)), {}
+    with TestClient(app, headers=auth) as c:
         res = c.post("/v1/admin/reload")
     assert res.status_code == 403
     body = res.json()
@@ -184,6 +179,14 @@ def test_the_admin_endpoint_is_403_unless_called_by_the_admin(live, principal, a
         assert body["message"] == "the admin endpoint needs --api-keys and --admin"
     else:
         assert "'eve' is not" in body["message"]
+
+
+def test_the_admin_endpoint_needs_a_key(live, tmp_path):
+    """With --api-keys, no key is a 401 from the key layer before the admin check (no reload happens)."""
+    _folder, r = live
+    app, _auth = keyed(r, tmp_path, admin="ops", caller=None)
+    with TestClient(app) as c:
+        assert c.post("/v1/admin/reload").status_code == 401
 
 
 def write_calibrator(bundle: Bundle, gallery: Gallery) -> None:
@@ -213,9 +216,8 @@ def test_the_calibrator_travels_with_its_gallery(tiny, galleries, live, strokes,
     calibrated = tmp_path / "calibrated"
     shutil.copytree(galleries[1], calibrated)
     write_calibrator(b, Gallery.load(calibrated, b))
-    app = create_app(r, config=ServeConfig(admin="ops"))
-    app.add_middleware(Principal, name="ops")
-    with TestClient(app) as c:
+    app, auth = keyed(r, tmp_path, admin="ops", caller="ops")
+    with TestClient(app, headers=auth) as c:
         sid = c.post("/v1/sessions").json()["id"]
         first = c.post(f"/v1/sessions/{sid}/strokes", json={"stroke": strokes[0].tolist(), "after": 0}).json()
         assert "confidence" not in first  # the first gallery has no calibrator
