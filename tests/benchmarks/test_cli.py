@@ -18,10 +18,10 @@ from dcssa.runtime.cli.bench import relay
 
 WIDE = {"terminal_width": 10_000, "max_content_width": 10_000}
 SUBCOMMANDS = {"run", "gpu-check", "load-test", "openvino-fastpath", "ptq-compare", "scale-out", "search-scaling",
-               "soak"}
+               "soak", "abuse"}
 SHARED = ("--bundle", "--gallery", "--backend", "--precision", "--threads", "--json", "--quiet", "--force")
 #: where a shared flag means what it means on this dcssa-rt command (the repeatable --backend of bench)
-SAME_AS = {("load-test", "--bundle"): "serve"}
+SAME_AS = {("load-test", "--bundle"): "serve", ("abuse", "--bundle"): "serve"}
 #: a flag of the same name that means something else: gpu-check makes its --bundle when it is missing,
 #: ptq-compare's --gallery is the fidelity gallery (as `dcssa-export calibrate --gallery`)
 OWN = {("gpu-check", "--bundle"), ("ptq-compare", "--gallery")}
