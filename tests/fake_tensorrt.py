@@ -35,6 +35,8 @@ class FakeCuda(CudaApi):
         self.streams: set[int] = set()
         self.destroyed: list[int] = []
         self.calls: list[tuple] = []
+        self.pinned_live: dict[int, int] = {}
+        self.pinned_freed: list[int] = []
         self._active = threading.local()
         self.gpu, self.cc = gpu, cc
 
@@ -70,7 +72,14 @@ class FakeCuda(CudaApi):
         self.freed.append(ptr)
 
     def pinned(self, nbytes: int) -> np.ndarray:
-        return np.zeros(max(1, nbytes), np.uint8)
+        buf = np.zeros(max(1, nbytes), np.uint8)
+        self.pinned_live[id(buf)] = nbytes
+        return buf
+
+    def free_pinned(self, buf: np.ndarray) -> None:
+        self._need_context("free_pinned")
+        self.pinned_live.pop(id(buf))
+        self.pinned_freed.append(buf.nbytes)
 
     def stream(self) -> int:
         self._need_context("stream")
@@ -171,8 +180,9 @@ class FakeEngine:
     def get_tensor_profile_shape(self, name: str, profile: int):
         return [tuple(s) for s in self.tensors[name]["profile"]]
 
-    def create_execution_context(self) -> FakeContext:
+    def create_execution_context(self, strategy=None) -> FakeContext:
         ctx = FakeContext(self)
+        ctx.strategy = strategy
         self.trt.contexts.append(ctx)
         return ctx
 
@@ -189,6 +199,17 @@ class FakeContext:
         self.refuse_shapes = False
         self.refuse_addresses = False
         self.fail_execution = False
+        self.strategy = None
+        self.device_memory: tuple[int, int] | None = None
+
+    def update_device_memory_size_for_shapes(self) -> int:
+        """Scratch bytes for the current input shapes (a toy formula: 4 bytes per input element, x3)."""
+        return sum(self.engine.trt.scratch_bytes(self.shapes[n]) for n, t in self.engine.tensors.items()
+                   if t["input"] and n in self.shapes)
+
+    def set_device_memory(self, memory: int, size: int) -> None:
+        self.engine.trt.cuda._span(memory, size)  # must be a live allocation that large
+        self.device_memory = (memory, size)
 
     def set_input_shape(self, name: str, shape) -> bool:
         t = self.engine.tensors[name]
@@ -216,6 +237,9 @@ class FakeContext:
         cuda = self.engine.trt.cuda
         if not cuda.active():
             raise RuntimeError("execute_async_v3: invalid device context")
+        if self.strategy is not None and (self.device_memory is None
+                                          or self.device_memory[1] < self.update_device_memory_size_for_shapes()):
+            raise RuntimeError("execute_async_v3: USER_MANAGED context without enough device memory")
         if self.fail_execution:
             return False
         self.executions += 1
@@ -230,10 +254,10 @@ class FakeContext:
 class FakeTensorRT:
     """A ``tensorrt`` module: the runtime side (Runtime, engines) and the builder side."""
 
-    __version__ = "10.3.0"
-
     def __init__(self, cuda: FakeCuda | None = None, *, strongly_typed: bool = True, explicit_batch: bool = True,
-                 foreign_cache: bytes | None = None) -> None:
+                 foreign_cache: bytes | None = None, version: str = "10.3.0", timing_cache: bool = True) -> None:
+        self.__version__ = version
+        self.timing_cache = timing_cache
         self.cuda = cuda or FakeCuda()
         self.contexts: list[FakeContext] = []
         flags = {}
@@ -245,8 +269,13 @@ class FakeTensorRT:
         self.TensorIOMode = _Enum(INPUT="INPUT", OUTPUT="OUTPUT")
         self.DataType = _Enum(FLOAT="FLOAT", HALF="HALF")
         self.Logger = type("Logger", (), {"WARNING": "WARNING", "VERBOSE": "VERBOSE",
-                                          "__init__": lambda s, level: setattr(s, "level", level)})
-        self.BuilderFlag = _Enum(FP16="FP16", INT8="INT8")
+                                          "__init__": lambda s, min_severity: setattr(s, "min_severity", min_severity)})
+        major = int(version.split(".")[0])
+        # TensorRT 11 removed the precision flags (strongly typed networks only)
+        self.BuilderFlag = (_Enum(VERSION_COMPATIBLE="VERSION_COMPATIBLE") if major >= 11 else
+                            _Enum(FP16="FP16", INT8="INT8", VERSION_COMPATIBLE="VERSION_COMPATIBLE"))
+        self.ExecutionContextAllocationStrategy = _Enum(STATIC="STATIC", ON_PROFILE_CHANGE="ON_PROFILE_CHANGE",
+                                                        USER_MANAGED="USER_MANAGED")
         self.MemoryPoolType = _Enum(WORKSPACE="WORKSPACE")
         self.foreign_cache = foreign_cache
         self.networks: list[dict] = []
@@ -257,6 +286,7 @@ class FakeTensorRT:
         class Runtime:
             def __init__(self, logger) -> None:
                 self.logger = logger
+                self.engine_host_code_allowed = False
 
             def deserialize_cuda_engine(self, blob: bytes):
                 try:
@@ -285,7 +315,8 @@ class FakeTensorRT:
                 return engine_blob("encoder", [])
 
         class OnnxParser:
-            """Like TensorRT < 10's parser: refuses an implicit-batch network."""
+            """Like TensorRT < 10's parser: refuses an implicit-batch network (flags without EXPLICIT_BATCH
+            or STRONGLY_TYPED); from 10 on every network is explicit-batch."""
 
             def __init__(self, network, logger) -> None:
                 self.network = network
@@ -296,7 +327,7 @@ class FakeTensorRT:
                 kinds = trt.NetworkDefinitionCreationFlag
                 explicit = any(flags & (1 << getattr(kinds, k)) for k in ("EXPLICIT_BATCH", "STRONGLY_TYPED")
                                if hasattr(kinds, k))
-                if not explicit:
+                if not explicit and int(trt.__version__.split(".")[0]) < 10:
                     self.errors.append("ONNX parser only supports networks with an explicit batch dimension")
                     return False
                 self.network.doc["parsed"] = path
@@ -313,7 +344,15 @@ class FakeTensorRT:
 
     @staticmethod
     def nptype(dtype) -> type:
-        return {"FLOAT": np.float32, "HALF": np.float16}[dtype]
+        """Like TensorRT's: a TypeError for the types numpy lacks (BF16, FP8 ...)."""
+        mapping = {"FLOAT": np.float32, "HALF": np.float16}
+        if dtype in mapping:
+            return mapping[dtype]
+        raise TypeError("Could not resolve TensorRT datatype to an equivalent numpy datatype.")
+
+    @staticmethod
+    def scratch_bytes(shape) -> int:
+        return 12 * int(np.prod(shape))
 
 
 class FakeTimingCache:
@@ -337,8 +376,9 @@ class FakeConfig:
     def set_flag(self, flag) -> None:
         self.flags.append(flag)
 
-    def create_timing_cache(self, blob: bytes) -> FakeTimingCache:
-        return FakeTimingCache(blob)
+    def create_timing_cache(self, blob: bytes) -> FakeTimingCache | None:
+        """None when the stand-in is made with ``timing_cache=False`` (TensorRT may return None too)."""
+        return FakeTimingCache(blob) if self.trt.timing_cache else None
 
     def set_timing_cache(self, cache: FakeTimingCache, ignore_mismatch: bool) -> bool:
         """False for a cache made elsewhere (``foreign_cache``) unless mismatches are ignored."""

@@ -48,10 +48,15 @@ class CudaApi(ABC):
 
     @abstractmethod
     def pinned(self, nbytes: int) -> np.ndarray:
-        """Page-locked host memory as a uint8 array (kept alive by the returned array's owner)."""
+        """Page-locked host memory as a uint8 array, until :meth:`free_pinned` (or this object goes)."""
 
     @abstractmethod
-    def stream(self) -> int: ...
+    def free_pinned(self, buf: np.ndarray) -> None:
+        """Give back a buffer :meth:`pinned` returned (the array must not be used afterwards)."""
+
+    @abstractmethod
+    def stream(self) -> int:
+        """A non-blocking stream: it never waits for work other libraries queue on the legacy default stream."""
 
     @abstractmethod
     def h2d(self, dst: int, src: np.ndarray, stream: int) -> None: ...
@@ -102,7 +107,7 @@ class CudaPython(CudaApi):
         if count < 1:
             raise BackendError("CUDA reports no GPU", hint=INSTALL_HINT)
         self.index = int(self._ok(cudart.cudaGetDevice(), "cudaGetDevice"))
-        self._pinned: list[int] = []
+        self._pinned: set[int] = set()
         self._thread = threading.local()
         self._thread.device = self.index
 
@@ -139,11 +144,18 @@ class CudaPython(CudaApi):
 
     def pinned(self, nbytes: int) -> np.ndarray:
         ptr = int(self._ok(self.rt.cudaMallocHost(max(1, nbytes)), "cudaMallocHost"))
-        self._pinned.append(ptr)
+        self._pinned.add(ptr)
         return np.ctypeslib.as_array((ctypes.c_uint8 * max(1, nbytes)).from_address(ptr))
 
+    def free_pinned(self, buf: np.ndarray) -> None:
+        ptr = int(buf.ctypes.data)
+        if ptr in self._pinned:
+            self._pinned.discard(ptr)
+            self._ok(self.rt.cudaFreeHost(ptr), "cudaFreeHost")
+
     def stream(self) -> int:
-        return stream_handle(self._ok(self.rt.cudaStreamCreate(), "cudaStreamCreate"))
+        flags = self.rt.cudaStreamNonBlocking
+        return stream_handle(self._ok(self.rt.cudaStreamCreateWithFlags(flags), "cudaStreamCreateWithFlags"))
 
     def destroy_stream(self, stream: int) -> None:
         self._ok(self.rt.cudaStreamDestroy(stream), "cudaStreamDestroy")
@@ -177,6 +189,9 @@ class PyCuda(CudaApi):
 
     name = "pycuda"
 
+    #: CU_STREAM_NON_BLOCKING
+    NON_BLOCKING = 1
+
     def __init__(self) -> None:
         import pycuda.driver as drv
 
@@ -189,14 +204,22 @@ class PyCuda(CudaApi):
             raise BackendError(f"CUDA (pycuda) failed: {exc}", hint=INSTALL_HINT) from None
         self._keep: dict[int, object] = {}
         self._streams: dict[int, object] = {}
+        self._depth = threading.local()
 
     @contextlib.contextmanager
     def activate(self) -> Iterator[None]:
-        self.ctx.push()
+        """Push the context once per thread and block: the calls inside a runner's call (which is
+        itself inside ``activate``) find it current and do not push and pop again."""
+        depth = getattr(self._depth, "n", 0)
+        if depth == 0:
+            self.ctx.push()
+        self._depth.n = depth + 1
         try:
             yield
         finally:
-            self.drv.Context.pop()
+            self._depth.n = depth
+            if depth == 0:
+                self.drv.Context.pop()
 
     def device(self) -> dict:
         major, minor = self.dev.compute_capability()
@@ -218,9 +241,15 @@ class PyCuda(CudaApi):
         with self.activate():
             return self.drv.pagelocked_empty(max(1, nbytes), np.uint8)
 
+    def free_pinned(self, buf: np.ndarray) -> None:
+        alloc = getattr(buf, "base", None)
+        if alloc is not None and hasattr(alloc, "free"):
+            with self.activate():
+                alloc.free()
+
     def stream(self) -> int:
         with self.activate():
-            s = self.drv.Stream()
+            s = self.drv.Stream(flags=self.NON_BLOCKING)
         self._streams[s.handle] = s
         return s.handle
 

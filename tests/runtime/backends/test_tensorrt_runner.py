@@ -169,8 +169,58 @@ def test_close_frees_every_buffer_and_destroys_the_stream(fake, runner):
     runner.close()
     assert not (buffers & set(cuda.allocs)) and set(cuda.freed) >= buffers
     assert cuda.destroyed == [stream] and stream not in cuda.streams
+    assert cuda.pinned_live == {} and sorted(cuda.pinned_freed) == sorted(p.nbytes for p in runner.plan.values())
     runner.close()  # idempotent
     assert cuda.destroyed == [stream]
+
+
+def test_one_logger_for_every_backend_and_build(fake, tmp_path):
+    a, b = trtb.TensorRTBackend(), trtb.TensorRTBackend()
+    assert a.logger is b.logger is trtb.shared_logger(fake)
+    trtb.shared_logger(fake, verbose=True)
+    assert a.logger.min_severity == fake.Logger.VERBOSE
+    trtb.shared_logger(fake)
+    assert a.logger.min_severity == fake.Logger.WARNING
+
+
+def test_a_tensor_type_numpy_lacks_is_a_clear_error(fake, tmp_path, monkeypatch):
+    monkeypatch.setattr(fake, "DataType", type(fake.DataType)(FLOAT="FLOAT", HALF="HALF", BF16="BF16"))
+    with pytest.raises(BackendError) as err:
+        trtb.numpy_dtype(fake, fake.DataType.BF16, "images", tmp_path / "e.engine")
+    assert "BF16" in err.value.message and "'images'" in err.value.message and "dcssa-export engines" in err.value.hint
+    assert trtb.numpy_dtype(fake, fake.DataType.HALF, "x") == np.float16
+
+
+def test_the_photo_encoder_sizes_its_context_memory_per_shape(fake, tmp_path):
+    """USER_MANAGED context: scratch memory grows with the shapes fed, never the profile's largest."""
+    from fake_tensorrt import engine_blob
+
+    prof = [[1, 3, 8, 8], [2, 3, 8, 12], [4, 3, 32, 32]]
+    path = tmp_path / "photo.engine"
+    path.write_bytes(engine_blob("encoder", [
+        {"name": "images", "input": True, "shape": [-1, 3, -1, -1], "profile": prof},
+        {"name": "embeddings", "input": False, "shape": [1, 4]}]))
+    spec = mf.GraphSpec(mf.PHOTO_ENCODER, {"images": ["N", 3, "H", "W"]}, {"embeddings": ["N", 4]})
+    r = trtb.TensorRTBackend().load(path, spec)
+    ctx = fake.contexts[-1]
+    assert r.per_shape and ctx.strategy == fake.ExecutionContextAllocationStrategy.USER_MANAGED
+    r.run({"images": np.zeros((1, 3, 8, 8), np.float32)})
+    small = ctx.device_memory
+    r.run({"images": np.zeros((2, 3, 16, 24), np.float32)})
+    big = ctx.device_memory
+    r.run({"images": np.zeros((1, 3, 8, 8), np.float32)})  # a smaller shape keeps the larger buffer
+    assert small[1] == trtb._aligned(fake.scratch_bytes((1, 3, 8, 8)))
+    assert big[1] == trtb._aligned(fake.scratch_bytes((2, 3, 16, 24))) > small[1]
+    assert ctx.device_memory == big and big[1] < trtb._aligned(fake.scratch_bytes((4, 3, 32, 32)))
+    with pytest.raises(BackendError) as err:  # a photo far wider than tall: outside the profile
+        r.run({"images": np.zeros((1, 3, 8, 40), np.float32)})
+    assert "--photo-max-side" in err.value.hint and "crop it" in err.value.hint
+    r.close()
+    assert big[0] in fake.cuda.freed
+
+
+def test_other_graphs_keep_tensorrts_own_context_memory(fake, runner):
+    assert not runner.per_shape and fake.contexts[-1].strategy is None
 
 
 def test_calls_from_other_threads_run_in_the_cuda_context(fake, runner):
