@@ -328,6 +328,8 @@ class TensorRTRunner(Runner):
                 self.profile[n] = (tuple(lo), tuple(hi))
         for n, (lo, hi) in self.profile.items():
             self._set_shape(n, hi)
+        batched = [hi[0] for n, (lo, hi) in self.profile.items() if n not in spec.state and len(hi) > 1]
+        self.max_batch = min(batched) if batched else None
         out_max = {n: tuple(self.context.get_tensor_shape(n)) for n, t in tensors.items() if not t[0]}
         self.plan = plan_buffers(tensors, {n: hi for n, (lo, hi) in self.profile.items()}, out_max)
         self.input_names = tuple(n for n in names if tensors[n][0])

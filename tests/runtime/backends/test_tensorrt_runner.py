@@ -204,6 +204,7 @@ def test_the_photo_encoder_sizes_its_context_memory_per_shape(fake, tmp_path):
     r = trtb.TensorRTBackend().load(path, spec)
     ctx = fake.contexts[-1]
     assert r.per_shape and ctx.strategy == fake.ExecutionContextAllocationStrategy.USER_MANAGED
+    assert r.max_batch == 4  # the profile's largest batch: what serve clamps --max-batch to
     r.run({"images": np.zeros((1, 3, 8, 8), np.float32)})
     small = ctx.device_memory
     r.run({"images": np.zeros((2, 3, 16, 24), np.float32)})
@@ -221,6 +222,7 @@ def test_the_photo_encoder_sizes_its_context_memory_per_shape(fake, tmp_path):
 
 def test_other_graphs_keep_tensorrts_own_context_memory(fake, runner):
     assert not runner.per_shape and fake.contexts[-1].strategy is None
+    assert runner.max_batch is None  # the head's only dynamic inputs are its K/V caches: no batch limit
 
 
 def test_calls_from_other_threads_run_in_the_cuda_context(fake, runner):
