@@ -102,7 +102,7 @@ class Probe:
             caps.add("gpu")
             if p.get("tensorrt") and (p.get("cuda-python") or p.get("pycuda")):
                 caps.add("tensorrt")
-            if p.get("torch"):
+            if p.get("torch") and not str(p["torch"]).endswith("+cpu"):  # a CPU-only wheel sees no GPU
                 caps.add("torch-cuda")
             if p.get("onnxruntime-gpu"):
                 caps.add("ort-trt")
