@@ -299,9 +299,9 @@ class FakeTensorRT:
                 trt.loggers.append(logger)
 
             def create_network(self, flags: int):
-                net = {"flags": flags, "parsed": None}
+                net = {"flags": flags, "parsed": None, "profiles": []}
                 trt.networks.append(net)
-                return SimpleNamespace(doc=net, num_inputs=0, get_input=lambda i: None)
+                return FakeNetwork(net)
 
             def create_builder_config(self):
                 c = FakeConfig(trt)
@@ -309,7 +309,7 @@ class FakeTensorRT:
                 return c
 
             def create_optimization_profile(self):
-                return SimpleNamespace(set_shape=lambda *a: None)
+                return FakeProfile()
 
             def build_serialized_network(self, network, config):
                 return engine_blob("encoder", [])
@@ -331,6 +331,7 @@ class FakeTensorRT:
                     self.errors.append("ONNX parser only supports networks with an explicit batch dimension")
                     return False
                 self.network.doc["parsed"] = path
+                self.network.read_inputs(path)
                 return True
 
             @property
@@ -355,6 +356,53 @@ class FakeTensorRT:
         return 12 * int(np.prod(shape))
 
 
+class FakeTensor:
+    """A network input: its name and shape (-1 for a dynamic dimension), as ITensor has them."""
+
+    def __init__(self, name: str, shape: tuple[int, ...]) -> None:
+        self.name, self.shape = name, shape
+
+
+class FakeNetwork:
+    """INetworkDefinition as far as the builder asks: the parsed graph's inputs."""
+
+    def __init__(self, doc: dict) -> None:
+        self.doc = doc
+        self.inputs: list[FakeTensor] = []
+
+    def read_inputs(self, path: str) -> None:
+        import os
+
+        import onnx
+
+        if not os.path.isfile(path):
+            return
+
+        graph = onnx.load(path, load_external_data=False).graph
+        inits = {i.name for i in graph.initializer}
+        for v in graph.input:
+            if v.name not in inits:
+                dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim)
+                self.inputs.append(FakeTensor(v.name, dims))
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.inputs)
+
+    def get_input(self, index: int) -> FakeTensor:
+        return self.inputs[index]
+
+
+class FakeProfile:
+    """IOptimizationProfile: records (name, min, opt, max) per input."""
+
+    def __init__(self) -> None:
+        self.shapes: dict[str, tuple] = {}
+
+    def set_shape(self, input: str, min, opt, max) -> None:  # noqa: A002 - TensorRT's own parameter names
+        self.shapes[input] = (tuple(min), tuple(opt), tuple(max))
+
+
 class FakeTimingCache:
     def __init__(self, blob: bytes) -> None:
         self.blob = bytes(blob)
@@ -369,6 +417,7 @@ class FakeConfig:
         self.flags: list = []
         self.cache_calls: list[bytes] = []
         self.cache: FakeTimingCache | None = None
+        self.profiles: list[FakeProfile] = []
 
     def set_memory_pool_limit(self, pool, size: int) -> None:
         self.pool = size
@@ -392,4 +441,5 @@ class FakeConfig:
         return self.cache
 
     def add_optimization_profile(self, profile) -> int:
-        return 0
+        self.profiles.append(profile)
+        return len(self.profiles) - 1

@@ -20,6 +20,7 @@ key/value row on the device.
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,15 +47,15 @@ def trt_major(trt) -> int:
         return 0
 
 
-_LOGGERS: dict[int, object] = {}
+_LOGGERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tensorrt module -> its one logger
 
 
 def shared_logger(trt, *, verbose: bool = False):
     """One ``trt.Logger`` per process (TensorRT keeps the first logger it is given and warns about any
     other); ``verbose`` sets its level for what follows (the builder's log)."""
-    logger = _LOGGERS.get(id(trt))
+    logger = _LOGGERS.get(trt)
     if logger is None:
-        logger = _LOGGERS[id(trt)] = trt.Logger(trt.Logger.WARNING)
+        logger = _LOGGERS[trt] = trt.Logger(trt.Logger.WARNING)
     logger.min_severity = trt.Logger.VERBOSE if verbose else trt.Logger.WARNING
     return logger
 

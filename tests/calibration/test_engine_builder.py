@@ -152,3 +152,13 @@ def test_builder_log_level(tmp_path, fake, verbose, level):
     trt = fake()
     eng.build_engines(write_tiny_bundle(tmp_path / "b"), ["fp32"], max_batch=1, max_strokes=4, verbose=verbose)
     assert [lg.min_severity for lg in trt.loggers] == [level]
+
+
+def test_each_dynamic_input_gets_the_profile_of_the_serving_batch(tmp_path, fake):
+    """By hand for the tiny bundle (D = 16) at --max-batch 4: batch 1..4 tuned at 4, caches 0..8."""
+    trt = fake()
+    eng.build_engines(write_tiny_bundle(tmp_path / "b"), ["fp32"], max_batch=4, max_strokes=8,
+                      graphs=[mf.SKETCH_ENCODER, mf.HEAD_STEP])
+    shapes = [p.shapes for c in trt.configs for p in c.profiles]
+    assert shapes == [{"images": ((1, 3, 299, 299), (4, 3, 299, 299), (4, 3, 299, 299))},
+                      {"past_keys": ((0, 16), (8, 16), (8, 16)), "past_values": ((0, 16), (8, 16), (8, 16))}]
