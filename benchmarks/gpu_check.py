@@ -103,6 +103,10 @@ def default_backend(out: Path) -> Callable[[str], object]:
             from dcssa.runtime.backends.ort import OrtBackend
 
             return OrtBackend("ort-trt", cache_dir=out / "ort-trt-cache")
+        if name == "tensorrt-cuda-graphs":
+            from dcssa.runtime.backends.tensorrt import TensorRTBackend
+
+            return TensorRTBackend(cuda_graphs=True)
         return name
     return make
 

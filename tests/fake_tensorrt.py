@@ -36,6 +36,9 @@ class FakeCuda(CudaApi):
         self.destroyed: list[int] = []
         self.calls: list[tuple] = []
         self.pinned_live: dict[int, int] = {}
+        self.capturing: dict[int, list] = {}
+        self.graphs: dict[int, list] = {}
+        self.launches: list[int] = []
         self.pinned_freed: list[int] = []
         self._active = threading.local()
         self.gpu, self.cc = gpu, cc
@@ -116,6 +119,33 @@ class FakeCuda(CudaApi):
 
     def synchronize(self, stream: int) -> None:
         self._need_context("synchronize")
+
+    # CUDA graphs: work enqueued while a stream captures is recorded, not run; a launch runs it
+    def enqueue(self, stream: int, work) -> None:
+        if stream in self.capturing:
+            self.capturing[stream].append(work)
+        else:
+            work()
+
+    def begin_capture(self, stream: int) -> None:
+        self._need_context("begin_capture")
+        self.capturing[stream] = []
+
+    def end_capture(self, stream: int) -> int:
+        self._need_context("end_capture")
+        handle = 5000 + len(self.graphs)
+        self.graphs[handle] = self.capturing.pop(stream)
+        return handle
+
+    def launch(self, graph: int, stream: int) -> None:
+        self._need_context("launch")
+        self.launches.append(graph)
+        for work in self.graphs[graph]:
+            work()
+
+    def destroy_graph(self, graph: int) -> None:
+        self._need_context("destroy_graph")
+        self.graphs.pop(graph)
 
     # test helpers
     def read(self, ptr: int, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
@@ -231,6 +261,8 @@ class FakeContext:
         t = self.engine.tensors[name]
         if t["input"]:
             return self.shapes.get(name, tuple(t["shape"]))
+        if self.engine.kind == "double":  # its output has the input's shape
+            return self.shapes.get("images", tuple(t["shape"]))
         return tuple(t["shape"])
 
     def execute_async_v3(self, stream: int) -> bool:
@@ -242,12 +274,21 @@ class FakeContext:
             raise RuntimeError("execute_async_v3: USER_MANAGED context without enough device memory")
         if self.fail_execution:
             return False
-        self.executions += 1
-        ins = {n: cuda.read(self.addresses[n], self.get_tensor_shape(n))
-               for n, t in self.engine.tensors.items() if t["input"]}
-        outs = head_step(**ins) if self.engine.kind == "head" else {}
-        for n, arr in outs.items():
-            cuda.write(self.addresses[n], arr)
+        shapes = {n: self.get_tensor_shape(n) for n in self.engine.tensors}
+
+        def work() -> None:  # reads the device at run time: a replayed graph sees the new inputs
+            self.executions += 1
+            ins = {n: cuda.read(self.addresses[n], shapes[n]) for n, t in self.engine.tensors.items() if t["input"]}
+            if self.engine.kind == "head":
+                outs = head_step(**ins)
+            elif self.engine.kind == "double":  # images -> features = 2 x images
+                outs = {n: 2 * ins["images"] for n, t in self.engine.tensors.items() if not t["input"]}
+            else:
+                outs = {}
+            for n, arr in outs.items():
+                cuda.write(self.addresses[n], arr)
+
+        cuda.enqueue(stream, work)
         return True
 
 

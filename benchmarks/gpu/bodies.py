@@ -17,6 +17,7 @@ from dcssa.benchmarks.gpu import measure
 from dcssa.benchmarks.gpu.stages import Context, Stage
 
 SERVING = "serving"  # the per-stroke graphs: sketch encoder and stroke head
+GRAPHS = "tensorrt-cuda-graphs"  # the tensorrt backend with CUDA-graph replay (gpu_check.default_backend)
 
 
 class StepFailed(RuntimeError):
@@ -121,6 +122,18 @@ def pick_stage(ctx: Context) -> dict:
     return measure.encoder_times(ctx.bundle, ctx.backend("tensorrt"), ("fp16", "int8"))
 
 
+def cuda_graphs_stage(ctx: Context) -> dict:
+    """The fp16 sketch encoder with and without CUDA-graph replay, side by side, and per stroke with it
+    (the runtime keeps graphs off until this says they pay)."""
+    bundle, gallery, _ = paths(ctx)
+    plain = measure.encoder_times(bundle, ctx.backend("tensorrt"), ("fp16",))["fp16"]
+    graphs = measure.encoder_times(bundle, ctx.backend(GRAPHS), ("fp16",))["fp16"]
+    stroke = measure.latency(bundle, gallery, ctx.backend(GRAPHS), "fp16")
+    return {"encoder_ms": {"plain": plain["median_ms"], "cuda_graphs": graphs["median_ms"]},
+            "per_stroke_with_graphs": stroke["median_ms"], "load": stroke["load"],
+            "summary": f"sketch encoder fp16: {plain['median_ms']} ms plain, {graphs['median_ms']} ms as a CUDA graph"}
+
+
 def threads_stage(ctx: Context) -> dict:
     bundle, gallery, _ = paths(ctx)
     return measure.two_threads(bundle, gallery, ctx.backend("tensorrt"), "fp16")
@@ -203,6 +216,8 @@ STAGES: tuple[Stage, ...] = (
           parity_stage("tensorrt", "fp16"), TRT, ("engines-fp16",), 15, quick=True),
     Stage("latency-fp16", "per-stroke latency of the runtime on the fp16 engines", latency_stage("tensorrt", "fp16"),
           TRT, ("engines-fp16",), 15, quick=True),
+    Stage("cuda-graphs", "the fp16 sketch encoder replayed as a CUDA graph against plain launches",
+          cuda_graphs_stage, TRT, ("engines-fp16",), 20),
     Stage("torch-cuda", "PyTorch on the same GPU: eager fp32, autocast fp16/bf16", torch_stage(True), TORCH,
           ("bundle",), 40, quick=True),
     Stage("ort-trt-fp16", "onnxruntime's TensorRT provider on the fp16 graphs, outputs checked",

@@ -78,6 +78,20 @@ class CudaApi(ABC):
         """Make this device's context current on the calling thread for the block."""
         yield
 
+    # CUDA graphs (optional: the runner falls back to plain launches where they raise NotImplementedError)
+    def begin_capture(self, stream: int) -> None:
+        raise NotImplementedError(f"{self.name} has no CUDA graph capture here")
+
+    def end_capture(self, stream: int) -> int:
+        """The instantiated graph of the work captured on ``stream`` since :meth:`begin_capture`."""
+        raise NotImplementedError(f"{self.name} has no CUDA graph capture here")
+
+    def launch(self, graph: int, stream: int) -> None:
+        raise NotImplementedError(f"{self.name} has no CUDA graph capture here")
+
+    def destroy_graph(self, graph: int) -> None:
+        raise NotImplementedError(f"{self.name} has no CUDA graph capture here")
+
 
 def stream_handle(stream) -> int:
     """A cuda-python stream object as the integer handle TensorRT takes.
@@ -108,6 +122,7 @@ class CudaPython(CudaApi):
             raise BackendError("CUDA reports no GPU", hint=INSTALL_HINT)
         self.index = int(self._ok(cudart.cudaGetDevice(), "cudaGetDevice"))
         self._pinned: set[int] = set()
+        self._graphs: dict[int, object] = {}
         self._thread = threading.local()
         self._thread.device = self.index
 
@@ -174,6 +189,27 @@ class CudaPython(CudaApi):
 
     def synchronize(self, stream: int) -> None:
         self._ok(self.rt.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+
+    def begin_capture(self, stream: int) -> None:
+        mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        self._ok(self.rt.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
+
+    def end_capture(self, stream: int) -> int:
+        graph = self._ok(self.rt.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
+        try:
+            exe = self._ok(self.rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        finally:
+            self.rt.cudaGraphDestroy(graph)
+        self._graphs[id(exe)] = exe  # the handle stays ours: the object is kept until destroy_graph
+        return id(exe)
+
+    def launch(self, graph: int, stream: int) -> None:
+        self._ok(self.rt.cudaGraphLaunch(self._graphs[graph], stream), "cudaGraphLaunch")
+
+    def destroy_graph(self, graph: int) -> None:
+        exe = self._graphs.pop(graph, None)
+        if exe is not None:
+            self._ok(self.rt.cudaGraphExecDestroy(exe), "cudaGraphExecDestroy")
 
     def __del__(self) -> None:  # pragma: no cover - needs a GPU
         for ptr in getattr(self, "_pinned", []):

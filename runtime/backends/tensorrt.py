@@ -221,7 +221,7 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     precisions = ("int8", "fp16", "fp32")
 
-    def __init__(self) -> None:
+    def __init__(self, *, cuda_graphs: bool = False) -> None:
         from .cuda_memory import cuda_api
 
         self.trt = _trt()
@@ -230,6 +230,9 @@ class TensorRTBackend(Backend):
         self.logger = shared_logger(self.trt)
         self.runtime = self.trt.Runtime(self.logger)
         self.local = local_metadata(self.trt.__version__, self.device)
+        #: replay the sketch encoder's execution as a CUDA graph per input shape (off until measured:
+        #: gpu-check's cuda-graphs stage times it against plain launches)
+        self.cuda_graphs = cuda_graphs
         self.notes: list[str] = []
         self._compatible: set[Path] = set()
 
@@ -303,6 +306,7 @@ class TensorRTRunner(Runner):
         self.host: dict[str, np.ndarray] = {}
         self.stream: int | None = None
         self.scratch: tuple[int, int] | None = None  # (pointer, bytes) of per-shape context memory
+        self.graphs: dict[tuple, int | None] = {}  # input shapes -> CUDA graph (None: seen once, not captured)
         with cuda.activate():
             self.engine = backend.runtime.deserialize_cuda_engine(blob)
             if self.engine is None:
@@ -316,6 +320,9 @@ class TensorRTRunner(Runner):
                                    hint="free GPU memory (other processes), or rebuild with a smaller --max-batch")
             self.stream = cuda.stream()
             self._setup(trt, cuda, spec)
+        # capture only a stateless graph with TensorRT's own memory: the K/V append and the per-shape
+        # scratch buffer change between calls, which a replayed graph would not see
+        self.use_graphs = backend.cuda_graphs and not self.kv and not self.per_shape
 
     def _setup(self, trt, cuda, spec: mf.GraphSpec) -> None:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
@@ -398,9 +405,35 @@ class TensorRTRunner(Runner):
         if self.per_shape:
             self._size_scratch()
 
+    def _execute(self, feeds: Mapping[str, np.ndarray]) -> bool:
+        """``execute_async_v3``, or the CUDA graph of these input shapes: captured on the second call with
+        them (the first lets TensorRT do its shape-dependent set-up outside the capture), replayed after."""
+        if not self.use_graphs:
+            return self.context.execute_async_v3(self.stream)
+        key = tuple(np.shape(feeds[n]) for n in self.input_names)
+        graph = self.graphs.get(key, "new")
+        if graph == "new" or graph is False:
+            self.graphs.setdefault(key, None)
+            return self.context.execute_async_v3(self.stream)
+        if graph is None:
+            try:
+                self.cuda.begin_capture(self.stream)
+            except NotImplementedError:
+                self.use_graphs = False
+                return self.context.execute_async_v3(self.stream)
+            ok = self.context.execute_async_v3(self.stream)
+            graph = self.cuda.end_capture(self.stream)
+            if not ok:
+                self.cuda.destroy_graph(graph)
+                self.graphs[key] = False
+                return self.context.execute_async_v3(self.stream)
+            self.graphs[key] = graph
+        self.cuda.launch(graph, self.stream)
+        return True
+
     def _run_active(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._stage_inputs(feeds)
-        if not self.context.execute_async_v3(self.stream):
+        if not self._execute(feeds):
             for cache in self.kv:  # what the device holds is unknown now: upload everything next time
                 self.rows[cache] = 0
             raise BackendError(f"{self.name}: TensorRT execution failed", hint="see the TensorRT log above")
@@ -433,9 +466,12 @@ class TensorRTRunner(Runner):
         host, self.host = getattr(self, "host", {}), {}
         stream, self.stream = getattr(self, "stream", None), None
         scratch, self.scratch = getattr(self, "scratch", None), None
+        graphs, self.graphs = [g for g in getattr(self, "graphs", {}).values() if g], {}
         if not device and not host and stream is None and scratch is None:
             return
         with self.cuda.activate():
+            for graph in graphs:
+                self.cuda.destroy_graph(graph)
             for ptr in [*device.values(), *([scratch[0]] if scratch else [])]:
                 self.cuda.free(ptr)
             for buf in host.values():

@@ -160,21 +160,7 @@ class TritonRunner(Runner):
         except Exception as exc:  # noqa: BLE001
             raise backend_error(f"{self._where()}: cannot ask whether model {self.model!r} is ready", exc) from None
         if not ready:
-            try:
-                index = self._json("get_model_repository_index")
-                models = index.get("models", []) if isinstance(index, dict) else index
-            except Exception:  # noqa: BLE001 - the listing only decorates the message
-                models = []
-            have = [m.get("name", "?") for m in models]
-            reason = next((str(m.get("reason", "")) for m in models if m.get("name") == self.model), "")
-            if plan_load_failure(reason):
-                raise BackendError(f"{self._where()} could not load the TensorRT plan of model {self.model!r}: {reason}",
-                                   hint=plan_fix(bundle, precision, self.engines_tensorrt))
-            raise BackendError(
-                f"{self._where()} has no ready model {self.model!r} (models there: {', '.join(have) or 'none'})",
-                hint=f"write the repository with {regen}, serve it (tritonserver --model-repository REPO), "
-                f"or fix --triton-prefix / ${PREFIX_ENV}",
-            )
+            raise self._not_ready(bundle, precision, regen)
         try:
             config = self._json("get_model_config", self.model)
         except Exception as exc:  # noqa: BLE001
@@ -205,6 +191,24 @@ class TritonRunner(Runner):
                                f"{', '.join(self.input_names)} and gives {', '.join(self.output_names)}",
                                hint=f"serve the repository of {regen}")
         return int(config.get("max_batch_size", 0) or 0)
+
+    def _not_ready(self, bundle: Path, precision: str, regen: str) -> BackendError:
+        """Why the model is not ready, as the server's repository index says (a plan of another TensorRT ...)."""
+        try:
+            index = self._json("get_model_repository_index")
+            models = index.get("models", []) if isinstance(index, dict) else index
+        except Exception:  # noqa: BLE001 - the listing only decorates the message
+            models = []
+        have = [m.get("name", "?") for m in models]
+        reason = next((str(m.get("reason", "")) for m in models if m.get("name") == self.model), "")
+        if plan_load_failure(reason):
+            return BackendError(f"{self._where()} could not load the TensorRT plan of model {self.model!r}: {reason}",
+                                hint=plan_fix(bundle, precision, self.engines_tensorrt))
+        return BackendError(
+            f"{self._where()} has no ready model {self.model!r} (models there: {', '.join(have) or 'none'})",
+            hint=f"write the repository with {regen}, serve it (tritonserver --model-repository REPO), "
+            f"or fix --triton-prefix / ${PREFIX_ENV}",
+        )
 
     def _check_plan(self, config: Mapping, bundle: Path, precision: str) -> None:
         """A tensorrt_plan model records the TensorRT that built it: it must be this bundle's engines'."""

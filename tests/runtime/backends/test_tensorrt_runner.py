@@ -269,3 +269,46 @@ def test_the_runner_is_serialised_and_sessions_on_threads_stay_right(fake, runne
         t.join()
     assert not errors, errors
     assert fake.contexts[0].executions == 4 * MAX_T
+
+
+def _doubler(tmp_path, fake, cuda_graphs: bool):
+    from fake_tensorrt import engine_blob
+
+    path = tmp_path / "enc.engine"
+    path.write_bytes(engine_blob("double", [
+        {"name": "images", "input": True, "shape": [-1, 3], "profile": [[1, 3], [1, 3], [4, 3]]},
+        {"name": "features", "input": False, "shape": [-1, 3]}]))
+    spec = mf.GraphSpec(mf.SKETCH_ENCODER, {"images": ["N", 3]}, {"features": ["N", 3]})
+    return trtb.TensorRTBackend(cuda_graphs=cuda_graphs).load(path, spec)
+
+
+def test_cuda_graphs_are_off_by_default(fake, tmp_path):
+    r = _doubler(tmp_path, fake, cuda_graphs=False)
+    for _ in range(3):
+        r.run({"images": np.ones((1, 3), np.float32)})
+    assert fake.cuda.graphs == {} and fake.cuda.launches == []
+
+
+def test_a_cuda_graph_is_captured_per_shape_on_its_second_call_and_replays_new_inputs(fake, tmp_path):
+    r = _doubler(tmp_path, fake, cuda_graphs=True)
+    rng = np.random.default_rng(0)
+    for step in range(4):  # direct, captured + launched, launched, launched
+        for batch in (1, 2):
+            x = rng.standard_normal((batch, 3)).astype(np.float32)
+            out = r.run({"images": x})
+            np.testing.assert_array_equal(out["features"], 2 * x)  # the replay reads this call's input
+    assert len(fake.cuda.graphs) == 2  # one per input shape
+    assert len(fake.cuda.launches) == 2 * 3 and fake.contexts[-1].executions == 2 * 4
+    r.close()
+    assert fake.cuda.graphs == {}  # destroyed with the runner
+
+
+def test_the_head_never_uses_cuda_graphs(fake, tmp_path):
+    path = tmp_path / "head.engine"
+    path.write_bytes(head_engine(D, MAX_T))
+    r = trtb.TensorRTBackend(cuda_graphs=True).load(path, SPEC)
+    assert not r.use_graphs  # its K/V append changes between calls: a replay would not see it
+    s = Sketch(1)
+    for _ in range(3):
+        s.step(r)
+    assert fake.cuda.graphs == {}
