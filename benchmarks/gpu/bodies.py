@@ -111,6 +111,27 @@ def parity_stage(backend: str, precision: str):
     return run
 
 
+def task_stage(backend: str, precision: str):
+    """The task yardstick of the precision work: ``dcssa-rt eval`` on the dataset's held-out sketches,
+    ``backend`` at ``precision`` against onnxruntime CPU fp32; m@B / acc@10 drops (paired bootstrap
+    upper bounds, as ``calibrate`` judges plans) for the verdict."""
+    def run(ctx: Context) -> dict:
+        bundle, _, data = paths(ctx)
+        out = ctx.out / "work" / f"eval-{backend}-{precision}"
+        run_cmd(ctx, [_bin("dcssa-rt"), "eval", "--dataset", str(data / "Shapes"), "--bundle", str(bundle),
+                      "--compare", f"ort-cpu:fp32,{backend}:{precision}", "--out", str(out), "--force"])
+        doc = json.loads((out / "eval.json").read_text())
+        changed = [r for r in doc["runs"] if r.get("task_change")]
+        if not changed:
+            raise StepFailed(f"{out / 'eval.json'} has no task change against fp32")
+        metrics = changed[0]["task_change"]["metrics"]
+        drops = {m: {k: metrics[m][k] for k in ("drop", "drop_upper")} for m in ("m@B", "acc@10")}
+        return {"task_drops": drops, "sketches": doc["dataset"]["sketches"], "report": str(out / "eval.md"),
+                "judged_task": True, "summary": f"{backend} {precision}: m@B drop {drops['m@B']['drop_upper']:+.4f}, "
+                f"acc@10 drop {drops['acc@10']['drop_upper']:+.4f} (upper bounds) on held-out sketches"}
+    return run
+
+
 def latency_stage(backend: str, precision: str):
     def run(ctx: Context) -> dict:
         bundle, gallery, _ = paths(ctx)
@@ -216,6 +237,8 @@ STAGES: tuple[Stage, ...] = (
           parity_stage("tensorrt", "fp16"), TRT, ("engines-fp16",), 15, quick=True),
     Stage("latency-fp16", "per-stroke latency of the runtime on the fp16 engines", latency_stage("tensorrt", "fp16"),
           TRT, ("engines-fp16",), 15, quick=True),
+    Stage("task-fp16", "the task yardstick: m@B / acc@10 of the fp16 engines against fp32 on held-out sketches",
+          task_stage("tensorrt", "fp16"), TRT, ("engines-fp16",), 30),
     Stage("cuda-graphs", "the fp16 sketch encoder replayed as a CUDA graph against plain launches",
           cuda_graphs_stage, TRT, ("engines-fp16",), 20),
     Stage("torch-cuda", "PyTorch on the same GPU: eager fp32, autocast fp16/bf16", torch_stage(True), TORCH,
@@ -232,6 +255,8 @@ STAGES: tuple[Stage, ...] = (
           ("engines-int8",), 15),
     Stage("latency-int8", "per-stroke latency on the int8 engines", latency_stage("tensorrt", "int8"), TRT,
           ("engines-int8",), 15),
+    Stage("task-int8", "the task yardstick on the int8 engines", task_stage("tensorrt", "int8"), TRT,
+          ("engines-int8",), 30),
     Stage("int8-vs-fp16", "sketch-encoder call, int8 engine against fp16, side by side", pick_stage, TRT,
           ("engines-int8", "engines-fp16"), 10),
     Stage("engines-fp32", "fp32 engines of the sketch encoder and head", engines_stage("fp32"), TRT, ("bundle",), 60),

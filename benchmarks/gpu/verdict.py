@@ -9,9 +9,15 @@ was built from, measured against onnxruntime CPU fp32 on the same stroke prefixe
 
 fp32 engines must match to rounding; fp16 keeps the fp32 islands (ReduceL2, softmax) of the typed
 graph, so it stays close; int8 moves embeddings more and is judged by the ranking first.
+
+Where the dataset has held-out sketches (the demo dataset has), the ``task-*`` stages add the
+precision work's own yardstick: m@B and acc@10 of the engines against fp32 on those sketches, the
+paired-bootstrap upper bound of each drop within ``calibrate``'s default ``--max-drop``.
 """
 
 from __future__ import annotations
+
+from dcssa.calibration.options import DEFAULT_MAX_DROP
 
 #: precision -> {metric: minimum}
 THRESHOLDS: dict[str, dict[str, float]] = {
@@ -20,6 +26,8 @@ THRESHOLDS: dict[str, dict[str, float]] = {
     "int8": {"cosine_min": 0.98, "top10_overlap": 0.8},
 }
 VERDICT_FAIL_EXIT = 1
+#: the task yardstick's largest loss against fp32, on the upper bound: ``calibrate``'s default --max-drop
+TASK_MAX_DROP = dict(DEFAULT_MAX_DROP)
 
 
 def judge(precision: str, result: dict) -> list[str]:
@@ -32,12 +40,24 @@ def judge(precision: str, result: dict) -> list[str]:
     return out
 
 
+def judge_task(result: dict) -> list[str]:
+    """The task drops (paired-bootstrap upper bounds) over :data:`TASK_MAX_DROP`."""
+    drops = result.get("task_drops", {})
+    return [f"{m} drop (upper bound) {drops.get(m, {}).get('drop_upper')} > {limit}"
+            for m, limit in TASK_MAX_DROP.items() if drops.get(m, {}).get("drop_upper", float("inf")) > limit]
+
+
 def verdict(stages: dict[str, dict]) -> dict:
     """Judge every parity record (``"parity": precision`` in a stage record); failed stages count too."""
     problems, judged = [], {}
     for name, rec in stages.items():
         if rec.get("status") == "failed":
             problems.append(f"{name} failed: {rec.get('error')}")
+            continue
+        if rec.get("judged_task"):
+            misses = judge_task(rec)
+            judged[name] = {"task_max_drop": TASK_MAX_DROP, "misses": misses}
+            problems += [f"{name} (task): {m}" for m in misses]
             continue
         precision = rec.get("judged_as")
         if precision is None:

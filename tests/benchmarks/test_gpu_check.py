@@ -221,3 +221,37 @@ def test_the_verdict_passes_an_engine_that_matches(tmp_path, tiny):
     parity = report["stages"]["parity-fp16"]
     assert parity["cosine_min"] > 0.99999 and parity["top10_overlap"] == 1.0
     assert code == 0 and report["verdict"]["passed"]
+
+
+def test_the_task_yardstick_fails_a_drop_over_calibrates_limit():
+    from dcssa.benchmarks.gpu.verdict import TASK_MAX_DROP, verdict
+
+    ok = {"status": "ok", "judged_task": True,
+          "task_drops": {"m@B": {"drop": 0.0, "drop_upper": 0.004}, "acc@10": {"drop": 0.0, "drop_upper": 0.02}}}
+    bad = {"status": "ok", "judged_task": True,
+           "task_drops": {"m@B": {"drop": 0.02, "drop_upper": 0.035}, "acc@10": {"drop": 0.0, "drop_upper": 0.0}}}
+    assert TASK_MAX_DROP == {"m@B": 0.01, "acc@10": 0.02}  # calibrate's default --max-drop
+    assert verdict({"task-fp16": ok})["passed"]
+    result = verdict({"task-fp16": ok, "task-int8": bad})
+    assert not result["passed"] and result["exit"] == 1
+    assert result["problems"] == ["task-int8 (task): m@B drop (upper bound) 0.035 > 0.01"]
+
+
+def test_the_task_stage_runs_dcssa_rt_eval_and_feeds_the_verdict(tmp_path, tiny):
+    """The real stage on a real (tiny) bundle and dataset: onnxruntime CPU 'fp16' (the fp32 graph's copy)
+    against fp32 loses nothing on the held-out sketches, so the verdict passes."""
+    out = tmp_path / "out"
+    subprocess.run([bodies._bin("dcssa-rt"), "make-dataset", str(out / "work" / "data"), "--photos", "8",
+                    "--seed", "0", "--force"], check=True, capture_output=True, timeout=120)
+    done = {"summary": "stand-in"}
+    stages = (dataclasses.replace(bodies.STAGES[0], run=lambda ctx: done),
+              dataclasses.replace(next(s for s in bodies.STAGES if s.name == "task-fp16"),
+                                  run=bodies.task_stage("ort-cpu", "fp16"), after=("bundle",)))
+    options = gpu_check.GpuCheckOptions(bundle=tiny, out=out)
+    code = gpu_check.gpu_check(options, found=_box("tensorrt", "cuda-python", "onnxruntime"), stages=stages,
+                               say=lambda s: None)
+    report = json.loads((out / JSON_NAME).read_text())
+    task = report["stages"]["task-fp16"]
+    assert task["status"] == "ok", task
+    assert task["task_drops"]["m@B"]["drop_upper"] == 0.0 and task["sketches"] > 0
+    assert report["verdict"]["judged"]["task-fp16"]["misses"] == [] and code == 0
