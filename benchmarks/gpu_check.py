@@ -42,7 +42,7 @@ class GpuCheckOptions:
     quick: bool = setting(False, "Only the sketch encoder and head at the serving profile: fp16 engines, their "
                           "parity and latency, and PyTorch eager/autocast on the same GPU.", is_flag=True)
     stages: tuple[str, ...] = setting((), "Comma list of stages to run (default: all this machine can run).",
-                                      flag="--stage", to_cli=",".join,
+                                      flag="--stage", to_cli=",".join, show_default=False,
                                       from_cli=lambda text: tuple(s for s in text.split(",") if s) if text else ())
     max_batch: int = setting(8, "Batch the engines are built and tuned for (serve --max-batch).",
                              type=click.IntRange(1))
@@ -69,17 +69,22 @@ def gpu_check(options: GpuCheckOptions, *, found: Probe | None = None, stages=No
     ``stages`` and ``backend`` are the machine, the stage table and the backend factory (tests
     pass stand-ins)."""
     say = say or (lambda text: print(text, file=sys.stderr, flush=True))
+    from dcssa.benchmarks.gpu.bodies import STAGES
+
+    names = [s.name for s in (STAGES if stages is None else stages)]
+    if unknown := sorted(set(options.stages) - set(names)):
+        raise click.BadParameter(f"no stage {', '.join(unknown)}; the stages: {', '.join(names)}", param_hint="--stage")
     found = found or probe(bundle_ready=(Path(options.bundle) / "manifest.json").is_file())
     report = Report(options.out, {"options": {k: str(v) for k, v in vars(options).items()},
                                   "machine": found.to_json()})
     if not found.gpu:
         return no_gpu(report, found, say)
-    from dcssa.benchmarks.gpu.bodies import STAGES
     from dcssa.benchmarks.gpu.stages import Context, plan, run_stages
     from dcssa.benchmarks.gpu.verdict import verdict
 
+    table = STAGES if stages is None else stages
     say(f"gpu-check: {found.onnxruntime_note()}")
-    chosen, skipped = plan(STAGES if stages is None else stages, found.capabilities(), quick=options.quick,
+    chosen, skipped = plan(table, found.capabilities(), quick=options.quick,
                            only=options.stages)
     report.plan([s.name for s in chosen], skipped)
     for name, why in skipped.items():

@@ -85,8 +85,11 @@ def graphs_stage(precision: str):
 
 
 def serving_graphs(ctx: Context) -> list[str]:
-    m = _manifest(ctx)
-    return [g for g in m["graphs"] if g == "sketch_encoder" or g.startswith("stroke_head")]
+    """The graphs a stroke runs: the sketch encoder and the graph after it (head step, projection; none for ARNet)."""
+    from dcssa.runtime.contract import manifest as mf
+
+    head = mf.head_graph(_manifest(ctx)["graphs"])
+    return [mf.SKETCH_ENCODER] + ([head] if head else [])
 
 
 def engines_stage(precision: str, graphs: str = SERVING):

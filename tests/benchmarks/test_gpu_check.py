@@ -255,3 +255,16 @@ def test_the_task_stage_runs_dcssa_rt_eval_and_feeds_the_verdict(tmp_path, tiny)
     assert task["status"] == "ok", task
     assert task["task_drops"]["m@B"]["drop_upper"] == 0.0 and task["sketches"] > 0
     assert report["verdict"]["judged"]["task-fp16"]["misses"] == [] and code == 0
+
+
+def test_stage_runs_only_the_named_stages_on_what_an_earlier_run_left(tmp_path):
+    box = _box("tensorrt", "cuda-python", "onnxruntime")
+    out, clock = tmp_path / "out", Clock()
+    rec = Recorder(out, clock)
+    options = gpu_check.GpuCheckOptions(bundle=tmp_path / "b", out=out, stages=("parity-int8", "latency-int8"))
+    assert gpu_check.gpu_check(options, found=box, stages=rec.stages(), say=lambda s: None, clock=clock) == 0
+    assert rec.ran == ["parity-int8", "latency-int8"]  # engines-int8 was not asked for: not waited on
+    report = json.loads((out / JSON_NAME).read_text())
+    assert report["skipped"]["engines-int8"] == "not asked for (--stage)"
+    with pytest.raises(Exception, match="no stage nope"):
+        gpu_check.gpu_check(dataclasses.replace(options, stages=("nope",)), found=box, say=lambda s: None)
