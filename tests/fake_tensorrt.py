@@ -383,6 +383,7 @@ class FakeTensorRT:
                 return self.errors[i]
 
         self.Runtime, self.Builder, self.OnnxParser = Runtime, Builder, OnnxParser
+        self.IExecutionContext = FakeContext  # the class, as TensorRT exports it (feature probes read it)
 
     @staticmethod
     def nptype(dtype) -> type:

@@ -272,7 +272,8 @@ class TensorRTBackend(Backend):
         if precision not in (None, "fp32"):
             raise BackendError(f"tensorrt has no {precision} execution mode: the engine's own types decide", path=path)
         # a version-compatible plan carries its own lean runtime: host code TensorRT runs only when allowed
-        self.runtime.engine_host_code_allowed = path in self._compatible
+        if path in self._compatible or getattr(self.runtime, "engine_host_code_allowed", False):
+            self.runtime.engine_host_code_allowed = path in self._compatible
         return TensorRTRunner(self, path.read_bytes(), spec, path)
 
     def describe(self) -> dict:
@@ -284,7 +285,8 @@ def per_shape_memory(trt, engine, spec: mf.GraphSpec) -> bool:
     the photo encoder (its profile spans 1 x 299^2 .. 8 x 896^2, GBs at the top, which an Orin cannot
     spare for a shape it rarely sees). Needs TensorRT 10.1+ (USER_MANAGED, update_device_memory_size_for_shapes)."""
     return (spec.name == mf.PHOTO_ENCODER and hasattr(trt, "ExecutionContextAllocationStrategy")
-            and hasattr(trt.ExecutionContextAllocationStrategy, "USER_MANAGED"))
+            and hasattr(trt.ExecutionContextAllocationStrategy, "USER_MANAGED")
+            and hasattr(getattr(trt, "IExecutionContext", None), "update_device_memory_size_for_shapes"))
 
 
 class TensorRTRunner(Runner):

@@ -312,3 +312,12 @@ def test_the_head_never_uses_cuda_graphs(fake, tmp_path):
     for _ in range(3):
         s.step(r)
     assert fake.cuda.graphs == {}
+
+
+def test_a_tensorrt_without_per_shape_sizing_keeps_its_own_context_memory(fake, tmp_path, monkeypatch):
+    """TensorRT 10.0 has USER_MANAGED but not update_device_memory_size_for_shapes: no per-shape memory."""
+    monkeypatch.setattr(fake, "IExecutionContext", type("IExecutionContext", (), {}))
+    spec = mf.GraphSpec(mf.PHOTO_ENCODER, {"images": ["N", 3, "H", "W"]}, {"embeddings": ["N", 4]})
+    assert not trtb.per_shape_memory(fake, None, spec)
+    monkeypatch.undo()
+    assert trtb.per_shape_memory(fake, None, spec)
