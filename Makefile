@@ -31,10 +31,16 @@ demo-arnet: $(STAMP)
 bench: $(STAMP)
 	bash examples/bench.sh $(OUT) bench-out
 
-# README "GPU": engines, parity, ort-trt profiles, threads and bench on a GPU box (JSON report in
-# gpu-check-out/); on a machine without a GPU/TensorRT it stops at once with exit code 2.
-gpu-check: $(STAMP)
-	$(VENV)/bin/dcssa-bench gpu-check --bundle $(OUT)/bundle --out gpu-check-out
+# docs/guides/gpu.md: the GPU path on a GPU box (NGC TensorRT/PyTorch container, JetPack 6/7, a CUDA box with
+# PyTorch), in budgeted stages; report in gpu-check-out/ (gpu-check.md, .json), rewritten after every stage.
+# Its own venv SEES the machine's TensorRT, torch and onnxruntime-gpu (--system-site-packages);
+# benchmarks/gpu/install.py adds only what is missing. Without a GPU: exit 2 at once, the report says why.
+# GPU_CHECK_ARGS: e.g. --quick, --budget-s 900, --version-compatible.
+GPU_VENV := .venv-gpu
+gpu-check:
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(GPU_VENV)
+	$(GPU_VENV)/bin/python benchmarks/gpu/install.py
+	$(GPU_VENV)/bin/dcssa-bench gpu-check --bundle $(OUT)/bundle --out gpu-check-out $(GPU_CHECK_ARGS)
 
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[export,dev,docs,nncf]'

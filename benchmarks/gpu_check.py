@@ -1,243 +1,129 @@
-"""``dcssa-bench gpu-check`` (``make gpu-check``): the GPU path end to end, in one command, on the day a GPU box exists.
+"""``dcssa-bench gpu-check`` (``make gpu-check``): the GPU path's first contact with a GPU, in stages.
 
-On a machine with an NVIDIA GPU, TensorRT (10.x / 11.x) and the CUDA bindings, it
-
-1. makes the demo bundle when ``--bundle`` has none (demo checkpoint, export, a synthetic catalogue
-   and its gallery) and adds the fp16 and int8 graphs (``calibrate --recipe default``);
-2. builds fp32 / fp16 / int8 TensorRT engines with TensorRT's VERBOSE builder log (``engines.log``);
-3. checks each engine's sketch embeddings against onnxruntime CPU fp32 over 24 strokes;
-4. runs ``--backend ort-trt`` over a growing K/V cache, counting the TensorRT provider's engine
-   files and the strokes whose head step took far longer than the median (likely rebuilds);
-5. runs two threads on one native TensorRT retriever and compares with one thread;
-6. times the int8 and fp16 sketch-encoder engines and says which one a benchmark would pick;
-7. runs ``dcssa-bench run`` on the GPU backends;
-
-and writes everything to ``OUT/gpu-check.json``. Anywhere else it stops at once, before importing
-anything heavy, with the reason and exit code 2. Nothing here has been run on a GPU yet.
+It reads the machine first (:mod:`dcssa.benchmarks.gpu.probe`: milliseconds, nothing heavy
+imported). Without a usable NVIDIA GPU it writes a report naming what is missing and stops with
+exit code 2. Otherwise it runs every stage this machine can run (TensorRT engines and their parity,
+per-stroke latency, PyTorch on the same GPU, onnxruntime's TensorRT provider, ...), most valuable
+first, inside ``--budget-s``, each isolated, rewriting ``OUT/gpu-check.json`` and ``OUT/gpu-check.md``
+after every stage (``"complete": false`` until the end). The verdict judges every parity stage
+(:mod:`dcssa.benchmarks.gpu.verdict`): exit 1 when one misses its thresholds or a stage failed.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
-import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
+from dcssa.benchmarks.gpu.probe import Probe, probe
+from dcssa.benchmarks.gpu.report import Report
 from dcssa.runtime.cli.options import DEMO_BUNDLE
+from dcssa.runtime.options import click_options, from_cli, setting
 
 NO_GPU_EXIT = 2
-STROKES = 24
+#: fits about 9 minutes of an H100 slot with the setup stages (an ESTIMATE: see the stages' estimate_s)
+DEFAULT_BUDGET_S = 540
 
 
-def preflight() -> str | None:
-    """Why the GPU check cannot run here (None when it can): TensorRT, the CUDA bindings, a device."""
-    from dcssa.runtime.backends.tensorrt import TensorRTBackend
-    from dcssa.runtime.errors import DcssaError
+@dataclass(frozen=True)
+class GpuCheckOptions:
+    """The settings of one gpu-check run (its command-line options)."""
 
-    try:
-        TensorRTBackend.unavailable_reason()
-    except DcssaError as exc:  # BackendError, or MissingExtra (no tensorrt package)
-        return exc.message + (f" ({exc.hint})" if exc.hint else "")
-    return None
-
-
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).with_name(name))
-
-
-def _run(cmd: list[str], log: Path | None = None) -> None:
-    """Run a CLI step; its output goes to ``log`` (appended) or through; a failure stops the check."""
-    print("gpu-check: $ " + " ".join(cmd), file=sys.stderr, flush=True)
-    if log is None:
-        subprocess.run(cmd, check=True)
-        return
-    with log.open("a") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode:
-        raise SystemExit(f"gpu-check: step failed (exit {proc.returncode}), see {log}: {' '.join(cmd)}")
+    bundle: Path = setting(DEMO_BUNDLE, "Bundle to check (made from the demo checkpoint when missing).",
+                           type=click.Path(path_type=Path))
+    out: Path = setting(Path("gpu-check-out"), "Report folder (gpu-check.json, gpu-check.md, gpu-check.log).",
+                        type=click.Path(path_type=Path))
+    budget_s: float = setting(DEFAULT_BUDGET_S, "Wall-clock budget in seconds: stages run most valuable first and "
+                              "a stage whose estimate no longer fits is skipped.", type=click.FloatRange(1))
+    quick: bool = setting(False, "Only the sketch encoder and head at the serving profile: fp16 engines, their "
+                          "parity and latency, and PyTorch eager/autocast on the same GPU.", is_flag=True)
+    stages: tuple[str, ...] = setting((), "Comma list of stages to run (default: all this machine can run).",
+                                      flag="--stage", to_cli=",".join, show_default=False,
+                                      from_cli=lambda text: tuple(s for s in text.split(",") if s) if text else ())
+    max_batch: int = setting(8, "Batch the engines are built and tuned for (serve --max-batch).",
+                             type=click.IntRange(1))
+    version_compatible: bool = setting(False, "Build version-compatible engines (they load on later TensorRT "
+                                       "releases of the same major, e.g. a Triton server's).", is_flag=True)
 
 
-def ensure_bundle(bundle: Path, work: Path, log: Path) -> tuple[Path, Path]:
-    """(bundle, gallery) with fp16 and int8 graphs, made from the demo checkpoint when missing."""
-    gallery = bundle / "gallery"
-    if not (bundle / "manifest.json").is_file():
-        work.mkdir(parents=True, exist_ok=True)
-        _run([_bin("dcssa-export"), "demo-checkpoint", str(work / "demo.pth")], log)
-        _run([_bin("dcssa-export"), "--ckpt", str(work / "demo.pth"), "--out", str(bundle), "--force"], log)
-    data = work / "data"
-    if not gallery.is_dir() or not (data / "Shapes").is_dir():
-        _run([_bin("dcssa-rt"), "make-dataset", str(data), "--photos", "40", "--seed", "0", "--force"], log)
-        _run([_bin("dcssa-rt"), "index", str(data / "Shapes" / "photo"), "--bundle", str(bundle), "--force",
-              "--backend", "ort-cpu"], log)
-    precisions = json.loads((bundle / "manifest.json").read_text())["precisions"]
-    missing = [p for p in ("fp16", "int8") if p not in precisions]
-    if missing:
-        _run([_bin("dcssa-export"), "calibrate", str(bundle), "--data", str(data / "Shapes"),
-              "--precision", ",".join(missing), "--recipe", "default"], log)
-    return bundle, gallery
+def no_gpu(report: Report, found: Probe, say: Callable[[str], None]) -> int:
+    """Stop at once: the report names every missing component; exit 2."""
+    missing = found.missing()
+    report.finish({"passed": False, "exit": NO_GPU_EXIT, "problems": [f"no GPU: {missing.get('gpu')}"],
+                   "judged": {}}, 0.0)
+    say(f"gpu-check: no usable NVIDIA GPU here, nothing was run: {missing.get('gpu')}")
+    for what, how in missing.items():
+        if what != "gpu":
+            say(f"gpu-check: missing {what}: {how}")
+    say(f"gpu-check: report: {report.out / 'gpu-check.md'}")
+    return NO_GPU_EXIT
 
 
-def _draw(retriever, sketch) -> list:
-    session = retriever.session()
-    return [session.add_stroke(s) for s in sketch]
+def gpu_check(options: GpuCheckOptions, *, found: Probe | None = None, stages=None, backend=None,
+              say: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic) -> int:
+    """Run the check; returns the exit code (0 pass, 1 verdict failed, 2 no GPU). ``found``,
+    ``stages`` and ``backend`` are the machine, the stage table and the backend factory (tests
+    pass stand-ins)."""
+    say = say or (lambda text: print(text, file=sys.stderr, flush=True))
+    from dcssa.benchmarks.gpu.bodies import STAGES
+
+    names = [s.name for s in (STAGES if stages is None else stages)]
+    if unknown := sorted(set(options.stages) - set(names)):
+        raise click.BadParameter(f"no stage {', '.join(unknown)}; the stages: {', '.join(names)}", param_hint="--stage")
+    found = found or probe(bundle_ready=(Path(options.bundle) / "manifest.json").is_file())
+    report = Report(options.out, {"options": {k: str(v) for k, v in vars(options).items()},
+                                  "machine": found.to_json()})
+    if not found.gpu:
+        return no_gpu(report, found, say)
+    from dcssa.benchmarks.gpu.stages import Context, plan, run_stages
+    from dcssa.benchmarks.gpu.verdict import verdict
+
+    table = STAGES if stages is None else stages
+    say(f"gpu-check: {found.onnxruntime_note()}")
+    chosen, skipped = plan(table, found.capabilities(), quick=options.quick,
+                           only=options.stages)
+    report.plan([s.name for s in chosen], skipped)
+    for name, why in skipped.items():
+        say(f"gpu-check: skipping {name}: {why}")
+    start = clock()
+    ctx = Context(Path(options.bundle), Path(options.out), options, found.capabilities(),
+                  backend=backend or default_backend(Path(options.out)), deadline=start + options.budget_s, clock=clock)
+    run_stages(chosen, ctx, report, say=say)
+    result = verdict(report.data["stages"])
+    report.finish(result, clock() - start)
+    for problem in result["problems"]:
+        say(f"gpu-check: FAIL: {problem}")
+    say(f"gpu-check: {'PASS' if result['passed'] else 'FAIL'}; report: {report.out / 'gpu-check.md'}")
+    return result["exit"]
 
 
-def parity(bundle_path: Path, gallery_path: Path, sketch) -> dict:
-    """Each TensorRT precision against onnxruntime CPU fp32, stroke by stroke."""
-    import numpy as np
+def default_backend(out: Path) -> Callable[[str], object]:
+    """Backend names as the runtime resolves them; ort-trt with its engine cache in the report folder."""
+    def make(name: str):
+        if name == "ort-trt":
+            from dcssa.runtime.backends.ort import OrtBackend
 
-    from dcssa.runtime import Bundle, Gallery, Retriever
+            return OrtBackend("ort-trt", cache_dir=out / "ort-trt-cache")
+        if name == "tensorrt-cuda-graphs":
+            from dcssa.runtime.backends.tensorrt import TensorRTBackend
 
-    bundle = Bundle.load(bundle_path)
-    gallery = Gallery.load(gallery_path, bundle)
-    ref = _draw(Retriever(bundle, gallery, backend="ort-cpu", precision="fp32"), sketch)
-    out = {}
-    for precision in ("fp32", "fp16", "int8"):
-        got = _draw(Retriever(bundle, gallery, backend="tensorrt", precision=precision), sketch)
-        cos = [float(np.dot(a.embedding, b.embedding)) for a, b in zip(got, ref)]
-        out[precision] = {
-            "cosine_min": min(cos), "cosine_mean": float(np.mean(cos)),
-            "top1_agreement": float(np.mean([a.ids[0] == b.ids[0] for a, b in zip(got, ref)])),
-            "top10_overlap": float(np.mean([len(set(a.ids) & set(b.ids)) / max(1, len(b.ids))
-                                             for a, b in zip(got, ref)])),
-        }
-    return out
+            return TensorRTBackend(cuda_graphs=True)
+        return name
+    return make
 
 
-def ort_trt_growth(bundle_path: Path, gallery_path: Path, sketch, cache: Path) -> dict:
-    """ort-trt over a K/V cache growing to len(sketch) rows: engine files and slow head steps."""
-    import numpy as np
-
-    from dcssa.runtime import Bundle, Gallery, Retriever
-    from dcssa.runtime.backends.ort import OrtBackend
-
-    bundle = Bundle.load(bundle_path)
-    backend = OrtBackend("ort-trt", cache_dir=cache)
-    retriever = Retriever(bundle, Gallery.load(gallery_path, bundle), backend=backend, precision="fp32")
-    files_before = sorted(p.name for p in cache.rglob("*") if p.is_file())
-    heads = [r.timings["head"] for r in _draw(retriever, sketch)]
-    files_after = sorted(p.name for p in cache.rglob("*") if p.is_file())
-    med = float(np.median(heads))
-    return {"strokes": len(heads), "head_ms": heads, "head_ms_median": med,
-            "slow_head_steps": [i + 1 for i, h in enumerate(heads) if i and h > 10 * med],
-            "cache_files_before": files_before, "cache_files_after": files_after,
-            "note": "slow_head_steps: strokes after the first whose head step took > 10x the median "
-                    "(an engine rebuild would show there); cache files: the provider's engines and profiles"}
-
-
-def two_threads(bundle_path: Path, gallery_path: Path, sketches) -> dict:
-    """Two sessions on two threads sharing one native TensorRT retriever, against one thread."""
-    import numpy as np
-
-    from dcssa.runtime import Bundle, Gallery, Retriever
-
-    bundle = Bundle.load(bundle_path)
-    retriever = Retriever(bundle, Gallery.load(gallery_path, bundle), backend="tensorrt", precision="fp32")
-    alone = [_draw(retriever, s) for s in sketches]
-    together: dict[int, list] = {}
-    errors: list[str] = []
-
-    def user(i: int) -> None:
-        try:
-            together[i] = _draw(retriever, sketches[i])
-        except Exception as exc:  # noqa: BLE001 - reported
-            errors.append(f"{type(exc).__name__}: {exc}")
-
-    threads = [threading.Thread(target=user, args=(i,)) for i in range(len(sketches))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    diff = max((float(np.max(np.abs(a.embedding - b.embedding)))
-                for i in together for a, b in zip(together[i], alone[i])), default=None)
-    return {"threads": len(sketches), "errors": errors, "max_abs_diff_vs_one_thread": diff}
-
-
-def encoder_pick(bundle_path: Path, runs: int = 50) -> dict:
-    """Median sketch-encoder time of the int8 and fp16 engines; the faster is what a benchmark picks.
-
-    The int8 graph's float blocks are fp32-typed (it is derived from the fp32 graph), so under
-    strong typing they run in FP32: the int8 engine may lose to the fp16 one."""
-    import numpy as np
-
-    from dcssa.runtime import Bundle, Retriever
-    from dcssa.runtime.contract import manifest as mf
-
-    bundle = Bundle.load(bundle_path)
-    x = np.zeros((1, 3, 299, 299), np.float32)
-    out = {}
-    for precision in ("fp16", "int8"):
-        enc = Retriever(bundle, None, backend="tensorrt", precision=precision).encoder
-        for _ in range(5):
-            enc.run({mf.IMAGES: x})
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            enc.run({mf.IMAGES: x})
-            times.append((time.perf_counter() - t0) * 1e3)
-        out[precision] = {"median_ms": float(np.median(times)), "runs": runs}
-    out["pick"] = min(("fp16", "int8"), key=lambda p: out[p]["median_ms"])
-    return out
-
-
-def gpu_check(bundle_path: Path, out: Path, *, skip_bench: bool = False) -> int:
-    """Run the check and write OUT/gpu-check.json; ``NO_GPU_EXIT`` at once, with the reason, without a GPU."""
-    reason = preflight()
-    if reason is not None:
-        print(f"gpu-check: no GPU/TensorRT on this machine, nothing was run: {reason}", file=sys.stderr)
-        print("gpu-check: run it on a machine with an NVIDIA GPU, its driver, TensorRT 10.x/11.x "
-              "(pip install tensorrt, or JetPack) and pip install 'dcssa-rt[cu12]' (or [cu13], or pycuda)",
-              file=sys.stderr)
-        return NO_GPU_EXIT
-
-    import numpy as np
-
-    from dcssa.runtime.data.synthetic import random_sketch
-
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / "engines.log"
-    started = time.perf_counter()
-    report: dict = {"bundle": str(bundle_path)}
-    bundle, gallery = ensure_bundle(bundle_path, out / "work", out / "setup.log")
-    _run([_bin("dcssa-export"), "engines", str(bundle), "--precision", "fp32,fp16,int8", "--verbose"], log)
-    report["engines"] = json.loads((bundle / "manifest.json").read_text())["engines"]
-    report["engines_log"] = str(log)
-    sketch = random_sketch(np.random.default_rng(0), STROKES)
-    report["parity"] = parity(bundle, gallery, sketch)
-    report["ort_trt_growth"] = ort_trt_growth(bundle, gallery, sketch, out / "ort-trt-cache")
-    report["two_threads"] = two_threads(bundle, gallery, [random_sketch(np.random.default_rng(s), 12) for s in (1, 2)])
-    report["int8_vs_fp16"] = encoder_pick(bundle)
-    if not skip_bench:
-        _run([_bin("dcssa-bench"), "run", "--bundle", str(bundle), "--gallery", str(gallery), "--out",
-              str(out / "bench"), "--backend", "tensorrt", "--backend", "ort-trt", "--repeats", "2",
-              "--search-sizes", "", "--peers", "eager", "--force"], out / "bench.log")
-        report["bench"] = str(out / "bench" / "bench.json")
-    report["seconds"] = round(time.perf_counter() - started, 1)
-    (out / "gpu-check.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"gpu-check: report written to {out / 'gpu-check.json'} ({report['seconds']} s)", file=sys.stderr)
-    return 0
-
-
-@click.command("gpu-check", short_help="The GPU path end to end (exit 2 at once without a GPU).")
-@click.option("--bundle", type=click.Path(path_type=Path), default=DEMO_BUNDLE, show_default=True,
-              help="Bundle to check (made from the demo checkpoint when missing).")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("gpu-check-out"), show_default=True,
-              help="Report folder.")
-@click.option("--skip-bench", is_flag=True, help="Leave out `dcssa-bench run`.")
+@click.command("gpu-check", short_help="The GPU path on a GPU box, in budgeted stages (exit 2 at once without a GPU).")
+@click_options(GpuCheckOptions)
 @click.pass_context
-def command(ctx: click.Context, bundle: Path, out: Path, skip_bench: bool) -> None:
-    """The GPU path end to end, in one command, on the day a GPU box exists: engines, parity with
-    onnxruntime CPU, ort-trt over a growing cache, two threads, int8 vs fp16, and a benchmark run; writes
-    OUT/gpu-check.json. Without an NVIDIA GPU and TensorRT it stops at once with the reason (exit 2)."""
-    ctx.exit(gpu_check(bundle, out, skip_bench=skip_bench))
-
-
-if __name__ == "__main__":  # pragma: no cover - the 0.1 entry point, removed in 0.3
-    from dcssa.runtime.cli.console import warn
-
-    warn("`python -m dcssa.benchmarks.gpu_check` is deprecated: use `dcssa-bench gpu-check` (the same options)")
-    command(prog_name="dcssa-bench gpu-check")
+def command(ctx: click.Context, **kwargs) -> None:
+    """The GPU path's first contact with a GPU: TensorRT engines and their parity with onnxruntime CPU,
+    per-stroke latency, PyTorch on the same GPU, onnxruntime's TensorRT provider, most valuable first
+    inside --budget-s. Writes OUT/gpu-check.json and OUT/gpu-check.md after every stage. Exit 0: every
+    check passed; 1: an engine missed its parity thresholds or a stage failed; 2: no usable GPU here
+    (the report names what is missing)."""
+    options, _ = from_cli(GpuCheckOptions, kwargs)
+    ctx.exit(gpu_check(options))

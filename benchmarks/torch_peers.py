@@ -90,6 +90,7 @@ class _Family:
     finish: Callable[[list[torch.Tensor]], torch.Tensor]  # features of strokes 1..t -> embedding (E,)
     naive: Callable[[int], torch.Tensor]  # stroke t (0-based) -> embedding, the research-code way
     conv_net: bool  # channels_last means something for it
+    model: nn.Module | None = None  # every module the family runs (gpu-check moves it to the GPU)
 
 
 class _SketchEncoder(nn.Module):
@@ -118,7 +119,7 @@ def _dcssa(bundle: Bundle, ckpt, sketch: list[np.ndarray]) -> _Family:
         return head(model.sketch_feature(torch.from_numpy(rasters)))[-1]
 
     return _Family(_SketchEncoder(model.sketch_embedding_network, model.sketch_attention),
-                   lambda feats: head(torch.cat(feats))[-1], naive, conv_net=True)
+                   lambda feats: head(torch.cat(feats))[-1], naive, conv_net=True, model=model)
 
 
 def _arnet(bundle: Bundle, ckpt, sketch: list[np.ndarray]) -> _Family:
@@ -131,7 +132,12 @@ def _arnet(bundle: Bundle, ckpt, sketch: list[np.ndarray]) -> _Family:
     def naive(t: int) -> torch.Tensor:
         return model(torch.from_numpy(pipe.preprocess(pipe.rasterize(strokes_to_points(sketch[: t + 1])))))[0]
 
-    return _Family(model, lambda feats: feats[-1][0], naive, conv_net=False)
+    return _Family(model, lambda feats: feats[-1][0], naive, conv_net=False, model=model)
+
+
+def model_family(bundle: Bundle, ckpt, sketch: list[np.ndarray]) -> _Family:
+    """The PyTorch model of ``bundle``'s family, split as every peer uses it (also gpu-check's CUDA peers)."""
+    return (_arnet if bundle.family == "arnet" else _dcssa)(bundle, ckpt, sketch)
 
 
 @dataclass
@@ -254,7 +260,7 @@ def torch_methods(bundle: Bundle, ckpt, gallery: Gallery, sketch: list[np.ndarra
     """
     if threads:
         torch.set_num_threads(threads)
-    fam = (_arnet if bundle.family == "arnet" else _dcssa)(bundle, ckpt, sketch)
+    fam = model_family(bundle, ckpt, sketch)
     pipe = SketchPipeline(bundle.sketch_recipe)  # the runtime's own canvas and preprocessing: only the model differs
     photos = torch.from_numpy(np.array(gallery.embeddings, np.float32))  # a copy: the gallery is a read-only memmap
 

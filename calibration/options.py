@@ -186,6 +186,15 @@ class EngineOptions:
     max_strokes: int | None = setting(None, "K/V cache rows [default: the bundle's].", type=click.IntRange(1))
     workspace_mib: int = setting(2048, type=click.IntRange(64))
     verbose: bool = setting(False, "TensorRT's builder log at VERBOSE (layer precisions, tactics).", is_flag=True)
+    graphs: tuple[str, ...] = setting((), "Comma list of graphs to build [default: every graph of the bundle].",
+                                      to_cli=",".join, show_default=False,
+                                      from_cli=lambda text: tuple(g for g in text.split(",") if g) if text else ())
+    opt_batch: int | None = setting(None, "Batch TensorRT tunes the kernels for [default: --max-batch, the "
+                                    "server's batch; 1 for a single-user device].", type=click.IntRange(1))
+    photo_max_side: int = setting(896, "Longest photo side the photo encoder's engine takes (photos are resized "
+                                  "to the recipe's shorter side first).", type=click.IntRange(1))
+    version_compatible: bool = setting(False, "Version-compatible plans: later TensorRT releases of the same major "
+                                       "load them (a Triton server's); somewhat slower.", is_flag=True)
 
 
 #: keywords of the 0.1 ``calibrate_bundle`` / ``prepare`` whose setting is named otherwise here

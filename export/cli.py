@@ -173,6 +173,8 @@ def triton(bundle: Path, out: Path, platform: str, precision: str, max_batch: in
     elif not quiet:
         click.echo(f"model repository written: {out} ({', '.join(doc['models'])}; {platform}, {precision}, "
                    f"manifest sha256 {doc['manifest_sha256'][:12]}...)")
+        if doc.get("serve"):
+            click.echo(f"serve it with: {doc['serve']}")
 
 
 #: every ``dcssa-export`` subcommand, registered the one way below

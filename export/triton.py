@@ -26,6 +26,8 @@ from dcssa.runtime.backends.triton import (
     PARAM_GRAPH_SHA,
     PARAM_MANIFEST,
     PARAM_PRECISION,
+    PARAM_TENSORRT,
+    PARAM_VERSION_COMPATIBLE,
     TRITON_DTYPE,
     batch_dim,
     manifest_sha256,
@@ -89,6 +91,15 @@ def _source(bundle: Bundle, name: str, precision: str, platform: str) -> tuple[P
     return bundle.verified_file(record["file"]), bundle.manifest["engines"]
 
 
+def plan_params(engines: dict) -> dict[str, str]:
+    """What a tensorrt_plan model records of its plan: the TensorRT that built it, version-compatible or not
+    (``--backend triton`` checks them; a server on another TensorRT refuses a plan that is not)."""
+    if not engines:
+        return {}
+    return {PARAM_TENSORRT: str(engines.get("tensorrt")),
+            PARAM_VERSION_COMPATIBLE: "true" if engines.get("version_compatible") else "false"}
+
+
 def write_repository(bundle_path: str | Path, out: str | Path, *, platform: str = "onnxruntime",
                      precision: str = "fp32", max_batch: int = 8, instances: int = 1, kind: str = "gpu",
                      queue_delay_us: int = 100, prefix: str = "", force: bool = False) -> dict:
@@ -119,11 +130,19 @@ def write_repository(bundle_path: str | Path, out: str | Path, *, platform: str 
             shutil.copyfile(src, tmp / model / "1" / PLATFORMS[platform][1])
             params = {PARAM_MANIFEST: sha, PARAM_GRAPH: name, PARAM_PRECISION: precision,
                       PARAM_GRAPH_SHA: bundle.file_sha256(bundle.graph_entry(name, precision)["file"]),
-                      PARAM_FAMILY: bundle.family}
+                      PARAM_FAMILY: bundle.family, **plan_params(sources[name][1])}
             text = model_config(model, spec, platform=platform, max_batch=max_batch, instances=instances, kind=kind,
                                 queue_delay_us=queue_delay_us, params=params)
             (tmp / model / "config.pbtxt").write_text(text)
             models[model] = {"graph": name, "file": f"{model}/1/{PLATFORMS[platform][1]}",
                              "config": f"{model}/config.pbtxt"}
-    return {"path": str(out), "bundle": str(bundle.path), "manifest_sha256": sha, "platform": platform,
-            "precision": precision, "models": models}
+    doc = {"path": str(out), "bundle": str(bundle.path), "manifest_sha256": sha, "platform": platform,
+           "precision": precision, "models": models}
+    engines = next((e for _, e in sources.values() if e), {})
+    if engines:
+        doc["tensorrt"] = engines.get("tensorrt")
+        doc["serve"] = ("tritonserver --model-repository REPO"
+                        + (" --backend-config=tensorrt,version-compatible=true" if engines.get("version_compatible")
+                           else f"  (a server with TensorRT {engines.get('tensorrt')} exactly: the plans are not "
+                                "version-compatible)"))
+    return doc

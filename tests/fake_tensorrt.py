@@ -35,6 +35,11 @@ class FakeCuda(CudaApi):
         self.streams: set[int] = set()
         self.destroyed: list[int] = []
         self.calls: list[tuple] = []
+        self.pinned_live: dict[int, int] = {}
+        self.capturing: dict[int, list] = {}
+        self.graphs: dict[int, list] = {}
+        self.launches: list[int] = []
+        self.pinned_freed: list[int] = []
         self._active = threading.local()
         self.gpu, self.cc = gpu, cc
 
@@ -70,7 +75,14 @@ class FakeCuda(CudaApi):
         self.freed.append(ptr)
 
     def pinned(self, nbytes: int) -> np.ndarray:
-        return np.zeros(max(1, nbytes), np.uint8)
+        buf = np.zeros(max(1, nbytes), np.uint8)
+        self.pinned_live[id(buf)] = nbytes
+        return buf
+
+    def free_pinned(self, buf: np.ndarray) -> None:
+        self._need_context("free_pinned")
+        self.pinned_live.pop(id(buf))
+        self.pinned_freed.append(buf.nbytes)
 
     def stream(self) -> int:
         self._need_context("stream")
@@ -107,6 +119,33 @@ class FakeCuda(CudaApi):
 
     def synchronize(self, stream: int) -> None:
         self._need_context("synchronize")
+
+    # CUDA graphs: work enqueued while a stream captures is recorded, not run; a launch runs it
+    def enqueue(self, stream: int, work) -> None:
+        if stream in self.capturing:
+            self.capturing[stream].append(work)
+        else:
+            work()
+
+    def begin_capture(self, stream: int) -> None:
+        self._need_context("begin_capture")
+        self.capturing[stream] = []
+
+    def end_capture(self, stream: int) -> int:
+        self._need_context("end_capture")
+        handle = 5000 + len(self.graphs)
+        self.graphs[handle] = self.capturing.pop(stream)
+        return handle
+
+    def launch(self, graph: int, stream: int) -> None:
+        self._need_context("launch")
+        self.launches.append(graph)
+        for work in self.graphs[graph]:
+            work()
+
+    def destroy_graph(self, graph: int) -> None:
+        self._need_context("destroy_graph")
+        self.graphs.pop(graph)
 
     # test helpers
     def read(self, ptr: int, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
@@ -171,8 +210,9 @@ class FakeEngine:
     def get_tensor_profile_shape(self, name: str, profile: int):
         return [tuple(s) for s in self.tensors[name]["profile"]]
 
-    def create_execution_context(self) -> FakeContext:
+    def create_execution_context(self, strategy=None) -> FakeContext:
         ctx = FakeContext(self)
+        ctx.strategy = strategy
         self.trt.contexts.append(ctx)
         return ctx
 
@@ -189,6 +229,17 @@ class FakeContext:
         self.refuse_shapes = False
         self.refuse_addresses = False
         self.fail_execution = False
+        self.strategy = None
+        self.device_memory: tuple[int, int] | None = None
+
+    def update_device_memory_size_for_shapes(self) -> int:
+        """Scratch bytes for the current input shapes (a toy formula: 4 bytes per input element, x3)."""
+        return sum(self.engine.trt.scratch_bytes(self.shapes[n]) for n, t in self.engine.tensors.items()
+                   if t["input"] and n in self.shapes)
+
+    def set_device_memory(self, memory: int, size: int) -> None:
+        self.engine.trt.cuda._span(memory, size)  # must be a live allocation that large
+        self.device_memory = (memory, size)
 
     def set_input_shape(self, name: str, shape) -> bool:
         t = self.engine.tensors[name]
@@ -210,30 +261,44 @@ class FakeContext:
         t = self.engine.tensors[name]
         if t["input"]:
             return self.shapes.get(name, tuple(t["shape"]))
+        if self.engine.kind == "double":  # its output has the input's shape
+            return self.shapes.get("images", tuple(t["shape"]))
         return tuple(t["shape"])
 
     def execute_async_v3(self, stream: int) -> bool:
         cuda = self.engine.trt.cuda
         if not cuda.active():
             raise RuntimeError("execute_async_v3: invalid device context")
+        if self.strategy is not None and (self.device_memory is None
+                                          or self.device_memory[1] < self.update_device_memory_size_for_shapes()):
+            raise RuntimeError("execute_async_v3: USER_MANAGED context without enough device memory")
         if self.fail_execution:
             return False
-        self.executions += 1
-        ins = {n: cuda.read(self.addresses[n], self.get_tensor_shape(n))
-               for n, t in self.engine.tensors.items() if t["input"]}
-        outs = head_step(**ins) if self.engine.kind == "head" else {}
-        for n, arr in outs.items():
-            cuda.write(self.addresses[n], arr)
+        shapes = {n: self.get_tensor_shape(n) for n in self.engine.tensors}
+
+        def work() -> None:  # reads the device at run time: a replayed graph sees the new inputs
+            self.executions += 1
+            ins = {n: cuda.read(self.addresses[n], shapes[n]) for n, t in self.engine.tensors.items() if t["input"]}
+            if self.engine.kind == "head":
+                outs = head_step(**ins)
+            elif self.engine.kind == "double":  # images -> features = 2 x images
+                outs = {n: 2 * ins["images"] for n, t in self.engine.tensors.items() if not t["input"]}
+            else:
+                outs = {}
+            for n, arr in outs.items():
+                cuda.write(self.addresses[n], arr)
+
+        cuda.enqueue(stream, work)
         return True
 
 
 class FakeTensorRT:
     """A ``tensorrt`` module: the runtime side (Runtime, engines) and the builder side."""
 
-    __version__ = "10.3.0"
-
     def __init__(self, cuda: FakeCuda | None = None, *, strongly_typed: bool = True, explicit_batch: bool = True,
-                 foreign_cache: bytes | None = None) -> None:
+                 foreign_cache: bytes | None = None, version: str = "10.3.0", timing_cache: bool = True) -> None:
+        self.__version__ = version
+        self.timing_cache = timing_cache
         self.cuda = cuda or FakeCuda()
         self.contexts: list[FakeContext] = []
         flags = {}
@@ -245,8 +310,13 @@ class FakeTensorRT:
         self.TensorIOMode = _Enum(INPUT="INPUT", OUTPUT="OUTPUT")
         self.DataType = _Enum(FLOAT="FLOAT", HALF="HALF")
         self.Logger = type("Logger", (), {"WARNING": "WARNING", "VERBOSE": "VERBOSE",
-                                          "__init__": lambda s, level: setattr(s, "level", level)})
-        self.BuilderFlag = _Enum(FP16="FP16", INT8="INT8")
+                                          "__init__": lambda s, min_severity: setattr(s, "min_severity", min_severity)})
+        major = int(version.split(".")[0])
+        # TensorRT 11 removed the precision flags (strongly typed networks only)
+        self.BuilderFlag = (_Enum(VERSION_COMPATIBLE="VERSION_COMPATIBLE") if major >= 11 else
+                            _Enum(FP16="FP16", INT8="INT8", VERSION_COMPATIBLE="VERSION_COMPATIBLE"))
+        self.ExecutionContextAllocationStrategy = _Enum(STATIC="STATIC", ON_PROFILE_CHANGE="ON_PROFILE_CHANGE",
+                                                        USER_MANAGED="USER_MANAGED")
         self.MemoryPoolType = _Enum(WORKSPACE="WORKSPACE")
         self.foreign_cache = foreign_cache
         self.networks: list[dict] = []
@@ -257,6 +327,7 @@ class FakeTensorRT:
         class Runtime:
             def __init__(self, logger) -> None:
                 self.logger = logger
+                self.engine_host_code_allowed = False
 
             def deserialize_cuda_engine(self, blob: bytes):
                 try:
@@ -269,9 +340,9 @@ class FakeTensorRT:
                 trt.loggers.append(logger)
 
             def create_network(self, flags: int):
-                net = {"flags": flags, "parsed": None}
+                net = {"flags": flags, "parsed": None, "profiles": []}
                 trt.networks.append(net)
-                return SimpleNamespace(doc=net, num_inputs=0, get_input=lambda i: None)
+                return FakeNetwork(net)
 
             def create_builder_config(self):
                 c = FakeConfig(trt)
@@ -279,13 +350,14 @@ class FakeTensorRT:
                 return c
 
             def create_optimization_profile(self):
-                return SimpleNamespace(set_shape=lambda *a: None)
+                return FakeProfile()
 
             def build_serialized_network(self, network, config):
                 return engine_blob("encoder", [])
 
         class OnnxParser:
-            """Like TensorRT < 10's parser: refuses an implicit-batch network."""
+            """Like TensorRT < 10's parser: refuses an implicit-batch network (flags without EXPLICIT_BATCH
+            or STRONGLY_TYPED); from 10 on every network is explicit-batch."""
 
             def __init__(self, network, logger) -> None:
                 self.network = network
@@ -296,10 +368,11 @@ class FakeTensorRT:
                 kinds = trt.NetworkDefinitionCreationFlag
                 explicit = any(flags & (1 << getattr(kinds, k)) for k in ("EXPLICIT_BATCH", "STRONGLY_TYPED")
                                if hasattr(kinds, k))
-                if not explicit:
+                if not explicit and int(trt.__version__.split(".")[0]) < 10:
                     self.errors.append("ONNX parser only supports networks with an explicit batch dimension")
                     return False
                 self.network.doc["parsed"] = path
+                self.network.read_inputs(path)
                 return True
 
             @property
@@ -310,10 +383,66 @@ class FakeTensorRT:
                 return self.errors[i]
 
         self.Runtime, self.Builder, self.OnnxParser = Runtime, Builder, OnnxParser
+        self.IExecutionContext = FakeContext  # the class, as TensorRT exports it (feature probes read it)
 
     @staticmethod
     def nptype(dtype) -> type:
-        return {"FLOAT": np.float32, "HALF": np.float16}[dtype]
+        """Like TensorRT's: a TypeError for the types numpy lacks (BF16, FP8 ...)."""
+        mapping = {"FLOAT": np.float32, "HALF": np.float16}
+        if dtype in mapping:
+            return mapping[dtype]
+        raise TypeError("Could not resolve TensorRT datatype to an equivalent numpy datatype.")
+
+    @staticmethod
+    def scratch_bytes(shape) -> int:
+        return 12 * int(np.prod(shape))
+
+
+class FakeTensor:
+    """A network input: its name and shape (-1 for a dynamic dimension), as ITensor has them."""
+
+    def __init__(self, name: str, shape: tuple[int, ...]) -> None:
+        self.name, self.shape = name, shape
+
+
+class FakeNetwork:
+    """INetworkDefinition as far as the builder asks: the parsed graph's inputs."""
+
+    def __init__(self, doc: dict) -> None:
+        self.doc = doc
+        self.inputs: list[FakeTensor] = []
+
+    def read_inputs(self, path: str) -> None:
+        import os
+
+        import onnx
+
+        if not os.path.isfile(path):
+            return
+
+        graph = onnx.load(path, load_external_data=False).graph
+        inits = {i.name for i in graph.initializer}
+        for v in graph.input:
+            if v.name not in inits:
+                dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim)
+                self.inputs.append(FakeTensor(v.name, dims))
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.inputs)
+
+    def get_input(self, index: int) -> FakeTensor:
+        return self.inputs[index]
+
+
+class FakeProfile:
+    """IOptimizationProfile: records (name, min, opt, max) per input."""
+
+    def __init__(self) -> None:
+        self.shapes: dict[str, tuple] = {}
+
+    def set_shape(self, input: str, min, opt, max) -> None:  # noqa: A002 - TensorRT's own parameter names
+        self.shapes[input] = (tuple(min), tuple(opt), tuple(max))
 
 
 class FakeTimingCache:
@@ -330,6 +459,7 @@ class FakeConfig:
         self.flags: list = []
         self.cache_calls: list[bytes] = []
         self.cache: FakeTimingCache | None = None
+        self.profiles: list[FakeProfile] = []
 
     def set_memory_pool_limit(self, pool, size: int) -> None:
         self.pool = size
@@ -337,8 +467,9 @@ class FakeConfig:
     def set_flag(self, flag) -> None:
         self.flags.append(flag)
 
-    def create_timing_cache(self, blob: bytes) -> FakeTimingCache:
-        return FakeTimingCache(blob)
+    def create_timing_cache(self, blob: bytes) -> FakeTimingCache | None:
+        """None when the stand-in is made with ``timing_cache=False`` (TensorRT may return None too)."""
+        return FakeTimingCache(blob) if self.trt.timing_cache else None
 
     def set_timing_cache(self, cache: FakeTimingCache, ignore_mismatch: bool) -> bool:
         """False for a cache made elsewhere (``foreign_cache``) unless mismatches are ignored."""
@@ -352,4 +483,5 @@ class FakeConfig:
         return self.cache
 
     def add_optimization_profile(self, profile) -> int:
-        return 0
+        self.profiles.append(profile)
+        return len(self.profiles) - 1

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import BackendError, MissingExtra
 from .base import Backend, Runner, SerializedRunner, thread_safe
 from .openvino import OpenVINOBackend
-from .ort import PROVIDERS, OrtBackend
+from .ort import INT8_HINT, PROVIDERS, OrtBackend, refusal
 from .tensorrt import TensorRTBackend
 from .triton import TritonBackend
 
@@ -42,11 +42,13 @@ class BackendEntry:
     available: Callable[[], bool]
     #: ``auto`` may pick it for graph precisions (not only for its execution modes)
     auto_default: Callable[[], bool] = lambda: True
+    #: why it refuses a precision (None: runs it), decided without looking at the machine
+    refuses: Callable[[str | None], str | None] = lambda precision: None
 
 
 def _ort_entry(name: str) -> BackendEntry:
     return BackendEntry(OrtBackend, lambda threads, cache_dir: OrtBackend(name, threads=threads, cache_dir=cache_dir),
-                        lambda: OrtBackend.available_for(name))
+                        lambda: OrtBackend.available_for(name), refuses=lambda precision: refusal(name, precision))
 
 
 #: name -> entry, in the order the CLIs list them
@@ -85,6 +87,8 @@ def _runs_modes() -> set[str]:
 def _auto_fits(name: str, precision: str | None) -> bool:
     """Whether ``auto`` may pick ``name`` for ``precision`` (availability is checked apart)."""
     entry = REGISTRY[name]
+    if entry.refuses(precision):
+        return False
     if precision in _runs_modes():
         return precision in entry.cls.execution_precisions
     return entry.auto_default()
@@ -122,6 +126,9 @@ def get_backend(name: str = "auto", *, threads: int | None = None, cache_dir: Pa
             f"unknown backend {name!r}",
             hint=f"choose one of: auto, {', '.join(REGISTRY)} (available here: {', '.join(available_backends())})",
         )
+    why = REGISTRY[name].refuses(precision)
+    if why:  # before the provider is looked up: the same refusal on every machine
+        raise BackendError(why, hint=INT8_HINT)
     try:
         backend = REGISTRY[name].make(threads, cache_dir)  # raises BackendError saying why not
     except MissingExtra as exc:  # asked for by name: the backend is what is unavailable, the extra is why

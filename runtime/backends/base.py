@@ -43,6 +43,8 @@ class Runner(ABC):
     #: whether ``run`` may be called from several threads at once; the Retriever serialises
     #: runners that say no (:class:`SerializedRunner`)
     thread_safe: bool = True
+    #: the largest batch the loaded graph takes (a TensorRT engine's profile maximum); None: any
+    max_batch: int | None = None
 
     @property
     def name(self) -> str:
@@ -75,6 +77,7 @@ class SerializedRunner(Runner):
         self.inner = inner
         self.spec = inner.spec
         self.input_names, self.output_names = inner.input_names, inner.output_names
+        self.max_batch = inner.max_batch
         self._lock = threading.Lock()
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -48,10 +48,15 @@ class CudaApi(ABC):
 
     @abstractmethod
     def pinned(self, nbytes: int) -> np.ndarray:
-        """Page-locked host memory as a uint8 array (kept alive by the returned array's owner)."""
+        """Page-locked host memory as a uint8 array, until :meth:`free_pinned` (or this object goes)."""
 
     @abstractmethod
-    def stream(self) -> int: ...
+    def free_pinned(self, buf: np.ndarray) -> None:
+        """Give back a buffer :meth:`pinned` returned (the array must not be used afterwards)."""
+
+    @abstractmethod
+    def stream(self) -> int:
+        """A non-blocking stream: it never waits for work other libraries queue on the legacy default stream."""
 
     @abstractmethod
     def h2d(self, dst: int, src: np.ndarray, stream: int) -> None: ...
@@ -72,6 +77,20 @@ class CudaApi(ABC):
     def activate(self) -> Iterator[None]:
         """Make this device's context current on the calling thread for the block."""
         yield
+
+    # CUDA graphs (optional: the runner falls back to plain launches where they raise NotImplementedError)
+    def begin_capture(self, stream: int) -> None:
+        raise NotImplementedError(f"{self.name} has no CUDA graph capture here")
+
+    def end_capture(self, stream: int) -> int:
+        """The instantiated graph of the work captured on ``stream`` since :meth:`begin_capture`."""
+        raise NotImplementedError(f"{self.name} has no CUDA graph capture here")
+
+    def launch(self, graph: int, stream: int) -> None:
+        raise NotImplementedError(f"{self.name} has no CUDA graph capture here")
+
+    def destroy_graph(self, graph: int) -> None:
+        raise NotImplementedError(f"{self.name} has no CUDA graph capture here")
 
 
 def stream_handle(stream) -> int:
@@ -102,7 +121,8 @@ class CudaPython(CudaApi):
         if count < 1:
             raise BackendError("CUDA reports no GPU", hint=INSTALL_HINT)
         self.index = int(self._ok(cudart.cudaGetDevice(), "cudaGetDevice"))
-        self._pinned: list[int] = []
+        self._pinned: set[int] = set()
+        self._graphs: dict[int, object] = {}
         self._thread = threading.local()
         self._thread.device = self.index
 
@@ -139,11 +159,18 @@ class CudaPython(CudaApi):
 
     def pinned(self, nbytes: int) -> np.ndarray:
         ptr = int(self._ok(self.rt.cudaMallocHost(max(1, nbytes)), "cudaMallocHost"))
-        self._pinned.append(ptr)
+        self._pinned.add(ptr)
         return np.ctypeslib.as_array((ctypes.c_uint8 * max(1, nbytes)).from_address(ptr))
 
+    def free_pinned(self, buf: np.ndarray) -> None:
+        ptr = int(buf.ctypes.data)
+        if ptr in self._pinned:
+            self._pinned.discard(ptr)
+            self._ok(self.rt.cudaFreeHost(ptr), "cudaFreeHost")
+
     def stream(self) -> int:
-        return stream_handle(self._ok(self.rt.cudaStreamCreate(), "cudaStreamCreate"))
+        flags = self.rt.cudaStreamNonBlocking
+        return stream_handle(self._ok(self.rt.cudaStreamCreateWithFlags(flags), "cudaStreamCreateWithFlags"))
 
     def destroy_stream(self, stream: int) -> None:
         self._ok(self.rt.cudaStreamDestroy(stream), "cudaStreamDestroy")
@@ -163,6 +190,27 @@ class CudaPython(CudaApi):
     def synchronize(self, stream: int) -> None:
         self._ok(self.rt.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
 
+    def begin_capture(self, stream: int) -> None:
+        mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        self._ok(self.rt.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
+
+    def end_capture(self, stream: int) -> int:
+        graph = self._ok(self.rt.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
+        try:
+            exe = self._ok(self.rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        finally:
+            self.rt.cudaGraphDestroy(graph)
+        self._graphs[id(exe)] = exe  # the handle stays ours: the object is kept until destroy_graph
+        return id(exe)
+
+    def launch(self, graph: int, stream: int) -> None:
+        self._ok(self.rt.cudaGraphLaunch(self._graphs[graph], stream), "cudaGraphLaunch")
+
+    def destroy_graph(self, graph: int) -> None:
+        exe = self._graphs.pop(graph, None)
+        if exe is not None:
+            self._ok(self.rt.cudaGraphExecDestroy(exe), "cudaGraphExecDestroy")
+
     def __del__(self) -> None:  # pragma: no cover - needs a GPU
         for ptr in getattr(self, "_pinned", []):
             self.rt.cudaFreeHost(ptr)
@@ -177,6 +225,9 @@ class PyCuda(CudaApi):
 
     name = "pycuda"
 
+    #: CU_STREAM_NON_BLOCKING
+    NON_BLOCKING = 1
+
     def __init__(self) -> None:
         import pycuda.driver as drv
 
@@ -189,14 +240,22 @@ class PyCuda(CudaApi):
             raise BackendError(f"CUDA (pycuda) failed: {exc}", hint=INSTALL_HINT) from None
         self._keep: dict[int, object] = {}
         self._streams: dict[int, object] = {}
+        self._depth = threading.local()
 
     @contextlib.contextmanager
     def activate(self) -> Iterator[None]:
-        self.ctx.push()
+        """Push the context once per thread and block: the calls inside a runner's call (which is
+        itself inside ``activate``) find it current and do not push and pop again."""
+        depth = getattr(self._depth, "n", 0)
+        if depth == 0:
+            self.ctx.push()
+        self._depth.n = depth + 1
         try:
             yield
         finally:
-            self.drv.Context.pop()
+            self._depth.n = depth
+            if depth == 0:
+                self.drv.Context.pop()
 
     def device(self) -> dict:
         major, minor = self.dev.compute_capability()
@@ -218,9 +277,15 @@ class PyCuda(CudaApi):
         with self.activate():
             return self.drv.pagelocked_empty(max(1, nbytes), np.uint8)
 
+    def free_pinned(self, buf: np.ndarray) -> None:
+        alloc = getattr(buf, "base", None)
+        if alloc is not None and hasattr(alloc, "free"):
+            with self.activate():
+                alloc.free()
+
     def stream(self) -> int:
         with self.activate():
-            s = self.drv.Stream()
+            s = self.drv.Stream(flags=self.NON_BLOCKING)
         self._streams[s.handle] = s
         return s.handle
 

@@ -2,11 +2,17 @@
 
 ``ort-trt`` loads what TensorRT can run and tells the provider what it needs to know: for int8 the
 bundle's symmetric Q/DQ graph (``tensorrt_file``; the CPU int8 graph has uint8 asymmetric
-activations, which TensorRT refuses), with ``trt_int8_enable`` (onnxruntime builds before TensorRT 10
-need it for Q/DQ graphs) and ``trt_fp16_enable`` for the blocks the recipe keeps float; for fp16
-``trt_fp16_enable``; and for every graph explicit optimisation profiles, the same ones
-``dcssa-export engines`` builds with (:mod:`dcssa.runtime.backends.profiles`), so the head's growing K/V
-cache does not rebuild the engine.
+activations, which TensorRT refuses); for every graph explicit optimisation profiles, the same ones
+``dcssa-export engines`` builds with (:mod:`dcssa.runtime.backends.profiles`), so the head's growing
+K/V cache does not rebuild the engine. Precision flags: none on onnxruntime >= 1.18 (built against
+TensorRT 10+), whose provider builds a STRONGLY TYPED network only when neither ``trt_fp16_enable``
+nor ``trt_int8_enable`` is set (onnxruntime PR #24298): with a flag, TensorRT may run the typed
+graphs' fp32 islands (ReduceL2's sum of squares, which overflows fp16) in fp16. Older builds
+(TensorRT 8.6) have no strong typing and need the flags (:func:`trt_precision_flags`).
+
+``ort-cuda`` runs float graphs only: the CUDA provider has no kernels for the int8 graphs' Q/DQ
+pattern and would run them on the CPU, so int8 is refused by name (:func:`refusal`) before any
+provider is looked up, the same on every machine, and ``auto`` never picks ort-cuda for int8.
 """
 
 from __future__ import annotations
@@ -34,8 +40,39 @@ PROVIDERS = {
 }
 
 
+#: the first onnxruntime release built against TensorRT 10 (strongly typed networks)
+ORT_TRT10 = (1, 18)
+
+
 def _ort():
     return require("onnxruntime", "the onnxruntime backends")
+
+
+def trt_precision_flags(precision: str, ort_version: str) -> dict[str, str]:
+    """The provider's precision flags for a graph of ``precision``: none on TensorRT 10+ builds
+    (the typed graph decides, strongly typed), the fp16/int8 flags on older ones."""
+    try:
+        version = tuple(int(x) for x in ort_version.split(".")[:2])
+    except ValueError:
+        version = ORT_TRT10
+    if version >= ORT_TRT10 or precision not in ("fp16", "int8"):
+        return {}
+    flags = {"trt_fp16_enable": "True"}
+    if precision == "int8":
+        flags["trt_int8_enable"] = "True"
+    return flags
+
+
+def refusal(name: str, precision: str | None) -> str | None:
+    """Why onnxruntime backend ``name`` refuses ``precision`` (None: it runs it); asked before the
+    provider is looked up, so the answer does not depend on the machine."""
+    if name == "ort-cuda" and precision == "int8":
+        return ("ort-cuda does not run int8: onnxruntime's CUDA provider has no kernels for the int8 graphs' "
+                "quantize/dequantize pattern and would run them on the CPU")
+    return None
+
+
+INT8_HINT = "use --backend ort-trt or tensorrt for int8 on a GPU, ort-cpu / openvino on a CPU, or --precision fp16"
 
 
 class OrtRunner(Runner):
@@ -102,15 +139,15 @@ class OrtBackend(Backend):
 
     def artifact(self, bundle: Bundle, name: str, precision: str) -> Path:
         """The graph file this provider runs; for ``ort-trt`` also its TensorRT provider options."""
+        why = refusal(self.name, precision)
+        if why:
+            raise BackendError(why, path=bundle.path, hint=INT8_HINT)
         if self.name != "ort-trt":
             return super().artifact(bundle, name, precision)
         entry = bundle.graph_entry(name, precision)
         path = bundle.verified_file(entry.get("tensorrt_file") or entry["file"])
         opts = ort_trt_options(graph_profiles(bundle).get(name, {}))
-        if precision in ("fp16", "int8"):
-            opts["trt_fp16_enable"] = "True"
-        if precision == "int8":
-            opts["trt_int8_enable"] = "True"
+        opts.update(trt_precision_flags(precision, _ort().__version__))
         self._trt_options[Path(path)] = opts
         return path
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..contract import manifest as mf
 from ..errors import BundleError
 
 if TYPE_CHECKING:
@@ -23,21 +22,23 @@ PHOTO_MAX_SIDE = 896
 
 
 def graph_profiles(bundle: Bundle, *, max_batch: int = MAX_BATCH, max_strokes: int | None = None,
-                   photo_max_side: int = PHOTO_MAX_SIDE) -> dict[str, dict[str, Shapes]]:
+                   photo_max_side: int = PHOTO_MAX_SIDE, opt_batch: int | None = None) -> dict[str, dict[str, Shapes]]:
     """(min, opt, max) shape per dynamic input of each graph of ``bundle``: what the runtime feeds.
 
     The inputs and their symbolic dims come from the bundle's graph specs: a batch N of 1..max_batch
-    (a live session encodes one raster, a gallery build batches photos), a stroke count T of
-    1..max_strokes (0.. for the stroke caches, which start empty), photo sides H, W from the photo
-    recipe's shorter side up to ``photo_max_side``.
+    (a server batches strokes of several sessions up to its --max-batch, a gallery build batches
+    photos), a stroke count T of 1..max_strokes (0.. for the stroke caches, which start empty),
+    photo sides H, W from the photo recipe's shorter side up to ``photo_max_side``. TensorRT tunes
+    kernels for the opt shape: batch ``opt_batch`` (default: ``max_batch``, the serving batch; a
+    single-user device passes 1).
     """
     t = max_strokes or bundle.max_strokes
     side = bundle.photo_recipe.resize_shorter_side
-    batch_opt = {mf.PHOTO_ENCODER: max(1, max_batch // 2)}
+    opt = min(max_batch, opt_batch or max_batch)
     out: dict[str, dict[str, Shapes]] = {}
     for graph in bundle.manifest["graphs"]:
         spec = bundle.graph_spec(graph)
-        symbols = {"N": (1, batch_opt.get(graph, 1), max_batch), "H": (side, side, photo_max_side),
+        symbols = {"N": (1, opt, max_batch), "H": (side, side, photo_max_side),
                    "W": (side, side * 4 // 3, photo_max_side)}
         for name, dims in spec.inputs.items():
             if all(isinstance(d, int) for d in dims):

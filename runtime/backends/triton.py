@@ -48,6 +48,9 @@ PARAM_GRAPH = "dcssa_graph"
 PARAM_GRAPH_SHA = "dcssa_graph_sha256"
 PARAM_PRECISION = "dcssa_precision"
 PARAM_FAMILY = "dcssa_family"
+#: tensorrt_plan models: the TensorRT that built the plan, and whether it was built version-compatible
+PARAM_TENSORRT = "dcssa_tensorrt_version"
+PARAM_VERSION_COMPATIBLE = "dcssa_tensorrt_version_compatible"
 #: Triton data type of every encoder tensor: the bundle's graphs keep float32 I/O at every
 #: precision (fp16 / int8 graphs convert inside; the generator's tests check this against the ONNX)
 TRITON_DTYPE = "FP32"
@@ -87,6 +90,27 @@ def _client_module(protocol: str):
     return require(f"tritonclient.{protocol}", "the triton backend", hint=INSTALL)
 
 
+def plan_fix(bundle: Path, precision: str, built: str | None) -> str:
+    """How to get a TensorRT plan the server can load (the repository alone cannot fix it)."""
+    return (f"a TensorRT plan loads only on the TensorRT release that built it{f' (these: {built})' if built else ''}, "
+            "unless built version-compatible: build the engines with the server's TensorRT (run `dcssa-export engines "
+            f"{bundle} --precision {precision}` in the server's container or on its machine), or build them "
+            f"version-compatible (`dcssa-export engines {bundle} --precision {precision} --version-compatible`) and "
+            "start tritonserver with --backend-config=tensorrt,version-compatible=true; then write the repository "
+            f"again (`dcssa-export triton {bundle} --platform tensorrt --precision {precision} --out REPO --force`)")
+
+
+#: words of Triton's / TensorRT's reasons for a plan that does not load on the server's TensorRT
+PLAN_REASONS = ("engine plan file is not compatible", "version of tensorrt", "serialization", "deserializ",
+                "version-compatible", "version compatible")
+
+
+def plan_load_failure(reason: str) -> bool:
+    """Whether a model's load-failure reason says its TensorRT plan does not fit the server's TensorRT."""
+    text = reason.lower()
+    return any(word in text for word in PLAN_REASONS)
+
+
 def _param(config: Mapping, key: str) -> str | None:
     value = config.get("parameters", {}).get(key)
     return None if value is None else str(value.get("string_value", ""))
@@ -96,7 +120,8 @@ class TritonRunner(Runner):
     """One model on a Triton server. A client per thread (tritonclient's HTTP client is not thread-safe)."""
 
     def __init__(self, url: str, model: str, spec: mf.GraphSpec, *, manifest_sha: str, precision: str,
-                 bundle: Path) -> None:
+                 bundle: Path, engines_tensorrt: str | None = None) -> None:
+        self.engines_tensorrt = engines_tensorrt  # the TensorRT of the bundle's engines (manifest), if any
         self.protocol, self.address = parse_url(url)
         self.url, self.model, self.spec = url, model, spec
         self.input_names, self.output_names = spec.input_names, spec.output_names
@@ -135,16 +160,7 @@ class TritonRunner(Runner):
         except Exception as exc:  # noqa: BLE001
             raise backend_error(f"{self._where()}: cannot ask whether model {self.model!r} is ready", exc) from None
         if not ready:
-            try:
-                index = self._json("get_model_repository_index")
-                have = [m.get("name", "?") for m in (index.get("models", []) if isinstance(index, dict) else index)]
-            except Exception:  # noqa: BLE001 - the listing only decorates the message
-                have = []
-            raise BackendError(
-                f"{self._where()} has no ready model {self.model!r} (models there: {', '.join(have) or 'none'})",
-                hint=f"write the repository with {regen}, serve it (tritonserver --model-repository REPO), "
-                f"or fix --triton-prefix / ${PREFIX_ENV}",
-            )
+            raise self._not_ready(bundle, precision, regen)
         try:
             config = self._json("get_model_config", self.model)
         except Exception as exc:  # noqa: BLE001
@@ -162,6 +178,7 @@ class TritonRunner(Runner):
                 hint=f"regenerate the repository with {regen} and reload it on the server, or point --bundle at "
                 "the bundle the server's repository was made from",
             )
+        self._check_plan(config, bundle, precision)
         got_graph, got_prec = _param(config, PARAM_GRAPH), _param(config, PARAM_PRECISION)
         if got_graph not in (None, self.spec.name) or got_prec not in (None, precision):
             raise BackendError(f"{self._where()}: model {self.model!r} serves {got_graph} at {got_prec}, "
@@ -174,6 +191,37 @@ class TritonRunner(Runner):
                                f"{', '.join(self.input_names)} and gives {', '.join(self.output_names)}",
                                hint=f"serve the repository of {regen}")
         return int(config.get("max_batch_size", 0) or 0)
+
+    def _not_ready(self, bundle: Path, precision: str, regen: str) -> BackendError:
+        """Why the model is not ready, as the server's repository index says (a plan of another TensorRT ...)."""
+        try:
+            index = self._json("get_model_repository_index")
+            models = index.get("models", []) if isinstance(index, dict) else index
+        except Exception:  # noqa: BLE001 - the listing only decorates the message
+            models = []
+        have = [m.get("name", "?") for m in models]
+        reason = next((str(m.get("reason", "")) for m in models if m.get("name") == self.model), "")
+        if plan_load_failure(reason):
+            return BackendError(f"{self._where()} could not load the TensorRT plan of model {self.model!r}: {reason}",
+                                hint=plan_fix(bundle, precision, self.engines_tensorrt))
+        return BackendError(
+            f"{self._where()} has no ready model {self.model!r} (models there: {', '.join(have) or 'none'})",
+            hint=f"write the repository with {regen}, serve it (tritonserver --model-repository REPO), "
+            f"or fix --triton-prefix / ${PREFIX_ENV}",
+        )
+
+    def _check_plan(self, config: Mapping, bundle: Path, precision: str) -> None:
+        """A tensorrt_plan model records the TensorRT that built it: it must be this bundle's engines'."""
+        served = _param(config, PARAM_TENSORRT)
+        if config.get("platform") != "tensorrt_plan" or served is None:
+            return
+        if self.engines_tensorrt is not None and served != self.engines_tensorrt:
+            raise BackendError(
+                f"{self._where()}: model {self.model!r} is a plan built with TensorRT {served}, but this bundle's "
+                f"engines were built with TensorRT {self.engines_tensorrt}: the repository was written before the "
+                "engines were rebuilt", path=bundle / mf.MANIFEST,
+                hint=f"write the repository again (`dcssa-export triton {bundle} --platform tensorrt --precision "
+                f"{precision} --out REPO --force`) and reload it; {plan_fix(bundle, precision, self.engines_tensorrt)}")
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         m = self._module
@@ -238,7 +286,8 @@ class TritonBackend(Backend):
             return self.local.load(path, spec)
         bundle, file_precision = remote
         return TritonRunner(self.url, self.prefix + spec.name, spec, manifest_sha=manifest_sha256(bundle),
-                            precision=file_precision, bundle=bundle.path)
+                            precision=file_precision, bundle=bundle.path,
+                            engines_tensorrt=bundle.manifest.get("engines", {}).get("tensorrt"))
 
     def describe(self) -> dict:
         return {"backend": self.name, "url": self.url, "prefix": self.prefix, "local": self.local.describe()}

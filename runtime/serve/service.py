@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from urllib.parse import quote
 import numpy as np
 
 from ..errors import DcssaError
+from ..progress import warning
 from ..session import QueryResult, Retriever, StrokeSession
 from .batcher import DynamicBatcher
 from .config import ServeConfig
@@ -50,12 +52,23 @@ def scoped(sid: str, principal: str | None) -> str:
     return f"{sid}.{tag}"
 
 
+def clamp_batch(config: ServeConfig, retriever: Retriever) -> ServeConfig:
+    """``--max-batch`` cut to the sketch encoder's own limit (a TensorRT engine's profile), said once:
+    a larger batch would fail every stroke of it."""
+    limit = retriever.encoder.max_batch
+    if limit is None or config.max_batch <= limit:
+        return config
+    warning(f"--max-batch {config.max_batch} is more than the sketch encoder's engine takes ({limit}): batching up "
+            f"to {limit} (rebuild the engines with `dcssa-export engines --max-batch {config.max_batch}` for more)")
+    return dataclasses.replace(config, max_batch=limit)
+
+
 class Service:
     """One server's state; the batcher thread starts with the app (or the first stroke)."""
 
     def __init__(self, retriever: Retriever, config: ServeConfig, photos_root: str | Path | None = None) -> None:
         self.retriever = retriever
-        self.config = config
+        self.config = config = clamp_batch(config, retriever)
         self.metrics = Metrics(max_batch=config.max_batch, active_sessions=lambda: len(self.store),
                                queued=lambda: self.batcher.queued if self.batcher else 0)
         self.store: SessionStore = make_store(

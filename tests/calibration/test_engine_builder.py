@@ -29,21 +29,27 @@ def fake(monkeypatch):
     return install
 
 
-@pytest.mark.parametrize("generation,strongly_typed,explicit_batch,flags", [
-    ("TensorRT 8.x", False, True, 1 << 0),   # EXPLICIT_BATCH (= 0 in TensorRT's enum)
-    ("TensorRT 10/11", True, True, 1 << 1),  # STRONGLY_TYPED (= 1), EXPLICIT_BATCH ignored
-    ("TensorRT 11, no EXPLICIT_BATCH", True, False, 1 << 1),
-])
-def test_every_network_is_parsed_with_an_explicit_batch(tmp_path, fake, generation, strongly_typed, explicit_batch,
-                                                        flags):
-    trt = fake(strongly_typed=strongly_typed, explicit_batch=explicit_batch)
+#: (TensorRT version, has STRONGLY_TYPED, has EXPLICIT_BATCH, flags by hand, strongly typed?)
+GENERATIONS = [
+    ("8.6.1", False, True, 1 << 0, False),        # EXPLICIT_BATCH (= 0 in TensorRT's enum), weakly typed
+    ("9.3.0", True, True, 1 << 1 | 1 << 0, True),  # STRONGLY_TYPED (= 1) AND EXPLICIT_BATCH: 9.x needs both
+    ("10.3.0", True, True, 1 << 1, True),          # JetPack 6: EXPLICIT_BATCH deprecated, ignored: not set
+    ("11.4.0", True, False, 1 << 1, True),         # 11.x: STRONGLY_TYPED deprecated, set while it exists
+    ("11.9.0", False, False, 0, True),             # a later 11.x without the flag: still strongly typed
+]
+
+
+@pytest.mark.parametrize("version,strongly_typed,explicit_batch,flags,typed", GENERATIONS)
+def test_every_network_is_parsed_with_an_explicit_batch(tmp_path, fake, version, strongly_typed, explicit_batch,
+                                                        flags, typed):
+    trt = fake(strongly_typed=strongly_typed, explicit_batch=explicit_batch, version=version)
     folder = write_tiny_bundle(tmp_path / "b")
     manifest = eng.build_engines(folder, ["fp32"], max_batch=2, max_strokes=8)
-    assert [n["flags"] for n in trt.networks] == [flags] * len(manifest["graphs"]), generation
+    assert [n["flags"] for n in trt.networks] == [flags] * len(manifest["graphs"]), version
     assert all(n["parsed"] for n in trt.networks)
     built = manifest["engines"]["graphs"]
     assert set(built) == set(manifest["graphs"])
-    assert {r["strongly_typed"] for per in built.values() for r in per.values()} == {strongly_typed}
+    assert {r["strongly_typed"] for per in built.values() for r in per.values()} == {typed}
     for per in built.values():
         assert (folder / per["fp32"]["file"]).is_file()
     # TensorRT < 9 takes precision from builder flags; strongly typed networks never get them
@@ -52,19 +58,66 @@ def test_every_network_is_parsed_with_an_explicit_batch(tmp_path, fake, generati
 
 def test_an_implicit_batch_network_is_what_the_parser_refuses(fake):
     """The stand-in's parser refuses flags 0, as TensorRT 8's does: the test above can fail."""
-    trt = fake(strongly_typed=False, explicit_batch=True)
+    trt = fake(strongly_typed=False, explicit_batch=True, version="8.6.1")
     network = trt.Builder(None).create_network(0)
     parser = trt.OnnxParser(network, None)
     assert not parser.parse_from_file("x.onnx")
+    assert trt.OnnxParser(trt.Builder(None).create_network(1 << 0), None).parse_from_file("x.onnx")
     assert "explicit batch" in parser.get_error(0)
 
 
 def test_int8_without_strong_typing_sets_the_builder_flag(tmp_path, fake):
-    trt = fake(strongly_typed=False, explicit_batch=True)
+    trt = fake(strongly_typed=False, explicit_batch=True, version="8.6.1")
     builder = eng._EngineBuilder(trt, None, {}, 64, tmp_path, "87")
     assert builder.network_flags() == 1
     assert builder._config("int8").flags == ["INT8"]
     assert builder._config("fp16").flags == ["FP16"]
+
+
+@pytest.mark.parametrize("version", ["11.4.0", "11.9.0"])
+def test_tensorrt_11_never_touches_the_removed_precision_flags(tmp_path, fake, version):
+    """11.x has no BuilderFlag.FP16/INT8 (the stand-in lacks them too): fp16 and int8 builds must not ask."""
+    trt = fake(strongly_typed=version == "11.4.0", explicit_batch=False, version=version)
+    assert not hasattr(trt.BuilderFlag, "FP16")
+    builder = eng._EngineBuilder(trt, None, {}, 64, tmp_path, "90")
+    assert builder.strongly_typed
+    for prec in ("fp16", "int8"):
+        assert builder._config(prec).flags == []
+
+
+def test_version_compatible_sets_the_flag_and_is_recorded(tmp_path, fake):
+    trt = fake()
+    manifest = eng.build_engines(write_tiny_bundle(tmp_path / "b"), ["fp32"], max_batch=2, max_strokes=8,
+                                 version_compatible=True)
+    assert all(c.flags == ["VERSION_COMPATIBLE"] for c in trt.configs) and trt.configs
+    assert manifest["engines"]["version_compatible"] is True
+    assert all(r["version_compatible"] for per in manifest["engines"]["graphs"].values() for r in per.values())
+
+
+def test_no_timing_cache_from_tensorrt_builds_without_one_and_says_so(tmp_path, fake):
+    trt = fake(timing_cache=False)
+    said: list[str] = []
+    manifest = eng.build_engines(write_tiny_bundle(tmp_path / "b"), ["fp32"], max_batch=2, max_strokes=8,
+                                 say=said.append)
+    assert any("could not create a timing cache" in line for line in said)
+    assert all(c.cache is None and c.cache_calls == [] for c in trt.configs)
+    assert manifest["engines"]["timing_cache"] is None and manifest["engines"]["graphs"]
+
+
+def test_graphs_builds_only_those_and_keeps_the_engines_recorded_before(tmp_path, fake):
+    fake()
+    folder = write_tiny_bundle(tmp_path / "b")
+    names = list(json.loads((folder / mf.MANIFEST).read_text())["graphs"])
+    first = eng.build_engines(folder, ["fp32"], max_batch=2, max_strokes=8, graphs=[mf.SKETCH_ENCODER])
+    assert list(first["engines"]["graphs"]) == [mf.SKETCH_ENCODER]
+    rest = [n for n in names if n != mf.SKETCH_ENCODER]
+    second = eng.build_engines(folder, ["fp32"], max_batch=2, max_strokes=8, graphs=rest)
+    assert set(second["engines"]["graphs"]) == set(names)  # the first build's engine is still recorded
+    assert second["engines"]["graphs"][mf.SKETCH_ENCODER] == first["engines"]["graphs"][mf.SKETCH_ENCODER]
+    third = eng.build_engines(folder, ["fp32"], max_batch=4, max_strokes=8, graphs=rest)  # other limits
+    assert set(third["engines"]["graphs"]) == set(rest)  # engines of another profile are not mixed in
+    with pytest.raises(eng.EngineBuildError, match="no graph nope"):
+        eng.build_engines(folder, ["fp32"], graphs=["nope"])
 
 
 def test_a_timing_cache_tensorrt_refuses_is_replaced_and_said(tmp_path, fake):
@@ -98,4 +151,14 @@ def test_a_matching_timing_cache_is_used_without_a_word(tmp_path, fake):
 def test_builder_log_level(tmp_path, fake, verbose, level):
     trt = fake()
     eng.build_engines(write_tiny_bundle(tmp_path / "b"), ["fp32"], max_batch=1, max_strokes=4, verbose=verbose)
-    assert [lg.level for lg in trt.loggers] == [level]
+    assert [lg.min_severity for lg in trt.loggers] == [level]
+
+
+def test_each_dynamic_input_gets_the_profile_of_the_serving_batch(tmp_path, fake):
+    """By hand for the tiny bundle (D = 16) at --max-batch 4: batch 1..4 tuned at 4, caches 0..8."""
+    trt = fake()
+    eng.build_engines(write_tiny_bundle(tmp_path / "b"), ["fp32"], max_batch=4, max_strokes=8,
+                      graphs=[mf.SKETCH_ENCODER, mf.HEAD_STEP])
+    shapes = [p.shapes for c in trt.configs for p in c.profiles]
+    assert shapes == [{"images": ((1, 3, 299, 299), (4, 3, 299, 299), (4, 3, 299, 299))},
+                      {"past_keys": ((0, 16), (8, 16), (8, 16)), "past_values": ((0, 16), (8, 16), (8, 16))}]

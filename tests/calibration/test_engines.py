@@ -40,11 +40,15 @@ def test_profiles_cover_every_dynamic_input_of_the_specs(tmp_path, schema):
     """Worked out by hand for D = 16: batch 1..8, strokes 1..40 (caches from 0), photos 299..896."""
     b = Bundle.load(write_tiny_bundle(tmp_path / "b", schema=schema, feature_dim=16))
     assert profiles(b, max_batch=8, max_strokes=40) == {
-        mf.SKETCH_ENCODER: {"images": ((1, 3, 299, 299), (1, 3, 299, 299), (8, 3, 299, 299))},
-        mf.PHOTO_ENCODER: {"images": ((1, 3, 299, 299), (4, 3, 299, 398), (8, 3, 896, 896))},
+        mf.SKETCH_ENCODER: {"images": ((1, 3, 299, 299), (8, 3, 299, 299), (8, 3, 299, 299))},
+        mf.PHOTO_ENCODER: {"images": ((1, 3, 299, 299), (8, 3, 299, 398), (8, 3, 896, 896))},
         mf.HEAD_STEP: {"past_keys": ((0, 16), (16, 16), (40, 16)), "past_values": ((0, 16), (16, 16), (40, 16))},
         mf.HEAD_FULL: {"features": ((1, 16), (16, 16), (40, 16))},
     }
+    # a single-user device tunes for one stroke at a time; opt never exceeds max
+    single = profiles(b, max_batch=8, max_strokes=40, opt_batch=1)
+    assert single[mf.SKETCH_ENCODER]["images"][1] == (1, 3, 299, 299)
+    assert profiles(b, max_batch=2, opt_batch=8)[mf.SKETCH_ENCODER]["images"][1][0] == 2
 
 
 @pytest.mark.gpu

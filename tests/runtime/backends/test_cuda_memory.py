@@ -42,6 +42,7 @@ def _fake_pycuda() -> types.ModuleType:
 
     class Context:
         def push(self) -> None:
+            drv.log.append(("push", threading.get_ident()))
             stack().append(self)
 
         @staticmethod
@@ -79,9 +80,10 @@ def _fake_pycuda() -> types.ModuleType:
             drv.log.append(("free", self.ptr))
 
     class Stream:
-        def __init__(self) -> None:
+        def __init__(self, flags: int = 0) -> None:
             need("cuStreamCreate")
-            self.handle = 77
+            self.handle, self.flags = 77, flags
+            drv.log.append(("stream", flags))
 
         def synchronize(self) -> None:
             need("cuStreamSynchronize")
@@ -95,7 +97,25 @@ def _fake_pycuda() -> types.ModuleType:
     drv.Error, drv.Context, drv.Device, drv.Stream = Error, Context, Device, Stream
     drv.init = lambda: None
     drv.mem_alloc = Allocation
-    drv.pagelocked_empty = lambda n, dt: (need("cuMemHostAlloc"), np.zeros(n, dt))[1]
+    class HostAllocation:
+        def free(self) -> None:
+            need("cuMemFreeHost")
+            drv.log.append(("free_host", id(self)))
+
+    class Pinned(np.ndarray):
+        """pycuda's page-locked arrays have their HostAllocation as .base."""
+
+        @property
+        def base(self):
+            return self.alloc
+
+    def pagelocked_empty(n, dt):
+        need("cuMemHostAlloc")
+        arr = np.zeros(n, dt).view(Pinned)
+        arr.alloc = HostAllocation()
+        return arr
+
+    drv.pagelocked_empty = pagelocked_empty
     drv.memcpy_htod_async = copy("htod")
     drv.memcpy_dtoh_async = copy("dtoh")
     drv.memcpy_dtod_async = copy("dtod")
@@ -179,7 +199,10 @@ def _fake_cuda_python(monkeypatch, *, native_helper: bool, driver_ok: bool = Tru
     rt.cudaGetDeviceCount = call("count", ok, 1) if driver_ok else call("count", _Err.cudaErrorInsufficientDriver, 0)
     rt.cudaGetDevice = call("getdevice", ok, 0)
     rt.cudaSetDevice = call("setdevice", ok)
-    rt.cudaStreamCreate = call("create", ok, Stream(0xBEEF))
+    rt.cudaStreamNonBlocking = 1
+    rt.cudaStreamCreateWithFlags = call("create", ok, Stream(0xBEEF))
+    rt.cudaMallocHost = call("mallochost", ok, 0)
+    rt.cudaFreeHost = call("freehost", ok)
     rt.cudaStreamDestroy = call("destroy", ok)
     rt.cudaGetErrorString = lambda err: (ok, b"CUDA driver version is insufficient for CUDA runtime version")
     bindings = types.ModuleType("cuda.bindings")
@@ -205,6 +228,7 @@ def test_cuda_python_streams_are_native_handles_and_destroyed(monkeypatch, nativ
     api = cm.CudaPython()
     stream = api.stream()
     assert stream == 0xBEEF and isinstance(stream, int)
+    assert [c[2] for c in rt.calls if c[0] == "create"] == [(rt.cudaStreamNonBlocking,)]  # non-blocking
     api.destroy_stream(stream)
     assert ("destroy", threading.get_ident(), (0xBEEF,)) in rt.calls
 
@@ -234,3 +258,40 @@ def test_an_old_driver_is_told_which_extra_to_install(monkeypatch):
         cm.CudaPython()
     assert "cudaErrorInsufficientDriver" in err.value.message
     assert "dcssa-rt[cu12]" in err.value.hint and "dcssa-rt[cu13]" in err.value.hint
+
+
+def test_pycuda_pushes_the_context_once_per_runner_call_and_streams_do_not_block(pycuda):
+    api = cm.PyCuda()
+    stream = api.stream()
+    assert ("stream", cm.PyCuda.NON_BLOCKING) in pycuda.log
+    dev, host = api.malloc(64), api.pinned(64)
+    pycuda.log.clear()
+    with api.activate():  # one runner call: stage, execute, copy back, wait
+        api.h2d(dev, host, stream)
+        api.d2d(dev, dev, 64, stream)
+        api.d2h(host, dev, stream)
+        api.synchronize(stream)
+    assert [e for e in pycuda.log if e[0] == "push"] == [("push", threading.get_ident())]
+    assert pycuda.current_depth() == 0
+
+
+def test_pinned_buffers_are_given_back_by_free_pinned(pycuda):
+    api = cm.PyCuda()
+    buf = api.pinned(32)
+    api.free_pinned(buf)
+    assert ("free_host", id(buf.base)) in pycuda.log
+
+
+def test_real_cuda_bindings_without_a_driver_is_a_backend_error_not_a_traceback():
+    """The installed cuda-bindings (13.x here), on a machine without an NVIDIA driver."""
+    pytest.importorskip("cuda.bindings.runtime", reason="cuda-bindings is not installed")
+    from dcssa.benchmarks.gpu.probe import cuda_driver
+
+    if cuda_driver().error is None:
+        pytest.skip("this machine has a working NVIDIA driver")
+    with pytest.raises(BackendError) as err:
+        cm.CudaPython()
+    assert err.value.message.startswith("CUDA cudaGetDeviceCount failed: cudaError")
+    with pytest.raises(BackendError) as err:
+        cm.cuda_api()
+    assert "cuda-python: CUDA cudaGetDeviceCount failed" in err.value.message and "dcssa-rt[cu12]" in err.value.hint

@@ -17,7 +17,7 @@ import pytest
 from tiny_bundle import write_tiny_bundle
 
 from dcssa.runtime import Bundle, Retriever
-from dcssa.runtime.backends.ort import OrtBackend
+from dcssa.runtime.backends.ort import OrtBackend, trt_precision_flags
 from dcssa.runtime.backends.profiles import ort_trt_options
 from dcssa.runtime.contract import manifest as mf
 from dcssa.runtime.contract.bundle import sha256_file
@@ -77,15 +77,17 @@ def test_profile_option_strings_by_hand():
     assert ort_trt_options({}) == {}
 
 
-def test_int8_loads_the_tensorrt_graph_with_profiles_and_int8_enabled(sessions, int8_bundle):
+def test_int8_loads_the_tensorrt_graph_with_profiles_and_no_precision_flags(sessions, int8_bundle):
     bundle = Bundle.load(int8_bundle)
     retriever = Retriever(bundle, None, backend=OrtBackend("ort-trt"), precision="int8")
     by_file = {p.rsplit("/", 1)[-1]: opts[TRT] for p, opts in sessions}
     assert set(by_file) == {"se.int8sym.onnx", bundle.graph_entry(mf.HEAD_STEP)["file"]}  # never the CPU int8 graph
     enc = by_file["se.int8sym.onnx"]
-    assert enc["trt_int8_enable"] == "True" and enc["trt_fp16_enable"] == "True"
+    # onnxruntime >= 1.18 (TensorRT 10+): no precision flag, so the provider builds a strongly typed network
+    assert onnxruntime.__version__ >= "1.18"
+    assert "trt_int8_enable" not in enc and "trt_fp16_enable" not in enc
     assert enc["trt_profile_min_shapes"] == "images:1x3x299x299"
-    assert enc["trt_profile_opt_shapes"] == "images:1x3x299x299"
+    assert enc["trt_profile_opt_shapes"] == "images:8x3x299x299"  # tuned at the serving batch
     assert enc["trt_profile_max_shapes"] == "images:8x3x299x299"
     head = by_file[bundle.graph_entry(mf.HEAD_STEP)["file"]]
     assert "trt_int8_enable" not in head and "trt_fp16_enable" not in head  # the head has no int8 graph: fp32
@@ -108,9 +110,46 @@ def test_fp32_loads_the_fp32_graph_with_profiles_only(sessions, int8_bundle):
     assert enc["trt_profile_max_shapes"] == "images:8x3x299x299"
 
 
-def test_other_providers_load_the_cpu_int8_graph(sessions, int8_bundle):
+def test_ort_cpu_loads_the_cpu_int8_graph(sessions, int8_bundle):
     bundle = Bundle.load(int8_bundle)
-    Retriever(bundle, None, backend=OrtBackend("ort-cuda"), precision="int8")
+    Retriever(bundle, None, backend=OrtBackend("ort-cpu"), precision="int8")
     files = [p.rsplit("/", 1)[-1] for p, _ in sessions]
     assert "se.int8-cpu.onnx" in files and "se.int8sym.onnx" not in files
     assert all(TRT not in opts for _p, opts in sessions)
+
+
+@pytest.mark.parametrize("version,precision,flags", [
+    ("1.17.3", "fp16", {"trt_fp16_enable": "True"}),  # built against TensorRT 8.6: no strong typing, flags needed
+    ("1.17.3", "int8", {"trt_fp16_enable": "True", "trt_int8_enable": "True"}),
+    ("1.17.3", "fp32", {}),
+    ("1.18.0", "fp16", {}),  # TensorRT 10+: typed graphs, strongly typed only without the flags
+    ("1.22.1", "int8", {}),
+    ("1.32.0", "fp16", {}),
+])
+def test_precision_flags_only_for_onnxruntime_built_before_tensorrt_10(version, precision, flags):
+    assert trt_precision_flags(precision, version) == flags
+
+
+def test_ort_cuda_refuses_int8_by_name_before_any_provider_is_looked_up(sessions, int8_bundle, monkeypatch):
+    from dcssa.runtime.backends import get_backend
+    from dcssa.runtime.errors import BackendError
+
+    monkeypatch.setattr(OrtBackend, "available_for", staticmethod(lambda name: pytest.fail("provider looked up")))
+    with pytest.raises(BackendError) as err:
+        get_backend("ort-cuda", precision="int8")
+    assert "ort-cuda does not run int8" in err.value.message and "ort-trt" in err.value.hint
+    monkeypatch.setattr(OrtBackend, "available_for", staticmethod(lambda name: True))
+    with pytest.raises(BackendError, match="ort-cuda does not run int8"):  # a backend object gets the same answer
+        Retriever(Bundle.load(int8_bundle), None, backend=OrtBackend("ort-cuda"), precision="int8")
+    assert sessions == []  # nothing was loaded
+
+
+def test_auto_never_picks_ort_cuda_for_int8(monkeypatch):
+    import dcssa.runtime.backends as backends
+
+    for name in ("tensorrt", "ort-trt", "openvino"):  # a GPU box without TensorRT or OpenVINO
+        monkeypatch.setitem(backends.REGISTRY, name, backends.REGISTRY[name].__class__(
+            backends.REGISTRY[name].cls, backends.REGISTRY[name].make, lambda: False))
+    monkeypatch.setattr(OrtBackend, "available_for", staticmethod(lambda name: True))
+    assert backends.get_backend("auto", precision="int8").name == "ort-cpu"
+    assert backends.get_backend("auto", precision="fp16").name == "ort-cuda"

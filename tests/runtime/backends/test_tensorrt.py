@@ -35,7 +35,7 @@ NO_GPU = _gpu_reason()
 LOCAL = {"tensorrt": "10.3.0", "gpu": "Orin (nvgpu)", "compute_capability": "8.7"}
 
 
-@pytest.mark.parametrize("field,other", [("tensorrt", "10.7.0"), ("gpu", "NVIDIA A10"), ("compute_capability", "8.6")])
+@pytest.mark.parametrize("field,other", [("tensorrt", "10.7.0"), ("compute_capability", "8.6")])
 def test_engine_metadata_mismatch_is_refused(field, other):
     recorded = {**LOCAL, field: other}
     with pytest.raises(BackendError) as info:
@@ -43,9 +43,35 @@ def test_engine_metadata_mismatch_is_refused(field, other):
     assert other in info.value.message and LOCAL[field] in info.value.message
     assert "dcssa-export engines /b --precision int8" in info.value.hint
     assert info.value.path == "/b"
-    trtb.check_engine_metadata(dict(LOCAL), LOCAL, bundle="/b")  # identical: accepted
+    assert trtb.check_engine_metadata(dict(LOCAL), LOCAL, bundle="/b") == []  # identical: accepted, no note
     with pytest.raises(BackendError):
         trtb.check_engine_metadata({k: v for k, v in LOCAL.items() if k != field}, LOCAL, bundle="/b")
+
+
+def test_another_gpu_of_the_same_compute_capability_runs_with_a_note():
+    """H100 PCIe and H100 SXM (both sm 9.0) run each other's engines: a note, not a refusal."""
+    here = {"tensorrt": "10.13.0", "gpu": "NVIDIA H100 PCIe", "compute_capability": "9.0"}
+    notes = trtb.check_engine_metadata({**here, "gpu": "NVIDIA H100 80GB HBM3"}, here, bundle="/b", precision="fp16")
+    assert len(notes) == 1 and "H100 80GB HBM3" in notes[0] and "same compute capability" in notes[0]
+    with pytest.raises(BackendError):  # the compute capability still decides
+        trtb.check_engine_metadata({**here, "gpu": "NVIDIA A100", "compute_capability": "8.0"}, here, bundle="/b")
+
+
+@pytest.mark.parametrize("built,local,compatible,ok", [
+    ("10.3.0", "10.3.0", False, True),
+    ("10.3.0", "10.7.0", False, False),   # a plan loads only on the TensorRT that built it ...
+    ("10.3.0", "10.7.0", True, True),     # ... unless version-compatible: then on a later release of the major
+    ("10.7.0", "10.3.0", True, False),    # never on an earlier one
+    ("10.3.0", "11.1.0", True, False),    # nor across majors
+])
+def test_version_compatible_engines_load_on_later_releases_of_the_same_major(built, local, compatible, ok):
+    here = {**LOCAL, "tensorrt": local}
+    recorded = {**LOCAL, "tensorrt": built, "version_compatible": compatible}
+    if ok:
+        assert trtb.check_engine_metadata(recorded, here, bundle="/b") == []
+    else:
+        with pytest.raises(BackendError, match=f"built for TensorRT {built}"):
+            trtb.check_engine_metadata(recorded, here, bundle="/b")
 
 
 def test_tensorrt_backend_refuses_a_foreign_engine(tmp_path):
@@ -57,7 +83,7 @@ def test_tensorrt_backend_refuses_a_foreign_engine(tmp_path):
     (folder / mf.MANIFEST).write_text(json.dumps(manifest))
     b = Bundle.load(folder)
     backend = object.__new__(trtb.TensorRTBackend)  # no GPU here: only the metadata path runs
-    backend.local = dict(LOCAL)
+    backend.local, backend.notes, backend._compatible = dict(LOCAL), [], set()
     with pytest.raises(BackendError) as info:
         backend.artifact(b, mf.SKETCH_ENCODER, "fp32")
     assert "10.7.0" in str(info.value) and "dcssa-export engines" in info.value.hint

@@ -169,8 +169,60 @@ def test_close_frees_every_buffer_and_destroys_the_stream(fake, runner):
     runner.close()
     assert not (buffers & set(cuda.allocs)) and set(cuda.freed) >= buffers
     assert cuda.destroyed == [stream] and stream not in cuda.streams
+    assert cuda.pinned_live == {} and sorted(cuda.pinned_freed) == sorted(p.nbytes for p in runner.plan.values())
     runner.close()  # idempotent
     assert cuda.destroyed == [stream]
+
+
+def test_one_logger_for_every_backend_and_build(fake, tmp_path):
+    a, b = trtb.TensorRTBackend(), trtb.TensorRTBackend()
+    assert a.logger is b.logger is trtb.shared_logger(fake)
+    trtb.shared_logger(fake, verbose=True)
+    assert a.logger.min_severity == fake.Logger.VERBOSE
+    trtb.shared_logger(fake)
+    assert a.logger.min_severity == fake.Logger.WARNING
+
+
+def test_a_tensor_type_numpy_lacks_is_a_clear_error(fake, tmp_path, monkeypatch):
+    monkeypatch.setattr(fake, "DataType", type(fake.DataType)(FLOAT="FLOAT", HALF="HALF", BF16="BF16"))
+    with pytest.raises(BackendError) as err:
+        trtb.numpy_dtype(fake, fake.DataType.BF16, "images", tmp_path / "e.engine")
+    assert "BF16" in err.value.message and "'images'" in err.value.message and "dcssa-export engines" in err.value.hint
+    assert trtb.numpy_dtype(fake, fake.DataType.HALF, "x") == np.float16
+
+
+def test_the_photo_encoder_sizes_its_context_memory_per_shape(fake, tmp_path):
+    """USER_MANAGED context: scratch memory grows with the shapes fed, never the profile's largest."""
+    from fake_tensorrt import engine_blob
+
+    prof = [[1, 3, 8, 8], [2, 3, 8, 12], [4, 3, 32, 32]]
+    path = tmp_path / "photo.engine"
+    path.write_bytes(engine_blob("encoder", [
+        {"name": "images", "input": True, "shape": [-1, 3, -1, -1], "profile": prof},
+        {"name": "embeddings", "input": False, "shape": [1, 4]}]))
+    spec = mf.GraphSpec(mf.PHOTO_ENCODER, {"images": ["N", 3, "H", "W"]}, {"embeddings": ["N", 4]})
+    r = trtb.TensorRTBackend().load(path, spec)
+    ctx = fake.contexts[-1]
+    assert r.per_shape and ctx.strategy == fake.ExecutionContextAllocationStrategy.USER_MANAGED
+    assert r.max_batch == 4  # the profile's largest batch: what serve clamps --max-batch to
+    r.run({"images": np.zeros((1, 3, 8, 8), np.float32)})
+    small = ctx.device_memory
+    r.run({"images": np.zeros((2, 3, 16, 24), np.float32)})
+    big = ctx.device_memory
+    r.run({"images": np.zeros((1, 3, 8, 8), np.float32)})  # a smaller shape keeps the larger buffer
+    assert small[1] == trtb._aligned(fake.scratch_bytes((1, 3, 8, 8)))
+    assert big[1] == trtb._aligned(fake.scratch_bytes((2, 3, 16, 24))) > small[1]
+    assert ctx.device_memory == big and big[1] < trtb._aligned(fake.scratch_bytes((4, 3, 32, 32)))
+    with pytest.raises(BackendError) as err:  # a photo far wider than tall: outside the profile
+        r.run({"images": np.zeros((1, 3, 8, 40), np.float32)})
+    assert "--photo-max-side" in err.value.hint and "crop it" in err.value.hint
+    r.close()
+    assert big[0] in fake.cuda.freed
+
+
+def test_other_graphs_keep_tensorrts_own_context_memory(fake, runner):
+    assert not runner.per_shape and fake.contexts[-1].strategy is None
+    assert runner.max_batch is None  # the head's only dynamic inputs are its K/V caches: no batch limit
 
 
 def test_calls_from_other_threads_run_in_the_cuda_context(fake, runner):
@@ -217,3 +269,55 @@ def test_the_runner_is_serialised_and_sessions_on_threads_stay_right(fake, runne
         t.join()
     assert not errors, errors
     assert fake.contexts[0].executions == 4 * MAX_T
+
+
+def _doubler(tmp_path, fake, cuda_graphs: bool):
+    from fake_tensorrt import engine_blob
+
+    path = tmp_path / "enc.engine"
+    path.write_bytes(engine_blob("double", [
+        {"name": "images", "input": True, "shape": [-1, 3], "profile": [[1, 3], [1, 3], [4, 3]]},
+        {"name": "features", "input": False, "shape": [-1, 3]}]))
+    spec = mf.GraphSpec(mf.SKETCH_ENCODER, {"images": ["N", 3]}, {"features": ["N", 3]})
+    return trtb.TensorRTBackend(cuda_graphs=cuda_graphs).load(path, spec)
+
+
+def test_cuda_graphs_are_off_by_default(fake, tmp_path):
+    r = _doubler(tmp_path, fake, cuda_graphs=False)
+    for _ in range(3):
+        r.run({"images": np.ones((1, 3), np.float32)})
+    assert fake.cuda.graphs == {} and fake.cuda.launches == []
+
+
+def test_a_cuda_graph_is_captured_per_shape_on_its_second_call_and_replays_new_inputs(fake, tmp_path):
+    r = _doubler(tmp_path, fake, cuda_graphs=True)
+    rng = np.random.default_rng(0)
+    for step in range(4):  # direct, captured + launched, launched, launched
+        for batch in (1, 2):
+            x = rng.standard_normal((batch, 3)).astype(np.float32)
+            out = r.run({"images": x})
+            np.testing.assert_array_equal(out["features"], 2 * x)  # the replay reads this call's input
+    assert len(fake.cuda.graphs) == 2  # one per input shape
+    assert len(fake.cuda.launches) == 2 * 3 and fake.contexts[-1].executions == 2 * 4
+    r.close()
+    assert fake.cuda.graphs == {}  # destroyed with the runner
+
+
+def test_the_head_never_uses_cuda_graphs(fake, tmp_path):
+    path = tmp_path / "head.engine"
+    path.write_bytes(head_engine(D, MAX_T))
+    r = trtb.TensorRTBackend(cuda_graphs=True).load(path, SPEC)
+    assert not r.use_graphs  # its K/V append changes between calls: a replay would not see it
+    s = Sketch(1)
+    for _ in range(3):
+        s.step(r)
+    assert fake.cuda.graphs == {}
+
+
+def test_a_tensorrt_without_per_shape_sizing_keeps_its_own_context_memory(fake, tmp_path, monkeypatch):
+    """TensorRT 10.0 has USER_MANAGED but not update_device_memory_size_for_shapes: no per-shape memory."""
+    monkeypatch.setattr(fake, "IExecutionContext", type("IExecutionContext", (), {}))
+    spec = mf.GraphSpec(mf.PHOTO_ENCODER, {"images": ["N", 3, "H", "W"]}, {"embeddings": ["N", 4]})
+    assert not trtb.per_shape_memory(fake, None, spec)
+    monkeypatch.undo()
+    assert trtb.per_shape_memory(fake, None, spec)
