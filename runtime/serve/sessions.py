@@ -181,7 +181,7 @@ class MemoryStore:
 # stale version (retry).
 # The shebang (Redis >= 7, Valkey) makes a full server (maxmemory, noeviction) refuse the whole
 # script up front, instead of letting it write halfway once its first write has passed.
-_COMMIT = """#!lua
+COMMIT_SCRIPT = """#!lua
 local v = redis.call('HGET', KEYS[1], 'version')
 if not v then return -1 end
 if tonumber(v) ~= tonumber(ARGV[1]) then return -2 end
@@ -196,7 +196,7 @@ return nv
 
 # KEYS: state, rows. ARGV: ttl (ms). The version (nil: no such session); refreshes the TTL.
 # Allowed when Redis is full: it only re-times keys, so reads still work then.
-_TOUCH = """#!lua flags=allow-oom
+TOUCH_SCRIPT = """#!lua flags=allow-oom
 local v = redis.call('HGET', KEYS[1], 'version')
 if not v then return nil end
 for i = 1, 2 do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
@@ -332,8 +332,8 @@ class RedisStore:
         # retries); a broken connection is replaced on the next command, so the replica recovers alone
         self.redis = aioredis.from_url(self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
                                        retry=Retry(NoBackoff(), 0), health_check_interval=30)
-        self._commit = self.redis.register_script(_COMMIT)
-        self._touch = self.redis.register_script(_TOUCH)
+        self._commit = self.redis.register_script(COMMIT_SCRIPT)
+        self._touch = self.redis.register_script(TOUCH_SCRIPT)
         self._local: OrderedDict[str, _Cached] = OrderedDict()
         self._locks: dict[str, list] = {}  # sid -> [lock, users]: FIFO within this replica
         self.stateful = retriever.head is not None and bool(retriever.head.spec.state)
