@@ -25,6 +25,7 @@ from dcssa.benchmarks import (
     run,
     scale_out,
     search_scaling,
+    session_fidelity,
 )
 from dcssa.runtime.cli.bench import HELP_WIDTH_ENV
 
@@ -45,6 +46,6 @@ def main() -> None:
 #: every ``dcssa-bench`` subcommand, registered the one way below
 COMMANDS: tuple[click.Command, ...] = (run.command, search_scaling.command, load_test.command, scale_out.command,
                                        openvino_fastpath.command, ptq_compare.command, gpu_check.command,
-                                       redis_capacity.command)
+                                       redis_capacity.command, session_fidelity.command)
 for _command in COMMANDS:
     main.add_command(_command)

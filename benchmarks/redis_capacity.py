@@ -67,7 +67,8 @@ class CapacityOptions:
     concurrency: int = setting(4, "Sessions each replica commits to at once (its event loop's streams).",
                                type=click.IntRange(1, 64))
     seconds: float = setting(8.0, "Seconds of load per sweep point.", type=click.FloatRange(0.5))
-    aof_seconds: float = setting(24.0, "Seconds of load around BGREWRITEAOF (0: skip the AOF probe).",
+    aof_seconds: float = setting(24.0, "Seconds of load around BGREWRITEAOF, which starts a third into it; "
+                                       "the load goes on until a third after it ends (0: skip the AOF probe).",
                                  type=click.FloatRange(0))
     aof_replicas: int = setting(2, "Replicas committing during the AOF rewrite.", type=click.IntRange(1, 64))
     max_memory: str = setting("3gb", "maxmemory of the benchmark's redis-server.")
@@ -145,11 +146,12 @@ def memory_probe(client, rows: list[bytes], sizes: tuple[int, ...], counts: tupl
 # -- commits under concurrent replicas -------------------------------------------------------------------
 
 
-async def _replica_load(url: str, rows: list[bytes], tag: str, concurrency: int, seconds: float,
-                        max_strokes: int, ready, go) -> tuple[list[float], list[float], int]:
+async def _replica_load(url: str, rows: list[bytes], tag: str, concurrency: int,
+                        max_strokes: int, ready, go, end) -> tuple[list[float], list[float], int]:
     """One replica's store path, ``concurrency`` sessions at once: per stroke the version read
     (TOUCH) then the versioned commit of one row, as ``RedisStore`` does. Says ``ready`` once
-    connected, starts at the time the parent puts in ``go``; returns (start times, latencies, failed)."""
+    connected, runs from the time the parent puts in ``go`` until the one in ``end`` (which the
+    parent may push back); returns (start times, latencies, failed commits)."""
     import redis.asyncio as aioredis
 
     client = aioredis.from_url(url, socket_timeout=60)
@@ -171,7 +173,7 @@ async def _replica_load(url: str, rows: list[bytes], tag: str, concurrency: int,
         strokes = 0
         while time.time() < start_at:
             await asyncio.sleep(0.001)
-        while time.time() < start_at + seconds:
+        while time.time() < end.value:
             keep = strokes if strokes < max_strokes else 0
             t0 = time.perf_counter()
             version = await touch(keys=keys, args=[TTL_MS])
@@ -188,18 +190,19 @@ async def _replica_load(url: str, rows: list[bytes], tag: str, concurrency: int,
     return starts, latencies, failed
 
 
-def _replica_process(args: tuple, ready, go, results) -> None:
-    results.put(asyncio.run(_replica_load(*args, ready, go)))
+def _replica_process(args: tuple, ready, go, end, results) -> None:
+    results.put(asyncio.run(_replica_load(*args, ready, go, end)))
 
 
 def commit_load(url: str, rows: list[bytes], replicas: int, concurrency: int, seconds: float, max_strokes: int,
                 tag: str, during=None) -> dict:
     """``replicas`` processes committing for ``seconds`` from one common start (all connected first);
-    ``during(start_at)`` runs in this process meanwhile (the AOF probe). Merged start times and latencies."""
+    ``during(start_at, end)`` runs in this process meanwhile (the AOF probe; it may push ``end.value``
+    back). Merged start times and latencies."""
     ctx = multiprocessing.get_context("spawn")
-    ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Value("d", 0.0)
+    ready, results, go, end = ctx.Queue(), ctx.Queue(), ctx.Value("d", 0.0), ctx.Value("d", 0.0)
     procs = [ctx.Process(target=_replica_process, daemon=True,
-                         args=((url, rows, f"{tag}r{i}", concurrency, seconds, max_strokes), ready, go, results))
+                         args=((url, rows, f"{tag}r{i}", concurrency, max_strokes), ready, go, end, results))
              for i in range(replicas)]
     for p in procs:
         p.start()
@@ -208,9 +211,10 @@ def commit_load(url: str, rows: list[bytes], replicas: int, concurrency: int, se
             ready.get(timeout=300)
         load0 = os.getloadavg()
         start_at = time.time() + 0.2
+        end.value = start_at + seconds
         go.value = start_at
-        extra = during(start_at) if during is not None else None
-        got = [results.get(timeout=seconds + 300) for _ in procs]
+        extra = during(start_at, end) if during is not None else None
+        got = [results.get(timeout=max(0.0, end.value - time.time()) + 300) for _ in procs]
     finally:
         for p in procs:
             p.join(timeout=10)
@@ -229,21 +233,33 @@ def _stats(lat: np.ndarray) -> dict:
             "p99_ms": round(float(np.percentile(lat, 99)), 3), "max_ms": round(float(lat.max()), 3)}
 
 
-def sweep(url: str, rows: list[bytes], o: CapacityOptions) -> list[dict]:
+def _server_time(client) -> dict:
+    """Redis's own time in the scripts since the last CONFIG RESETSTAT (INFO commandstats): the
+    server's cost of a stroke, apart from the clients' and the network's."""
+    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    calls, usec = int(stats.get("calls", 0)), float(stats.get("usec", 0))
+    return {"script_calls": calls, "server_us_per_call": round(usec / calls, 1) if calls else None,
+            "server_us_per_stroke": round(2 * usec / calls, 1) if calls else None}
+
+
+def sweep(client, url: str, rows: list[bytes], o: CapacityOptions) -> list[dict]:
     out = []
     for p in _ints(o.replicas):
+        client.config_resetstat()
         got = commit_load(url, rows, p, o.concurrency, o.seconds, o.max_strokes, f"sweep{p}")
         out.append({"replicas": p, "concurrency_per_replica": o.concurrency, "seconds": o.seconds,
                     **_stats(got["latencies"]), "commits_per_s": round(len(got["latencies"]) / o.seconds, 1),
-                    "failed_commits": got["failed"], "loadavg": got["loadavg"], "loadavg_end": got["loadavg_end"]})
+                    **_server_time(client), "failed_commits": got["failed"], "loadavg": got["loadavg"],
+                    "loadavg_end": got["loadavg_end"]})
     return out
 
 
 # -- AOF rewrite -----------------------------------------------------------------------------------------
 
 
-def _rewrite(client, start_at: float, delay: float) -> dict:
-    """BGREWRITEAOF ``delay`` s into the load; the rewrite's window (s from the load's start)."""
+def _rewrite(client, start_at: float, end, delay: float) -> dict:
+    """BGREWRITEAOF ``delay`` s into the load, which goes on ``delay`` s after the rewrite ends; the
+    rewrite's window (s from the load's start)."""
     while time.time() < start_at + delay:
         time.sleep(0.01)
     begin = time.time() - start_at
@@ -253,8 +269,10 @@ def _rewrite(client, start_at: float, delay: float) -> dict:
         if not int(info["aof_rewrite_in_progress"]) and not int(info.get("aof_rewrite_scheduled", 0)):
             break
         time.sleep(0.02)
-    end = time.time() - start_at
-    return {"window_s": [round(begin, 3), round(end, 3)], "rewrite_s": round(end - begin, 3),
+    done = time.time()
+    end.value = max(end.value, done + delay)
+    finish = done - start_at
+    return {"window_s": [round(begin, 3), round(finish, 3)], "rewrite_s": round(finish - begin, 3),
             "latest_fork_usec": int(client.info("stats")["latest_fork_usec"]),
             "aof_last_rewrite_time_sec": int(info.get("aof_last_rewrite_time_sec", -1)),
             "aof_last_bgrewrite_status": info.get("aof_last_bgrewrite_status"),
@@ -264,10 +282,11 @@ def _rewrite(client, start_at: float, delay: float) -> dict:
 def aof_probe(client, url: str, rows: list[bytes], o: CapacityOptions) -> dict:
     delay = o.aof_seconds / 3
     got = commit_load(url, rows, o.aof_replicas, o.concurrency, o.aof_seconds, o.max_strokes, "aof",
-                      during=lambda start_at: _rewrite(client, start_at, delay))
+                      during=lambda start_at, end: _rewrite(client, start_at, end, delay))
     rw, s, lat = got["extra"], got["starts"], got["latencies"]
     lo, hi = rw["window_s"]
-    return {"replicas": o.aof_replicas, "seconds": o.aof_seconds, **rw, "failed_commits": got["failed"],
+    return {"replicas": o.aof_replicas, "seconds": round(float(s.max()) if len(s) else 0.0, 1), **rw,
+            "failed_commits": got["failed"],
             "before": _stats(lat[s < lo]), "during": _stats(lat[(s >= lo) & (s <= hi)]),
             "after": _stats(lat[s > hi]), "loadavg": got["loadavg"], "loadavg_end": got["loadavg_end"],
             "timeline": {"t_s": [round(float(x), 4) for x in s], "ms": [round(float(x), 3) for x in lat]}}
@@ -303,7 +322,7 @@ def measure(url: str, rows: list[bytes], o: CapacityOptions) -> dict:
     info = _redis_info(client)
     memory = memory_probe(client, rows, sizes, counts)
     rep = {"redis": info, "memory": memory, "held": held_at_maxmemory(memory, info["maxmemory"]),
-           "sweep": sweep(url, rows, o)}
+           "sweep": sweep(client, url, rows, o)}
     # the AOF probe rewrites the last (largest) filled dataset, still in place
     rep["aof"] = aof_probe(client, url, rows, o) if o.aof_seconds > 0 else None
     client.close()
@@ -361,11 +380,13 @@ def markdown(rep: dict) -> str:
                      f"{m['memory_usage_one_session']:,} B | {m['payload_bytes_per_session']:,} B | "
                      f"{h['sessions_at_maxmemory']:,} |")
     lines += ["", "Commits (version read + versioned commit of one stroke, a replica's store work per stroke):", "",
-              "| replicas (processes) | sessions at once | commits/s | p50 ms | p99 ms | max ms | load average |",
-              "|---|---|---|---|---|---|---|"]
+              "| replicas (processes) | sessions at once | commits/s | p50 ms | p99 ms | max ms | "
+              "Redis's own µs per stroke (2 scripts) | load average |",
+              "|---|---|---|---|---|---|---|---|"]
     for s in rep["sweep"]:
         lines.append(f"| {s['replicas']} | {s['replicas'] * s['concurrency_per_replica']} | {s['commits_per_s']:,} | "
-                     f"{s['p50_ms']} | {s['p99_ms']} | {s['max_ms']} | {s['loadavg'][0]} |")
+                     f"{s['p50_ms']} | {s['p99_ms']} | {s['max_ms']} | {s['server_us_per_stroke']} | "
+                     f"{s['loadavg'][0]} |")
     a = rep.get("aof")
     if a:
         lines += ["", f"AOF rewrite (BGREWRITEAOF of {a['used_memory'] / 2**20:,.0f} MiB while {a['replicas']} "

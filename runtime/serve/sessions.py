@@ -395,8 +395,8 @@ class RedisStore:
         if version is None or int(count or 0) != len(rows):
             raise not_found()  # gone, or its rows expired first: rebuilt by the client
         if rows and int(fmt or 0) != STORE_FORMAT:
-            raise SessionNotFound(f"this session was stored in format {fmt} by another dcssa-rt version; this "
-                                  f"replica reads format {STORE_FORMAT}", hint=NOT_FOUND_HINT)
+            raise SessionNotFound(f"this session was stored in format {int(fmt or 1)} by another dcssa-rt "
+                                  f"version; this replica reads format {STORE_FORMAT}", hint=NOT_FOUND_HINT)
         t0 = time.perf_counter()
         d = self.retriever.bundle.feature_dim
         xs, results, kv = [], [], []

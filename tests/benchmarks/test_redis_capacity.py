@@ -73,6 +73,8 @@ def test_report_agrees_with_what_redis_holds(tiny_retriever, server, tmp_path):
     assert sweep["commits"] == versions(client, "sweep2", 2, 2) > 0 and sweep["failed_commits"] == 0
     assert sweep["commits_per_s"] == pytest.approx(sweep["commits"] / o.seconds, abs=0.1)
     assert 0 < sweep["p50_ms"] <= sweep["p99_ms"] <= sweep["max_ms"]
+    # Redis's own count: a TOUCH and a COMMIT script per stroke (CONFIG RESETSTAT before the point)
+    assert sweep["script_calls"] == 2 * sweep["commits"] and sweep["server_us_per_stroke"] > 0
     a = rep["aof"]
     assert a["aof_last_bgrewrite_status"] == "ok" and 0 <= a["window_s"][0] <= a["window_s"][1]
     assert sum(a[k]["commits"] for k in ("before", "during", "after")) == versions(client, "aof", 1, 2)

@@ -84,7 +84,7 @@ def drawn(demo, tracings, redis_server):
     return [asyncio.run(draw(demo, redis_server.url, strokes)) for strokes in tracings]
 
 
-def test_a_session_rebuilt_from_redis_gives_the_same_top10_at_every_stroke(drawn):
+def test_a_session_rebuilt_from_redis_gives_the_same_top10_at_every_stroke(drawn, tracings):
     strokes = 0
     for _, pairs, live in drawn:
         for a, b in pairs:
@@ -96,7 +96,7 @@ def test_a_session_rebuilt_from_redis_gives_the_same_top10_at_every_stroke(drawn
         keys, values = live.kv_rows()
         # the live cache holds float16 values: storing them as float16 loses nothing
         assert np.array_equal(keys, keys.astype(np.float16)) and np.array_equal(values, values.astype(np.float16))
-    assert strokes == sum(len(p) for _, p, _ in drawn) >= 40
+    assert strokes == sum(map(len, tracings)) > 30
 
 
 def test_stored_rows_are_the_live_state(drawn, redis_server):
