@@ -49,23 +49,25 @@ def test_report_agrees_with_what_redis_holds(tiny_retriever, server, tmp_path):
     from dcssa.benchmarks.redis_capacity import ROWS_DRAWN, CapacityOptions, real_rows, run, write
     from dcssa.runtime.serve.sessions import unpack_row
 
-    o = CapacityOptions(sizes="5,30", sessions="40,15", replicas="2", concurrency=2, seconds=1.0,
+    o = CapacityOptions(sizes="5,30", sessions="400,100", replicas="2", concurrency=2, seconds=1.0,
                         aof_seconds=1.5, aof_replicas=1, max_strokes=4)
     rep = run(tiny_retriever, o, url=server.url)
     client = server.client()
     tiny_rows = real_rows(tiny_retriever)  # the rows it stored: those of a real session, made again
     assert [unpack_row(r)[1].stroke for r in tiny_rows] == list(range(1, ROWS_DRAWN + 1))
-    for m, strokes, n in zip(rep["memory"], (5, 30), (40, 15)):
+    for m, strokes, n in zip(rep["memory"], (5, 30), (400, 100)):
         payload = sum(len(tiny_rows[i % len(tiny_rows)]) for i in range(strokes))
         assert (m["strokes"], m["sessions"], m["payload_bytes_per_session"]) == (strokes, n, payload)
         # Redis holds at least the payload, plus per-key and per-element overhead (small rows here)
         assert payload < m["memory_usage_one_session"] < 3 * payload + 2048
-        # used_memory grew by the sessions, plus their keyspace entries and the server's buffers
-        # (query buffer, AOF buffer) spread over the few sessions of this tiny run
-        assert payload < m["bytes_per_session"] < m["memory_usage_one_session"] + 8192
+        # used_memory grew by the sessions plus the server's own buffers (query, AOF), a fixed cost
+        # that weighs on these tiny sessions; the second half's growth alone is the sessions' keys
+        assert payload < m["bytes_per_session"]
+        assert 0.9 * m["memory_usage_one_session"] < m["bytes_per_session_marginal"] \
+            < 1.25 * m["memory_usage_one_session"] + 512
     # the last fill is still in place: its sessions and their stroke counts
     states = [k for k in client.scan_iter("dcssa:*:state") if not k.startswith((b"dcssa:{sweep", b"dcssa:{aof"))]
-    assert len(states) == 15 and {int(client.hget(k, "strokes")) for k in states} == {30}
+    assert len(states) == 100 and {int(client.hget(k, "strokes")) for k in states} == {30}
     for held, m in zip(rep["held"], rep["memory"]):
         limit = rep["redis"]["maxmemory"]
         assert held["extrapolated"] and held["sessions_at_maxmemory"] * m["bytes_per_session"] <= limit
@@ -73,16 +75,19 @@ def test_report_agrees_with_what_redis_holds(tiny_retriever, server, tmp_path):
     assert sweep["commits"] == versions(client, "sweep2", 2, 2) > 0 and sweep["failed_commits"] == 0
     assert sweep["commits_per_s"] == pytest.approx(sweep["commits"] / o.seconds, abs=0.1)
     assert 0 < sweep["p50_ms"] <= sweep["p99_ms"] <= sweep["max_ms"]
-    # Redis's own count: a TOUCH and a COMMIT script per stroke (CONFIG RESETSTAT before the point)
-    assert sweep["script_calls"] == 2 * sweep["commits"] and sweep["server_us_per_stroke"] > 0
+    # Redis's own count: a TOUCH and a COMMIT script per stroke (CONFIG RESETSTAT before the point),
+    # plus per replica process at most its warm-up TOUCH and one retried after loading the script
+    assert 2 * sweep["commits"] <= sweep["script_calls"] <= 2 * sweep["commits"] + 2 * 2
+    assert sweep["server_us_per_stroke"] > 0
     a = rep["aof"]
     assert a["aof_last_bgrewrite_status"] == "ok" and 0 <= a["window_s"][0] <= a["window_s"][1]
+    assert a["before"]["commits"] and a["after"]["commits"]  # the load outlasts the rewrite
     assert sum(a[k]["commits"] for k in ("before", "during", "after")) == versions(client, "aof", 1, 2)
     assert len(a["timeline"]["t_s"]) == len(a["timeline"]["ms"]) == versions(client, "aof", 1, 2)
     paths = write(rep, tmp_path / "out")
     assert [p.name for p in paths] == ["redis_capacity.json", "redis_capacity.md", "redis_capacity.png"]
     assert json.loads(paths[0].read_text())["sweep"][0]["commits"] == sweep["commits"]
-    assert f"| 30 | 15 | {rep['memory'][1]['bytes_per_session']:,} B |" in paths[1].read_text()
+    assert f"| 30 | 100 | {rep['memory'][1]['bytes_per_session']:,} B |" in paths[1].read_text()
     assert paths[2].read_bytes()[:4] == b"\x89PNG"
     assert not list((tmp_path / "out").glob(".*"))  # no temporary file left behind
 
