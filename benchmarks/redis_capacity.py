@@ -262,6 +262,19 @@ def sweep(client, url: str, rows: list[bytes], o: CapacityOptions) -> list[dict]
 # -- AOF rewrite -----------------------------------------------------------------------------------------
 
 
+def settle(client, timeout: float = 600.0) -> float:
+    """Wait for a rewrite Redis started by itself (auto-aof-rewrite after a fill) to end; seconds waited."""
+    t0 = time.time()
+    while True:
+        info = client.info("persistence")
+        if not int(info["aof_rewrite_in_progress"]) and not int(info.get("aof_rewrite_scheduled", 0)):
+            return round(time.time() - t0, 2)
+        if time.time() - t0 > timeout:
+            raise DcssaError(f"redis-server still rewriting its AOF after {timeout:.0f} s",
+                             hint="retry on a quieter machine")
+        time.sleep(0.1)
+
+
 def _rewrite(client, start_at: float, end, delay: float) -> dict:
     """BGREWRITEAOF ``delay`` s into the load, which goes on ``delay`` s after the rewrite ends; the
     rewrite's window (s from the load's start)."""
@@ -327,12 +340,21 @@ def measure(url: str, rows: list[bytes], o: CapacityOptions) -> dict:
                          hint="give one session count per size")
     info = _redis_info(client)
     memory = memory_probe(client, rows, sizes, counts)
+    waited = settle(client)  # a fill can start Redis's own AOF rewrite (auto-aof-rewrite-percentage)
     rep = {"redis": info, "memory": memory, "held": held_at_maxmemory(memory, info["maxmemory"]),
            "sweep": sweep(client, url, rows, o)}
+    waited += settle(client)
     # the AOF probe rewrites the last (largest) filled dataset, still in place
     rep["aof"] = aof_probe(client, url, rows, o) if o.aof_seconds > 0 else None
+    rep["waited_for_auto_rewrites_s"] = waited
     client.close()
     return rep
+
+
+def redis_errors() -> tuple[type[BaseException], ...]:
+    from redis.exceptions import RedisError
+
+    return (RedisError, OSError)
 
 
 def run(retriever, o: CapacityOptions, *, bundle: str = "", url: str | None = None) -> dict:
@@ -352,6 +374,10 @@ def run(retriever, o: CapacityOptions, *, bundle: str = "", url: str | None = No
                 raise DcssaError(f"cannot start redis-server: {exc}", hint="apt-get install redis-server") from None
             try:
                 rep = measure(server.url, rows, o)
+            except redis_errors() as exc:
+                log = (Path(tmp) / "redis" / "redis.log").read_text(errors="replace")[-400:]
+                raise DcssaError(f"the benchmark's redis-server failed: {type(exc).__name__}: {exc}; its log ends: "
+                                 f"{log}", hint="retry; lower --sessions if it ran out of memory") from None
             finally:
                 server.stop()
     env["loadavg_end"] = os.getloadavg()
