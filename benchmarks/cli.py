@@ -17,6 +17,7 @@ import os
 import click
 
 from dcssa.benchmarks import (
+    capacity,
     gpu_check,
     load_test,
     openvino_fastpath,
@@ -46,6 +47,6 @@ def main() -> None:
 #: every ``dcssa-bench`` subcommand, registered the one way below
 COMMANDS: tuple[click.Command, ...] = (run.command, search_scaling.command, load_test.command, scale_out.command,
                                        openvino_fastpath.command, ptq_compare.command, gpu_check.command,
-                                       redis_capacity.command, session_fidelity.command)
+                                       redis_capacity.command, session_fidelity.command, capacity.command)
 for _command in COMMANDS:
     main.add_command(_command)
