@@ -18,13 +18,16 @@ import click
 
 from dcssa.benchmarks import (
     abuse,
+    capacity,
     gpu_check,
     load_test,
     openvino_fastpath,
     ptq_compare,
+    redis_capacity,
     run,
     scale_out,
     search_scaling,
+    session_fidelity,
     soak,
 )
 from dcssa.runtime.cli.bench import HELP_WIDTH_ENV
@@ -46,6 +49,7 @@ def main() -> None:
 #: every ``dcssa-bench`` subcommand, registered the one way below
 COMMANDS: tuple[click.Command, ...] = (run.command, search_scaling.command, load_test.command, scale_out.command,
                                        openvino_fastpath.command, ptq_compare.command, gpu_check.command,
-                                       abuse.command, soak.command)
+                                       abuse.command, soak.command, redis_capacity.command,
+                                       session_fidelity.command, capacity.command)
 for _command in COMMANDS:
     main.add_command(_command)

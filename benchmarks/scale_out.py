@@ -128,14 +128,20 @@ def _store_round_trips(retriever: Retriever, url: str, strokes: int = 200) -> di
     """The store's per-stroke work alone, no model and no HTTP: version read + versioned commit of one
     stroke's rows (points, K/V, result) as a replica does it, ``strokes`` times into one session."""
     from dcssa.runtime.serve.config import ServeConfig
-    from dcssa.runtime.serve.sessions import RedisStore, encode_result, keys_of
+    from dcssa.runtime.serve.sessions import STORE_FORMAT, RedisStore, keys_of
 
     session = retriever.session()
     xy = random_sketch(np.random.default_rng(5), 1)[0]
-    result = session.add_stroke(xy)
-    d = retriever.bundle.feature_dim
-    kv = np.zeros((2, d), "<f4").tobytes() if retriever.head is not None and retriever.head.spec.state else b""
-    row = [np.asarray(xy, "<f8").tobytes(), kv, encode_result(result)]
+    session.add_stroke(xy)
+
+    async def rows() -> list[bytes]:
+        store = RedisStore(retriever, ServeConfig(session_store=url), url)
+        try:
+            return store._rows(session, 0)
+        finally:
+            await store.close()
+
+    row = asyncio.run(rows())
 
     async def run() -> list[float]:
         store = RedisStore(retriever, ServeConfig(session_store=url), url)
@@ -145,7 +151,7 @@ def _store_round_trips(retriever: Retriever, url: str, strokes: int = 200) -> di
             for i in range(strokes):
                 t0 = time.perf_counter()
                 v = await store._version(sid)
-                new = await store._commit(keys=keys, args=[v, i, store.ttl_ms, *row])
+                new = await store._commit(keys=keys, args=[v, i, store.ttl_ms, STORE_FORMAT, *row])
                 times.append((time.perf_counter() - t0) * 1e3)
                 assert new == v + 1
             await store.delete(sid)

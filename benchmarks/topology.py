@@ -77,8 +77,9 @@ class Redis:
     """``redis-server deploy/redis.conf`` on a loopback port, its AOF in ``workdir``, with deploy/'s ACL
     users: ``url`` logs in as ``dcssa`` (what the replicas may do), ``client()`` as ``admin``."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, maxmemory: str = "256mb") -> None:
         self.exe = shutil.which("redis-server")
+        self.maxmemory = maxmemory
         if self.exe is None:
             raise Unavailable("redis-server is not installed (apt-get install redis-server; .ci/run does)")
         self.workdir = Path(workdir)
@@ -100,7 +101,7 @@ class Redis:
         log = open(self.workdir / "redis.log", "ab")
         self.proc = subprocess.Popen(
             [self.exe, str(DEPLOY / "redis.conf"), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.workdir), "--daemonize", "no", "--maxmemory", "256mb", "--aclfile", str(self.acl)],
+             "--dir", str(self.workdir), "--daemonize", "no", "--maxmemory", self.maxmemory, "--aclfile", str(self.acl)],
             stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_port(self.port, self.proc, "redis-server")

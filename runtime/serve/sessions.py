@@ -17,10 +17,10 @@ replica killed mid-stroke leaves nothing behind to expire).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import secrets
+import struct
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -177,72 +177,122 @@ class MemoryStore:
 
 # -- Redis -------------------------------------------------------------------------------------------
 
-# KEYS: meta, strokes, kv, results. ARGV: expected version, rows kept, ttl (ms), then per appended
-# stroke three values: its points, its K/V row ("" without a step head) and its result.
-# Returns the new version, -1 for a session that is gone, -2 for a stale version (retry).
+# KEYS: state, rows. ARGV: expected version, rows kept, ttl (ms), store format, then one packed row
+# (pack_row) per appended stroke. Returns the new version, -1 for a session that is gone, -2 for a
+# stale version (retry).
 # The shebang (Redis >= 7, Valkey) makes a full server (maxmemory, noeviction) refuse the whole
 # script up front, instead of letting it write halfway once its first write has passed.
-_COMMIT = """#!lua
+COMMIT_SCRIPT = """#!lua
 local v = redis.call('HGET', KEYS[1], 'version')
 if not v then return -1 end
 if tonumber(v) ~= tonumber(ARGV[1]) then return -2 end
 local keep = tonumber(ARGV[2])
-for i = 2, 4 do
-  if keep == 0 then redis.call('DEL', KEYS[i]) else redis.call('LTRIM', KEYS[i], 0, keep - 1) end
-end
-local j = 4
-while j + 2 <= #ARGV do
-  redis.call('RPUSH', KEYS[2], ARGV[j])
-  if ARGV[j + 1] ~= '' then redis.call('RPUSH', KEYS[3], ARGV[j + 1]) end
-  redis.call('RPUSH', KEYS[4], ARGV[j + 2])
-  j = j + 3
-end
+if keep == 0 then redis.call('DEL', KEYS[2]) else redis.call('LTRIM', KEYS[2], 0, keep - 1) end
+for j = 5, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[j]) end
 local nv = tonumber(v) + 1
-redis.call('HSET', KEYS[1], 'version', nv, 'strokes', redis.call('LLEN', KEYS[2]))
-for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
+redis.call('HSET', KEYS[1], 'version', nv, 'strokes', redis.call('LLEN', KEYS[2]), 'format', ARGV[4])
+for i = 1, 2 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
 return nv
 """
 
-# KEYS: meta, strokes, kv, results. ARGV: ttl (ms). The version (nil: no such session); refreshes the
-# TTL. Allowed when Redis is full: it only re-times keys, so reads still work then.
-_TOUCH = """#!lua flags=allow-oom
+# KEYS: state, rows. ARGV: ttl (ms). The version (nil: no such session); refreshes the TTL.
+# Allowed when Redis is full: it only re-times keys, so reads still work then.
+TOUCH_SCRIPT = """#!lua flags=allow-oom
 local v = redis.call('HGET', KEYS[1], 'version')
 if not v then return nil end
-for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+for i = 1, 2 do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
 return tonumber(v)
 """
 
 COMMIT_ATTEMPTS = 8  # a conflicting commit means another replica applied a stroke: rebuild and retry
 
+#: the stored layout's version, kept in the state hash. Format 1 (dcssa-rt before it) kept four keys
+#: (meta, strokes, kv, results) with float32 K/V rows and JSON results; format 2 keeps one packed row
+#: per stroke (pack_row) with float16 K/V rows: under half the bytes, the same results.
+STORE_FORMAT = 2
+KV_DTYPE = np.dtype("<f2")  # what CausalHead rounds its cache rows to: stored as is, nothing lost
+
 
 def keys_of(sid: str) -> list[str]:
-    """The session's four keys; the hash tag keeps them in one Redis Cluster slot."""
-    return [f"dcssa:{{{sid}}}:{part}" for part in ("meta", "strokes", "kv", "results")]
+    """The session's keys (state hash, rows list); the hash tag keeps them in one Redis Cluster slot.
+
+    The names differ from format 1's, so a replica of either version finds no session of the other
+    and answers 404 (the client rebuilds it) instead of misreading it.
+    """
+    return [f"dcssa:{{{sid}}}:{part}" for part in ("state", "rows")]
+
+
+def legacy_key(sid: str) -> str:
+    """Format 1's meta hash: only looked at to say why a session is not found."""
+    return f"dcssa:{{{sid}}}:meta"
+
+
+# one stored stroke: format, bytes of its points, bytes of its result; then points, result, K/V row.
+# One list element per stroke: one allocation in Redis, whose rounding up (jemalloc size classes)
+# the points and the result fill, where separate lists paid it for the K/V row alone.
+_ROW = struct.Struct("<BII")
+
+
+def pack_row(points: np.ndarray, result: QueryResult, kv: np.ndarray | None) -> bytes:
+    """A stroke as stored: its (n, 2) points (float64, exact), its result, its (2, D) K/V row."""
+    xy = np.asarray(points, "<f8").tobytes()
+    res = encode_result(result)
+    rows = b"" if kv is None else np.asarray(kv).astype(KV_DTYPE).tobytes()
+    return b"".join([_ROW.pack(STORE_FORMAT, len(xy), len(res)), xy, res, rows])
+
+
+def unpack_row(raw: bytes) -> tuple[np.ndarray, QueryResult, np.ndarray]:
+    """``pack_row`` undone: points (n, 2) float64, the result, K/V (2, D) float32 ((2, 0) if none)."""
+    fmt, n_xy, n_res = _ROW.unpack_from(raw)
+    if fmt != STORE_FORMAT:
+        raise ValueError(f"stored row in format {fmt}, not {STORE_FORMAT}")
+    at = _ROW.size
+    xy = np.frombuffer(raw, "<f8", n_xy // 8, at).reshape(-1, 2).astype(np.float64)
+    result = decode_result(raw[at + n_xy : at + n_xy + n_res])
+    kv = np.frombuffer(raw, KV_DTYPE, offset=at + n_xy + n_res).astype(np.float32)
+    return xy, result, kv.reshape(2, -1)
+
+
+# format, JSON header bytes, top-K, embedding dims, signals (NO_SIGNALS: None)
+_RESULT = struct.Struct("<BHHHH")
+NO_SIGNALS = 0xFFFF
 
 
 def encode_result(r: QueryResult) -> bytes:
     """A stroke's result as stored: what the client is shown again after an undo, and the confidence
-    signals the next stroke's features build on (floats in JSON round-trip exactly)."""
-    doc = {"stroke": r.stroke, "ids": r.ids, "indices": [int(i) for i in r.indices],
-           "scores": [float(s) for s in r.scores],
-           "embedding": base64.b64encode(np.asarray(r.embedding, "<f4").tobytes()).decode()}
-    if r.signals is not None:
-        doc["signals"] = [float(x) for x in r.signals]
+    signals the next stroke's features build on. Arrays are packed as their bytes (exact, and half
+    the size of the JSON they were in format 1); the ids and confidence stay a small JSON header."""
+    head = {"stroke": r.stroke, "ids": r.ids}
     if r.confidence is not None:
-        doc["confidence"] = {k: float(v) for k, v in r.confidence.items()}
+        head["confidence"] = {k: float(v) for k, v in r.confidence.items()}
     if r.catalogue is not None:
-        doc["catalogue"] = r.catalogue  # a replica on another catalogue re-ranks it (StrokeSession.refresh)
-    return json.dumps(doc, separators=(",", ":")).encode()
+        head["catalogue"] = r.catalogue  # a replica on another catalogue re-ranks it (StrokeSession.refresh)
+    text = json.dumps(head, separators=(",", ":")).encode()
+    signals = np.zeros(0, "<f8") if r.signals is None else np.asarray(r.signals, "<f8")
+    return b"".join([
+        _RESULT.pack(STORE_FORMAT, len(text), len(r.indices), len(r.embedding),
+                     NO_SIGNALS if r.signals is None else len(signals)),
+        text, np.asarray(r.indices, "<i4").tobytes(), np.asarray(r.scores, "<f4").tobytes(),
+        np.asarray(r.embedding, "<f4").tobytes(), signals.tobytes()])
 
 
 def decode_result(raw: bytes) -> QueryResult:
-    d = json.loads(raw)
-    emb = np.frombuffer(base64.b64decode(d["embedding"]), "<f4").astype(np.float32)
-    signals = None if "signals" not in d else np.asarray(d["signals"], np.float64)
+    fmt, n_text, k, e, n_sig = _RESULT.unpack_from(raw)
+    if fmt != STORE_FORMAT:
+        raise ValueError(f"stored result in format {fmt}, not {STORE_FORMAT}")
+    at = _RESULT.size
+    head = json.loads(raw[at : at + n_text])
+    at += n_text
+    parts = []
+    for dtype, n in (("<i4", k), ("<f4", k), ("<f4", e), ("<f8", 0 if n_sig == NO_SIGNALS else n_sig)):
+        parts.append(np.frombuffer(raw, dtype, n, at))
+        at += parts[-1].nbytes
+    idx, scores, emb, signals = parts
     # the step feature is not stored (K/V rows carry what the head needs): restored results have none
-    return QueryResult(d["stroke"], list(d["ids"]), np.asarray(d["indices"], np.int64),
-                       np.asarray(d["scores"], np.float32), emb, np.zeros(0, np.float32), {},
-                       signals, d.get("confidence"), d.get("catalogue"))
+    return QueryResult(head["stroke"], list(head["ids"]), idx.astype(np.int64), scores.astype(np.float32),
+                       emb.astype(np.float32), np.zeros(0, np.float32), {},
+                       None if n_sig == NO_SIGNALS else signals.astype(np.float64), head.get("confidence"),
+                       head.get("catalogue"))
 
 
 PASSWORD_ENV = "DCSSA_REDIS_PASSWORD"
@@ -295,9 +345,10 @@ class RedisStore:
         # bounded: one connect and one reply timeout, no retries inside the client (the HTTP client
         # retries); a broken connection is replaced on the next command, so the replica recovers alone
         self.redis = aioredis.from_url(self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
-                                       retry=Retry(NoBackoff(), 0), health_check_interval=30, **password_from_env(url))
-        self._commit = self.redis.register_script(_COMMIT)
-        self._touch = self.redis.register_script(_TOUCH)
+                                       retry=Retry(NoBackoff(), 0), health_check_interval=30,
+                                       **password_from_env(url))
+        self._commit = self.redis.register_script(COMMIT_SCRIPT)
+        self._touch = self.redis.register_script(TOUCH_SCRIPT)
         self._local: OrderedDict[str, _Cached] = OrderedDict()
         self._locks: dict[str, list] = {}  # sid -> [lock, users]: FIFO within this replica
         self.stateful = retriever.head is not None and bool(retriever.head.spec.state)
@@ -351,27 +402,36 @@ class RedisStore:
 
     async def _load(self, sid: str) -> tuple[int, StrokeSession]:
         """The session as stored (one MULTI: a consistent snapshot), its canvas re-rasterised."""
-        keys = keys_of(sid)
+        state, rows_key = keys_of(sid)
 
         async def fetch():
             async with self.redis.pipeline(transaction=True) as p:
-                p.hget(keys[0], "version")
-                for k in keys[1:]:
-                    p.lrange(k, 0, -1)
+                p.hmget(state, "version", "strokes", "format")
+                p.lrange(rows_key, 0, -1)
                 return await p.execute()
 
-        version, strokes, kv, results = await self._call("load the session", fetch())
-        if version is None or len(results) != len(strokes) or (self.stateful and len(kv) != len(strokes)):
-            raise not_found()  # gone, or some of its keys expired first: rebuilt by the client
+        (version, count, fmt), rows = await self._call("load the session", fetch())
+        if version is None or int(count or 0) != len(rows):
+            raise not_found()  # gone, or its rows expired first: rebuilt by the client
+        if rows and int(fmt or 0) != STORE_FORMAT:
+            raise SessionNotFound(f"this session was stored in format {int(fmt or 1)} by another dcssa-rt "
+                                  f"version; this replica reads format {STORE_FORMAT}", hint=NOT_FOUND_HINT)
         t0 = time.perf_counter()
         d = self.retriever.bundle.feature_dim
-        xs = [np.frombuffer(s, "<f8").reshape(-1, 2) for s in strokes]
-        if self.stateful and kv:
-            rows = np.frombuffer(b"".join(kv), "<f4").reshape(len(kv), 2, d)
-            k, v = rows[:, 0], rows[:, 1]
+        xs, results, kv = [], [], []
+        for raw in rows:
+            xy, result, row = unpack_row(raw)
+            xs.append(xy)
+            results.append(result)
+            kv.append(row)
+        if self.stateful:
+            if any(r.shape[1] != d for r in kv):
+                raise not_found()  # written by a replica serving another bundle
+            k = np.stack([r[0] for r in kv]) if kv else np.zeros((0, d), np.float32)
+            v = np.stack([r[1] for r in kv]) if kv else np.zeros((0, d), np.float32)
         else:
             k = v = np.zeros((0, d), np.float32)
-        session = StrokeSession.restore(self.retriever, xs, k, v, [decode_result(r) for r in results])
+        session = StrokeSession.restore(self.retriever, xs, k, v, results)
         if self.metrics is not None:
             self.metrics.observe_rebuild((time.perf_counter() - t0) * 1e3)
         return int(version), session
@@ -385,10 +445,11 @@ class RedisStore:
             async with self.redis.pipeline(transaction=True) as p:
                 p.hsetnx(meta, "version", 0)
                 p.hsetnx(meta, "strokes", 0)
+                p.hsetnx(meta, "format", STORE_FORMAT)
                 p.pexpire(meta, self.ttl_ms)
                 return await p.execute()
 
-        created, _, _ = await self._call("create a session", make())
+        created, _, _, _ = await self._call("create a session", make())
         if not created:  # pragma: no cover - 2**-144
             return await self.create(suffix)
         self._remember(sid, 0, self.retriever.session())
@@ -398,6 +459,9 @@ class RedisStore:
         version = await self._call("read the session", self._touch(keys=keys_of(sid), args=[self.ttl_ms]))
         if version is None:
             self._forget(sid)
+            if await self._call("read the session", self.redis.exists(legacy_key(sid))):
+                raise SessionNotFound("this session was stored in format 1 (float32 K/V rows) by an older "
+                                      f"dcssa-rt; this replica reads format {STORE_FORMAT}", hint=NOT_FOUND_HINT)
             raise not_found()
         return int(version)
 
@@ -405,13 +469,10 @@ class RedisStore:
         await self._version(sid)
 
     def _rows(self, session: StrokeSession, start: int) -> list[bytes]:
-        """Stroke, K/V row and result of strokes ``start:``, flattened for the commit script."""
-        out: list[bytes] = []
+        """Strokes ``start:`` packed for the commit script, one row each (see :func:`pack_row`)."""
         keys, values = session.kv_rows(start)
-        for i, (xy, res) in enumerate(zip(session.strokes[start:], session.results(start))):
-            kv = np.stack([keys[i], values[i]]).astype("<f4").tobytes() if self.stateful else b""
-            out += [np.asarray(xy, "<f8").tobytes(), kv, encode_result(res)]
-        return out
+        return [pack_row(xy, res, np.stack([keys[i], values[i]]) if self.stateful else None)
+                for i, (xy, res) in enumerate(zip(session.strokes[start:], session.results(start)))]
 
     async def _attempt(self, sid: str, op: Op[T]) -> tuple[bool, T | None]:
         """One read-apply-commit round; ``(False, None)`` when another replica committed first."""
@@ -439,7 +500,7 @@ class RedisStore:
             return True, value
         keep = min(before, after)
         new = await self._call("save the stroke", self._commit(
-            keys=keys_of(sid), args=[version, keep, self.ttl_ms, *self._rows(session, keep)]))
+            keys=keys_of(sid), args=[version, keep, self.ttl_ms, STORE_FORMAT, *self._rows(session, keep)]))
         self._observe(t1 - t0 + time.perf_counter() - t2)
         if new == -1:
             raise not_found()

@@ -426,6 +426,7 @@ def test_causal_points20_is_the_step_head_over_point_slices(bundle2, small_datas
     from dcssa.runtime.evaluation.protocols import SketchEvaluator
     from dcssa.runtime.evaluation.run import eval_gallery
     from dcssa.runtime.search.gallery import Gallery
+    from dcssa.runtime.stroke.head import CausalHead
 
     b = Bundle.load(bundle2)
     split = load_split(small_dataset, limit=1)
@@ -436,10 +437,13 @@ def test_causal_points20_is_the_step_head_over_point_slices(bundle2, small_datas
     rasters = rasterize_steps(split.sketches[0].points, 20)
     feats = ev._features(rasters)
     causal = ev._causal(feats)
+    # the maths with a float32 cache; what a session gives (float16 cache rows) within their rounding
+    exact = CausalHead.embed_sequence(r.head, feats, cache_dtype=None)
     full = r.load("stroke_head_full")
     for t in range(len(rasters)):
         last = full.run({"features": feats[: t + 1]})["embeddings"][-1]
-        assert np.abs(causal[t] - last).max() <= 1e-5
+        assert np.abs(exact[t] - last).max() <= 1e-5
+        assert np.abs(causal[t] - last).max() <= 1e-4
     # the paper protocol differs before the last step (it sees the future) and agrees at the last
     paper = full.run({"features": feats})["embeddings"]
-    assert np.abs(paper[-1] - causal[-1]).max() <= 1e-5 and np.abs(paper[0] - causal[0]).max() > 1e-3
+    assert np.abs(paper[-1] - exact[-1]).max() <= 1e-5 and np.abs(paper[0] - causal[0]).max() > 1e-3

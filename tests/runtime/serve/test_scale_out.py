@@ -21,7 +21,7 @@ pytest.importorskip("onnx", reason="the tiny bundle is written with onnx.helper"
 
 from dcssa.benchmarks.topology import Nginx, Redis, Replica, Unavailable, call  # noqa: E402
 from dcssa.runtime.data.synthetic import random_sketch  # noqa: E402
-from dcssa.runtime.serve.sessions import keys_of  # noqa: E402
+from dcssa.runtime.serve.sessions import keys_of, unpack_row  # noqa: E402
 
 TOL = 1e-5
 TTL = 600  # seconds: long enough that no test's session expires by accident (the expiry test has its own replica)
@@ -196,14 +196,15 @@ def test_concurrent_strokes_on_two_replicas(cluster, retriever, sketches, redis_
     assert refused >= 1, "no conflicting commit happened: the concurrent path was not exercised"
     # the stored order decides the expectation: an offline session fed the strokes in that order
     r = redis_server.client()
-    meta, stored, kv = keys_of(sid)[0], keys_of(sid)[1], keys_of(sid)[2]
-    order = [np.frombuffer(s, "<f8").reshape(-1, 2) for s in r.lrange(stored, 0, -1)]
-    assert int(r.hget(meta, "strokes")) == len(order) == len(strokes) == r.llen(kv)
+    state, stored = keys_of(sid)
+    rows = [unpack_row(raw) for raw in r.lrange(stored, 0, -1)]
+    order = [xy for xy, _, _ in rows]
+    assert int(r.hget(state, "strokes")) == len(order) == len(strokes)
     assert sorted(x.tobytes() for x in order) == sorted(np.asarray(x, np.float64).tobytes() for x in strokes)
     session, want = offline(retriever, order)
     keys, values = session.kv_rows()
-    rows = np.frombuffer(b"".join(r.lrange(kv, 0, -1)), "<f4").reshape(len(order), 2, -1)
-    assert np.allclose(rows[:, 0], keys, atol=TOL) and np.allclose(rows[:, 1], values, atol=TOL)
+    kv = np.stack([row for _, _, row in rows])
+    assert np.allclose(kv[:, 0], keys, atol=TOL) and np.allclose(kv[:, 1], values, atol=TOL)
     for replica in (a, b):
         _, st = call(replica.port, "GET", f"/v1/sessions/{sid}")
         same_topk(st, want[-1])
@@ -242,7 +243,7 @@ def test_session_ttl_is_refreshed_and_expiry_is_404_with_the_rebuild_hint(tiny, 
     sid = st["id"]
     call(lb.port, "POST", f"/v1/sessions/{sid}/strokes", stroke_body(sketches[5][0]))
     r = redis_server.client()
-    assert all(TTL * 1000 - 5000 < r.pttl(k) <= TTL * 1000 for k in keys_of(sid)[:4])
+    assert all(TTL * 1000 - 5000 < r.pttl(k) <= TTL * 1000 for k in keys_of(sid))
     # a replica with a 1 s TTL (the CLI's minimum) on the same store
     short = Replica(tiny / "bundle", tiny / "gallery", redis_server.url, tiny / "logs", "--topk", "5",
                     "--session-ttl", "1").start()

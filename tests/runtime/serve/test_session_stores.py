@@ -221,7 +221,7 @@ def test_a_session_with_a_key_gone_is_404_to_rebuild(tiny_retriever, redis_serve
 
     with TestClient(app_for(tiny_retriever, redis_server.url)) as a:
         sid = a.post("/v1/sessions", json={"strokes": [x.tolist() for x in sketches[1][:2]]}).json()["id"]
-    redis_server.client().delete(keys_of(sid)[2])  # its K/V rows
+    redis_server.client().delete(keys_of(sid)[1])  # its rows (strokes, results, K/V)
     with TestClient(app_for(tiny_retriever, redis_server.url)) as b:  # a replica without it in its cache
         r = b.get(f"/v1/sessions/{sid}")
         assert r.status_code == 404 and "POST /v1/sessions" in r.json()["hint"]
