@@ -329,11 +329,13 @@ def held_at_maxmemory(memory: list[dict], maxmemory: int) -> list[dict]:
              "extrapolated": True} for m in memory]
 
 
-def measure(url: str, rows: list[bytes], o: CapacityOptions) -> dict:
-    """Every probe against the redis-server at ``url`` (see the module docstring)."""
+def measure(url: str, rows: list[bytes], o: CapacityOptions, admin_url: str | None = None) -> dict:
+    """Every probe against the redis-server at ``url`` (see the module docstring): the replicas' load
+    as ``url``'s user, INFO / MEMORY / BGREWRITEAOF as ``admin_url``'s (deploy/'s ACL keeps those from
+    the replicas' user)."""
     import redis
 
-    client = redis.Redis.from_url(url, socket_timeout=120)
+    client = redis.Redis.from_url(admin_url or url, socket_timeout=120)
     sizes, counts = _ints(o.sizes), _ints(o.sessions)
     if len(sizes) != len(counts):
         raise DcssaError(f"--sizes {o.sizes} and --sessions {o.sessions} differ in length",
@@ -357,15 +359,16 @@ def redis_errors() -> tuple[type[BaseException], ...]:
     return (RedisError, OSError)
 
 
-def run(retriever, o: CapacityOptions, *, bundle: str = "", url: str | None = None) -> dict:
+def run(retriever, o: CapacityOptions, *, bundle: str = "", url: str | None = None,
+        admin_url: str | None = None) -> dict:
     """The report: every probe on a redis-server started here (deploy/redis.conf, --max-memory), or
-    on the one at ``url``."""
+    on the one at ``url`` (with ``admin_url`` for the admin commands when ``url``'s user lacks them)."""
     from dcssa.benchmarks.topology import Redis, Unavailable
 
     rows = real_rows(retriever)
     env = {"cpu": cpu_model(), "isa": isa(), "cores": os.cpu_count(), "loadavg_start": os.getloadavg()}
     if url is not None:
-        rep = measure(url, rows, o)
+        rep = measure(url, rows, o, admin_url)
     else:
         with tempfile.TemporaryDirectory(prefix="dcssa-redis-cap-") as tmp:
             try:
@@ -373,7 +376,7 @@ def run(retriever, o: CapacityOptions, *, bundle: str = "", url: str | None = No
             except Unavailable as exc:
                 raise DcssaError(f"cannot start redis-server: {exc}", hint="apt-get install redis-server") from None
             try:
-                rep = measure(server.url, rows, o)
+                rep = measure(server.url, rows, o, server.admin_url)
             except redis_errors() as exc:
                 log = (Path(tmp) / "redis" / "redis.log").read_text(errors="replace")[-400:]
                 raise DcssaError(f"the benchmark's redis-server failed: {type(exc).__name__}: {exc}; its log ends: "

@@ -51,7 +51,7 @@ def test_report_agrees_with_what_redis_holds(tiny_retriever, server, tmp_path):
 
     o = CapacityOptions(sizes="5,30", sessions="400,100", replicas="2", concurrency=2, seconds=1.0,
                         aof_seconds=1.5, aof_replicas=1, max_strokes=4)
-    rep = run(tiny_retriever, o, url=server.url)
+    rep = run(tiny_retriever, o, url=server.url, admin_url=server.admin_url)
     client = server.client()
     tiny_rows = real_rows(tiny_retriever)  # the rows it stored: those of a real session, made again
     assert [unpack_row(r)[1].stroke for r in tiny_rows] == list(range(1, ROWS_DRAWN + 1))
@@ -97,4 +97,4 @@ def test_mismatched_sizes_and_counts_are_refused(server):
     from dcssa.runtime.errors import DcssaError
 
     with pytest.raises(DcssaError, match="one session count per size"):
-        measure(server.url, [b"x"], CapacityOptions(sizes="5,12", sessions="40"))
+        measure(server.url, [b"x"], CapacityOptions(sizes="5,12", sessions="40"), server.admin_url)

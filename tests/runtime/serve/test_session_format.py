@@ -133,10 +133,11 @@ def test_stored_session_is_at_most_half_of_format_1(drawn, demo, redis_server):
         after = sum(client.memory_usage(k, samples=0) for k in keys_of(sid))
         assert after <= before / 2, (len(pairs), after, before)
         # format 2, one row per stroke: 9-byte header, points (float64), result (9-byte header, JSON of
-        # stroke and ids, int32 indices, float32 scores and embedding, float64 signals), float16 K and V
+        # stroke, ids and catalogue fingerprint, int32 indices, float32 scores and embedding, float64 signals), float16 K and V
         payload = 0
         for xy, r in zip(live.strokes, results):
-            text = json.dumps({"stroke": r.stroke, "ids": r.ids}, separators=(",", ":"))
+            head = {"stroke": r.stroke, "ids": r.ids} | ({} if r.catalogue is None else {"catalogue": r.catalogue})
+            text = json.dumps(head, separators=(",", ":"))
             payload += 9 + 16 * len(xy) + 9 + len(text) + 8 * len(r.ids) + 4 * len(r.embedding) \
                 + 8 * len(r.signals) + 2 * 2 * d
         assert sum(map(len, client.lrange(keys_of(sid)[1], 0, -1))) == payload
