@@ -122,6 +122,8 @@ class Int8Recipe:
     percentile: float = 99.999
     op_types: list[str] = field(default_factory=lambda: list(QUANTISED_OPS))
     exclude_nodes: list[str] = field(default_factory=list)  # individual nodes kept in float
+    # only MatMuls by a constant (a weight): onnxruntime's MatMulConstBOnly (transformer recipe)
+    const_b_only: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -264,7 +266,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, recipe: Int8Recipe, cache_pat
             path=fp32_path,
             hint=f"name blocks among: {', '.join(graph_blocks(model))}",
         )
-    extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QDQKeepRemovableActivations": False}
+    extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QDQKeepRemovableActivations": False,
+             "MatMulConstBOnly": recipe.const_b_only}
     with tempfile.TemporaryDirectory(prefix="dcssa-q-") as tmp, quantiser_notices_hidden():
         tmp_out = Path(tmp) / "q.onnx"
         quantize_static(
