@@ -69,7 +69,7 @@ def cached_reference(cache: Path):
     return reference
 
 
-def choose_method(yard: Yardstick, work: Path, methods=("minmax", "percentile"), rasters: int = 48) -> tuple[str, dict]:
+def choose_method(yard: Yardstick, work: Path, methods=("minmax", "percentile"), rasters: int = 24) -> tuple[str, dict]:
     """The calibrator of the transformer recipe: the one whose graph keeps the embedding closest to
     fp32 on ``rasters`` held-out rasters (cheap; the chosen graph is then judged on the whole task)."""
     pick = np.unique(np.linspace(0, len(yard.held) - 1, rasters).round().astype(int))

@@ -124,6 +124,9 @@ class Int8Recipe:
     exclude_nodes: list[str] = field(default_factory=list)  # individual nodes kept in float
     # only MatMuls by a constant (a weight): onnxruntime's MatMulConstBOnly (transformer recipe)
     const_b_only: bool = False
+    # False: the quantised ops' outputs stay float (into the bias and residual Adds), as the
+    # transformer recipe wants; True re-quantises them for the next quantised op (DC-SSA's chains)
+    quantise_outputs: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -268,6 +271,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, recipe: Int8Recipe, cache_pat
         )
     extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QDQKeepRemovableActivations": False,
              "MatMulConstBOnly": recipe.const_b_only}
+    if not recipe.quantise_outputs:
+        extra["OpTypesToExcludeOutputQuantization"] = list(recipe.op_types)
     with tempfile.TemporaryDirectory(prefix="dcssa-q-") as tmp, quantiser_notices_hidden():
         tmp_out = Path(tmp) / "q.onnx"
         quantize_static(

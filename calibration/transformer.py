@@ -36,9 +36,11 @@ TRANSFORMER_FLOAT_OPS = ("Add", "LayerNormalization", "Softmax", "Erf", "Gelu", 
 
 
 def transformer_recipe(method: str = "minmax") -> Int8Recipe:
-    """Weight MatMul/Gemm of every transformer block, per-channel symmetric weights, constant B only:
-    residual Adds, LayerNorms, Softmax, GELU, the score path, the final norm and the head stay float."""
-    return Int8Recipe(method=method, blocks=["vit.blocks.*"], op_types=list(TRANSFORMER_OPS), const_b_only=True)
+    """Weight MatMul/Gemm of every transformer block (their inputs: per-tensor activations,
+    per-channel symmetric weights; constant B only; outputs float): residual Adds, LayerNorms,
+    Softmax, GELU, the score path, the final norm and the head stay float."""
+    return Int8Recipe(method=method, blocks=["vit.blocks.*"], op_types=list(TRANSFORMER_OPS), const_b_only=True,
+                      quantise_outputs=False)
 
 
 def _session(model: onnx.ModelProto | Path):
@@ -78,17 +80,27 @@ def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return out
 
 
-def foldable_norms(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, list[onnx.NodeProto]]]:
-    """LayerNorms (with scale and bias initializers) whose output feeds only MatMuls by constant 2-D weights."""
+def _constant(model: onnx.ModelProto, name: str) -> onnx.TensorProto | None:
+    """The initializer ``name`` is, through Identity nodes (the exporter shares equal tensors that way)."""
     inits = {t.name: t for t in model.graph.initializer}
+    prod = {o: n for n in model.graph.node for o in n.output}
+    while name not in inits and name in prod and prod[name].op_type == "Identity":
+        name = prod[name].input[0]
+    return inits.get(name)
+
+
+def foldable_norms(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, list[onnx.NodeProto]]]:
+    """LayerNorms with constant scale and bias whose output feeds only MatMuls by constant 2-D
+    weights (and Shape nodes, which read no values)."""
     cons = _consumers(model)
     found = []
     for n in model.graph.node:
-        if n.op_type != "LayerNormalization" or len(n.input) < 3 or not {n.input[1], n.input[2]} <= set(inits):
+        if n.op_type != "LayerNormalization" or len(n.input) < 3 or None in (_constant(model, n.input[1]),
+                                                                            _constant(model, n.input[2])):
             continue
-        users = cons.get(n.output[0], [])
-        if users and all(u.op_type == "MatMul" and u.input[0] == n.output[0] and u.input[1] in inits
-                         and len(inits[u.input[1]].dims) == 2 for u in users):
+        users = [u for u in cons.get(n.output[0], []) if u.op_type != "Shape"]
+        if users and all(u.op_type == "MatMul" and u.input[0] == n.output[0] and (w := _constant(model, u.input[1]))
+                         is not None and len(w.dims) == 2 for u in users):
             found.append((n, users))
     return found
 
@@ -117,17 +129,18 @@ def reparameterise_norms(fp32_path: Path, out_path: Path, scales: dict[str, np.n
     the next MatMuls' weight rows multiplied by it: the same function in float (LN(x)/s @ (s*W) =
     LN(x) @ W), one per-tensor range for the LayerNorm's output. Returns what was folded."""
     model = onnx.load(str(fp32_path))
-    inits = {t.name: t for t in model.graph.initializer}
     folded = []
     for ln, users in foldable_norms(model):
         if ln.name not in scales:
             continue
         s = scales[ln.name]
-        for name, div in ((ln.input[1], True), (ln.input[2], True), *((u.input[1], False) for u in users)):
-            t = inits[name]
-            a = numpy_helper.to_array(t).astype(np.float64)
+        # new tensors for each (the exporter may share one LayerNorm scale among all of them)
+        for node, slot, div in ((ln, 1, True), (ln, 2, True), *((u, 1, False) for u in users)):
+            a = numpy_helper.to_array(_constant(model, node.input[slot])).astype(np.float64)
             a = a / s if div else a * s[:, None]  # MatMul B is (in, out): its rows are the LN's channels
-            t.CopyFrom(numpy_helper.from_array(a.astype(np.float32), name))
+            name = f"{node.name}_input{slot}_reparameterised"
+            model.graph.initializer.append(numpy_helper.from_array(a.astype(np.float32), name))
+            node.input[slot] = name
         folded.append({"norm": ln.name, "matmuls": [u.name for u in users],
                        "scale_spread": float(s.max() / s.min())})
     if not folded:
