@@ -209,7 +209,7 @@ def weight_only_int8(fp32_path: Path, out_path: Path, recipe: Int8Recipe | None 
 
 
 #: tensors the error ranking compares: what each block computes and hands on
-RANKED_OPS = ("MatMul", "Gemm", "Add", "LayerNormalization", "Softmax")
+RANKED_OPS = ("Conv", "MatMul", "Gemm", "Add", "LayerNormalization", "Softmax")
 
 
 def error_ranking(fp32_path: Path, candidate: Path, images: np.ndarray, top: int = 12) -> dict:

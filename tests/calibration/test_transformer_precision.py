@@ -134,3 +134,49 @@ def test_error_ranking_is_the_sqnr_of_each_tensor(tiny, tmp_path):
     c = tr.run_tensors(onnx.load(str(wo)), [t], x[:2])[t]
     assert worst[0]["sqnr_db"] == pytest.approx(20 * math.log10(np.linalg.norm(a) / np.linalg.norm(a - c)), abs=0.01)
     assert set(rank["worst_per_block"]) >= {"vit.blocks.00", "vit.blocks.01"}
+
+
+def _calibrate(bundle, dataset, tmp_path, *args):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from dcssa.export.cli import main as export_cli
+
+    out = tmp_path / "bundle"
+    shutil.copytree(bundle, out)
+    res = CliRunner().invoke(export_cli, ["calibrate", str(out), "--data", str(dataset), "--max-calib", "4",
+                                          "--max-heldout", "6", "--no-noise-floor", *args])
+    return out, res
+
+
+def test_weight_only_quantiser_through_calibrate(arnet_bundle, arnet_dataset, tmp_path):
+    import json
+
+    out, res = _calibrate(arnet_bundle, arnet_dataset, tmp_path, "--precision", "int8", "--quantiser", "weight-only")
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / mf.MANIFEST).read_text())
+    entry = m["graphs"][mf.SKETCH_ENCODER]["int8"]
+    assert entry["quantiser"] == "weight-only" and m["calibration"]["int8"]["recipe"]["mode"] == "weight-only"
+    q = onnx.load(str(out / entry["file"]))
+    assert not [n for n in q.graph.node if n.op_type == "QuantizeLinear"]
+    assert sum(n.op_type == "DequantizeLinear" for n in q.graph.node) == 8
+    ranking = m["fidelity"]["int8"]["error_ranking"]
+    assert ranking["worst"] and ranking["worst"][0]["sqnr_db"] == min(r["sqnr_db"] for r in ranking["worst"])
+
+
+def test_bf16_for_arnet_is_refused_where_the_cpu_has_no_native_bf16(arnet_bundle, arnet_dataset, tmp_path):
+    ov = pytest.importorskip("openvino", reason="openvino is not installed")
+    if "BF16" in [str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]:
+        pytest.skip("this CPU has native bf16: the plan is measured, not refused (tests/calibration/test_plan_search.py)")
+    out, res = _calibrate(arnet_bundle, arnet_dataset, tmp_path, "--precision", "bf16")
+    assert res.exit_code != 0 and "no native bf16" in res.output
+    assert not list(out.glob("*.bf16*")) and "bf16" not in (out / mf.MANIFEST).read_text()
+
+
+def test_bf16_units_of_a_vit_are_its_blocks(tiny):
+    from dcssa.calibration.bf16 import bf16_units
+
+    _, fp32, _, _ = tiny
+    units = bf16_units(onnx.load(str(fp32)))
+    assert [u for u in units if "blocks" in u] == ["/encoder/blocks/blocks.0", "/encoder/blocks/blocks.1"]
