@@ -180,3 +180,24 @@ def test_bf16_units_of_a_vit_are_its_blocks(tiny):
     _, fp32, _, _ = tiny
     units = bf16_units(onnx.load(str(fp32)))
     assert [u for u in units if "blocks" in u] == ["/encoder/blocks/blocks.0", "/encoder/blocks/blocks.1"]
+
+
+def test_tensorrt_graphs_of_a_vit_keep_norms_and_the_score_path_out_of_reduced_precision(tiny, tmp_path):
+    """int8 (symmetric, TensorRT's Q/DQ): no LayerNorm, Softmax or score MatMul reads a dequantised
+    tensor; fp16: they all stay FP32 islands."""
+    from dcssa.calibration.fp16 import convert_fp16
+
+    _, fp32, prefixes, _ = tiny
+    sym = tmp_path / "sym.onnx"
+    recipe = tr.transformer_recipe("minmax")
+    quantize_int8(fp32, sym, recipe, collect_ranges(fp32, prefixes, "minmax", tmp_path / "r.json", symmetric=True),
+                  symmetric=True)
+    fed = _dq_fed(onnx.load(str(sym)))
+    assert not [n for n, node in fed.items() if node.op_type in ("LayerNormalization", "Softmax")
+                or n.endswith(("attn/MatMul", "attn/MatMul_1"))]
+    kept = set(convert_fp16(fp32, tmp_path / "fp16.onnx")["fp32_nodes"])
+    model = onnx.load(str(fp32))
+    islands = {n.name for n in model.graph.node if n.op_type in ("LayerNormalization", "Softmax")
+               or n.name.endswith(("attn/MatMul", "attn/MatMul_1", "attn/Mul"))}
+    assert islands and islands <= kept
+    assert not kept & {f"/encoder/blocks/blocks.0/{x}/MatMul" for x in LINEARS}  # the linear layers are fp16
