@@ -176,7 +176,12 @@ def evaluate(cell: str, yard: Yardstick, work: Path, state: dict) -> dict:
     return rep
 
 
-@click.command()
+@click.group()
+def cli() -> None:
+    """The ARNet precision sweep (run) and its Markdown table (table)."""
+
+
+@cli.command("run")
 @click.option("--bundle", "bundles", multiple=True, required=True, help="NAME=BUNDLE (repeat).")
 @click.option("--data", type=click.Path(path_type=Path), required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True)
@@ -223,5 +228,48 @@ def main(bundles: tuple[str, ...], data: Path, out: Path, max_heldout: int, max_
                 click.echo(f"{cell}: {rep['status']}: {rep['reason']}", err=True)
 
 
+LABELS = {"old-default": "default recipe before issue 34 (percentile, MatMul in/outputs)",
+          "transformer": "transformer recipe (weight MatMuls, outputs float)", "dynamic": "onnxruntime dynamic int8",
+          "nncf-sq-off": "NNCF TRANSFORMER, SmoothQuant off", "reparam": "LayerNorm reparameterised + per-tensor",
+          "weight-only": "weight-only int8", "bf16": "bf16 (OpenVINO)", "fp16": "fp16 (GPU plan; onnxruntime CPU)",
+          **{k: f"NNCF TRANSFORMER, SmoothQuant {v:g}" for k, v in ALPHAS.items() if v > 0}}
+
+
+def _drop(task: dict, metric: str) -> str:
+    t = task.get(metric)
+    return "-" if t is None else f"{t['drop']:+.3f} (<= {t['drop_upper']:+.3f})"
+
+
+def _ratio(lat: dict | None) -> str:
+    return "-" if not lat or "ratio" not in lat else f"{lat['ratio']:.2f}"
+
+
+def row(cell: str, variant: str, rep: dict | None) -> str:
+    label = LABELS.get(cell, cell)
+    if rep is None:
+        return f"| {label} | {variant} | not measured | | | | | | |"
+    if rep.get("status") != "measured":
+        return f"| {label} | {variant} | {rep.get('status')}: {rep.get('reason', '')} | | | | | | |"
+    task = rep.get("task", {})
+    return (f"| {label} | {variant} | {_drop(task, 'm@B')} | {_drop(task, 'acc@10')} | {rep['top1_agreement']:.1%} | "
+            f"{rep['embedding_cosine']['mean']:.4f} | {_ratio(rep.get('latency'))} | {_ratio(rep.get('latency_openvino'))} | "
+            f"{'yes' if rep.get('meets_objective') else 'no'} |")
+
+
+@cli.command("table")
+@click.argument("records", nargs=-1, type=click.Path(path_type=Path, exists=True))
+def table(records: tuple[Path, ...]) -> None:
+    """Markdown rows of every candidate x variant in RECORDS (arnet-precision.json files)."""
+    variants: dict[str, dict] = {}
+    for path in records:
+        variants.update(json.loads(path.read_text())["variants"])
+    click.echo("| plan | ViT-B variant | m@B drop (upper 95%) | finished acc@10 drop (upper 95%) | top-1 agreement | "
+               "cosine to fp32 | latency / fp32, onnxruntime | latency / fp32, OpenVINO | keeps the bounds |")
+    click.echo("|---|---|---|---|---|---|---|---|---|")
+    for cell in LABELS:
+        for name, v in variants.items():
+            click.echo(row(cell, name, v["cells"].get(cell)))
+
+
 if __name__ == "__main__":
-    main()
+    cli()
