@@ -18,8 +18,10 @@ DEFAULT_RECIPE = Int8Recipe(
 )
 # ARNet (ViT): the transformer recipe (issue 34) -- only the blocks' weight MatMuls, per-channel
 # symmetric weights; residual Adds, LayerNorms, Softmax, GELU, the score path, the final norm and
-# the head stay float. Its calibrator is the one the ARNet sweep chose (docs/results/arnet.md).
-ARNET_RECIPE = transformer_recipe("percentile")
+# the head stay float. MinMax ranges: the calibrator measured on ViT-B (docs/results/arnet.md; the
+# histogram calibrators cost minutes and gigabytes there, and only the MatMul inputs need ranges);
+# `--recipe search` compares the calibrators on your checkpoint.
+ARNET_RECIPE = transformer_recipe("minmax")
 DEFAULT_RECIPES = {mf.DCSSA: DEFAULT_RECIPE, mf.ARNET: ARNET_RECIPE}
 
 
