@@ -133,7 +133,12 @@ class Int8Recipe:
             raise QuantisationError(f"unknown calibration method {self.method!r}", hint=f"use one of {', '.join(METHODS)}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields; the transformer switches only when set, so older records read back unchanged."""
+        d = asdict(self)
+        for key, default in (("const_b_only", False), ("quantise_outputs", True)):
+            if d[key] == default:
+                del d[key]
+        return d
 
     def record(self, *, symmetric: bool) -> dict:
         """The recipe as written to manifests and search records: with the encoding of its graph."""
