@@ -4,8 +4,8 @@ TensorRT builds strongly typed networks from the ONNX types, so the precision of
 decided here, in the graph. Kept in FP32 (with Casts at the boundaries):
 
 * LayerNormalization -- FP16 LayerNorm after attention overflows in TensorRT;
-* the attention score path -- the 1/sqrt(d) scaling, q.k^T (overflows in FP16), Softmax and
-  attention.v, so probabilities never round-trip through FP16;
+* the attention score path (DC-SSA's and every ViT block's) -- the 1/sqrt(d) scaling, q.k^T
+  (overflows in FP16), Softmax and attention.v, so probabilities never round-trip through FP16;
 * pooling and L2 normalisation at the end (ReduceMean, ReduceL2, Clip, Expand, Div) -- a sum of
   2048 squares overflows FP16's 65504.
 
@@ -26,7 +26,7 @@ from dcssa.calibration.int8 import fix_ir_version, node_block
 from dcssa.runtime.errors import DcssaError
 
 FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceL2", "Clip", "Expand", "Div")
-FP32_BLOCKS = ("attention.scores",)
+FP32_BLOCKS = ("attention.scores", "vit.scores")  # DC-SSA's and the ViT's score paths
 
 
 def fp32_node_names(model: onnx.ModelProto) -> list[str]:

@@ -122,13 +122,23 @@ class Int8Recipe:
     percentile: float = 99.999
     op_types: list[str] = field(default_factory=lambda: list(QUANTISED_OPS))
     exclude_nodes: list[str] = field(default_factory=list)  # individual nodes kept in float
+    # only MatMuls by a constant (a weight): onnxruntime's MatMulConstBOnly (transformer recipe)
+    const_b_only: bool = False
+    # False: the quantised ops' outputs stay float (into the bias and residual Adds), as the
+    # transformer recipe wants; True re-quantises them for the next quantised op (DC-SSA's chains)
+    quantise_outputs: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise QuantisationError(f"unknown calibration method {self.method!r}", hint=f"use one of {', '.join(METHODS)}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields; the transformer switches only when set, so older records read back unchanged."""
+        d = asdict(self)
+        for key, default in (("const_b_only", False), ("quantise_outputs", True)):
+            if d[key] == default:
+                del d[key]
+        return d
 
     def record(self, *, symmetric: bool) -> dict:
         """The recipe as written to manifests and search records: with the encoding of its graph."""
@@ -264,7 +274,10 @@ def quantize_int8(fp32_path: Path, out_path: Path, recipe: Int8Recipe, cache_pat
             path=fp32_path,
             hint=f"name blocks among: {', '.join(graph_blocks(model))}",
         )
-    extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QDQKeepRemovableActivations": False}
+    extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QDQKeepRemovableActivations": False,
+             "MatMulConstBOnly": recipe.const_b_only}
+    if not recipe.quantise_outputs:
+        extra["OpTypesToExcludeOutputQuantization"] = list(recipe.op_types)
     with tempfile.TemporaryDirectory(prefix="dcssa-q-") as tmp, quantiser_notices_hidden():
         tmp_out = Path(tmp) / "q.onnx"
         quantize_static(

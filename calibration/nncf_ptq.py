@@ -300,7 +300,8 @@ def quantize_nncf(
             target_device=nncf.TargetDevice[options.target_device],
             subset_size=min(n, options.subset_size or n),
             fast_bias_correction=options.fast_bias_correction,
-            ignored_scope=nncf.IgnoredScope(names=names) if names else None,
+            # validate=False: nodes NNCF leaves out of its graph (Cast, Shape, ...) are no error to ignore
+            ignored_scope=nncf.IgnoredScope(names=names, validate=False) if names else None,
             advanced_parameters=advanced_parameters(options),
             **kw,
         )

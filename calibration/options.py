@@ -148,9 +148,10 @@ class CalibrationOptions:
     methods: tuple[str, ...] = setting(SEARCH_METHODS, "Calibration methods the search compares.", to_cli=",".join,
                                        from_cli=_comma_list)
     quantiser: str = setting(
-        "ort", "What makes the int8 graphs: onnxruntime.quantization with our ranges and --recipe (ort), or "
+        "ort", "What makes the int8 graphs: onnxruntime.quantization with our ranges and --recipe (ort), "
         "NNCF's post-training quantisation (nncf; pip install 'dcssa-rt[nncf]'), where --recipe default "
-        "or FILE gives the float blocks NNCF ignores and --recipe all ignores none.")
+        "or FILE gives the float blocks NNCF ignores and --recipe all ignores none, or the recipe's MatMuls "
+        "with onnxruntime's dynamic int8 (dynamic) or int8 weights only (weight-only).")
     smooth_quant: Mapping[str, float] | None = setting(
         None, "nncf only: SmoothQuant alphas, e.g. 'matmul=0.95,convolution=0.5' (a negative alpha turns a "
         "layer type off); NNCF applies it with model_type TRANSFORMER. [default: off]", metavar="ALPHAS",

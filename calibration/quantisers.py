@@ -6,7 +6,9 @@ in who places the quantisers and what ``--recipe`` means (see ``RECIPE_HELP`` in
 
 - ``ort``: onnxruntime.quantization with our ranges and a recipe of blocks, searched unless given;
 - ``nncf``: NNCF's post-training quantisation; the recipe's float blocks are its ignored scope, or
-  ``search`` hands the choice of float layers to NNCF's accuracy control on the task objective.
+  ``search`` hands the choice of float layers to NNCF's accuracy control on the task objective;
+- ``dynamic`` / ``weight-only``: the recipe's MatMuls with activation ranges per run, or int8
+  weights only (:mod:`.transformer`; for ViTs, whose activation outliers defeat static ranges).
 
 Light on purpose (the CLI reads the names to build ``--quantiser``): the work is imported when a
 stage runs.
@@ -104,8 +106,42 @@ class NncfQuantiser(Quantiser):
         return nncf_int8_stage(yard, plan.nncf, latency_rasters=options.latency_rasters, quantiser=self)
 
 
+class WeightPlanQuantiser(Quantiser):
+    """The transformer plans that need no activation ranges (:mod:`.transformer`): onnxruntime's
+    dynamic int8, or int8 weights only. ``--recipe`` (default: the family's) names the MatMuls."""
+
+    def plan(self, options: CalibrationOptions, family: str) -> Int8Plan:
+        from dcssa.calibration.recipes import load_recipe
+
+        if options.smooth_quant is not None:
+            raise DcssaError("--smooth-quant is an NNCF option", hint="add --quantiser nncf, or drop --smooth-quant")
+        spec = "default" if options.recipe is None else options.recipe
+        if isinstance(spec, str) and spec in ("search", "all"):
+            raise DcssaError(f"--quantiser {self.name} takes no --recipe {spec}",
+                             hint="pass default or a recipe JSON file (its blocks name the MatMuls)")
+        return Int8Plan(recipe=load_recipe(spec, family))
+
+    def stage(self, yard: Yardstick, options: CalibrationOptions, plan: Int8Plan) -> StageOutput:
+        from dcssa.calibration.stages import weight_plan_stage
+
+        return weight_plan_stage(yard, options, plan.recipe, quantiser=self)
+
+
+class DynamicQuantiser(WeightPlanQuantiser):
+    name = "dynamic"
+    cpu_activations = "int8 dynamic (ranges computed per run; onnxruntime MatMulInteger)"
+    tensorrt_activations = "int8 symmetric static (the same MatMuls; TensorRT has no dynamic int8)"
+
+
+class WeightOnlyQuantiser(WeightPlanQuantiser):
+    name = "weight-only"
+    cpu_activations = "float (int8 weights dequantised in the graph)"
+    tensorrt_activations = "float (int8 weights only: TensorRT's weight-only quantisation)"
+
+
 #: every int8 quantiser by its ``--quantiser`` name
-QUANTISERS: dict[str, Quantiser] = {q.name: q for q in (OrtQuantiser(), NncfQuantiser())}
+QUANTISERS: dict[str, Quantiser] = {q.name: q for q in (OrtQuantiser(), NncfQuantiser(), DynamicQuantiser(),
+                                                        WeightOnlyQuantiser())}
 
 
 def quantiser_named(name: str) -> Quantiser:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from dcssa.calibration.int8 import Int8Recipe
+from dcssa.calibration.transformer import transformer_recipe
 from dcssa.runtime.contract import manifest as mf
 from dcssa.runtime.errors import DcssaError
 
@@ -15,9 +16,12 @@ DEFAULT_RECIPE = Int8Recipe(
     method="entropy",
     blocks=["stem_pools", "attention.proj", "Mixed_7a", "Mixed_7c", "Mixed_7b", "Mixed_6e", "Mixed_6d", "Mixed_6c"],
 )
-# ARNet (ViT): every transformer block's linear layers; the patch embedding, the score path
-# (q.k^T, softmax, attention.v) and LayerNorms stay float (see README, "ARNet").
-ARNET_RECIPE = Int8Recipe(method="percentile", blocks=["vit.blocks.*"])
+# ARNet (ViT): the transformer recipe (issue 34) -- only the blocks' weight MatMuls, per-channel
+# symmetric weights; residual Adds, LayerNorms, Softmax, GELU, the score path, the final norm and
+# the head stay float. MinMax ranges: the calibrator measured on ViT-B (docs/results/arnet.md; the
+# histogram calibrators cost minutes and gigabytes there, and only the MatMul inputs need ranges);
+# `--recipe search` compares the calibrators on your checkpoint.
+ARNET_RECIPE = transformer_recipe("minmax")
 DEFAULT_RECIPES = {mf.DCSSA: DEFAULT_RECIPE, mf.ARNET: ARNET_RECIPE}
 
 

@@ -110,6 +110,7 @@ def int8_stage(yard: Yardstick, options: CalibrationOptions, recipe: Int8Recipe 
     yard.say(f"int8: quantising with {recipe.short(symmetric=False)}")
     cpu, sym = int8_graphs(yard)
     out.reports["int8"] = _quantised(ctx, recipe, cpu, "int8", latency=True)
+    add_error_ranking(yard, out.reports["int8"], cpu)
     yard.say(fd.summary_line("int8", out.reports["int8"]))
     rep_sym = _quantised(SearchContext(yard, options, symmetric=True), recipe, sym, "int8 (TensorRT graph)",
                          latency=False)
@@ -183,11 +184,56 @@ def nncf_int8_stage(yard: Yardstick, options: NncfOptions, *, latency_rasters: i
         rep["recipe"], rep["quantisation"] = records[symmetric], summary
         if symmetric:
             rep["note"] = TENSORRT_NOTE
+        else:
+            add_error_ranking(yard, rep, path)
         out.reports[key] = rep
         yard.say(fd.summary_line(what, rep))
     add_int8_graphs(out, quantiser, cpu, sym)
     out.int8 = {"quantiser": quantiser.name, "recipe": records[False], "tensorrt_recipe": records[True],
                 "search": _nncf_search(yard, options, out.reports["int8"])}
+    return out
+
+
+def add_error_ranking(yard: Yardstick, report: dict, candidate: Path, rasters: int = 2) -> None:
+    """The per-tensor SQNR ranking of ``candidate`` against fp32 on the first held-out rasters."""
+    from dcssa.calibration.transformer import error_ranking
+
+    report["error_ranking"] = error_ranking(yard.fp32, candidate, yard.held.images(0, min(rasters, len(yard.held))))
+
+
+def weight_plan_stage(yard: Yardstick, options: CalibrationOptions, recipe: Int8Recipe, *,
+                      quantiser: Quantiser) -> StageOutput:
+    """The int8 sketch encoder by onnxruntime's dynamic int8 or by int8 weights only, of ``recipe``'s
+    MatMuls. The TensorRT graph: the same weight-only graph, or for dynamic the static symmetric
+    graph of the recipe (TensorRT has no dynamic int8), calibrated with the recipe's method."""
+    from dcssa.calibration.int8 import collect_ranges, quantize_int8
+    from dcssa.calibration.transformer import quantize_dynamic_int8, weight_only_int8
+
+    out = StageOutput()
+    cpu, sym = int8_graphs(yard)
+    yard.say(f"int8 ({quantiser.name}): {len(recipe.blocks)} blocks' MatMuls")
+    make = quantize_dynamic_int8 if quantiser.name == "dynamic" else weight_only_int8
+    summary = make(yard.fp32, cpu, recipe)
+    if quantiser.name == "dynamic":
+        with yard.bar(len(yard.calib), f"calibrating ({recipe.method}, symmetric)") as bar:
+            cache = collect_ranges(yard.fp32, yard.calib, recipe.method, yard.work / "ranges-sym.json", symmetric=True,
+                                   on_batch=bar.update)
+        quantize_int8(yard.fp32, sym, recipe, cache, symmetric=True)
+    else:
+        sym.write_bytes(cpu.read_bytes())
+    for path, what, key, lat in ((cpu, "int8", "int8", options.latency_rasters), (sym, "int8 (TensorRT graph)", "int8-tensorrt", 0)):
+        with yard.bar(len(yard.held), f"{what} fidelity") as bar:
+            rep = yard.report(path, "int8", latency_rasters=lat, on_batch=bar.update)
+        if key == "int8":
+            rep["quantisation"] = summary
+            add_error_ranking(yard, rep, path)
+        else:
+            rep["note"] = TENSORRT_NOTE
+        out.reports[key] = rep
+        yard.say(fd.summary_line(what, rep))
+    add_int8_graphs(out, quantiser, cpu, sym)
+    out.int8 = {"quantiser": quantiser.name, "recipe": {**recipe.record(symmetric=False), "mode": quantiser.name},
+                "tensorrt_recipe": recipe.record(symmetric=True), "search": None}
     return out
 
 

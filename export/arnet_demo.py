@@ -18,6 +18,7 @@ from dcssa.export.checkpoint import DEMO_MARKER_KEY
 from dcssa.export.defaults import DEFAULT_ARNET_EMBED
 from dcssa.export.demo import catalogue_images, centred_pca, save_atomically
 from dcssa.export.vit import ARNetEncoder, ViTConfig
+from dcssa.export.vit_outliers import OutlierSpec, add_outliers
 from dcssa.runtime.contract.recipes import PhotoRecipe, arnet_preprocessing
 from dcssa.runtime.data.datasets import arnet_photo
 from dcssa.runtime.data.datasets import catalogue as catalogue_shapes
@@ -38,21 +39,30 @@ def vit_config(size: str = "base", embed: int = DEFAULT_ARNET_EMBED, **override:
                      mlp_hidden=4 * dims["width"], qkv_bias=True, embed=embed)
 
 
+def photo_batch(cfg: ViTConfig, images) -> torch.Tensor:
+    """Catalogue photos as the bundle's photo encoder receives them."""
+    pipe = PhotoPipeline(PhotoRecipe.from_dict(arnet_preprocessing(cfg.image_size)["photo"]))
+    return torch.from_numpy(np.concatenate([pipe.preprocess(im) for im in images]))
+
+
 @torch.no_grad()
 def cls_features(model: ARNetEncoder, images, batch: int = 8) -> np.ndarray:
     """CLS tokens after the final norm (what ``mlp_head`` sees) of catalogue photos, float64."""
-    pipe = PhotoPipeline(PhotoRecipe.from_dict(arnet_preprocessing(model.cfg.image_size)["photo"]))
-    x = np.concatenate([pipe.preprocess(im) for im in images])
-    return torch.cat([model.encoder(torch.from_numpy(x[i:i + batch]))[:, 0]
-                      for i in range(0, len(x), batch)]).double().numpy()
+    x = photo_batch(model.cfg, images)
+    return torch.cat([model.encoder(x[i:i + batch])[:, 0] for i in range(0, len(x), batch)]).double().numpy()
 
 
 def structured_arnet(cfg: ViTConfig, *, seed: int = 0, catalogue: str | Path | None = None, shapes: int = 40,
-                     catalogue_seed: int = 0, say: Say = silent) -> ARNetEncoder:
-    """One encoder (shared by sketches and photos) with its head fitted on the catalogue."""
+                     catalogue_seed: int = 0, outliers: OutlierSpec | None = None, say: Say = silent) -> ARNetEncoder:
+    """One encoder (shared by sketches and photos) with its head fitted on the catalogue; with
+    ``outliers``, trained-like activation outliers edited into its weights first (:mod:`.vit_outliers`)."""
     model = ARNetEncoder(cfg).init_like_timm(torch.Generator().manual_seed(seed)).eval()
     images = (catalogue_images(catalogue, shapes, catalogue_seed) if catalogue is not None
               else [arnet_photo(shape) for shape in catalogue_shapes(shapes, catalogue_seed)])
+    if outliers is not None:
+        rec = add_outliers(model, photo_batch(cfg, images[:8]), outliers)
+        say(f"demo: {outliers.channels} massive residual channels {rec['channel_ids']} at {rec['offset']:.1f} "
+            f"({outliers.gain:g}x the median |activation|), post-LayerNorm scales spread {outliers.spread:g}x each way")
     say(f"demo: fitting mlp_head (centred PCA of {len(images)} catalogue photos' CLS features)")
     weight, bias = centred_pca(cls_features(model, images), cfg.embed)
     with torch.no_grad():
@@ -63,10 +73,11 @@ def structured_arnet(cfg: ViTConfig, *, seed: int = 0, catalogue: str | Path | N
 
 def write_arnet_demo(out: str | Path, *, size: str = "base", embed: int = DEFAULT_ARNET_EMBED, seed: int = 0,
                      catalogue: str | Path | None = None, shapes: int = 40, catalogue_seed: int = 0,
-                     cfg: ViTConfig | None = None, say: Say = silent) -> Path:
+                     cfg: ViTConfig | None = None, outliers: OutlierSpec | None = None, say: Say = silent) -> Path:
     """``model_Best.pth`` as ARNet's train_main.py writes it, plus the demo marker; atomic."""
     cfg = cfg or vit_config(size, embed)
-    model = structured_arnet(cfg, seed=seed, catalogue=catalogue, shapes=shapes, catalogue_seed=catalogue_seed, say=say)
+    model = structured_arnet(cfg, seed=seed, catalogue=catalogue, shapes=shapes, catalogue_seed=catalogue_seed,
+                             outliers=outliers, say=say)
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     # the unused ImageNet classifier every timm ViT state_dict carries
     g = torch.Generator().manual_seed(seed + 1)

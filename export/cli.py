@@ -106,10 +106,12 @@ def main(ctx: click.Context, ckpt: tuple[Path, ...], out: Path, family: str | No
 @click.option("--catalogue-seed", type=int, default=0, show_default=True)
 @click.option("--plain-random", is_flag=True, help="Independent random branches, no fitted projections "
               "(every photo embeds nearly alike: the worst case).")
+@click.option("--outliers", is_flag=True, help="ARNet only: edit trained-like activation outliers into the ViT "
+              "(a few massive residual channels, uneven post-LayerNorm scales) before fitting the head.")
 @output_options(json="the checkpoint path")
 def demo_checkpoint(out: Path, family: str, seed: int, phase: str, vit: str, embed: int | None,
-                    catalogue: Path | None, shapes: int, catalogue_seed: int, plain_random: bool, as_json: bool,
-                    quiet: bool) -> None:
+                    catalogue: Path | None, shapes: int, catalogue_seed: int, plain_random: bool, outliers: bool,
+                    as_json: bool, quiet: bool) -> None:
     """Write a DEMO checkpoint in the authors' exact layout (no training involved).
 
     By default a structured model that retrieves line drawings of the catalogue from tracings of
@@ -120,12 +122,16 @@ def demo_checkpoint(out: Path, family: str, seed: int, phase: str, vit: str, emb
     with fail_cleanly(), stdout_for_json(as_json):
         if family == "arnet":
             from dcssa.export.arnet_demo import write_arnet_demo
+            from dcssa.export.vit_outliers import OutlierSpec
 
             if plain_random:
                 raise click.BadParameter("the ARNet demo is always structured", param_hint="--plain-random")
             path = write_arnet_demo(out, size=vit, embed=embed or DEFAULT_ARNET_EMBED, seed=seed, catalogue=catalogue,
-                                    shapes=shapes, catalogue_seed=catalogue_seed, say=say)
+                                    shapes=shapes, catalogue_seed=catalogue_seed,
+                                    outliers=OutlierSpec() if outliers else None, say=say)
         else:
+            if outliers:
+                raise click.BadParameter("--outliers is for --family arnet", param_hint="--outliers")
             from dcssa.export.demo import write_demo_checkpoint
 
             path = write_demo_checkpoint(out, seed=seed, phase=int(phase), embed=embed or DEFAULT_EMBED,
