@@ -176,18 +176,21 @@ def evaluate(cell: str, yard: Yardstick, work: Path, state: dict) -> dict:
     return rep
 
 
-@click.group()
+@click.group("arnet-precision")
 def cli() -> None:
-    """The ARNet precision sweep (run) and its Markdown table (table)."""
+    """The ARNet (ViT) precision sweep: every int8/fp16 candidate x bundle variant judged by the task (run),
+    and its Markdown table (table)."""
 
 
 @cli.command("run")
-@click.option("--bundle", "bundles", multiple=True, required=True, help="NAME=BUNDLE (repeat).")
-@click.option("--data", type=click.Path(path_type=Path), required=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True)
-@click.option("--max-heldout", type=int, default=620, show_default=True)
-@click.option("--max-calib", type=int, default=32, show_default=True)
-@click.option("--cells", default=",".join(PRIORITY), show_default=True)
+@click.option("--bundle", "bundles", multiple=True, required=True,
+              help="NAME=BUNDLE: an ARNet bundle and the name its column takes (repeat: plain=..., outliers=...).")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset folder with held-out tracings.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Folder for arnet-precision.json (rewritten after every cell; a rerun resumes) and the graphs.")
+@click.option("--max-heldout", type=int, default=620, show_default=True, help="Held-out prefixes judged per cell.")
+@click.option("--max-calib", type=int, default=32, show_default=True, help="Calibration prefixes.")
+@click.option("--cells", default=",".join(PRIORITY), show_default=True, help="Candidates, most informative first.")
 @click.option("--methods", default="minmax,percentile", show_default=True,
               help="Calibrators the transformer recipe chooses among (percentile's histograms are costly on ViT-B).")
 def main(bundles: tuple[str, ...], data: Path, out: Path, max_heldout: int, max_calib: int, cells: str,
@@ -270,6 +273,9 @@ def table(records: tuple[Path, ...]) -> None:
         for name, v in variants.items():
             click.echo(row(cell, name, v["cells"].get(cell)))
 
+
+#: ``dcssa-bench arnet-precision``
+command = cli
 
 if __name__ == "__main__":
     cli()

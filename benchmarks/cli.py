@@ -18,6 +18,7 @@ import click
 
 from dcssa.benchmarks import (
     abuse,
+    arnet_precision,
     capacity,
     gpu_check,
     load_test,
@@ -50,6 +51,7 @@ def main() -> None:
 COMMANDS: tuple[click.Command, ...] = (run.command, search_scaling.command, load_test.command, scale_out.command,
                                        openvino_fastpath.command, ptq_compare.command, gpu_check.command,
                                        abuse.command, soak.command, redis_capacity.command,
-                                       session_fidelity.command, capacity.command)
+                                       session_fidelity.command, capacity.command,
+                                       arnet_precision.command)
 for _command in COMMANDS:
     main.add_command(_command)
