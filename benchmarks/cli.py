@@ -16,7 +16,16 @@ import os
 
 import click
 
-from dcssa.benchmarks import gpu_check, load_test, openvino_fastpath, ptq_compare, run, scale_out, search_scaling
+from dcssa.benchmarks import (
+    fit_embeddings,
+    gpu_check,
+    load_test,
+    openvino_fastpath,
+    ptq_compare,
+    run,
+    scale_out,
+    search_scaling,
+)
 from dcssa.runtime.cli.bench import HELP_WIDTH_ENV
 
 
@@ -35,6 +44,7 @@ def main() -> None:
 
 #: every ``dcssa-bench`` subcommand, registered the one way below
 COMMANDS: tuple[click.Command, ...] = (run.command, search_scaling.command, load_test.command, scale_out.command,
-                                       openvino_fastpath.command, ptq_compare.command, gpu_check.command)
+                                       openvino_fastpath.command, ptq_compare.command, gpu_check.command,
+                                       fit_embeddings.command)
 for _command in COMMANDS:
     main.add_command(_command)
