@@ -200,14 +200,36 @@ def _measure(cat: Catalogue, kind: str, target_recall: float, latency_queries: i
             **lat}
 
 
+def _anon_mb() -> float:
+    """This process's anonymous resident memory (not the file pages of a memory-mapped catalogue)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _watch_anon(peak: list, stop) -> None:
+    while not stop.wait(0.2):
+        peak[0] = max(peak[0], _anon_mb())
+
+
 def _child(conn, *args) -> None:
+    import threading
+
+    peak, stop = [0.0], threading.Event()
+    if Path("/proc/self/status").is_file():
+        threading.Thread(target=_watch_anon, args=(peak, stop), daemon=True).start()
     try:
-        conn.send(("ok", _measure(*args)))
+        row = _measure(*args)
+        stop.set()
+        conn.send(("ok", {**row, "peak_anon_mb": round(max(peak[0], _anon_mb()))}))
     except DcssaError as exc:
         conn.send(("error", exc.message, exc.hint))
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails cleanly
         conn.send(("error", f"{type(exc).__name__}: {exc}", None))
     finally:
+        stop.set()
         conn.close()
 
 

@@ -165,18 +165,20 @@ def indexes_markdown(report: dict) -> str:
              "queries whose target photo the exact top 10 holds (*exact@10*: their share), the share whose target "
              f"the index's top 10 keeps. Latency: {cfg['latency_queries']} single queries on one thread (FAISS and "
              "BLAS pools at 1); load = 1-min load average after timing. Build s: training and adding (tuning not "
-             "included). Peak RSS: the building process's, including pages of the memory-mapped catalogue it read.",
+             "included). Peak anon MB: the building process's anonymous memory (sampled every 0.2 s); peak RSS adds the "
+             "file pages of the memory-mapped catalogue it read (reclaimable cache, not a need).",
              "",
              "| data | photos | dim | index | factory | params | kept | recall@10 | exact@10 | p50 ms | p99 ms | "
-             "build s | bytes/photo | index GB | peak RSS MB | load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "build s | bytes/photo | index GB | peak anon MB | peak RSS MB | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         params = ", ".join(f"{k} {v}" for k, v in r["search_params"].items())
         params += (f", refine {r['refine']}" if r.get("refine") else "")
         lines.append(f"| {r['data']} | {r['size']:,} | {r['dim']} | {r['index']} | {r['factory']} | {params or '-'} | "
                      f"{r['target_kept']:.4f} | {r['recall_at_10']:.4f} | {r['exact_target_in_top10']:.3f} | "
                      f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['build_s']:.1f} | {r['bytes_per_photo']:.1f} | "
-                     f"{_fmt(r.get('index_gb'), '.2f')} | {_fmt(r.get('peak_rss_mb'), 'd')} | {r['loadavg'][0]:.1f} |")
+                     f"{_fmt(r.get('index_gb'), '.2f')} | {_fmt(r.get('peak_anon_mb'), 'd')} | {_fmt(r.get('peak_rss_mb'), 'd')} | "
+                     f"{r['loadavg'][0]:.1f} |")
     for size, why in report.get("not_measured", {}).items():
         lines.append(f"\nNot measured at {size}: {why}")
     r = report.get("ray")
