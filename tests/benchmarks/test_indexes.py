@@ -33,6 +33,7 @@ def test_index_comparison_report(tmp_path, capsys):
     # isotropic queries are their target turned to cosine 0.9: the exact top 10 holds nearly all of them
     assert rows["exact (numpy)"]["exact_target_in_top10"] > 0.9 and rows["flat"]["target_kept"] == 1.0
     assert rows["ivf"]["target_held"] == rows["exact (numpy)"]["target_held"] and rows["ivf"]["peak_rss_mb"] > 0
+    assert 0 < rows["ivf"]["peak_anon_mb"] <= rows["ivf"]["peak_rss_mb"]  # the mapped catalogue pages come on top
     assert rep["complete"] is True and not list(tmp_path.glob("*.partial.*"))  # the finished folder replaced them
     with pytest.raises(SystemExit):  # the folder exists: refused without --force, nothing overwritten
         main(["--sizes", "3000", "--dim", "16", "--data", "isotropic", "--kinds", "flat", "--out", str(out), "-q"])
