@@ -135,11 +135,13 @@ class EmbeddingFit:
         """(queries, their completions) for the target photo embeddings ``targets`` (n, d)."""
         n = len(targets)
         c = rng.choice(self.completions, size=n) if completions is None else np.asarray(completions, np.float64)
-        b = band_of(c)
-        z = rng.standard_normal((n, self.dim))
+        return self.offset(targets, band_of(c), rng.standard_normal((n, self.dim))), c
+
+    def offset(self, targets: np.ndarray, bands: np.ndarray, z: np.ndarray, scale: float | np.ndarray = 1.0) -> np.ndarray:
+        """Unit queries ``a p + m + r`` of ``targets`` in ``bands``, ``r`` from the standard normals ``z``."""
         r = (z * np.sqrt(self.offset_eigvals)) @ self.offset_eigvecs.T
-        q = self.band_shrink[b, None] * targets + self.band_mean[b] + r * self.band_scale[b, None]
-        return unit(q).astype(np.float32), c
+        q = self.band_shrink[bands, None] * targets + self.band_mean[bands] + r * (self.band_scale[bands] * scale)[:, None]
+        return unit(q).astype(np.float32)
 
 
 def band_of(completion: np.ndarray) -> np.ndarray:
@@ -198,13 +200,53 @@ def fit_queries(queries: np.ndarray, targets: np.ndarray, completions: np.ndarra
 
 
 def fit(photos: np.ndarray, queries: np.ndarray, target_rows: np.ndarray, completions: np.ndarray, *,
-        clusters: int = CLUSTERS, seed: int = 0, source: dict | None = None) -> EmbeddingFit:
+        clusters: int = CLUSTERS, seed: int = 0, calibrate: bool = True, source: dict | None = None) -> EmbeddingFit:
     """The generator fitted on real ``photos`` and real ``queries`` (target photo row, completion each)."""
     photos = np.asarray(photos, np.float64)
-    return EmbeddingFit(**fit_photos(photos, clusters, seed),
-                        **fit_queries(queries, photos[np.asarray(target_rows)], completions),
-                        source={**(source or {}), "photos": len(photos), "queries": len(queries),
-                                "clusters": clusters})
+    model = EmbeddingFit(**fit_photos(photos, clusters, seed),
+                         **fit_queries(queries, photos[np.asarray(target_rows)], completions),
+                         source={**(source or {}), "photos": len(photos), "queries": len(queries),
+                                 "clusters": clusters})
+    if calibrate:
+        model.source["offset_scale_calibration"] = calibrate_offsets(model, photos, queries, target_rows, completions,
+                                                                     seed + 1)
+    return model
+
+
+def calibrate_offsets(model: EmbeddingFit, photos: np.ndarray, queries: np.ndarray, target_rows: np.ndarray,
+                      completions: np.ndarray, seed: int = 1, draws: int = 4) -> list[float]:
+    """Scale each band's offsets so generated queries rank their target as the real ones do.
+
+    The regression's residuals are fitted as Gaussian in their own spectrum; real sketch offsets
+    lean towards the photos a partial sketch resembles, which a Gaussian does not, so at the real
+    size generated targets would rank too well. Per band, the scale whose mean log target rank (in
+    a generated catalogue of the real size, same noise for every trial) equals the real one is found
+    by bisection; the multipliers are returned (and applied to ``band_scale``)."""
+    rng = np.random.default_rng(seed)
+    real = np.log(target_ranks(photos, queries, target_rows))
+    gen = model.photo_chunk(len(photos), rng)[0]
+    bands = band_of(np.asarray(completions))
+    out = []
+    for j in range(len(BANDS) - 1):
+        sel = bands == j
+        if sel.sum() < 5:
+            out.append(1.0)
+            continue
+        t = rng.integers(len(gen), size=draws * int(sel.sum()))
+        z = rng.standard_normal((len(t), model.dim))
+        b = np.full(len(t), j)
+
+        def mean_log_rank(log_mult: float) -> float:
+            return float(np.log(target_ranks(gen, model.offset(gen[t], b, z, np.exp(log_mult)), t)).mean())
+
+        lo, hi = -2.0, 2.0
+        for _ in range(12):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if mean_log_rank(mid) < real[sel].mean() else (lo, mid)
+        mult = float(np.exp((lo + hi) / 2))
+        model.band_scale[j] *= mult
+        out.append(round(mult, 4))
+    return out
 
 
 # -- checking a fit against the real data ------------------------------------------------------

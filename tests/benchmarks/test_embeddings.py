@@ -45,7 +45,7 @@ def made():
 
 
 def test_fit_recovers_clusters_spectrum_and_offsets(made):
-    m = fit(made["photos"], made["queries"], made["targets"], made["completions"], clusters=4)
+    m = fit(made["photos"], made["queries"], made["targets"], made["completions"], clusters=4, calibrate=False)
     order = [int(np.argmin(np.linalg.norm(m.centres - c, axis=1))) for c in made["centres"]]
     assert sorted(order) == [0, 1, 2, 3]  # one fitted centre per true one
     assert np.allclose(m.centres[order], made["centres"], atol=0.02)
@@ -91,3 +91,20 @@ def test_completions_bands_and_ranks_by_hand():
     queries = np.array([[1, 0], [0, 1], [0.6, 0.8]], np.float32)
     # q0: target 2 scores 0 below 1 and 0.8 -> rank 3; q1: target 2 is best -> 1; q2: target 0 (0.6) < 0.96, 0.8 -> 3
     assert target_ranks(photos, queries, np.array([2, 2, 0])).tolist() == [3, 1, 3]
+
+
+def test_offset_calibration_leaves_a_faithful_model_alone_and_corrects_a_wrong_one(made):
+    """Queries that follow the fitted model need no correction (multipliers near 1); queries whose
+    offsets are twice what the fit says (the regression sees one scale, ranking another) get ~2."""
+    real = made["photos"][:1500] / np.linalg.norm(made["photos"][:1500], axis=1, keepdims=True)
+    t = made["targets"][:800] % 1500
+    c = made["completions"][:800]
+    rng = np.random.default_rng(5)
+    m = fit(real, real[t] * 0.9 + 0.02 * rng.standard_normal((800, D)), t, c, clusters=4)
+    assert np.allclose(m.source["offset_scale_calibration"], 1.0, atol=0.25)
+    from dcssa.benchmarks.embeddings import calibrate_offsets
+
+    fitted = fit(real, real[t] * 0.9 + 0.02 * rng.standard_normal((800, D)), t, c, clusters=4, calibrate=False)
+    harder = real[t] * 0.9 + 0.04 * rng.standard_normal((800, D))  # twice the offsets the fit saw
+    mult = calibrate_offsets(fitted, real, harder, t, c)
+    assert all(1.5 < v < 2.7 for v in mult), mult

@@ -92,3 +92,13 @@ def test_realistic_rows_come_from_the_fit_and_reuse_the_cache(tmp_path, capsys):
     assert first["rows"][1]["factory"] == "IVF16,SQ8" and first["rows"][1]["objective"] == "target_kept"
     assert (tmp_path / "a" / "embedding-fit-16.json").is_file()
     assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def test_streamed_exact_reference_equals_a_full_sort():
+    from dcssa.benchmarks.search_indexes import exact_top10
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20000, 16)).astype(np.float32)
+    q = rng.normal(size=(30, 16)).astype(np.float32)
+    want = np.argsort(-(q.astype(np.float64) @ x.T.astype(np.float64)), axis=1, kind="stable")[:, :10]
+    assert np.array_equal(exact_top10(x, q, chunk=100), want)  # 7 pieces of 3200 rows, merged
