@@ -113,3 +113,19 @@ def _save(folder, x):
 def test_parameters_of_other_kinds_are_refused(kind, params, message):
     with pytest.raises(IndexSpecError, match=message):
         IndexSpec.parse(kind, **params)
+
+
+def test_kept_is_the_objective_only_with_enough_held_targets(vectors):
+    """Targets held by the exact top 10 for fewer than MIN_TARGETS_HELD queries: tuned on recall@10."""
+    from dcssa.runtime.indexing.faiss_build import MIN_TARGETS_HELD, exact_topk_labels
+
+    labels = np.arange(len(vectors), dtype=np.int64)
+    q = heldout_queries(vectors, 100, seed=2)
+    truth = exact_topk_labels(vectors, labels, q)
+    spec = IndexSpec.parse("ivf", nlist=16, nprobe=2)
+    many = build_index(vectors, labels, spec, queries=q, truth=truth, targets=truth[:, 0])  # all held
+    few = truth[:, 0].copy()
+    few[MIN_TARGETS_HELD - 1 :] = -1  # one short
+    too_few = build_index(vectors, labels, spec, queries=q, truth=truth, targets=few)
+    assert many.info["objective"] == "target_kept" and many.info["target_held"] == 100
+    assert too_few.info["objective"] == "recall_at_10" and too_few.info["target_held"] == MIN_TARGETS_HELD - 1
