@@ -20,6 +20,7 @@ from dcssa.benchmarks import (
     abuse,
     arnet_precision,
     capacity,
+    fit_embeddings,
     gpu_check,
     load_test,
     openvino_fastpath,
@@ -52,6 +53,6 @@ COMMANDS: tuple[click.Command, ...] = (run.command, search_scaling.command, load
                                        openvino_fastpath.command, ptq_compare.command, gpu_check.command,
                                        abuse.command, soak.command, redis_capacity.command,
                                        session_fidelity.command, capacity.command,
-                                       arnet_precision.command)
+                                       arnet_precision.command, fit_embeddings.command)
 for _command in COMMANDS:
     main.add_command(_command)

@@ -135,7 +135,7 @@ def centred_pca(features: np.ndarray, embed: int) -> tuple[np.ndarray, np.ndarra
     """
     mean = features.mean(axis=0)
     _, _, vt = np.linalg.svd(features - mean, full_matrices=False)
-    k = min(embed, len(features) - 1)
+    k = min(embed, len(features) - 1, vt.shape[0])  # a trunk narrower than embed has fewer directions
     weight = np.zeros((embed, features.shape[1]))
     weight[:k] = vt[:k]
     return weight, -weight @ mean

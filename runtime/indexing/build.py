@@ -133,10 +133,21 @@ def _recall_queries(plan: Plan, spec: IndexSpec | None, bundle: Bundle, engine: 
     (:mod:`.queries`); none (photo-derived ones) otherwise, or without an index."""
     if not _indexed(plan, spec):
         return {}
-    from .queries import sketch_queries
+    from .queries import targeted_sketch_queries
 
-    found = sketch_queries(plan.photos, bundle, engine, report=report)
-    return {} if found is None else {"queries": found[0], "query_source": found[1]}
+    found = targeted_sketch_queries(plan.photos, bundle, engine, report=report)
+    return {} if found is None else {"queries": found[0], "query_source": found[1], "target_names": found[2]}
+
+
+def _target_labels(queries: dict, ids: list[str], labels: np.ndarray) -> dict:
+    """``queries`` with its target photo names turned into labels (targets: only when every one is found)."""
+    names = queries.get("target_names")
+    out = {k: v for k, v in queries.items() if k != "target_names"}
+    if names:
+        by_stem = {Path(i).stem: lab for i, lab in zip(ids, labels)}
+        if all(n in by_stem for n in names):
+            out["targets"] = np.array([by_stem[n] for n in names], np.int64)
+    return out
 
 
 def _write(out: Path, plan: Plan, rows: _Rows, bundle: Bundle, options: IndexOptions, spec: IndexSpec | None,
@@ -147,7 +158,7 @@ def _write(out: Path, plan: Plan, rows: _Rows, bundle: Bundle, options: IndexOpt
         np.save(tmp / LABELS, rows.labels)
         (tmp / IDS).write_text(json.dumps(rows.ids, indent=0) + "\n")
         meta = _gallery_meta(bundle, emb, rows, plan)
-        fi = _index(plan, emb, rows.labels, spec, options.shards, queries, report)
+        fi = _index(plan, emb, rows.labels, spec, options.shards, _target_labels(queries, rows.ids, rows.labels), report)
         if fi is not None:
             files = fi.save(tmp)
             meta["index"] = {**fi.info, "files": files, "bytes": sum((tmp / f).stat().st_size for f in files)}

@@ -11,7 +11,13 @@ default and the reference; a FAISS index is an optional extra file (``index.fais
 * Parameters a user does not give are chosen from the catalogue size (FAISS's guidelines: IVF cells
   about 4 sqrt(N), HNSW with 32 links, PQ with one byte per 4 dimensions), and the search-time knob
   (``nprobe``, ``efSearch``) is tuned on held-out queries to reach a target recall@10 against the
-  exact search. The measured recall is recorded with the parameters.
+  exact search, or, when the queries are partial sketches with known target photos, a target share
+  of the sketches whose photo the exact top 10 holds and the index's top 10 keeps (what a person
+  drawing sees). The measured recall (and kept share) is recorded with the parameters.
+* Compact kinds for large 512-d catalogues: HNSW over SQ8/fp16 codes (``hnsw-sq8``, ``hnsw-fp16``),
+  IVF over SQ8 codes (``ivf-sq8``), IVF-PQ and OPQ+IVF-PQ (``ivfpq``, ``opq``) optionally with exact
+  re-ranking of a short list (``--refine R``: ``R x k`` candidates re-scored on the gallery's
+  memory-mapped embeddings.npy, so no float copy of the catalogue sits in RAM).
 
 FAISS is optional (the ``[faiss]`` extra) and imported lazily: nothing here runs at import time.
 """
@@ -32,7 +38,10 @@ from ..search.faiss_index import ADD_CHUNK, FaissIndex, faiss_module, hnsw_of, l
 from .options import INDEX_PARAMS, IndexOptions
 
 #: what ``--index`` accepts besides a FAISS index_factory string
-KINDS = ("exact", "flat", "hnsw", "ivf", "ivfpq")
+KINDS = ("exact", "flat", "hnsw", "hnsw-sq8", "hnsw-fp16", "ivf", "ivf-sq8", "ivfpq", "opq")
+
+#: the storage codes of the scalar-quantised kinds (FAISS index_factory names)
+_SQ_CODES = {"hnsw-sq8": "SQ8", "hnsw-fp16": "SQfp16", "ivf-sq8": "SQ8"}
 
 
 RECALL_K = 10
@@ -46,6 +55,10 @@ QUERY_COSINE = 0.9
 
 
 DEFAULT_QUERIES = 500
+
+
+#: queries whose target the exact top 10 holds, needed before the kept share is the tuning objective
+MIN_TARGETS_HELD = 20
 
 
 #: FAISS warns below 39 training points per centroid
@@ -73,6 +86,7 @@ class IndexSpec:
     m: int | None = None
     nprobe: int | None = None
     ef: int | None = None
+    refine: int | None = None
     target_recall: float = DEFAULT_TARGET_RECALL
 
     @classmethod
@@ -86,7 +100,8 @@ class IndexSpec:
     @classmethod
     def recorded(cls, info: dict) -> IndexSpec:
         """The spec an existing index was built with (its factory string; the knob re-tuned if it was)."""
-        spec = cls(kind="factory", factory=info["factory"], target_recall=info.get("target_recall", DEFAULT_TARGET_RECALL))
+        spec = cls(kind="factory", factory=info["factory"], target_recall=info.get("target_recall", DEFAULT_TARGET_RECALL),
+                   refine=info.get("refine"))
         if not info.get("tuned"):  # a knob the user fixed stays fixed, through a rebuild too
             spec.nprobe, spec.ef = info.get("search_params", {}).get("nprobe"), info.get("search_params", {}).get("ef")
         return spec
@@ -115,13 +130,16 @@ class IndexSpec:
                 raise IndexSpecError(f"--{name} must be >= 1 (got {value})")
         if not 0 < spec.target_recall <= 1:
             raise IndexSpecError(f"--target-recall must be in (0, 1] (got {spec.target_recall})")
-        unused = {"flat": ("nlist", "m", "nprobe", "ef"), "hnsw": ("nlist", "nprobe"), "ivf": ("m", "ef"),
-                  "ivfpq": ("ef",), "exact": ("nlist", "m", "nprobe", "ef")}.get(spec.kind, ())
+        graph, cells = ("nlist", "nprobe", "refine"), ("m", "ef", "refine")
+        unused = {"flat": ("nlist", "m", "nprobe", "ef", "refine"), "hnsw": graph, "hnsw-sq8": graph,
+                  "hnsw-fp16": graph, "ivf": cells, "ivf-sq8": cells, "ivfpq": ("ef",), "opq": ("ef",),
+                  "exact": ("nlist", "m", "nprobe", "ef", "refine")}.get(spec.kind, ())
         given = [f"--{n}" for n in unused if getattr(spec, n) is not None]
         if given:
             raise IndexSpecError(f"{', '.join(given)} means nothing for --index {spec.kind}",
-                                 hint="drop it, or pick the index type it belongs to (--nlist/--nprobe: ivf, ivfpq; "
-                                      "--m: hnsw links or ivfpq sub-quantizers; --ef: hnsw)")
+                                 hint="drop it, or pick the index type it belongs to (--nlist/--nprobe: ivf*, ivfpq, "
+                                      "opq; --m: hnsw* links or ivfpq/opq sub-quantizers; --ef: hnsw*; --refine: "
+                                      "ivfpq, opq or a factory string)")
         return spec
 
 
@@ -142,20 +160,23 @@ def choose_factory(spec: IndexSpec, n: int, d: int) -> tuple[str, dict]:
         return spec.factory, {}
     if spec.kind == "flat":
         return "Flat", {}
-    if spec.kind == "hnsw":
+    if spec.kind.startswith("hnsw"):
         m = spec.m or 32
-        return f"HNSW{m}", {"m": m, "ef_construction": HNSW_EF_CONSTRUCTION}
+        codes = f",{_SQ_CODES[spec.kind]}" if spec.kind in _SQ_CODES else ""
+        return f"HNSW{m}{codes}", {"m": m, "ef_construction": HNSW_EF_CONSTRUCTION}
     # IVF: about 4 sqrt(N) cells, never fewer than 39 training points per cell
     nlist = spec.nlist or max(1, min(pow2_near(4 * math.sqrt(n)), n // MIN_POINTS_PER_CENTROID))
     if nlist > n:
         raise IndexSpecError(f"--nlist {nlist} is more cells than the {n} photos", hint="lower --nlist or use --index hnsw/flat")
-    if spec.kind == "ivf":
-        return f"IVF{nlist},Flat", {"nlist": nlist}
+    if spec.kind in ("ivf", "ivf-sq8"):
+        return f"IVF{nlist},{_SQ_CODES.get(spec.kind, 'Flat')}", {"nlist": nlist}
     m = spec.m or max(1, d // 4)  # one byte per 4 dimensions: 16x smaller than float32
     if d % m:
         raise IndexSpecError(f"--m {m} does not divide the embedding size {d}", hint=f"pick a divisor of {d}, e.g. {d // 4}")
     nbits = 8 if n >= 256 * MIN_POINTS_PER_CENTROID else max(1, min(8, int(math.log2(max(2, n // MIN_POINTS_PER_CENTROID)))))
-    return f"IVF{nlist},PQ{m}x{nbits}", {"nlist": nlist, "m": m, "nbits": nbits}
+    ivfpq = f"IVF{nlist},PQ{m}x{nbits}"
+    # OPQ rotates the space so the sub-quantizers see balanced variance (a decaying spectrum is not)
+    return (f"OPQ{m},{ivfpq}" if spec.kind == "opq" else ivfpq), {"nlist": nlist, "m": m, "nbits": nbits}
 
 
 def exact_topk_labels(emb: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int = RECALL_K,
@@ -231,7 +252,7 @@ def _train_size(factory: str, params: dict, n: int) -> int:
 
 def build_index(emb: np.ndarray, labels: np.ndarray, spec: IndexSpec, *, shards: int = 1,
                 queries: np.ndarray | None = None, query_source: str | None = None,
-                truth: np.ndarray | None = None,
+                truth: np.ndarray | None = None, targets: np.ndarray | None = None,
                 say: Callable[[str], None] = lambda _m: None,
                 bar: Callable[[int], None] = lambda _n: None) -> FaissIndex:
     """Train (on a sample), add in chunks (to ``shards`` parts), tune the search knob, measure recall.
@@ -269,66 +290,95 @@ def build_index(emb: np.ndarray, labels: np.ndarray, spec: IndexSpec, *, shards:
     build_s = time.perf_counter() - t0
     fi = FaissIndex(index, parts=parts, info={"type": spec.kind, "factory": factory, "build_params": params, "shards": shards,
                             "build_s": round(build_s, 3)})
+    if spec.refine:
+        fi.info["refine"] = spec.refine
     fi.info.update(measure_and_tune(fi, emb, labels, spec, queries=queries, query_source=query_source, truth=truth,
-                                    say=say))
+                                    targets=targets, say=say))
     return fi
+
+
+def target_kept(found: np.ndarray, truth: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
+    """(share kept, queries held): of the queries whose target label the exact top-k ``truth`` holds,
+    the share whose target the index's top-k ``found`` holds too (1.0 when none is held)."""
+    k = truth.shape[1]
+    targets = np.asarray(targets, np.int64).reshape(-1, 1)
+    held = (truth == targets).any(1)
+    kept = (np.asarray(found)[:, :k] == targets).any(1)
+    n = int(held.sum())
+    return (float(kept[held].mean()) if n else 1.0), n
+
+
+def _knob_steps(fi: FaissIndex, spec: IndexSpec | None, fixed: dict | None) -> tuple[str | None, list, bool]:
+    """(knob, the values to try in order, whether it is tuned)."""
+    knob = search_knob(fi)
+    user = {"nprobe": spec.nprobe, "ef": spec.ef}.get(knob) if spec else None
+    if fixed and knob in fixed:
+        return knob, [fixed[knob]], False
+    if user is not None:
+        return knob, [user], False
+    if knob == "nprobe":
+        nlist = faiss_module().try_extract_index_ivf(leaves(fi.index)[0]).nlist
+        return knob, sorted({min(nlist, 1 << i) for i in range(0, int(math.log2(nlist)) + 2)}), True
+    if knob == "ef":
+        return knob, list(_EF_STEPS), True
+    return knob, [None], False
 
 
 def measure_and_tune(fi: FaissIndex, emb: np.ndarray, labels: np.ndarray, spec: IndexSpec | None = None, *,
                      queries: np.ndarray | None = None, query_source: str | None = None,
-                     truth: np.ndarray | None = None, fixed: dict | None = None,
+                     truth: np.ndarray | None = None, targets: np.ndarray | None = None, fixed: dict | None = None,
                      say: Callable[[str], None] = lambda _m: None) -> dict:
     """Recall@10 against the exact numpy search on held-out queries; a knob the user did not fix is
-    raised step by step until the target recall is reached (or it can go no further)."""
+    raised step by step until the target is reached (or it can go no further). With ``targets`` (each
+    query's target photo label) the target is the kept share (:func:`target_kept`), else recall@10."""
     if queries is None:
-        if truth is not None:
-            raise ValueError("truth without the queries it answers")
+        if truth is not None or targets is not None:
+            raise ValueError("truth or targets without the queries they belong to")
         queries, query_source = heldout_queries(emb), f"photo embeddings turned to cosine {QUERY_COSINE}"
     if truth is None:
         truth = exact_topk_labels(emb, labels, queries)
     elif len(truth) != len(queries):
         raise ValueError(f"truth holds {len(truth)} rows for {len(queries)} queries")
-    knob = search_knob(fi)
+    if fi.refine:
+        fi.attach_vectors(emb, labels)
+    knob, steps, tuned = _knob_steps(fi, spec, fixed)
     target = spec.target_recall if spec else DEFAULT_TARGET_RECALL
-    user = {"nprobe": spec.nprobe, "ef": spec.ef}.get(knob) if spec else None
-    if fixed and knob in fixed:
-        steps, tuned = [fixed[knob]], False
-    elif user is not None:
-        steps, tuned = [user], False
-    elif knob == "nprobe":
-        nlist = faiss_module().try_extract_index_ivf(leaves(fi.index)[0]).nlist
-        steps, tuned = sorted({min(nlist, 1 << i) for i in range(0, int(math.log2(nlist)) + 2)}), True
-    elif knob == "ef":
-        steps, tuned = list(_EF_STEPS), True
-    else:
-        steps, tuned = [None], False
+    held = target_kept(truth, truth, targets)[1] if targets is not None else 0
+    # a share of a handful of queries is noise: below MIN_TARGETS_HELD the knob follows recall@10
+    objective = "target_kept" if held >= MIN_TARGETS_HELD else "recall_at_10"
     curve = []
     for value in steps:
         if knob is not None:
             fi.set_search_params({knob: value})
         _, found = fi.search(queries, min(RECALL_K, len(emb)))
-        r = recall_at_k(found, truth)
-        curve.append({knob or "exact": value, "recall_at_10": round(r, 4)})
-        say(f"index: recall@10 {r:.4f}" + (f" at {knob} {value}" if knob else ""))
-        if r >= target:
+        point = {knob or "exact": value, "recall_at_10": round(recall_at_k(found, truth), 4)}
+        if held:
+            point["target_kept"] = round(target_kept(found, truth, targets)[0], 4)
+        curve.append(point)
+        say(f"index: recall@10 {point['recall_at_10']:.4f}" + (f", target kept {point['target_kept']:.4f}" if held else "")
+            + (f" at {knob} {value}" if knob else ""))
+        if point[objective] >= target:
             break
     out = {"recall_at_10": curve[-1]["recall_at_10"], "recall_queries": len(queries),
-           "recall_query_source": query_source, "target_recall": target,
+           "recall_query_source": query_source, "target_recall": target, "objective": objective,
            "search_params": {knob: curve[-1][knob]} if knob else {}, "tuned": tuned}
+    if held:
+        out.update(target_kept=curve[-1]["target_kept"], target_held=held)
     if tuned:
         out["recall_curve"] = curve
     return out
 
 
 def update_index(folder: Path, info: dict, emb: np.ndarray, labels: np.ndarray, *, kept: int, removed: np.ndarray,
-                 queries: np.ndarray | None = None, query_source: str | None = None, say: Say = silent,
+                 queries: np.ndarray | None = None, query_source: str | None = None,
+                 targets: np.ndarray | None = None, say: Say = silent,
                  bar: Callable[[int], None] = lambda _n: None) -> FaissIndex:
     """The index saved in ``folder`` (``info``: its gallery.json entry) with the ``removed`` labels dropped
     and the rows of ``emb`` after the first ``kept`` added, re-measured; rebuilt from ``emb`` (no photo
     re-embedded) when its type cannot remove (FAISS's HNSW)."""
     fi = load_index(folder, info, mmap=False)
     spec = IndexSpec.recorded(info)
-    queries_kw = {"queries": queries, "query_source": query_source}
+    queries_kw = {"queries": queries, "query_source": query_source, "targets": targets}
     if not fi.remove(removed):
         say(f"index: {info['factory']} cannot remove vectors; rebuilding it from the stored embeddings")
         rebuilt = build_index(emb, labels, spec, shards=info.get("shards", 1), say=say, bar=bar, **queries_kw)

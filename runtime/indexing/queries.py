@@ -33,7 +33,15 @@ def coordinate_file(photos: str | Path) -> Path | None:
 def sketch_queries(photos: str | Path, bundle: Bundle, backend: Backend, *, max_sketches: int = MAX_SKETCHES,
                    report: Reporter = SILENT) -> tuple[np.ndarray, str] | None:
     """(queries, description) from the tracings beside ``photos``, or None when there are none."""
-    from ..data.qmul import load_coordinates, sketch_points
+    found = targeted_sketch_queries(photos, bundle, backend, max_sketches=max_sketches, report=report)
+    return None if found is None else found[:2]
+
+
+def targeted_sketch_queries(photos: str | Path, bundle: Bundle, backend: Backend, *,
+                            max_sketches: int = MAX_SKETCHES,
+                            report: Reporter = SILENT) -> tuple[np.ndarray, str, list[str]] | None:
+    """(queries, description, each query's target photo name without extension), or None."""
+    from ..data.qmul import load_coordinates, sketch_points, target_photo
     from ..session import Retriever
 
     coord = coordinate_file(photos)
@@ -43,7 +51,8 @@ def sketch_queries(photos: str | Path, bundle: Bundle, backend: Backend, *, max_
         coords = load_coordinates(coord)
         keys = sorted(k for k in coords if isinstance(k, str))
         keys = [keys[i] for i in np.linspace(0, len(keys) - 1, min(max_sketches, len(keys))).round().astype(int)] if keys else []
-        sketches = [points_to_strokes(sketch_points(coords[k], k, coord)) for k in dict.fromkeys(keys)]
+        keys = list(dict.fromkeys(keys))
+        sketches = [points_to_strokes(sketch_points(coords[k], k, coord)) for k in keys]
     except DcssaError as exc:  # an unreadable stroke file is no reason to fail the index: say it, fall back
         report(f"index: {coord.name} not used for recall queries ({exc.message})")
         return None
@@ -51,12 +60,13 @@ def sketch_queries(photos: str | Path, bundle: Bundle, backend: Backend, *, max_
         return None
     session = Retriever(bundle, None, backend=backend, confidence=None,
                         max_strokes=max(bundle.max_strokes, max(len(s) for s in sketches))).session()
-    rows = []
+    rows, targets = [], []
     with report.bar(len(sketches), "recall queries", "sketch", leave=False) as bar:
-        for strokes in sketches:
+        for key, strokes in zip(keys, sketches):
             session.reset()
             rows += [session.add_stroke(s).embedding.reshape(-1) for s in strokes]
+            targets += [target_photo(key)] * len(strokes)
             bar.update(1)
     report(f"index: recall queries = {len(rows)} partial sketches of {len(sketches)} tracings ({coord.name})")
     return (np.stack(rows).astype(np.float32),
-            f"partial sketches: every stroke prefix of {len(sketches)} tracings of {coord.name}")
+            f"partial sketches: every stroke prefix of {len(sketches)} tracings of {coord.name}", targets)

@@ -24,7 +24,7 @@ ADD_CHUNK = 1 << 16
 
 def faiss_module():
     """FAISS, or a clear error saying how to install it."""
-    return require("faiss", "--index flat|hnsw|ivf|ivfpq (FAISS indexes)")
+    return require("faiss", "--index flat|hnsw|ivf|ivfpq|... (FAISS indexes)")
 
 
 @dataclass
@@ -36,6 +36,18 @@ class FaissIndex:
     mmap: bool = False
     #: the shards' own python objects: an IndexShards holds bare pointers, these keep them alive
     parts: list = field(default_factory=list)
+    #: (vectors, labels) the short list is re-ranked from when ``info["refine"]`` is set: the
+    #: gallery's own embeddings.npy (memory-mapped), so exact re-ranking costs no second copy in RAM
+    vectors: tuple | None = field(default=None, repr=False)
+
+    @property
+    def refine(self) -> int:
+        """Re-rank ``refine * k`` candidates exactly (0: the index's own scores)."""
+        return int(self.info.get("refine") or 0)
+
+    def attach_vectors(self, emb: np.ndarray, labels: np.ndarray) -> None:
+        """The rows (and their ascending labels) exact re-ranking reads; kept as given (mmap stays mmap)."""
+        self.vectors = (emb, np.asarray(labels, np.int64))
 
     @property
     def ntotal(self) -> int:
@@ -54,7 +66,13 @@ class FaissIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, labels), each (nq, k); missing results have label -1."""
         q = np.ascontiguousarray(np.asarray(queries, np.float32).reshape(-1, self.index.d))
-        return self.index.search(q, int(k))
+        if not self.refine:
+            return self.index.search(q, int(k))
+        if self.vectors is None:
+            raise GalleryError("this index re-ranks from the gallery's embeddings, which were not attached",
+                               hint="load it through Gallery.load (or call attach_vectors)")
+        _, found = self.index.search(q, int(k) * self.refine)
+        return rerank(q, found, *self.vectors, int(k))
 
     def add(self, emb: np.ndarray, labels: np.ndarray, progress: Callable[[int], None] = lambda _n: None) -> None:
         target = leaves(self.index)[-1]  # appended photos go to the last shard
@@ -93,6 +111,24 @@ class FaissIndex:
             faiss.write_index(sub, str(path))
             names.append(path.name)
         return names
+
+
+def rerank(queries: np.ndarray, candidates: np.ndarray, emb: np.ndarray, labels: np.ndarray,
+           k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The exact top-``k`` of each query's ``candidates`` (labels; -1 = none), scored on ``emb``'s rows."""
+    scores = np.full((len(queries), k), -np.inf, np.float32)
+    out = np.full((len(queries), k), -1, np.int64)
+    for i, (q, cand) in enumerate(zip(queries, candidates)):
+        cand = cand[cand >= 0]
+        if not len(cand):
+            continue
+        rows = np.searchsorted(labels, cand)
+        order = np.argsort(rows, kind="stable")  # sorted reads: a memory-mapped matrix pages in once
+        s = np.asarray(emb[rows[order]], np.float32) @ q
+        best = np.argsort(-s, kind="stable")[:k]
+        scores[i, : len(best)] = s[best]
+        out[i, : len(best)] = cand[order][best]
+    return scores, out
 
 
 def leaves(index) -> list:

@@ -88,6 +88,7 @@ class Gallery:
             from .faiss_index import load_index as read_faiss
 
             gallery.index = read_faiss(path, meta["index"], mmap=mmap_index)
+            gallery.index.attach_vectors(gallery.embeddings, gallery.labels)
             if gallery.index.ntotal != len(ids):
                 raise GalleryError(f"inconsistent gallery: the FAISS index holds {gallery.index.ntotal} vectors, "
                                    f"ids.json {len(ids)}", path=path, hint=_reindex_hint())

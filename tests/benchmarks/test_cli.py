@@ -19,7 +19,7 @@ from dcssa.runtime.cli.bench import relay
 WIDE = {"terminal_width": 10_000, "max_content_width": 10_000}
 SUBCOMMANDS = {"run", "gpu-check", "load-test", "openvino-fastpath", "ptq-compare", "scale-out", "search-scaling",
                "soak", "abuse", "redis-capacity", "session-fidelity", "capacity",
-               "arnet-precision"}
+               "arnet-precision", "fit-embeddings"}
 SHARED = ("--bundle", "--gallery", "--backend", "--precision", "--threads", "--json", "--quiet", "--force")
 #: where a shared flag means what it means on this dcssa-rt command (the repeatable --backend of bench)
 SAME_AS = {("load-test", "--bundle"): "serve", ("abuse", "--bundle"): "serve"}

@@ -85,3 +85,16 @@ def test_plain_random_keeps_independent_branches():
     b = m.sketch_embedding_network.Conv2d_1a_3x3.conv.weight
     assert not torch.equal(a, b)
     assert not torch.equal(m.linear.head_layer.weight, m.sketch_linear.head_layer.weight)
+
+
+def test_centred_pca_of_a_trunk_narrower_than_the_embedding():
+    """More photos than trunk features (ViT-Ti: 192 < 512): the head keeps the 192 directions there are."""
+    import numpy as np
+
+    from dcssa.export.demo import centred_pca
+
+    feats = np.random.default_rng(0).normal(size=(300, 12))
+    weight, bias = centred_pca(feats, 20)
+    assert weight.shape == (20, 12) and np.allclose(weight[12:], 0)
+    assert np.allclose(weight[:12] @ weight[:12].T, np.eye(12), atol=1e-8)  # orthonormal directions
+    assert np.allclose(bias, -weight @ feats.mean(0))
