@@ -166,9 +166,10 @@ RETURNS = {
     ("IBuilderConfig", "create_timing_cache"): "ITimingCache", ("IBuilderConfig", "get_timing_cache"): "ITimingCache",
     ("INetworkDefinition", "get_input"): "ITensor",
 }
-#: module attributes that are enum-like classes: their members are recorded under the class name
+#: module attributes read as classes (enum-like ones, or a class probed for a method with hasattr):
+#: their members are recorded under the class name
 CLASSES = {"NetworkDefinitionCreationFlag", "TensorIOMode", "DataType", "BuilderFlag", "MemoryPoolType",
-           "ExecutionContextAllocationStrategy", "Logger"}
+           "ExecutionContextAllocationStrategy", "Logger", "IExecutionContext"}
 
 
 def _raw(value):

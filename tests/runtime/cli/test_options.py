@@ -29,6 +29,7 @@ RT_SHARED = {
     "serve": ["--bundle", "--gallery", "--backend", "--precision", "--threads", "--json", "--quiet", "--triton-url", "--triton-prefix"],
     "calibrate-confidence": ["--bundle", "--gallery", "--backend", "--precision", "--threads", "--json", "--quiet",
                              "--force", "--triton-url", "--triton-prefix"],
+    "api-key": [],  # a group: add/list/revoke each take --json (tests/runtime/serve/test_access.py)
 }
 EXPORT_SHARED = {
     None: ["--json", "--quiet", "--force", "--recipe", "--photos", "--gallery"],

@@ -31,6 +31,7 @@ from dcssa.benchmarks.topology import Nginx, Replica, Unavailable, call, page_ca
 from dcssa.runtime import Bundle, Gallery, Retriever  # noqa: E402
 from dcssa.runtime.data.synthetic import random_sketch  # noqa: E402
 from dcssa.runtime.search.catalogue import load_catalogue  # noqa: E402
+from dcssa.runtime.serve.sessions import keys_of  # noqa: E402
 
 TOL = 1e-5
 GRACE = 5.0
@@ -108,7 +109,7 @@ def test_sigterm_drains_healthz_websocket_and_exits_0(tiny, redis_server, folder
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012  # service restart: reconnect
         assert replica.proc.wait(GRACE + 15) == 0
         assert time.monotonic() - t0 < 3 + GRACE + 10
-        assert redis_server.client().hget(f"dcssa:{{{sid}}}:meta", "strokes") == b"1"  # committed before exit
+        assert redis_server.client().hget(keys_of(sid)[0], "strokes") == b"1"  # committed before exit
     finally:
         replica.stop()
 

@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from dcssa.benchmarks.topology import DEPLOY, Unavailable, free_port, stop, wait_port, write_acl  # noqa: E402
 from dcssa.runtime.serve import ServeConfig, create_app  # noqa: E402
 from dcssa.runtime.serve.config import redact  # noqa: E402
+from dcssa.runtime.serve.sessions import keys_of  # noqa: E402
 
 
 def openssl(*args: str, cwd) -> None:
@@ -73,7 +74,7 @@ def test_sessions_over_rediss(tls_redis, tiny_retriever):
     import redis
 
     admin = redis.Redis.from_url(f"rediss://admin:{pw['admin']}@127.0.0.1:{port}/0", ssl_ca_certs=str(d / "ca.crt"))
-    assert admin.exists(f"dcssa:{{{sid}}}:meta") == 1  # it went through the TLS port to this server
+    assert admin.exists(keys_of(sid)[0]) == 1  # it went through the TLS port to this server
 
 
 def test_rediss_with_an_untrusted_certificate_is_a_clean_503(tls_redis, tiny_retriever):
