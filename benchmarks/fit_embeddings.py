@@ -54,7 +54,7 @@ def collect(bundle_path: Path, photos: Path, gallery_path: Path, tracings: int, 
 @click.option("--photos", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
               help="A `dcssa-rt make-dataset` photo folder (tracings beside it).")
 @click.option("--gallery", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
-              help="The gallery `dcssa-rt index PHOTOS` wrote [default: BUNDLE/gallery].")
+              help="Gallery folder [default: BUNDLE/gallery].")
 @click.option("--tracings", type=click.IntRange(2), default=100, show_default=True, help="Tracings replayed.")
 @click.option("--clusters", type=click.IntRange(1), default=CLUSTERS, show_default=True, help="k-means centres.")
 @click.option("--name", required=True, help="What the fit is called in reports (e.g. dcssa-demo).")
