@@ -130,16 +130,18 @@ class IndexSpec:
                 raise IndexSpecError(f"--{name} must be >= 1 (got {value})")
         if not 0 < spec.target_recall <= 1:
             raise IndexSpecError(f"--target-recall must be in (0, 1] (got {spec.target_recall})")
-        graph, cells = ("nlist", "nprobe", "refine"), ("m", "ef", "refine")
-        unused = {"flat": ("nlist", "m", "nprobe", "ef", "refine"), "hnsw": graph, "hnsw-sq8": graph,
-                  "hnsw-fp16": graph, "ivf": cells, "ivf-sq8": cells, "ivfpq": ("ef",), "opq": ("ef",),
+        # refine re-ranks a short list exactly: for the kinds whose own scores are approximate (PQ, SQ
+        # codes); an HNSW or IVF over float vectors already scores exactly
+        graph, cells = ("nlist", "nprobe"), ("m", "ef")
+        unused = {"flat": ("nlist", "m", "nprobe", "ef", "refine"), "hnsw": (*graph, "refine"), "hnsw-sq8": graph,
+                  "hnsw-fp16": graph, "ivf": (*cells, "refine"), "ivf-sq8": cells, "ivfpq": ("ef",), "opq": ("ef",),
                   "exact": ("nlist", "m", "nprobe", "ef", "refine")}.get(spec.kind, ())
         given = [f"--{n}" for n in unused if getattr(spec, n) is not None]
         if given:
             raise IndexSpecError(f"{', '.join(given)} means nothing for --index {spec.kind}",
                                  hint="drop it, or pick the index type it belongs to (--nlist/--nprobe: ivf*, ivfpq, "
                                       "opq; --m: hnsw* links or ivfpq/opq sub-quantizers; --ef: hnsw*; --refine: "
-                                      "ivfpq, opq or a factory string)")
+                                      "ivfpq, opq, ivf-sq8, hnsw-sq8, hnsw-fp16 or a factory string)")
         return spec
 
 

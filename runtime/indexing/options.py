@@ -35,8 +35,9 @@ class IndexOptions:
     m: int | None = setting(None, "hnsw*: links per node [32]; ivfpq/opq: PQ sub-quantizers [dim/4].", type=int)
     nprobe: int | None = setting(None, "IVF cells searched [default: tuned to --target-recall].", type=int)
     ef: int | None = setting(None, "HNSW efSearch [default: tuned to --target-recall].", type=int)
-    refine: int | None = setting(None, "ivfpq/opq: re-rank REFINE x 10 candidates exactly from the gallery's "
-                                 "memory-mapped embeddings [default: no re-ranking].", type=int)
+    refine: int | None = setting(None, "ivfpq/opq/ivf-sq8/hnsw-sq8/hnsw-fp16: re-rank REFINE x 10 "
+                                 "candidates exactly from the gallery's memory-mapped embeddings "
+                                 "[default: no re-ranking].", type=int)
     target_recall: float = setting(0.95, "Recall@10 the tuned search parameter must reach on held-out queries (with "
                                    "partial-sketch queries: the share of sketches whose photo the exact top 10 holds "
                                    "that the index's top 10 keeps).", type=float)

@@ -102,3 +102,23 @@ def test_streamed_exact_reference_equals_a_full_sort():
     q = rng.normal(size=(30, 16)).astype(np.float32)
     want = np.argsort(-(q.astype(np.float64) @ x.T.astype(np.float64)), axis=1, kind="stable")[:, :10]
     assert np.array_equal(exact_top10(x, q, chunk=100), want)  # 7 pieces of 3200 rows, merged
+
+
+def test_held_queries_by_rejection_equal_a_full_scan_of_every_candidate():
+    """The staged rejection rules out only candidates a full scan would rule out too (it is exact):
+    with the same draws, early cuts after 300 and 3000 rows keep exactly the queries no cut keeps, and
+    each kept query's photo is in its float64 top 10."""
+    from dcssa.benchmarks.search_indexes import held_queries
+
+    rng = np.random.default_rng(5)
+    emb = rng.normal(size=(12000, 16)).astype(np.float32) * np.linspace(2, 0.2, 16).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    staged = held_queries("isotropic", emb, 150, None, np.random.default_rng(1), batch=400, stages=(300, 3000))
+    full = held_queries("isotropic", emb, 150, None, np.random.default_rng(1), batch=400, stages=())
+    assert len(staged["targets"]) == 150 and int(staged["drawn"]) > 150  # some candidates were not held
+    for key in ("queries", "targets", "truth", "drawn"):
+        assert np.array_equal(staged[key], full[key]), key
+    scores = staged["queries"].astype(np.float64) @ emb.T.astype(np.float64)
+    want = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    assert (want == staged["targets"][:, None]).any(1).all()
+    assert np.array_equal(np.sort(staged["truth"], 1), np.sort(want, 1))

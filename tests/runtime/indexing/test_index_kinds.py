@@ -70,10 +70,12 @@ def test_compact_kinds_reach_their_recall_and_store_less(vectors, kind, tmp_path
         assert size < vectors.nbytes // 3 + graph + 200_000
 
 
-def test_refine_reranks_the_short_list_exactly(vectors):
-    """Refined IVF-PQ scores are the exact inner products, and a wide enough list gives the exact top 10."""
+@pytest.mark.parametrize("kind, params", [("ivfpq", {"m": 4, "nlist": 16, "nprobe": 16}),
+                                          ("ivf-sq8", {"nlist": 16, "nprobe": 16}), ("hnsw-sq8", {"ef": 512})])
+def test_refine_reranks_the_short_list_exactly(vectors, kind, params):
+    """Refined PQ/SQ8 scores are the exact inner products, and a wide enough list gives the exact top 10."""
     labels = np.arange(len(vectors), dtype=np.int64) * 5
-    fi = build_index(vectors, labels, IndexSpec.parse("ivfpq", m=4, nlist=16, nprobe=16, refine=50))
+    fi = build_index(vectors, labels, IndexSpec.parse(kind, refine=50, **params))
     q = heldout_queries(vectors, 50, seed=3)
     scores, got = fi.search(q, 10)
     rows = got // 5
@@ -108,7 +110,7 @@ def _save(folder, x):
 
 
 @pytest.mark.parametrize("kind, params, message", [
-    ("ivf-sq8", {"refine": 2}, "--refine"), ("hnsw-sq8", {"nprobe": 4}, "--nprobe"), ("opq", {"ef": 8}, "--ef"),
+    ("ivf", {"refine": 2}, "--refine"), ("hnsw", {"refine": 2}, "--refine"), ("hnsw-sq8", {"nprobe": 4}, "--nprobe"), ("opq", {"ef": 8}, "--ef"),
 ])
 def test_parameters_of_other_kinds_are_refused(kind, params, message):
     with pytest.raises(IndexSpecError, match=message):
