@@ -32,6 +32,7 @@ import numpy as np
 
 from dcssa.benchmarks.embeddings import EmbeddingFit, isotropic_chunks, unit
 from dcssa.runtime.errors import DcssaError
+from dcssa.runtime.extras import optional
 
 DATA_KINDS = ("realistic", "isotropic")
 FLOAT16_ABOVE = 6 << 30
@@ -40,8 +41,10 @@ TRUTH_CHUNK = 1 << 15
 EXACT_LATENCY_QUERIES = 50
 #: a full scan past this many stored bytes takes seconds: fewer exact latency queries (said in the report)
 EXACT_LATENCY_BIG = 1 << 30
-#: float32 bytes of catalogue rows scored per FAISS brute-force call (bounded memory at any dimension)
-SCAN_BYTES = 1 << 28
+#: scores computed per BLAS product of the exact scan (a block of rows x the queries: 16 MB)
+SCAN_FLOATS = 1 << 22
+#: from this many queries on, the exact scan uses FAISS's brute force (see :func:`scan_topk`)
+MANY_QUERIES = 4096
 #: the catalogue prefixes after which a candidate held query is ruled out (see :func:`held_queries`)
 HELD_STAGES = (1 << 17, 1 << 20, 1 << 23)
 #: candidate queries scored per round of the rejection, and the most drawn before giving up
@@ -78,30 +81,54 @@ def _write_matrix(path: Path, chunks, size: int, dim: int, dtype) -> None:
 
 
 def scan_topk(emb: np.ndarray, queries: np.ndarray, k: int, start: int = 0, stop: int | None = None,
-              best: tuple[np.ndarray, np.ndarray] | None = None, chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+              best: tuple[np.ndarray, np.ndarray] | None = None,
+              chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(scores, rows) of each query's best ``k`` among rows ``start:stop`` of ``emb``, merged into ``best``
-    (the result of an earlier scan of other rows): FAISS's brute-force search per chunk (BLAS plus a
-    k-heap, float32), or the runtime's numpy one without FAISS."""
+    (an earlier scan's result over other rows); ties go to the lower row, as a stable sort.
+
+    Blocks of rows are scored with one BLAS product each; once every query has ``k`` scores, only the
+    scores above its current k-th enter the merge (a comparison and ``nonzero``), which measured 4x
+    faster on one core than FAISS's brute-force k-heap for 1,000 queries (11.7 against 2.5 GFLOP/s at
+    dim 64, 41 against 9.5 at 512); for many thousands of queries FAISS's blocking wins (16 against
+    9 GFLOP/s for 16,384), so those go to ``faiss.knn``."""
     stop = len(emb) if stop is None else stop
     q = np.ascontiguousarray(queries, np.float32)
-    chunk = chunk or max(1 << 12, SCAN_BYTES // (4 * emb.shape[1]))
-    best_s, best_i = best if best is not None else (np.full((len(q), 0), -np.inf, np.float32), np.zeros((len(q), 0), np.int64))
-    try:
-        import faiss
-    except ImportError:  # pragma: no cover - the benchmark needs the [faiss] extra anyway
-        faiss = None
+    nq = len(q)
+    faiss = optional("faiss") if nq >= MANY_QUERIES else None
+    chunk = chunk or (max(1 << 10, SCAN_FLOATS // max(nq, 1)) if faiss is None else SCAN_FLOATS // emb.shape[1])
+    best_s, best_i = best if best is not None else (np.full((nq, 0), -np.inf, np.float32), np.zeros((nq, 0), np.int64))
     for at in range(start, stop, chunk):
-        x = np.ascontiguousarray(emb[at : min(stop, at + chunk)], np.float32)
+        x = np.asarray(emb[at : min(stop, at + chunk)], np.float32)
         if faiss is not None:
-            s, i = faiss.knn(q, x, min(k, len(x)), metric=faiss.METRIC_INNER_PRODUCT)
-        else:  # pragma: no cover
-            s = q @ x.T
-            i = np.argsort(-s, axis=1, kind="stable")[:, :k]
-            s = np.take_along_axis(s, i, 1)
-        best_s, best_i = np.concatenate([best_s, s], 1), np.concatenate([best_i, i + at], 1)
-        order = np.argsort(-best_s, axis=1, kind="stable")[:, :k]
-        best_s, best_i = np.take_along_axis(best_s, order, 1), np.take_along_axis(best_i, order, 1)
+            fs, fi = faiss.knn(q, np.ascontiguousarray(x), min(k, len(x)), metric=faiss.METRIC_INNER_PRODUCT)
+            qs = np.repeat(np.arange(nq), fi.shape[1])
+            best_s, best_i = _merge_topk(best_s, best_i, qs, fs.ravel(), fi.ravel() + at, k)
+            continue
+        s = x @ q.T  # (rows, queries)
+        if best_s.shape[1] < k:  # not k scores yet: every query's best of this block enters
+            part = np.argpartition(-s, min(k, len(s)) - 1, axis=0)[:k] if len(s) > k else np.arange(len(s))[:, None]
+            part = np.broadcast_to(part, (len(part), nq))
+            qs, rs = np.broadcast_to(np.arange(nq), part.shape).ravel(), part.ravel()
+        else:
+            rs, qs = np.nonzero(s > best_s[:, k - 1])
+        best_s, best_i = _merge_topk(best_s, best_i, qs, s[rs, qs], rs + at, k)
     return best_s, best_i
+
+
+def _merge_topk(best_s: np.ndarray, best_i: np.ndarray, qs: np.ndarray, ss: np.ndarray, rs: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's ``k`` best of its old best and the new (query, score, row) triples."""
+    nq, have = best_s.shape
+    if not len(qs):
+        return best_s, best_i
+    qi = np.concatenate([np.repeat(np.arange(nq), have), qs])
+    si = np.concatenate([best_s.ravel(), ss.astype(np.float32)])
+    ri = np.concatenate([best_i.ravel(), rs.astype(np.int64)])
+    order = np.lexsort((ri, -si, qi))  # by query, then score descending, then row
+    qi, si, ri = qi[order], si[order], ri[order]
+    width = min(k, int(np.bincount(qi, minlength=nq).min()))
+    take = np.searchsorted(qi, np.arange(nq))[:, None] + np.arange(width)
+    return si[take], ri[take]
 
 
 def exact_top10(emb: np.ndarray, queries: np.ndarray, k: int = 10, chunk: int | None = None) -> np.ndarray:

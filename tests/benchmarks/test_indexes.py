@@ -122,3 +122,23 @@ def test_held_queries_by_rejection_equal_a_full_scan_of_every_candidate():
     want = np.argsort(-scores, axis=1, kind="stable")[:, :10]
     assert (want == staged["targets"][:, None]).any(1).all()
     assert np.array_equal(np.sort(staged["truth"], 1), np.sort(want, 1))
+
+
+def test_both_exact_scans_agree(monkeypatch):
+    """The threshold scan (few queries) and FAISS's brute force (many) give one answer, merged over a
+    scan in two parts, with ties going to the lower row."""
+    from dcssa.benchmarks import search_indexes as si
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(5000, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x[4000] = x[10]  # a tie: row 10 must win it
+    q = rng.normal(size=(40, 8)).astype(np.float32)
+    q[0] = x[10]
+    want = np.argsort(-(q.astype(np.float64) @ x.T.astype(np.float64)), axis=1, kind="stable")[:, :11]
+    few = si.scan_topk(x, q, 11, 0, 2500, chunk=700)
+    few = si.scan_topk(x, q, 11, 2500, None, few, chunk=700)
+    monkeypatch.setattr(si, "MANY_QUERIES", 10)
+    many = si.scan_topk(x, q, 11, chunk=900)
+    assert np.array_equal(few[1], want) and np.array_equal(many[1], want)
+    assert many[1][0, 0] == 10 and 4000 in many[1][0]
