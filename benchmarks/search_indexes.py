@@ -95,7 +95,8 @@ def scan_topk(emb: np.ndarray, queries: np.ndarray, k: int, start: int = 0, stop
     q = np.ascontiguousarray(queries, np.float32)
     nq = len(q)
     faiss = optional("faiss") if nq >= MANY_QUERIES else None
-    chunk = chunk or (max(1 << 10, SCAN_FLOATS // max(nq, 1)) if faiss is None else SCAN_FLOATS // emb.shape[1])
+    rows_cap = SCAN_FLOATS // emb.shape[1]  # the float32 copy of a block of rows stays at 16 MB too
+    chunk = chunk or (min(rows_cap, max(1 << 10, SCAN_FLOATS // max(nq, 1))) if faiss is None else rows_cap)
     best_s, best_i = best if best is not None else (np.full((nq, 0), -np.inf, np.float32), np.zeros((nq, 0), np.int64))
     for at in range(start, stop, chunk):
         x = np.asarray(emb[at : min(stop, at + chunk)], np.float32)
