@@ -185,7 +185,7 @@ def held_queries(data: str, emb: np.ndarray, count: int, fit: EmbeddingFit | Non
         found += int(held.sum())
         say(f"catalogue: {found} held queries of {drawn} drawn ({found / drawn:.2%})")
     out = {k: np.concatenate(v)[:count] for k, v in kept.items()}
-    out["drawn"] = np.array(drawn)
+    out["drawn"], out["found"] = np.array(drawn), np.array(found)  # the held share is found / drawn
     return out
 
 
@@ -277,8 +277,8 @@ def _exact_share(qs: dict, held: dict) -> dict:
     """exact@10 of the evaluation queries, and the held sets' own rate (candidates drawn per held query)."""
     share = float((qs["truth"] == qs["targets"][:, None]).any(1).mean())
     drawn = int(held.get("drawn", len(held["targets"])))
-    return {"exact_target_in_top10": round(share, 4), "held_drawn": drawn,
-            "held_rate": round(len(held["targets"]) / max(drawn, 1), 5)}
+    found = int(held.get("found", len(held["targets"])))  # the last round may find more than were kept
+    return {"exact_target_in_top10": round(share, 4), "held_drawn": drawn, "held_rate": round(found / max(drawn, 1), 5)}
 
 
 def exact_row(cat: Catalogue, latency_queries: int) -> dict:
