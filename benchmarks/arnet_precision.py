@@ -59,12 +59,14 @@ def cli() -> None:
 @click.option("--cells", default=",".join(PRIORITY), show_default=True, help="Candidates, most informative first.")
 @click.option("--methods", default="minmax,percentile", show_default=True,
               help="Calibrators the transformer recipe chooses among (percentile's histograms are costly on ViT-B).")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="Intra-op threads of onnxruntime and OpenVINO [default: all cores].")
 def run(bundles: tuple[str, ...], data: Path, out: Path, max_heldout: int, max_calib: int, cells: str,
-        methods: str) -> None:
+        methods: str, threads: int | None) -> None:
     """Measure the cells in priority order across the bundles; the record is rewritten after each one."""
     from dcssa.benchmarks.arnet_sweep import run_sweep
 
-    run_sweep(bundles, data, out, max_heldout, max_calib, cells, methods)
+    run_sweep(bundles, data, out, max_heldout, max_calib, cells, methods, threads)
 
 
 @cli.command("table")
@@ -80,6 +82,17 @@ def table(records: tuple[Path, ...]) -> None:
     for cell in LABELS:
         for name, v in variants.items():
             click.echo(row(cell, name, v["cells"].get(cell)))
+    for name, v in variants.items():
+        click.echo(noise_rows(name, v["cells"].get("noise-floor")))
+
+
+def noise_rows(variant: str, rep: dict | None) -> str:
+    """The fp32 noise floor: fp32 on the same strokes moved by a pixel, as drops beside the plans'."""
+    if rep is None or rep.get("status") != "measured":
+        return f"| fp32 noise floor (strokes moved by a pixel) | {variant} | not measured | | | | | | |"
+    return "\n".join(f"| fp32 noise floor (strokes {kind}) | {variant} | {_drop(r.get('task', {}), 'm@B')} | "
+                     f"{_drop(r.get('task', {}), 'acc@10')} | {r['top1_agreement']:.1%} | "
+                     f"{r['embedding_cosine']['mean']:.4f} | | | |" for kind, r in rep["perturbations"].items())
 
 
 #: ``dcssa-bench arnet-precision``

@@ -17,10 +17,11 @@ embedding: the demo, not the precision, would fail. A trained patch embedding do
 background like that (ImageNet-trained ViTs see zero-mean inputs, and training makes the features
 differ per image; their first-layer filters answer contrast, not a uniform level), so
 :func:`blank_patches_to_zero` makes every patch filter sum to zero (its mean subtracted, bias 0):
-the convolution then sees ``pixels - 1`` as well as ``pixels`` (white = 0). This rather than a bias
-``-W . 1`` (nearly the same function: they differ by each filter's mean times the ink), which
-cancels two large numbers on every blank patch and costs float32 ~1e-4 on near-blank sketches (the
-export's parity tolerance). Blank patches then
+the convolution then sees ``pixels - 1`` as well as ``pixels`` (white = 0). The filters are put on
+a 2**-14 grid with an exactly zero sum, so a white patch is exactly 0 in float32: a zero reached by
+cancelling sums (a bias ``-W . 1``, or zero-sum filters off the grid) leaves ~1e-6 rounding in
+tokens that carry only a 0.02-scale position embedding, ~1e-4 in a near-blank sketch's embedding
+(the export's parity tolerance); on the grid fp32 matches fp64 to ~1e-6. Blank patches then
 carry only their position embedding, inked ones their ink, and the per-image part of
 the CLS feature grows to a quarter (ViT-Ti) to a third (ViT-B) of its norm (:func:`collapse_stats`; tested in
 ``tests/export/test_arnet_demo.py``). Still no training and no download.
@@ -71,13 +72,22 @@ def cls_features(model: ARNetEncoder, images, batch: int = 8) -> np.ndarray:
     return torch.cat([model.encoder(x[i:i + batch])[:, 0] for i in range(0, len(x), batch)]).double().numpy()
 
 
+#: the patch filters' grid: on it a white patch's sum is exact in float32 in any order (|sum| < 2**10)
+FILTER_GRID = 2.0**-14
+
+
 @torch.no_grad()
 def blank_patches_to_zero(model: ARNetEncoder) -> ARNetEncoder:
     """Patch filters with zero sum and a zero bias: a uniform patch -- ARNet's white background
     above all -- embeds as zero, so the background stops being one vector shared by every image
-    (module docstring). Each filter moves by its mean, ~1/30 of its weights' spread."""
+    (module docstring). Each filter loses its mean (~1/30 of its weights' spread) and is rounded to
+    :data:`FILTER_GRID` with its sum made exactly 0, so a white patch gives exactly 0 on every
+    backend (no cancellation error in the position-only tokens of near-blank sketches)."""
     proj = model.encoder.patch_embed.proj
-    proj.weight.sub_(proj.weight.mean(dim=(1, 2, 3), keepdim=True))
+    units = torch.round((proj.weight.double() - proj.weight.double().mean(dim=(1, 2, 3), keepdim=True)) / FILTER_GRID)
+    units = units.long()
+    units[:, 0, 0, 0] -= units.sum(dim=(1, 2, 3))  # a few grid units on one weight per filter
+    proj.weight.copy_((units.double() * FILTER_GRID).to(proj.weight.dtype))
     proj.bias.zero_()
     return model
 
