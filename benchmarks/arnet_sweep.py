@@ -54,9 +54,14 @@ def write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+#: the real fp32 pass: every bundle's cached wrapper calls this one, never the previous bundle's wrapper
+#: (which would hand the second bundle the first one's cached reference)
+FP32_REFERENCE = fd.reference
+
+
 def cached_reference(cache: Path):
     """``fd.reference`` reading/writing ``cache`` (the fp32 pass is the costliest step of a ViT-B sweep)."""
-    original = fd.reference
+    original = FP32_REFERENCE
 
     def reference(bundle, prefixes, gallery, backend=None, on_batch=lambda _n: None):
         if cache.is_file():
