@@ -36,3 +36,25 @@ def test_table_rows_for_measured_refused_missing_and_noise_floor(tmp_path):
     assert ("| fp32 noise floor (strokes shift-1px) | plain | +0.002 (<= +0.006) | -0.010 (<= +0.000) | 90.0% "
             "| 0.9980 | | | |") in lines
     assert len([x for x in lines if x.startswith("| ")]) == 1 + 12 + 1  # header, 12 candidates, 1 noise row
+
+
+def test_each_bundle_gets_its_own_cached_fp32_reference(tmp_path, monkeypatch):
+    """The sweep wraps the fp32 pass once per bundle: the second wrapper must run the real pass for its
+    bundle, not hand back the first bundle's cached reference."""
+    from types import SimpleNamespace
+
+    from dcssa.benchmarks import arnet_sweep
+    from dcssa.calibration import fidelity as fd
+
+    def fp32_pass(bundle, prefixes, gallery, backend=None, on_batch=lambda _n: None):
+        return SimpleNamespace(features=[bundle] * len(prefixes))
+
+    monkeypatch.setattr(fd, "reference", fp32_pass)
+    monkeypatch.setattr(arnet_sweep, "FP32_REFERENCE", fp32_pass)
+    got = {}
+    for name in ("plain", "outliers"):
+        fd.reference = arnet_sweep.cached_reference(tmp_path / f"{name}.pkl")
+        got[name] = fd.reference(name, [0, 1, 2], None).features
+    assert got == {"plain": ["plain"] * 3, "outliers": ["outliers"] * 3}
+    fd.reference = arnet_sweep.cached_reference(tmp_path / "plain.pkl")  # a rerun reads its own cache
+    assert fd.reference("ignored", [0, 1, 2], None).features == ["plain"] * 3
