@@ -69,13 +69,34 @@ def run(bundles: tuple[str, ...], data: Path, out: Path, max_heldout: int, max_c
     run_sweep(bundles, data, out, max_heldout, max_calib, cells, methods, threads)
 
 
+def compact_cell(rep: dict | None) -> str:
+    """One variant's result in a few characters: upper bounds of the two drops, agreement, cosine,
+    latency / fp32 on OpenVINO then onnxruntime, and whether it keeps the bounds."""
+    if rep is None:
+        return "not measured"
+    if rep.get("status") != "measured":
+        return str(rep.get("status"))
+    task = rep.get("task", {})
+    up = "/".join(f"{task[m]['drop_upper']:+.3f}" if m in task else "-" for m in ("m@B", "acc@10"))
+    lat = "/".join(_ratio(rep.get(k)) for k in ("latency_openvino", "latency"))
+    return (f"{up}; {rep['top1_agreement']:.0%}; {rep['embedding_cosine']['mean']:.3f}; {lat}; "
+            f"{'**yes**' if rep.get('meets_objective') else 'no'}")
+
+
 @cli.command("table")
 @click.argument("records", nargs=-1, type=click.Path(path_type=Path, exists=True))
-def table(records: tuple[Path, ...]) -> None:
+@click.option("--compact", is_flag=True, help="One row per candidate, one column per variant (the README's table).")
+def table(records: tuple[Path, ...], compact: bool) -> None:
     """Markdown rows of every candidate x variant in RECORDS (arnet-precision.json files)."""
     variants: dict[str, dict] = {}
     for path in records:
         variants.update(json.loads(path.read_text())["variants"])
+    if compact:
+        click.echo("| plan | " + " | ".join(variants) + " |")
+        click.echo("|---|" + "---|" * len(variants))
+        for cell in LABELS:
+            click.echo(f"| {LABELS[cell]} | " + " | ".join(compact_cell(v["cells"].get(cell)) for v in variants.values()) + " |")
+        return
     click.echo("| plan | ViT-B variant | m@B drop (upper 95%) | finished acc@10 drop (upper 95%) | top-1 agreement | "
                "cosine to fp32 | latency / fp32, onnxruntime | latency / fp32, OpenVINO | keeps the bounds |")
     click.echo("|---|---|---|---|---|---|---|---|---|")
