@@ -22,9 +22,10 @@ a 2**-14 grid with an exactly zero sum, so a white patch is exactly 0 in float32
 cancelling sums (a bias ``-W . 1``, or zero-sum filters off the grid) leaves ~1e-6 rounding in
 tokens that carry only a 0.02-scale position embedding, ~1e-4 in a near-blank sketch's embedding
 (the export's parity tolerance); on the grid fp32 matches fp64 to ~1e-6. Blank patches then
-carry only their position embedding, inked ones their ink, and the per-image part of
-the CLS feature grows to a quarter (ViT-Ti) to a third (ViT-B) of its norm (:func:`collapse_stats`; tested in
-``tests/export/test_arnet_demo.py``). Still no training and no download.
+carry only their position embedding, inked ones their ink, and the per-image part of the CLS
+feature grows to 0.26 (ViT-Ti) and 0.40 (ViT-B) of its norm on the 40-photo catalogue (mean cosine
+between photos 0.93 and 0.84; :func:`collapse_stats`, tested in ``tests/export/test_arnet_demo.py``).
+Still no training and no download.
 """
 
 from __future__ import annotations
