@@ -75,9 +75,9 @@ def compact_cell(rep: dict | None) -> str:
     if rep is None:
         return "not measured"
     if rep.get("status") != "measured":
-        return str(rep.get("status"))
+        return f"{rep.get('status')}: {str(rep.get('reason', '')).split('(')[0].strip()}"
     task = rep.get("task", {})
-    up = "/".join(f"{task[m]['drop_upper']:+.3f}" if m in task else "-" for m in ("m@B", "acc@10"))
+    up = "/".join(f"{task[m]['drop_upper']:+.4f}" if m in task else "-" for m in ("m@B", "acc@10"))
     lat = "/".join(_ratio(rep.get(k)) for k in ("latency_openvino", "latency"))
     return (f"{up}; {rep['top1_agreement']:.0%}; {rep['embedding_cosine']['mean']:.3f}; {lat}; "
             f"{'**yes**' if rep.get('meets_objective') else 'no'}")

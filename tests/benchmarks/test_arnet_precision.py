@@ -37,8 +37,8 @@ def test_table_rows_for_measured_refused_missing_and_noise_floor(tmp_path):
             "| 0.9980 | | | |") in lines
     assert len([x for x in lines if x.startswith("| ")]) == 1 + 12 + 1  # header, 12 candidates, 1 noise row
     compact = CliRunner().invoke(cli, ["table", "--compact", str(path)]).output.splitlines()
-    assert "| transformer recipe (weight MatMuls, outputs float) | +0.009/+0.010; 88%; 0.995; 0.41/0.50; **yes** |" in compact
-    assert "| bf16 (OpenVINO) | refused |" in compact and len(compact) == 2 + 12
+    assert "| transformer recipe (weight MatMuls, outputs float) | +0.0090/+0.0100; 88%; 0.995; 0.41/0.50; **yes** |" in compact
+    assert "| bf16 (OpenVINO) | refused: no native bf16 |" in compact and len(compact) == 2 + 12
 
 
 def test_each_bundle_gets_its_own_cached_fp32_reference(tmp_path, monkeypatch):
