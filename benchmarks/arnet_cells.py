@@ -3,5 +3,5 @@
 
 ALPHAS = {"nncf-sq-off": -1.0, "nncf-sq-0.15": 0.15, "nncf-sq-0.3": 0.3, "nncf-sq-0.6": 0.6, "nncf-sq-0.95": 0.95}
 #: measured first when the grid does not fit (the brief's most informative cells)
-PRIORITY = ("transformer", "dynamic", "weight-only", "nncf-sq-0.15", "reparam", "old-default", "bf16",
-            "nncf-sq-off", "nncf-sq-0.3", "nncf-sq-0.6", "nncf-sq-0.95", "fp16")
+PRIORITY = ("transformer", "bf16", "weight-only", "dynamic", "reparam", "nncf-sq-off", "nncf-sq-0.15", "nncf-sq-0.3",
+            "nncf-sq-0.6", "nncf-sq-0.95", "fp16", "old-default", "noise-floor")

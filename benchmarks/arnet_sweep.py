@@ -54,9 +54,14 @@ def write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+#: the real fp32 pass: every bundle's cached wrapper calls this one, never the previous bundle's wrapper
+#: (which would hand the second bundle the first one's cached reference)
+FP32_REFERENCE = fd.reference
+
+
 def cached_reference(cache: Path):
     """``fd.reference`` reading/writing ``cache`` (the fp32 pass is the costliest step of a ViT-B sweep)."""
-    original = fd.reference
+    original = FP32_REFERENCE
 
     def reference(bundle, prefixes, gallery, backend=None, on_batch=lambda _n: None):
         if cache.is_file():
@@ -155,7 +160,18 @@ def openvino_latency(yard: Yardstick, path: Path, rasters: int = 3) -> dict:
     return {**lat, "backend": "openvino"}
 
 
+def noise_floor(yard: Yardstick) -> dict:
+    """fp32 against itself on the held-out strokes moved by one pixel / jittered again (the calibrate
+    job's noise floor; two more fp32 passes): the drops a user's hand causes, beside every plan's."""
+    t0 = time.perf_counter()
+    rec = fd.noise_floor(yard.bundle, yard.held, yard.gallery, yard.ref, yard.backend)
+    return {"status": "measured", "perturbations": rec, "loadavg": os.getloadavg(),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def evaluate(cell: str, yard: Yardstick, work: Path, state: dict) -> dict:
+    if cell == "noise-floor":
+        return noise_floor(yard)
     t0 = time.perf_counter()
     try:
         path, info = build(cell, yard, work, state)
@@ -178,11 +194,12 @@ def evaluate(cell: str, yard: Yardstick, work: Path, state: dict) -> dict:
 
 
 def run_sweep(bundles: tuple[str, ...], data: Path, out: Path, max_heldout: int, max_calib: int, cells: str,
-         methods: str) -> None:
+         methods: str, threads: int | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     record_path = out / "arnet-precision.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {"variants": {}}
-    options = CalibrationOptions(max_calib=max_calib, max_heldout=max_heldout, noise_floor=False, latency_rasters=4)
+    options = CalibrationOptions(max_calib=max_calib, max_heldout=max_heldout, noise_floor=False, latency_rasters=4,
+                                 threads=threads)
     yards, states = {}, {}
     for item in bundles:
         name, _, path = item.partition("=")
@@ -209,7 +226,10 @@ def run_sweep(bundles: tuple[str, ...], data: Path, out: Path, max_heldout: int,
             rep = evaluate(cell, yard, out / name, states[name])
             record["variants"][name]["cells"][cell] = rep
             write_text(record_path, json.dumps(record, indent=2, default=float))
-            if rep.get("status") == "measured":
+            if cell == "noise-floor":
+                for kind, rec in rep["perturbations"].items():
+                    click.echo(fd.noise_line(kind, rec), err=True)
+            elif rep.get("status") == "measured":
                 click.echo(fd.summary_line(cell, rep) + f" [{rep['seconds']} s]", err=True)
             else:
                 click.echo(f"{cell}: {rep['status']}: {rep['reason']}", err=True)

@@ -83,7 +83,8 @@ def add_outliers(model: ARNetEncoder, images: torch.Tensor, spec: OutlierSpec = 
     k = spec.channels / width
     for name, ln in norms(model):
         x = before[name][0]
-        sigma = float(x.std(dim=1, unbiased=False).median())
+        sigma = float(x.var(dim=1, unbiased=False).mean().sqrt())  # RMS over tokens: blank and inked
+        # patches differ by ~10x in scale at the embedding, and the output must keep its overall power
         ratio = math.sqrt(1.0 + width * k * offset**2 * (1 - k) / width / sigma**2)
         w = ln.weight.clone()
         ln.weight.mul_(ratio)  # the inflated std divides every channel: the gain undoes it
