@@ -7,7 +7,6 @@ import json
 import shutil
 
 import onnx
-import pytest
 from click.testing import CliRunner
 
 from dcssa.calibration.int8 import node_block, searchable_blocks

@@ -19,7 +19,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("redis")
 pytest.importorskip("onnx", reason="the tiny bundle is written with onnx.helper")
 
-from dcssa.benchmarks.topology import Nginx, Redis, Replica, Unavailable, call  # noqa: E402
+from dcssa.benchmarks.topology import Nginx, Replica, Unavailable, call  # noqa: E402
 from dcssa.runtime.data.synthetic import random_sketch  # noqa: E402
 from dcssa.runtime.serve.sessions import keys_of, unpack_row  # noqa: E402
 

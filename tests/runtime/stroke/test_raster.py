@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 bresenham_pkg = pytest.importorskip("bresenham")
 ndimage = pytest.importorskip("scipy.ndimage")
