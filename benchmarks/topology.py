@@ -178,7 +178,7 @@ def render_nginx(ports: list[int], listen: int, prefix: Path, conf: str = "nginx
         if old not in snippet:
             raise RuntimeError(f"deploy/{conf} no longer names {old}")
         snippet = snippet.replace(old, str(new))
-    servers = "".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;\n" for p in ports)
+    servers = "".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout={FAIL_TIMEOUT_S}s;\n" for p in ports)
     snippet, n = re.subn(r"(upstream dcssa \{\n[^{}]*?\n)((?:    server [^\n]*\n)+)", lambda m: m.group(1) + servers,
                          snippet, flags=re.S)
     snippet, m = re.subn(r"listen 8080;", f"listen 127.0.0.1:{listen};", snippet)
@@ -265,6 +265,9 @@ def call(port: int, method: str, path: str, body: object = None, *, retry: bool 
 
 #: what the drawing page retries once, after PAGE_RETRY_S (runtime/serve/static/index.html, api())
 PAGE_RETRIED = (502, 503)
+#: nginx leaves a replica that failed out of rotation this long (deploy/nginx.conf's fail_timeout),
+#: even once it is back: a rolling update waits it out before stopping the next replica
+FAIL_TIMEOUT_S = 5
 PAGE_RETRY_S = 0.5
 
 

@@ -27,7 +27,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("redis")
 pytest.importorskip("onnx", reason="the tiny bundle is written with onnx.helper")
 
-from dcssa.benchmarks.topology import Nginx, Replica, Unavailable, call, page_call  # noqa: E402
+from dcssa.benchmarks.topology import FAIL_TIMEOUT_S, Nginx, Replica, Unavailable, call, page_call  # noqa: E402
 from dcssa.runtime import Bundle, Gallery, Retriever  # noqa: E402
 from dcssa.runtime.data.synthetic import random_sketch  # noqa: E402
 from dcssa.runtime.search.catalogue import load_catalogue  # noqa: E402
@@ -158,7 +158,9 @@ def test_rolling_restart_under_load_loses_no_stroke(tiny, cluster, redis_server,
             new.start()
             replicas[i] = new
             restarted.append(new)
-            time.sleep(1)
+            # back in nginx's rotation only after fail_timeout: stopping the next one sooner leaves a
+            # single replica, and one slow answer from it takes every upstream out (a 502 after the retry)
+            time.sleep(FAIL_TIMEOUT_S + 1)
     finally:
         time.sleep(1)
         stop.set()
